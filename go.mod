@@ -1,0 +1,3 @@
+module github.com/popvmm/popvmm
+
+go 1.26.8
