@@ -1,0 +1,352 @@
+package cluster_test
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/popvmm/popvmm/cluster"
+	"github.com/popvmm/popvmm/internal/testkernel"
+	"github.com/popvmm/popvmm/memmap"
+)
+
+// fakeHost is a 4-core, 8 GiB, one-node host with 16 free 2 MiB huge pages.
+type fakeHost struct{}
+
+func (fakeHost) OnlineCPUs() ([]int, error)      { return []int{0, 1, 2, 3}, nil }
+func (fakeHost) MemAvailable() (uint64, error)   { return 8 << 30, nil }
+func (fakeHost) OnlineNUMANodes() ([]int, error) { return []int{0}, nil }
+func (fakeHost) FreeHugePages(ps uint64) (uint64, error) {
+	if ps == 2<<20 {
+		return 16, nil
+	}
+	return 0, os.ErrNotExist
+}
+
+// blindHost can read nothing, like a container without /sys.
+type blindHost struct{}
+
+var errBlind = errors.New("no /sys here")
+
+func (blindHost) OnlineCPUs() ([]int, error)           { return nil, errBlind }
+func (blindHost) MemAvailable() (uint64, error)        { return 0, errBlind }
+func (blindHost) OnlineNUMANodes() ([]int, error)      { return nil, errBlind }
+func (blindHost) FreeHugePages(uint64) (uint64, error) { return 0, errBlind }
+
+const baseConfig = `
+[cluster]
+name = "demo"
+run_dir = "run"
+images = "images"
+[cluster.window]
+size = "16M"
+[cluster.network]
+subnet = "10.199.0.0/24"
+
+[[kernel]]
+name = "primary"
+cpus = "0"
+memory = "512M"
+
+[[kernel]]
+name = "secondary"
+flavour = "light"
+cpus = "1"
+memory = "256M"
+boot = "manual"
+`
+
+// load writes text as dir/cluster.toml next to fake images and checks it.
+func load(t *testing.T, text string, host cluster.Host) (*cluster.Cluster, error) {
+	t.Helper()
+	dir := t.TempDir()
+	testkernel.Images(t, filepath.Join(dir, "images"))
+	testkernel.Write(t, dir, "notakernel", []byte("hello\n"))
+	testkernel.Write(t, dir, "blob", make([]byte, 64<<10))
+	if err := unix.Mkfifo(filepath.Join(dir, "fifo"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := testkernel.Write(t, dir, "cluster.toml", []byte(text))
+	f, err := cluster.Load(p)
+	if err != nil {
+		return nil, err
+	}
+	return cluster.Check(f, host)
+}
+
+func TestCheckValid(t *testing.T) {
+	cl, err := load(t, baseConfig, fakeHost{})
+	if err != nil {
+		t.Fatalf("Check(base) = %v", err)
+	}
+	if len(cl.Warnings) != 0 {
+		t.Errorf("Warnings = %q, want none", cl.Warnings)
+	}
+	if cl.Network.Bridge != "pv-demo" || cl.Network.Host != netip.MustParseAddr("10.199.0.1") {
+		t.Errorf("Network = %+v, want bridge pv-demo host 10.199.0.1", cl.Network)
+	}
+	if cl.Window.Size != 16<<20 {
+		t.Errorf("Window.Size = %d", cl.Window.Size)
+	}
+	p, s := cl.Kernels[0], cl.Kernels[1]
+	if p.Index != 0 || s.Index != 1 || s.Boot != cluster.BootManual || p.Boot != cluster.BootUp {
+		t.Errorf("kernels = %+v %+v", p, s)
+	}
+	if !slices.Equal(p.CPUs, []int{0}) || p.Memory != 512<<20 || p.Backing != cluster.BackingMemfd || p.NUMANode != -1 {
+		t.Errorf("primary = %+v", p)
+	}
+	if p.KernelInfo.Format != cluster.FormatBzImage || !strings.HasSuffix(s.KernelPath, "images/light/bzImage") {
+		t.Errorf("kernel files = %+v %s", p.KernelInfo, s.KernelPath)
+	}
+	if !filepath.IsAbs(cl.RunDir) || p.ConsoleLog != filepath.Join(cl.RunDir, "primary.console.log") {
+		t.Errorf("RunDir %q, console log %q", cl.RunDir, p.ConsoleLog)
+	}
+	for _, k := range cl.Kernels {
+		if !cl.Network.Subnet.Contains(k.IP) || k.IP == cl.Network.Host {
+			t.Errorf("%s: derived IP %s not a kernel address in %s", k.Name, k.IP, cl.Network.Subnet)
+		}
+		if len(k.MAC) != 6 || k.MAC[0]&1 != 0 || k.MAC[0]&2 == 0 {
+			t.Errorf("%s: derived MAC %s not unicast and locally administered", k.Name, k.MAC)
+		}
+		if k.Layout == nil || k.Layout.Window.Size != cl.Window.Size {
+			t.Errorf("%s: layout %+v lacks the window", k.Name, k.Layout)
+		}
+	}
+	if p.IP == s.IP || p.MAC.String() == s.MAC.String() {
+		t.Errorf("derived addresses collide: %s %s / %s %s", p.IP, p.MAC, s.IP, s.MAC)
+	}
+	// Derivation is stable: the same names give the same addresses.
+	again, err := load(t, baseConfig, fakeHost{})
+	if err != nil || again.Kernels[0].IP != p.IP || again.Kernels[1].MAC.String() != s.MAC.String() {
+		t.Errorf("derived addresses not stable: %v", err)
+	}
+}
+
+func TestCheckWarnings(t *testing.T) {
+	text := strings.Replace(baseConfig, `images = "images"`, `images = "nowhere"`, 1)
+	cl, err := load(t, text, blindHost{})
+	if err != nil {
+		t.Fatalf("Check = %v, want only warnings", err)
+	}
+	all := strings.Join(cl.Warnings, "\n")
+	for _, want := range []string{"kernel[0].kernel: default full image", "not built yet", "kernel[1].initrd", "online CPUs", "MemAvailable"} {
+		if !strings.Contains(all, want) {
+			t.Errorf("Warnings = %q, want one containing %q", cl.Warnings, want)
+		}
+	}
+}
+
+// edit applies old→new replacements (in order) to the base config; an old
+// of "" appends new.
+func edit(pairs ...string) string {
+	s := baseConfig
+	for i := 0; i < len(pairs); i += 2 {
+		if pairs[i] == "" {
+			s += pairs[i+1]
+			continue
+		}
+		if !strings.Contains(s, pairs[i]) {
+			panic(fmt.Sprintf("edit: %q not in base config", pairs[i]))
+		}
+		s = strings.Replace(s, pairs[i], pairs[i+1], 1)
+	}
+	return s
+}
+
+const secondaryCPUs = "cpus = \"1\""
+
+func TestCheckErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		text string
+		want []string // "path: substring", each must be reported
+	}{
+		{"duplicate names", edit(`name = "secondary"`, `name = "primary"`),
+			[]string{`kernel[1].name: "primary" is already used by kernel[0]`}},
+		{"core overlap", edit(secondaryCPUs, `cpus = "0-1"`),
+			[]string{`kernel[1].cpus: core 0 is already owned by kernel "primary"`}},
+		{"core offline", edit(secondaryCPUs, `cpus = "7"`),
+			[]string{`kernel[1].cpus: core 7 is not online on this host (online: 0-3)`}},
+		{"core twice", edit(secondaryCPUs, `cpus = "1,1"`), []string{`kernel[1].cpus: core 1 listed twice`}},
+		{"cpus missing", edit(secondaryCPUs, ``), []string{`kernel[1].cpus: required`}},
+		{"memory zero", edit(`memory = "256M"`, `memory = 0`), []string{`kernel[1].memory: is zero`}},
+		{"memory unaligned", edit(`memory = "256M"`, `memory = 1000000`),
+			[]string{`kernel[1].memory: 1000000 B is not a multiple of the 4 KiB page size`}},
+		{"memory hugepage unaligned", edit(`memory = "256M"`, "memory = \"3M\"\nbacking = \"hugetlbfs-2M\""),
+			[]string{`kernel[1].memory: 3 MiB is not a multiple of the 2 MiB huge page size of backing "hugetlbfs-2M"`}},
+		{"memory tiny", edit(`memory = "256M"`, `memory = "1M"`), []string{`kernel[1].memory: 1 MiB is below the minimum of 2 MiB`}},
+		{"memory over host", edit(`memory = "256M"`, `memory = "8G"`),
+			[]string{`kernel[*].memory: the cluster needs 8720 MiB (primary 512 MiB + secondary 8 GiB + window 16 MiB) but this host has 8 GiB available`}},
+		{"memory garbage", edit(`memory = "256M"`, `memory = "lots"`), []string{`kernel[1].memory: "lots" is not a size`}},
+		{"memory wrong type", edit(`memory = "256M"`, `memory = true`), []string{`kernel[1].memory: want a size such as "512M" or an integer, not a TOML boolean`}},
+		{"hugepages short", edit(`memory = "256M"`, "memory = \"64M\"\nbacking = \"hugetlbfs-2M\""),
+			[]string{`kernel[*].backing: "hugetlbfs-2M": kernels need 32 huge pages of 2 MiB but 16 are free`}},
+		{"hugepages absent", edit(`memory = "256M"`, "memory = \"1G\"\nbacking = \"hugetlbfs-1G\""),
+			[]string{`kernel[*].backing: "hugetlbfs-1G": this host has no 1 GiB huge pages`}},
+		{"bad backing", edit(`memory = "256M"`, "memory = \"64M\"\nbacking = \"tmpfs\""), []string{`kernel[1].backing: "tmpfs": want`}},
+		{"window not pow2", edit(`size = "16M"`, `size = "3M"`), []string{`cluster.window.size: 3 MiB is not a power of two`}},
+		{"window small", edit(`size = "16M"`, `size = "512K"`), []string{`cluster.window.size: 512 KiB is under the 1 MiB minimum`}},
+		{"ip outside", edit(secondaryCPUs, secondaryCPUs+"\nip = \"10.1.0.5\""),
+			[]string{`kernel[1].ip: 10.1.0.5 is outside the subnet 10.199.0.0/24`}},
+		{"ip broadcast", edit(secondaryCPUs, secondaryCPUs+"\nip = \"10.199.0.255\""),
+			[]string{`kernel[1].ip: 10.199.0.255 is the broadcast address of 10.199.0.0/24`}},
+		{"ip duplicate", edit(`cpus = "0"`, "cpus = \"0\"\nip = \"10.199.0.9\"", secondaryCPUs, secondaryCPUs+"\nip = \"10.199.0.9\""),
+			[]string{`kernel[1].ip: 10.199.0.9 is already used by kernel "primary"`}},
+		{"ip is host", edit(secondaryCPUs, secondaryCPUs+"\nip = \"10.199.0.1\""),
+			[]string{`kernel[1].ip: 10.199.0.1 is the host's address on the bridge`}},
+		{"mac multicast", edit(secondaryCPUs, secondaryCPUs+"\nmac = \"03:00:00:00:00:01\""),
+			[]string{`kernel[1].mac: 03:00:00:00:00:01 is a multicast address`}},
+		{"mac duplicate", edit(`cpus = "0"`, "cpus = \"0\"\nmac = \"02:00:00:00:00:01\"", secondaryCPUs, secondaryCPUs+"\nmac = \"02:00:00:00:00:01\""),
+			[]string{`kernel[1].mac: 02:00:00:00:00:01 is already used by kernel "primary"`}},
+		{"mac garbage", edit(secondaryCPUs, secondaryCPUs+"\nmac = \"zz\""), []string{`kernel[1].mac: "zz" is not a MAC address`}},
+		{"subnet missing", edit(`subnet = "10.199.0.0/24"`, ``), []string{`cluster.network.subnet: required`}},
+		{"subnet host bits", edit(`subnet = "10.199.0.0/24"`, `subnet = "10.199.0.7/24"`),
+			[]string{`cluster.network.subnet: 10.199.0.7/24 has host bits set; did you mean 10.199.0.0/24?`}},
+		{"host address outside", edit(`subnet = "10.199.0.0/24"`, "subnet = \"10.199.0.0/24\"\nhost_address = \"10.0.0.1\""),
+			[]string{`cluster.network.host_address: 10.0.0.1 is outside the subnet`}},
+		{"bridge too long", edit(`subnet = "10.199.0.0/24"`, "subnet = \"10.199.0.0/24\"\nbridge = \"a-very-long-bridge-name\""),
+			[]string{`cluster.network.bridge: "a-very-long-bridge-name": longer than 15 characters`}},
+		{"kernel missing", edit(secondaryCPUs, secondaryCPUs+"\nkernel = \"nope/bzImage\""),
+			[]string{`kernel[1].kernel: `, `nope/bzImage: no such file or directory`}},
+		{"kernel not a kernel", edit(secondaryCPUs, secondaryCPUs+"\nkernel = \"notakernel\""),
+			[]string{`kernel[1].kernel: `, `notakernel: not a bzImage or ELF kernel`}},
+		{"kernel is a directory", edit(secondaryCPUs, secondaryCPUs+"\nkernel = \"images\""),
+			[]string{`kernel[1].kernel: `, `images: not a bzImage or ELF kernel: not a regular file`}},
+		{"initrd missing", edit(secondaryCPUs, secondaryCPUs+"\ninitrd = \"nope.cpio\""),
+			[]string{`kernel[1].initrd: `, `nope.cpio: no such file or directory`}},
+		{"initrd empty", edit(secondaryCPUs, secondaryCPUs+"\ninitrd = \"/dev/null\""),
+			[]string{`kernel[1].initrd: /dev/null: not a regular file`}},
+		{"initrd fifo", edit(secondaryCPUs, secondaryCPUs+"\ninitrd = \"fifo\""), []string{`kernel[1].initrd: `, `fifo: not a regular file`}},
+		{"kernel fifo", edit(secondaryCPUs, secondaryCPUs+"\nkernel = \"fifo\""), []string{`kernel[1].kernel: `, `fifo: not a bzImage or ELF kernel: not a regular file`}},
+		{"bad name", edit(`name = "secondary"`, `name = "sec ondary"`), []string{`kernel[1].name: "sec ondary": use 1-32 letters`}},
+		{"cluster name missing", edit(`name = "demo"`, ``), []string{`cluster.name: required`}},
+		{"flavour", edit(`flavour = "light"`, `flavour = "medium"`), []string{`kernel[1].flavour: "medium": want "full" or "light"`}},
+		{"boot", edit(`boot = "manual"`, `boot = "later"`), []string{`kernel[1].boot: "later": want "up"`}},
+		{"all manual", edit(`cpus = "0"`, "cpus = \"0\"\nboot = \"manual\""), []string{`kernel: every kernel has boot = "manual"`}},
+		{"no kernels", "[cluster]\nname = \"x\"\n[cluster.network]\nsubnet = \"10.0.0.0/24\"\n", []string{`kernel: no [[kernel]] tables`}},
+		{"numa offline", edit(secondaryCPUs, secondaryCPUs+"\nnuma_node = 3"), []string{`kernel[1].numa_node: node 3 is not online on this host (online: 0)`}},
+		{"cmdline newline", edit(secondaryCPUs, secondaryCPUs+"\ncmdline = \"a\\nb\""), []string{`kernel[1].cmdline: contains a NUL or newline`}},
+		{"console log dir", edit(secondaryCPUs, secondaryCPUs+"\nconsole_log = \"/nonexistent/x.log\""),
+			[]string{`kernel[1].console_log: directory /nonexistent does not exist`}},
+		{"passthrough over RAM", edit("", "[[kernel.passthrough]]\npath = \"/dev/zero\"\nsize = \"2M\"\nguest_address = \"0x1000000\"\nread_only = true\n"),
+			[]string{`kernel[1].passthrough[0].guest_address: passthrough 0x000001000000-0x0000011fffff overlaps ram`}},
+		{"passthrough in hole", edit("", "[[kernel.passthrough]]\npath = \"/dev/zero\"\nsize = \"4K\"\nguest_address = \"0xfee00000\"\nread_only = true\n"),
+			[]string{`kernel[1].passthrough[0].guest_address: passthrough 0x0000fee00000-0x0000fee00fff overlaps mmio hole`}},
+		{"passthroughs overlap", edit("",
+			"[[kernel.passthrough]]\npath = \"/dev/zero\"\nsize = \"2M\"\nguest_address = \"0x200000000\"\nread_only = true\n"+
+				"[[kernel.passthrough]]\npath = \"/dev/zero\"\nsize = \"2M\"\nguest_address = \"0x200100000\"\nread_only = true\n"),
+			[]string{`kernel[1].passthrough[1].guest_address: passthrough 0x000200100000-0x0002002fffff overlaps passthrough[0]`}},
+		{"passthrough past file end", edit("", "[[kernel.passthrough]]\npath = \"blob\"\nsize = \"128K\"\nguest_address = \"0x200000000\"\nread_only = true\n"),
+			[]string{`kernel[1].passthrough[0].size: offset 0x0 + size 128 KiB runs past the end of`}},
+		{"passthrough unaligned", edit("", "[[kernel.passthrough]]\npath = \"blob\"\noffset = 100\nsize = 5000\nguest_address = \"0x200000000\"\nread_only = true\n"),
+			[]string{`kernel[1].passthrough[0].offset: 0x64 is not 4 KiB aligned`, `kernel[1].passthrough[0].size: 5000 B is not a non-zero multiple of 4 KiB`}},
+		{"passthrough missing file", edit("", "[[kernel.passthrough]]\npath = \"/nonexistent\"\nsize = \"4K\"\nguest_address = \"0x200000000\"\n"),
+			[]string{`kernel[1].passthrough[0].path: /nonexistent: no such file or directory`}},
+		{"passthrough no address", edit("", "[[kernel.passthrough]]\npath = \"/dev/zero\"\nsize = \"4K\"\n"),
+			[]string{`kernel[1].passthrough[0].guest_address: not set`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := load(t, tt.text, fakeHost{})
+			if err == nil {
+				t.Fatalf("Check succeeded, want errors %q", tt.want)
+			}
+			got := err.Error()
+			for _, w := range tt.want {
+				if !strings.Contains(got, w) {
+					t.Errorf("Check errors:\n%s\nwant one containing %q", got, w)
+				}
+			}
+			for _, fe := range cluster.FieldErrors(err) {
+				if fe.Path == "" {
+					t.Errorf("error without a field path: %v", fe)
+				}
+			}
+		})
+	}
+}
+
+// TestCheckReportsEverything: one config with many problems gets all of them.
+func TestCheckReportsEverything(t *testing.T) {
+	text := edit(`name = "secondary"`, `name = "primary"`,
+		secondaryCPUs, "cpus = \"0,9\"\nmac = \"01:00:00:00:00:00\"",
+		`size = "16M"`, `size = "3M"`,
+		`memory = "256M"`, `memory = 0`)
+	_, err := load(t, text, fakeHost{})
+	fes := cluster.FieldErrors(err)
+	var paths []string
+	for _, fe := range fes {
+		paths = append(paths, fe.Path)
+	}
+	for _, want := range []string{"cluster.window.size", "kernel[1].memory", "kernel[1].name", "kernel[1].cpus", "kernel[1].mac"} {
+		if !slices.Contains(paths, want) {
+			t.Errorf("error paths = %q, want %q among them; errors:\n%v", paths, want, err)
+		}
+	}
+	if n := strings.Count(err.Error(), "kernel[1].cpus"); n != 2 {
+		t.Errorf("kernel[1].cpus reported %d times, want 2 (core 0 owned, core 9 offline):\n%v", n, err)
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	tests := []struct {
+		name, text, want string
+	}{
+		{"syntax", "[cluster\nname = 1\n", "parse error: line 2: expected"},
+		{"type", "[cluster]\nname = 5\n", `line 2`},
+		{"unknown key", baseConfig + "memroy = \"1G\"\n", `unknown key "kernel.memroy" (did you mean "memory"?)`},
+		{"unknown table", "[clutser]\nname = \"x\"\n", `unknown key "clutser" (did you mean "cluster"?)`},
+		{"unknown far", "[cluster]\nzzzzzzzz = 1\n", `unknown key "cluster.zzzzzzzz" (known keys: images, name, network, run_dir, window)`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := cluster.Parse([]byte(tt.text))
+			if err == nil || !errors.Is(err, cluster.ErrParse) || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("Parse = %v, want ErrParse containing %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestLoadErrors(t *testing.T) {
+	if _, err := cluster.Load(filepath.Join(t.TempDir(), "none.toml")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("Load(missing) = %v, want ErrNotExist", err)
+	}
+	big := testkernel.Write(t, t.TempDir(), "big.toml", make([]byte, 2<<20))
+	if _, err := cluster.Load(big); !errors.Is(err, cluster.ErrParse) {
+		t.Errorf("Load(2 MiB) = %v, want ErrParse", err)
+	}
+}
+
+func TestPassthroughValid(t *testing.T) {
+	text := edit("", "[[kernel.passthrough]]\npath = \"blob\"\noffset = \"0x1000\"\nsize = \"16K\"\nguest_address = \"0x200000000\"\nread_only = true\n")
+	cl, err := load(t, text, fakeHost{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := cl.Kernels[1]
+	if len(k.Passthrough) != 1 || k.Passthrough[0].Offset != 0x1000 || k.Passthrough[0].Size != 16<<10 || !k.Passthrough[0].ReadOnly {
+		t.Fatalf("Passthrough = %+v", k.Passthrough)
+	}
+	if k.Layout.PCI64.Start != 9*memmap.GiB {
+		t.Errorf("PCI64 = %v, want it above the passthrough region", k.Layout.PCI64)
+	}
+}
+
+func TestDefaultBridgeShortened(t *testing.T) {
+	text := edit(`name = "demo"`, `name = "a-rather-long-cluster-name"`)
+	cl, err := load(t, text, fakeHost{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := cl.Network.Bridge; len(b) > 15 || !strings.HasPrefix(b, "pv-a-rathe") {
+		t.Errorf("Bridge = %q, want a shortened pv- name of at most 15 bytes", b)
+	}
+}

@@ -1,0 +1,85 @@
+// Package testkernel makes the smallest files that pass for kernel images:
+// a bzImage setup header and an ELF64 with a PVH entry note. Tests use them
+// where a real kernel would take minutes to build.
+package testkernel
+
+import (
+	"encoding/binary"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// BzImage returns a bzImage header with boot protocol version proto and the
+// 64-bit entry flag set when kernel64 is true.
+func BzImage(proto uint16, kernel64 bool) []byte {
+	b := make([]byte, 0x1000)
+	le := binary.LittleEndian
+	le.PutUint16(b[0x1fe:], 0xaa55)
+	copy(b[0x202:], "HdrS")
+	le.PutUint16(b[0x206:], proto)
+	if kernel64 {
+		le.PutUint16(b[0x236:], 1)
+	}
+	return b
+}
+
+// ELF returns an ELF64 x86-64 executable with one PT_NOTE segment; with pvh
+// the note is Xen's PHYS32_ENTRY pointing at entry.
+func ELF(pvh bool, entry uint32) []byte {
+	const ehsize, phsize = 64, 56
+	le := binary.LittleEndian
+	note := make([]byte, 12+4+4)
+	le.PutUint32(note[0:], 4) // namesz "Xen\0"
+	le.PutUint32(note[4:], 4) // descsz
+	typ := uint32(18)
+	if !pvh {
+		typ = 1
+	}
+	le.PutUint32(note[8:], typ)
+	copy(note[12:], "Xen\x00")
+	le.PutUint32(note[16:], entry)
+
+	b := make([]byte, ehsize+phsize+len(note))
+	copy(b, "\x7fELF")
+	b[4], b[5], b[6] = 2, 1, 1 // ELFCLASS64, little endian, version
+	le.PutUint16(b[16:], 2)    // ET_EXEC
+	le.PutUint16(b[18:], 62)   // EM_X86_64
+	le.PutUint32(b[20:], 1)
+	le.PutUint64(b[32:], ehsize) // phoff
+	le.PutUint16(b[52:], ehsize)
+	le.PutUint16(b[54:], phsize)
+	le.PutUint16(b[56:], 1) // phnum
+	ph := b[ehsize:]
+	le.PutUint32(ph[0:], 4) // PT_NOTE
+	le.PutUint64(ph[8:], ehsize+phsize)
+	le.PutUint64(ph[32:], uint64(len(note)))
+	le.PutUint64(ph[40:], uint64(len(note)))
+	le.PutUint64(ph[48:], 4)
+	copy(b[ehsize+phsize:], note)
+	return b
+}
+
+// Write writes data to name under dir and returns the path.
+func Write(t testing.TB, dir, name string, data []byte) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// Images lays out dir as `make images` does, with fake kernels and
+// initramfs for both flavours, and returns dir.
+func Images(t testing.TB, dir string) string {
+	t.Helper()
+	for _, f := range []string{"full", "light"} {
+		Write(t, dir, filepath.Join(f, "bzImage"), BzImage(0x020f, true))
+		Write(t, dir, filepath.Join(f, "initramfs.cpio"), []byte("070701fake"))
+	}
+	return dir
+}
