@@ -93,10 +93,7 @@ func (c *checker) checkCluster(cl *Cluster) {
 		c.errf("cluster.name", "%q: use 1-32 letters, digits, '-' or '_', starting with a letter or digit", s.Name)
 	}
 
-	cl.RunDir = c.abs(s.RunDir)
-	if s.RunDir == "" {
-		cl.RunDir = filepath.Join(DefaultRunRoot(), s.Name)
-	}
+	cl.RunDir = c.f.RunDir()
 	if st, err := os.Stat(cl.RunDir); err == nil && !st.IsDir() {
 		c.errf("cluster.run_dir", "%s exists and is not a directory", cl.RunDir)
 	}

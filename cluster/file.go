@@ -100,6 +100,19 @@ func (s Scalar) IsSet() bool { return s.raw != nil }
 // ScalarOf makes a Scalar, for building a File in code.
 func ScalarOf(v any) Scalar { return Scalar{raw: v} }
 
+// RunDir is the cluster's run directory: run_dir resolved against the
+// config's directory, or DefaultRunRoot()/name. Clients use it to find a
+// running cluster from its config without checking the whole file.
+func (f *File) RunDir() string {
+	switch {
+	case f.Cluster.RunDir == "":
+		return filepath.Join(DefaultRunRoot(), f.Cluster.Name)
+	case filepath.IsAbs(f.Cluster.RunDir) || f.Path == "":
+		return filepath.Clean(f.Cluster.RunDir)
+	}
+	return filepath.Join(filepath.Dir(f.Path), f.Cluster.RunDir)
+}
+
 // ErrParse marks an error in the TOML text itself (syntax, types, unknown keys).
 var ErrParse = errors.New("parse error")
 

@@ -1,0 +1,92 @@
+package supervisor
+
+import (
+	"time"
+)
+
+// The control protocol: a client connects to the control socket, writes one
+// JSON Request on one line, and reads one JSON Response; then the supervisor
+// closes the connection. docs/control-protocol.md describes it.
+
+// Ops a Request may carry.
+const (
+	OpStatus = "status" // the cluster's and every kernel's state
+	OpDown   = "down"   // stop the cluster; the reply comes before the stop
+	OpBoot   = "boot"   // boot a manual kernel (Name)
+)
+
+// Codes for a failed Response.
+const (
+	CodeBadRequest = "bad_request"
+	CodeNotFound   = "not_found"
+	CodeState      = "bad_state" // the kernel's state does not allow the op
+	CodeNotBuilt   = "not_built" // the capability behind the op is not built yet
+)
+
+// Request is one control request.
+type Request struct {
+	Op   string `json:"op"`
+	Name string `json:"name,omitempty"`
+}
+
+// Response answers a Request.
+type Response struct {
+	OK     bool    `json:"ok"`
+	Error  string  `json:"error,omitempty"`
+	Code   string  `json:"code,omitempty"`
+	Status *Status `json:"status,omitempty"`
+}
+
+// Status is what `popvmm status` shows.
+type Status struct {
+	Cluster    string         `json:"cluster"`
+	ConfigPath string         `json:"config_path"`
+	RunDir     string         `json:"run_dir"`
+	PID        int            `json:"pid"`
+	Started    time.Time      `json:"started"`
+	VMM        string         `json:"vmm"`
+	Bridge     string         `json:"bridge"`
+	Subnet     string         `json:"subnet"`
+	HostIP     string         `json:"host_ip"`
+	WindowSize uint64         `json:"window_size"`
+	Kernels    []KernelStatus `json:"kernels"`
+}
+
+// KernelStatus is one kernel's line in Status.
+type KernelStatus struct {
+	Name       string `json:"name"`
+	PeerID     int    `json:"peer_id"`
+	State      State  `json:"state"`
+	Boot       string `json:"boot"`
+	Flavour    string `json:"flavour"`
+	CPUs       []int  `json:"cpus"`
+	Memory     uint64 `json:"memory"`
+	Backing    string `json:"backing"`
+	IP         string `json:"ip"`
+	MAC        string `json:"mac"`
+	Kernel     string `json:"kernel"`
+	ConsoleLog string `json:"console_log"`
+}
+
+// Kernel returns the named kernel's status, or nil.
+func (s *Status) Kernel(name string) *KernelStatus {
+	for i := range s.Kernels {
+		if s.Kernels[i].Name == name {
+			return &s.Kernels[i]
+		}
+	}
+	return nil
+}
+
+// State is a kernel's lifecycle state: defined → booting → running →
+// (stopped | crashed).
+type State string
+
+// Lifecycle states.
+const (
+	StateDefined State = "defined"
+	StateBooting State = "booting"
+	StateRunning State = "running"
+	StateStopped State = "stopped"
+	StateCrashed State = "crashed"
+)

@@ -1,0 +1,228 @@
+package supervisor
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/popvmm/popvmm/cluster"
+)
+
+// VMMNotBuilt is what the supervisor says about booting while popvmm has no
+// VMM: kernels are planned and shown but stay defined.
+const VMMNotBuilt = "not built yet: kernels stay defined (the VMM lands with the VMM-core issue)"
+
+// maxRequest bounds one request line.
+const maxRequest = 64 << 10
+
+// Supervisor runs one cluster.
+type Supervisor struct {
+	cl      *cluster.Cluster
+	log     *slog.Logger
+	started time.Time
+
+	mu     sync.Mutex
+	states map[string]State
+	stop   context.CancelFunc
+}
+
+// New makes a supervisor for a checked cluster.
+func New(cl *cluster.Cluster, log *slog.Logger) *Supervisor {
+	s := &Supervisor{cl: cl, log: log.With("cluster", cl.Name), states: map[string]State{}}
+	for _, k := range cl.Kernels {
+		s.states[k.Name] = StateDefined
+	}
+	return s
+}
+
+// Options tune Run.
+type Options struct {
+	// Ready, if set, is called once the control socket accepts requests.
+	Ready func(socket string)
+}
+
+// Run takes the cluster's run directory, serves the control socket and
+// returns when ctx is cancelled or a client asks for `down`. Everything it
+// set up is released before it returns.
+func (s *Supervisor) Run(ctx context.Context, opt Options) error {
+	rd, err := Lock(s.cl.RunDir)
+	if err != nil {
+		return err
+	}
+	defer rd.Release()
+
+	// The lock is ours, so a socket left behind is stale.
+	if err := os.Remove(rd.Socket()); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove stale control socket: %w", err)
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: rd.Socket(), Net: "unix"})
+	if err != nil {
+		return fmt.Errorf("listen on control socket: %w", err)
+	}
+	defer ln.Close()
+	if err := os.Chmod(rd.Socket(), 0o600); err != nil {
+		return fmt.Errorf("control socket: %w", err)
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s.mu.Lock()
+	s.stop = cancel
+	s.started = time.Now()
+	s.mu.Unlock()
+
+	s.log.Info("control socket ready", "socket", rd.Socket())
+	s.log.Warn("VMM " + VMMNotBuilt)
+	if opt.Ready != nil {
+		opt.Ready(rd.Socket())
+	}
+
+	var wg sync.WaitGroup
+	go func() {
+		<-ctx.Done()
+		ln.Close()
+	}()
+	for {
+		conn, err := ln.AcceptUnix()
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			wg.Wait()
+			return fmt.Errorf("accept control connection: %w", err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.serve(ctx, conn)
+		}()
+	}
+	wg.Wait()
+	s.log.Info("cluster down")
+	return nil
+}
+
+func (s *Supervisor) serve(ctx context.Context, conn *net.UnixConn) {
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	defer context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })()
+	r := bufio.NewReader(&limited{conn, maxRequest})
+	line, err := r.ReadBytes('\n')
+	if err != nil && len(line) == 0 {
+		return
+	}
+	var req Request
+	var resp Response
+	if err := json.Unmarshal(line, &req); err != nil {
+		resp = Response{Error: "malformed request: " + err.Error(), Code: CodeBadRequest}
+	} else {
+		resp = s.handle(req)
+	}
+	b, _ := json.Marshal(resp)
+	if _, err := conn.Write(append(b, '\n')); err != nil {
+		s.log.Debug("control reply not delivered", "op", req.Op, "err", err)
+	}
+	if req.Op == OpDown && resp.OK {
+		s.log.Info("down requested over the control socket")
+		s.stop()
+	}
+}
+
+// limited is an io.Reader that fails past n bytes, so a client cannot make
+// the supervisor buffer without bound.
+type limited struct {
+	c net.Conn
+	n int
+}
+
+func (l *limited) Read(p []byte) (int, error) {
+	if l.n <= 0 {
+		return 0, errors.New("request too long")
+	}
+	if len(p) > l.n {
+		p = p[:l.n]
+	}
+	n, err := l.c.Read(p)
+	l.n -= n
+	return n, err
+}
+
+func (s *Supervisor) handle(req Request) Response {
+	switch req.Op {
+	case OpStatus:
+		return Response{OK: true, Status: s.Status()}
+	case OpDown:
+		return Response{OK: true}
+	case OpBoot:
+		return s.boot(req.Name)
+	}
+	return Response{Error: fmt.Sprintf("unknown op %q", req.Op), Code: CodeBadRequest}
+}
+
+func (s *Supervisor) boot(name string) Response {
+	k := s.cl.Kernel(name)
+	if k == nil {
+		return Response{Error: fmt.Sprintf("cluster %q has no kernel %q (kernels: %s)", s.cl.Name, name, s.names()), Code: CodeNotFound}
+	}
+	s.mu.Lock()
+	st := s.states[name]
+	s.mu.Unlock()
+	if k.Boot != cluster.BootManual {
+		return Response{Error: fmt.Sprintf("kernel %q has boot = \"up\": it boots with the cluster, not with `popvmm boot`", name), Code: CodeState}
+	}
+	if st != StateDefined && st != StateStopped && st != StateCrashed {
+		return Response{Error: fmt.Sprintf("kernel %q is %s", name, st), Code: CodeState}
+	}
+	return Response{Error: fmt.Sprintf("cannot boot %q: the VMM is %s", name, VMMNotBuilt), Code: CodeNotBuilt}
+}
+
+func (s *Supervisor) names() string {
+	var n []string
+	for _, k := range s.cl.Kernels {
+		n = append(n, k.Name)
+	}
+	return strings.Join(n, ", ")
+}
+
+// Status reports the cluster and every kernel.
+func (s *Supervisor) Status() *Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := &Status{
+		Cluster:    s.cl.Name,
+		ConfigPath: s.cl.ConfigPath,
+		RunDir:     s.cl.RunDir,
+		PID:        os.Getpid(),
+		Started:    s.started,
+		VMM:        VMMNotBuilt,
+		Bridge:     s.cl.Network.Bridge,
+		Subnet:     s.cl.Network.Subnet.String(),
+		HostIP:     s.cl.Network.Host.String(),
+		WindowSize: s.cl.Window.Size,
+	}
+	for _, k := range s.cl.Kernels {
+		st.Kernels = append(st.Kernels, KernelStatus{
+			Name:       k.Name,
+			PeerID:     k.Index,
+			State:      s.states[k.Name],
+			Boot:       string(k.Boot),
+			Flavour:    string(k.Flavour),
+			CPUs:       k.CPUs,
+			Memory:     k.Memory,
+			Backing:    string(k.Backing),
+			IP:         k.IP.String(),
+			MAC:        k.MAC.String(),
+			Kernel:     k.KernelPath,
+			ConsoleLog: k.ConsoleLog,
+		})
+	}
+	return st
+}
