@@ -30,6 +30,9 @@ type File struct {
 	// Path is the file the config was read from; relative paths inside it
 	// are resolved against its directory.
 	Path string `toml:"-"`
+	// RunRoot holds the default run directory (RunRoot/name) when the
+	// config names none; empty means DefaultRunRoot().
+	RunRoot string `toml:"-"`
 }
 
 // ClusterSection is the [cluster] table.
@@ -101,10 +104,12 @@ func (s Scalar) IsSet() bool { return s.raw != nil }
 func ScalarOf(v any) Scalar { return Scalar{raw: v} }
 
 // RunDir is the cluster's run directory: run_dir resolved against the
-// config's directory, or DefaultRunRoot()/name. Clients use it to find a
+// config's directory, or RunRoot/name. Clients use it to find a
 // running cluster from its config without checking the whole file.
 func (f *File) RunDir() string {
 	switch {
+	case f.Cluster.RunDir == "" && f.RunRoot != "":
+		return filepath.Join(f.RunRoot, f.Cluster.Name)
 	case f.Cluster.RunDir == "":
 		return filepath.Join(DefaultRunRoot(), f.Cluster.Name)
 	case filepath.IsAbs(f.Cluster.RunDir) || f.Path == "":

@@ -1,0 +1,453 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime/debug"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/popvmm/popvmm/cluster"
+	"github.com/popvmm/popvmm/supervisor"
+	"github.com/popvmm/popvmm/vtty"
+)
+
+// version is set with -ldflags "-X main.version=..." by the Makefile.
+var version = ""
+
+// cli holds what every command shares.
+type cli struct {
+	stdout, stderr io.Writer
+	runRoot        string
+	target         string // -c: cluster name or config file
+	verbose        bool
+}
+
+func newRoot(stdout, stderr io.Writer) *cobra.Command {
+	c := &cli{stdout: stdout, stderr: stderr}
+	root := &cobra.Command{
+		Use:           "popvmm",
+		Short:         "Run several Linux kernels side by side, each on its own host cores",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return usageErr("unknown command %q (see popvmm --help)", args[0])
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cmd.Help()
+			return usageErr("no command given")
+		},
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		return usageErr("%v (see %s --help)", err, cmd.CommandPath())
+	})
+	root.PersistentFlags().StringVar(&c.runRoot, "run-root", cluster.DefaultRunRoot(), "directory holding one run directory per cluster ($POPVMM_RUN_ROOT)")
+	root.PersistentFlags().BoolVarP(&c.verbose, "verbose", "v", false, "log debug detail")
+	root.AddCommand(c.validateCmd(), c.upCmd(), c.statusCmd(), c.downCmd(), c.bootCmd(),
+		c.attachCmd(), c.logsCmd(), c.sshCmd(), c.versionCmd())
+	return root
+}
+
+// exactArgs is cobra.ExactArgs with a usage exit status and named arguments.
+func exactArgs(names ...string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) != len(names) {
+			return usageErr("%s wants %s, got %d argument(s) (see --help)", cmd.CommandPath(), strings.Join(names, " "), len(args))
+		}
+		return nil
+	}
+}
+
+func (c *cli) logger() *slog.Logger {
+	level := slog.LevelInfo
+	if c.verbose {
+		level = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(c.stderr, &slog.HandlerOptions{Level: level}))
+}
+
+func (c *cli) targetFlag(cmd *cobra.Command) {
+	cmd.Flags().StringVarP(&c.target, "cluster", "c", "", "cluster name, or its cluster.toml (default: the only cluster up)")
+}
+
+// load reads and checks a config; any problem is a usage error (status 2)
+// listing every field at fault. Warnings go to stderr.
+func (c *cli) load(path string) (*cluster.Cluster, error) {
+	f, err := cluster.Load(path)
+	if err != nil {
+		if errors.Is(err, cluster.ErrParse) || errors.Is(err, os.ErrNotExist) || errors.Is(err, os.ErrPermission) {
+			return nil, &exitError{exitUsage, err}
+		}
+		return nil, err
+	}
+	f.RunRoot = c.runRoot
+	cl, err := cluster.Check(f, cluster.SysHost{})
+	if err != nil {
+		return nil, configErr(path, err)
+	}
+	for _, w := range cl.Warnings {
+		fmt.Fprintf(c.stderr, "warning: %s\n", w)
+	}
+	return cl, nil
+}
+
+func configErr(path string, err error) error {
+	fes := cluster.FieldErrors(err)
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s: %d problem%s:", path, len(fes), map[bool]string{true: "", false: "s"}[len(fes) == 1])
+	for _, fe := range fes {
+		fmt.Fprintf(&b, "\n  %v", fe)
+	}
+	return &exitError{exitUsage, errors.New(b.String())}
+}
+
+func (c *cli) validateCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "validate FILE",
+		Short: "Check a cluster.toml and print the resolved plan",
+		Args:  exactArgs("FILE"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, err := c.load(args[0])
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(c.stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(cl)
+			}
+			return cl.WritePlan(c.stdout)
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the plan as JSON")
+	return cmd
+}
+
+func (c *cli) upCmd() *cobra.Command {
+	var detach bool
+	var notifyFD int
+	cmd := &cobra.Command{
+		Use:   "up FILE",
+		Short: "Bring a cluster up (foreground; -d to detach)",
+		Args:  exactArgs("FILE"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var notify *supervisor.Notifier
+			if notifyFD > 0 {
+				notify = supervisor.NewNotifier(notifyFD)
+			}
+			err := c.up(cmd.Context(), args[0], detach, notify)
+			notify.Notify(err) // no-op once ready was sent
+			return err
+		},
+	}
+	cmd.Flags().BoolVarP(&detach, "detach", "d", false, "run the supervisor in the background and return once it is up")
+	cmd.Flags().IntVar(&notifyFD, "notify-fd", 0, "internal: report readiness on this fd")
+	cmd.Flags().MarkHidden("notify-fd")
+	return cmd
+}
+
+func (c *cli) up(ctx context.Context, path string, detach bool, notify *supervisor.Notifier) error {
+	cl, err := c.load(path)
+	if err != nil {
+		return err
+	}
+	if err := supervisor.Conflicts(ctx, c.runRoot, cl); err != nil {
+		return configErr(path, err)
+	}
+	if detach {
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("find own executable: %w", err)
+		}
+		args := []string{"up", "--run-root", c.runRoot, fmt.Sprintf("--notify-fd=%d", supervisor.NotifyFD), cl.ConfigPath}
+		if c.verbose {
+			args = append(args, "-v")
+		}
+		pid, err := supervisor.Detach(exe, args, cl.RunDir)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(c.stdout, "cluster %s is up: supervisor pid %d, log %s/%s\n", cl.Name, pid, cl.RunDir, supervisor.LogName)
+		fmt.Fprintf(c.stdout, "kernels stay defined: the VMM is not built yet. `popvmm status -c %s`, `popvmm down -c %s`\n", cl.Name, cl.Name)
+		return nil
+	}
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	sup := supervisor.New(cl, c.logger())
+	err = sup.Run(ctx, supervisor.Options{Ready: func(sock string) {
+		fmt.Fprintf(c.stdout, "cluster %s is up; control socket %s\n", cl.Name, sock)
+		fmt.Fprintf(c.stdout, "kernels stay defined: the VMM is not built yet. Ctrl-C or `popvmm down -c %s` stops it.\n", cl.Name)
+		notify.Notify(nil)
+	}})
+	var ae *supervisor.AlreadyUpError
+	if errors.As(err, &ae) {
+		return fmt.Errorf("cluster %q is already up (supervisor pid %d, run directory %s); stop it first with `popvmm down -c %s`",
+			cl.Name, ae.PID, ae.RunDir, cl.Name)
+	}
+	return err
+}
+
+// client finds the supervisor the command addresses.
+func (c *cli) client(ctx context.Context) (supervisor.Client, error) {
+	t := c.target
+	if strings.HasSuffix(t, ".toml") || strings.ContainsRune(t, '/') {
+		f, err := cluster.Load(t)
+		if err != nil {
+			return supervisor.Client{}, &exitError{exitUsage, err}
+		}
+		f.RunRoot = c.runRoot
+		return supervisor.Client{Socket: f.RunDir() + string(filepath.Separator) + supervisor.SocketName}, nil
+	}
+	return supervisor.Find(ctx, c.runRoot, t)
+}
+
+func (c *cli) status(ctx context.Context) (*supervisor.Status, error) {
+	cl, err := c.client(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return cl.Status(ctx)
+}
+
+func (c *cli) kernel(ctx context.Context, name string) (*supervisor.Status, *supervisor.KernelStatus, error) {
+	st, err := c.status(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	k := st.Kernel(name)
+	if k == nil {
+		var names []string
+		for _, k := range st.Kernels {
+			names = append(names, k.Name)
+		}
+		return nil, nil, usageErr("cluster %q has no kernel %q (kernels: %s)", st.Cluster, name, strings.Join(names, ", "))
+	}
+	return st, k, nil
+}
+
+func timeout(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, 30*time.Second)
+}
+
+func (c *cli) statusCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show the cluster and every kernel's state, cores, memory and addresses",
+		Args:  exactArgs(),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, cancel := timeout(cmd.Context())
+			defer cancel()
+			st, err := c.status(ctx)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(c.stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(st)
+			}
+			return supervisor.WriteStatus(c.stdout, st, time.Now())
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	c.targetFlag(cmd)
+	return cmd
+}
+
+func (c *cli) downCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "down",
+		Short: "Stop every kernel of the cluster and release everything it holds",
+		Args:  exactArgs(),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, cancel := timeout(cmd.Context())
+			defer cancel()
+			cl, err := c.client(ctx)
+			if err != nil {
+				return err
+			}
+			st, err := cl.Status(ctx)
+			if err != nil {
+				return err
+			}
+			if err := cl.Down(ctx); err != nil {
+				return err
+			}
+			fmt.Fprintf(c.stdout, "cluster %s is down\n", st.Cluster)
+			return nil
+		},
+	}
+	c.targetFlag(cmd)
+	return cmd
+}
+
+func (c *cli) bootCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "boot NAME",
+		Short: "Boot a manual (secondary) kernel into the running cluster",
+		Args:  exactArgs("NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, cancel := timeout(cmd.Context())
+			defer cancel()
+			cl, err := c.client(ctx)
+			if err != nil {
+				return err
+			}
+			if _, err := cl.Call(ctx, supervisor.Request{Op: supervisor.OpBoot, Name: args[0]}); err != nil {
+				return opExit(err)
+			}
+			fmt.Fprintf(c.stdout, "kernel %s is booting\n", args[0])
+			return nil
+		},
+	}
+	c.targetFlag(cmd)
+	return cmd
+}
+
+// opExit maps a supervisor's refusal to an exit status.
+func opExit(err error) error {
+	var oe *supervisor.OpError
+	if errors.As(err, &oe) {
+		switch oe.Code {
+		case supervisor.CodeNotBuilt:
+			return &exitError{exitNotBuilt, err}
+		case supervisor.CodeNotFound, supervisor.CodeBadRequest:
+			return &exitError{exitUsage, err}
+		}
+	}
+	return err
+}
+
+func (c *cli) attachCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "attach NAME",
+		Short: "Attach the terminal to a kernel's serial console (Ctrl-] detaches)",
+		Args:  exactArgs("NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, cancel := timeout(cmd.Context())
+			defer cancel()
+			_, k, err := c.kernel(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			return notBuilt("attach %s: the console bridge to a host PTY (vtty) is not built yet; kernel %q is %s",
+				k.Name, k.Name, k.State)
+		},
+	}
+	c.targetFlag(cmd)
+	return cmd
+}
+
+func (c *cli) logsCmd() *cobra.Command {
+	var follow bool
+	cmd := &cobra.Command{
+		Use:   "logs NAME",
+		Short: "Print a kernel's console log (-f follows it)",
+		Args:  exactArgs("NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, cancel := timeout(cmd.Context())
+			_, k, err := c.kernel(ctx, args[0])
+			cancel()
+			if err != nil {
+				return err
+			}
+			if _, err := os.Stat(k.ConsoleLog); errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("no console output yet from %q (%s): it is %s", k.Name, k.ConsoleLog, k.State)
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return vtty.CopyLog(ctx, k.ConsoleLog, c.stdout, follow)
+		},
+	}
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output until interrupted")
+	c.targetFlag(cmd)
+	return cmd
+}
+
+func (c *cli) sshCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "ssh NAME [COMMAND...]",
+		Short: "Run ssh to a kernel with the cluster's key",
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) < 1 {
+				return usageErr("%s wants NAME [COMMAND...]", cmd.CommandPath())
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, cancel := timeout(cmd.Context())
+			defer cancel()
+			_, k, err := c.kernel(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			return notBuilt("ssh %s: the virtual network (vnet) and the cluster SSH key are not built yet; %q will be at %s",
+				k.Name, k.Name, k.IP)
+		},
+	}
+	cmd.Flags().SetInterspersed(false)
+	c.targetFlag(cmd)
+	return cmd
+}
+
+func (c *cli) versionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print popvmm's version",
+		Args:  exactArgs(),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			fmt.Fprintf(c.stdout, "popvmm %s\n", versionString())
+			return nil
+		},
+	}
+}
+
+func versionString() string {
+	v := version
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return defaultStr(v, "unknown")
+	}
+	var rev, dirty string
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			if s.Value == "true" {
+				dirty = "+dirty"
+			}
+		}
+	}
+	if v == "" {
+		v = bi.Main.Version
+	}
+	if rev != "" {
+		v += fmt.Sprintf(" (%.12s%s)", rev, dirty)
+	}
+	return fmt.Sprintf("%s %s", v, bi.GoVersion)
+}
+
+func defaultStr(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}

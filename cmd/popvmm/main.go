@@ -1,0 +1,57 @@
+// Command popvmm runs clusters of Linux kernels side by side on one host,
+// each kernel a KVM VM on dedicated host cores, as Popcorn Linux runs a
+// replicated-kernel OS. This package only parses the command line and calls
+// the packages that do the work; docs/cli.md describes every command.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+)
+
+// Exit statuses (docs/cli.md).
+const (
+	exitOK       = 0
+	exitFailure  = 1 // the command ran and failed
+	exitUsage    = 2 // bad command line or bad cluster config
+	exitNotBuilt = 3 // the capability behind the command is not built yet
+)
+
+// exitError carries an exit status with the error to print.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+func usageErr(format string, args ...any) error {
+	return &exitError{exitUsage, fmt.Errorf(format, args...)}
+}
+
+func notBuilt(format string, args ...any) error {
+	return &exitError{exitNotBuilt, fmt.Errorf(format, args...)}
+}
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run executes one command line and returns the exit status.
+func run(args []string, stdout, stderr io.Writer) int {
+	root := newRoot(stdout, stderr)
+	root.SetArgs(args)
+	err := root.Execute()
+	if err == nil {
+		return exitOK
+	}
+	fmt.Fprintf(stderr, "popvmm: %v\n", err)
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return ee.code
+	}
+	return exitFailure
+}

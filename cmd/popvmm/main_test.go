@@ -1,0 +1,267 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/popvmm/popvmm/supervisor"
+)
+
+// popvmm runs one command line in-process and returns its exit status and
+// output.
+func popvmm(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := run(args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+// wants reads the "# want: ..." lines at the top of a broken config.
+func wants(t *testing.T, path string) []string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var w []string
+	for line := range strings.Lines(string(b)) {
+		if s, ok := strings.CutPrefix(strings.TrimSpace(line), "# want: "); ok {
+			w = append(w, s)
+		}
+	}
+	if len(w) == 0 {
+		t.Fatalf("%s has no '# want:' line", path)
+	}
+	return w
+}
+
+func brokenConfigs(t *testing.T) []string {
+	files, err := filepath.Glob("../../tests/testdata/bad-*.toml")
+	if err != nil || len(files) < 12 {
+		t.Fatalf("want at least a dozen broken configs, found %d (%v)", len(files), err)
+	}
+	return files
+}
+
+// TestValidateBrokenConfigs: each broken config gets its own clear error
+// and exit status 2.
+func TestValidateBrokenConfigs(t *testing.T) {
+	for _, f := range brokenConfigs(t) {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			code, out, errs := popvmm(t, "validate", f)
+			if code != exitUsage {
+				t.Errorf("popvmm validate %s = status %d, want %d\nstderr: %s", f, code, exitUsage, errs)
+			}
+			if out != "" {
+				t.Errorf("stdout = %q, want nothing for a broken config", out)
+			}
+			for _, w := range wants(t, f) {
+				if !strings.Contains(errs, w) {
+					t.Errorf("stderr:\n%s\nwant it to contain %q", errs, w)
+				}
+			}
+		})
+	}
+}
+
+func TestValidateExample(t *testing.T) {
+	code, out, errs := popvmm(t, "validate", "../../examples/cluster.toml")
+	if code != exitOK {
+		t.Fatalf("validate example = %d: %s", code, errs)
+	}
+	for _, w := range []string{"cluster demo", "kernel primary (peer 0, boot up, flavour full)", "kernel secondary (peer 1, boot manual",
+		"cores    0 (1 vCPU", "512 MiB memfd", "10.199.0.2", "window bar", "e820", "zero page"} {
+		if !strings.Contains(out, w) {
+			t.Errorf("plan lacks %q:\n%s", w, out)
+		}
+	}
+	code, out, _ = popvmm(t, "validate", "--json", "../../examples/cluster.toml")
+	var plan struct {
+		Name    string
+		Kernels []struct {
+			Name string
+			CPUs []int
+		}
+	}
+	if err := json.Unmarshal([]byte(out), &plan); code != 0 || err != nil || plan.Name != "demo" || len(plan.Kernels) != 2 {
+		t.Errorf("validate --json = %d, %v, %+v", code, err, plan)
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	for _, args := range [][]string{{}, {"frob"}, {"validate"}, {"validate", "a", "b"}, {"validate", "--bogus", "x"},
+		{"up"}, {"boot"}, {"logs"}, {"ssh"}, {"status", "extra"}, {"validate", "/nonexistent/cluster.toml"}} {
+		if code, _, errs := popvmm(t, args...); code != exitUsage || !strings.HasPrefix(errs, "popvmm: ") && !strings.Contains(errs, "popvmm: ") {
+			t.Errorf("popvmm %q = %d (%q), want %d with a popvmm: message", args, code, errs, exitUsage)
+		}
+	}
+	if code, out, _ := popvmm(t, "version"); code != 0 || !strings.HasPrefix(out, "popvmm ") {
+		t.Errorf("version = %d %q", code, out)
+	}
+}
+
+// TestUpStatusDownInProcess brings the example up in the foreground, drives
+// it with the other commands and stops it with down.
+func TestUpStatusDownInProcess(t *testing.T) {
+	root := t.TempDir()
+	pr, pw := io.Pipe()
+	done := make(chan int, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go func() {
+		c := newRoot(pw, io.Discard)
+		c.SetArgs([]string{"up", "--run-root", root, "../../examples/cluster.toml"})
+		code := 0
+		if err := c.ExecuteContext(ctx); err != nil {
+			code = 1
+		}
+		pw.Close()
+		done <- code
+	}()
+	waitLine(t, pr, "is up")
+	go io.Copy(io.Discard, pr)
+
+	rr := "--run-root=" + root
+	code, out, errs := popvmm(t, "status", rr)
+	if code != 0 || !strings.Contains(out, "primary    0     defined  up") {
+		t.Errorf("status = %d %q %q", code, out, errs)
+	}
+	cases := []struct {
+		args []string
+		code int
+		msg  string
+	}{
+		{[]string{"boot", rr, "secondary"}, exitNotBuilt, "the VMM is not built yet"},
+		{[]string{"boot", rr, "nope"}, exitUsage, `no kernel "nope"`},
+		{[]string{"attach", rr, "secondary"}, exitNotBuilt, "not built yet"},
+		{[]string{"ssh", rr, "secondary", "uname", "-a"}, exitNotBuilt, "will be at 10.199.0.3"},
+		{[]string{"logs", rr, "primary"}, exitFailure, "no console output yet"},
+		{[]string{"status", rr, "-c", "other"}, exitFailure, "cluster is not up"},
+		{[]string{"up", rr, "../../examples/cluster.toml"}, exitFailure, `cluster "demo" is already up`},
+	}
+	for _, c := range cases {
+		code, _, errs := popvmm(t, c.args...)
+		if code != c.code || !strings.Contains(errs, c.msg) {
+			t.Errorf("popvmm %q = %d %q, want %d with %q", c.args, code, errs, c.code, c.msg)
+		}
+	}
+	// logs prints the console log once there is one.
+	testLog := filepath.Join(root, "demo", "primary.console.log")
+	os.WriteFile(testLog, []byte("Linux version 6.1\nRun /init as init process\n"), 0o600)
+	if code, out, _ := popvmm(t, "logs", rr, "-c", "demo", "primary"); code != 0 || !strings.Contains(out, "Run /init") {
+		t.Errorf("logs = %d %q", code, out)
+	}
+
+	// -c with a config path finds the run directory from the file.
+	if code, out, errs := popvmm(t, "down", rr, "-c", "../../examples/cluster.toml"); code != 0 || !strings.Contains(out, "cluster demo is down") {
+		t.Fatalf("down -c FILE = %d %q %q", code, out, errs)
+	}
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Errorf("up exited %d after down", code)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("up did not return after down")
+	}
+	if _, err := os.Stat(filepath.Join(root, "demo", supervisor.SocketName)); !os.IsNotExist(err) {
+		t.Errorf("control socket left after down: %v", err)
+	}
+}
+
+func waitLine(t *testing.T, r io.Reader, want string) {
+	t.Helper()
+	found := make(chan error, 1)
+	go func() {
+		sc := bufio.NewScanner(r)
+		for sc.Scan() {
+			if strings.Contains(sc.Text(), want) {
+				found <- nil
+				return
+			}
+		}
+		found <- io.ErrUnexpectedEOF
+	}()
+	select {
+	case err := <-found:
+		if err != nil {
+			t.Fatalf("output ended before %q", want)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("no %q within 20s", want)
+	}
+}
+
+// buildBinary builds popvmm once per test run.
+func buildBinary(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "popvmm")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// TestBinary checks, as a user sees it, that broken configs exit 2 without
+// a Go stack, and that up -d / status / down leave no process or socket.
+func TestBinary(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary; skipped with -short")
+	}
+	bin := buildBinary(t)
+	for _, f := range brokenConfigs(t) {
+		cmd := exec.Command(bin, "validate", f)
+		out, err := cmd.CombinedOutput()
+		if cmd.ProcessState.ExitCode() != exitUsage || strings.Contains(string(out), "goroutine ") || strings.Contains(string(out), "panic") {
+			t.Errorf("%s validate %s = %v\n%s", bin, f, err, out)
+		}
+	}
+
+	root := t.TempDir()
+	popvmmBin := func(args ...string) (string, error) {
+		cmd := exec.Command(bin, append([]string{"--run-root", root}, args...)...)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	out, err := popvmmBin("up", "-d", "../../examples/cluster.toml")
+	if err != nil || !strings.Contains(out, "cluster demo is up") {
+		t.Fatalf("up -d = %v\n%s", err, out)
+	}
+	t.Cleanup(func() { popvmmBin("down") })
+	out, err = popvmmBin("status", "--json")
+	var st supervisor.Status
+	if err != nil || json.Unmarshal([]byte(out), &st) != nil || st.PID <= 0 {
+		t.Fatalf("status --json = %v\n%s", err, out)
+	}
+	pidfd, err := unix.PidfdOpen(st.PID, 0)
+	if err != nil {
+		t.Fatalf("pidfd_open(%d): %v", st.PID, err)
+	}
+	defer unix.Close(pidfd)
+	if out, err := popvmmBin("up", "-d", "../../examples/cluster.toml"); err == nil || !strings.Contains(out, "already up") {
+		t.Errorf("second up -d = %v\n%s", err, out)
+	}
+	if out, err := popvmmBin("down"); err != nil || !strings.Contains(out, "is down") {
+		t.Fatalf("down = %v\n%s", err, out)
+	}
+	// The supervisor process must be gone: wait on its pidfd.
+	fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
+	if n, err := unix.Poll(fds, 10_000); err != nil || n != 1 {
+		t.Errorf("supervisor pid %d still running 10s after down (%v)", st.PID, err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(root, "demo", "*")); strings.Contains(strings.Join(left, " "), "control.sock") {
+		t.Errorf("left behind after down: %v", left)
+	}
+}

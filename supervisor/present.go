@@ -1,0 +1,27 @@
+package supervisor
+
+import (
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"github.com/popvmm/popvmm/cluster"
+	"github.com/popvmm/popvmm/memmap"
+)
+
+// WriteStatus prints st as the table `popvmm status` shows.
+func WriteStatus(w io.Writer, st *Status, now time.Time) error {
+	fmt.Fprintf(w, "cluster %s  supervisor pid %d  up %s  config %s\n",
+		st.Cluster, st.PID, now.Sub(st.Started).Round(time.Second), st.ConfigPath)
+	fmt.Fprintf(w, "network bridge %s  subnet %s  host %s   window %s\n",
+		st.Bridge, st.Subnet, st.HostIP, memmap.FormatSize(st.WindowSize))
+	fmt.Fprintf(w, "vmm     %s\n\n", st.VMM)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tPEER\tSTATE\tBOOT\tFLAVOUR\tCORES\tMEMORY\tBACKING\tIP\tMAC")
+	for _, k := range st.Kernels {
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.Name, k.PeerID, k.State, k.Boot, k.Flavour,
+			cluster.FormatCPUList(k.CPUs), memmap.FormatSize(k.Memory), k.Backing, k.IP, k.MAC)
+	}
+	return tw.Flush()
+}

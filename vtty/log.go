@@ -1,0 +1,66 @@
+// Package vtty connects each kernel's serial console to the host: the 16550A
+// UART model, the bridge to a host PTY, the console log on disk, and
+// `popvmm attach`. So far it holds the console log reader behind
+// `popvmm logs`; the UART and PTY bridge land with the VMM core.
+package vtty
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+)
+
+// pollInterval is how often Follow looks for new console output. Console
+// logs are written by another process, so there is no event to wait on
+// short of inotify; a quarter second is below what a person notices.
+const pollInterval = 250 * time.Millisecond
+
+// CopyLog writes the console log at path to w. With follow it keeps
+// writing what is appended, across truncation or replacement of the file
+// (a reboot starts a new log), until ctx ends; ending that way is not an
+// error.
+func CopyLog(ctx context.Context, path string, w io.Writer, follow bool) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("console log: %w", err)
+	}
+	defer func() { f.Close() }()
+	var off int64
+	tick := time.NewTicker(pollInterval)
+	defer tick.Stop()
+	for {
+		n, err := io.Copy(w, f)
+		off += n
+		if err != nil {
+			return fmt.Errorf("copy console log: %w", err)
+		}
+		if !follow {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		// Reopen when the file was replaced or truncated.
+		cur, err1 := f.Stat()
+		now, err2 := os.Stat(path)
+		if err := errors.Join(err1, err2); err != nil {
+			if errors.Is(err2, os.ErrNotExist) {
+				continue // between remove and create
+			}
+			return fmt.Errorf("console log: %w", err)
+		}
+		if !os.SameFile(cur, now) || now.Size() < off {
+			nf, err := os.Open(path)
+			if err != nil {
+				continue
+			}
+			f.Close()
+			f, off = nf, 0
+		}
+	}
+}
