@@ -1,0 +1,83 @@
+// Package testenv decides whether a test that needs /dev/kvm or root may
+// run here. Such tests skip with the reason on a machine that lacks them,
+// and fail instead when POPVMM_REQUIRE_KVM=1 (as in CI), so a missing
+// capability can never turn a red run green by skipping.
+package testenv
+
+import (
+	"fmt"
+	"os"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// RequireEnv is the variable that turns skips into failures.
+const RequireEnv = "POPVMM_REQUIRE_KVM"
+
+// KVMDevice is the KVM device node.
+const KVMDevice = "/dev/kvm"
+
+// Verdict is what a capability check decided.
+type Verdict int
+
+// Verdicts.
+const (
+	Run Verdict = iota
+	Skip
+	Fail
+)
+
+// Decide is the pure rule: with no problem the test runs; with one it is
+// skipped, unless required, when it fails.
+func Decide(problem error, required bool) Verdict {
+	switch {
+	case problem == nil:
+		return Run
+	case required:
+		return Fail
+	}
+	return Skip
+}
+
+func required() bool { return os.Getenv(RequireEnv) == "1" }
+
+func apply(t testing.TB, problem error) {
+	t.Helper()
+	switch Decide(problem, required()) {
+	case Skip:
+		t.Skipf("skipped: %v (set %s=1 to make this a failure)", problem, RequireEnv)
+	case Fail:
+		t.Fatalf("%v, and %s=1 requires it", problem, RequireEnv)
+	}
+}
+
+// KVMProblem says why KVM cannot be used here, or nil.
+func KVMProblem() error {
+	fd, err := unix.Open(KVMDevice, unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("cannot open %s: %w", KVMDevice, err)
+	}
+	unix.Close(fd)
+	return nil
+}
+
+// RootProblem says why this process lacks root, or nil.
+func RootProblem() error {
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("needs root (running as uid %d)", os.Geteuid())
+	}
+	return nil
+}
+
+// RequireKVM skips or fails t unless /dev/kvm can be opened.
+func RequireKVM(t testing.TB) {
+	t.Helper()
+	apply(t, KVMProblem())
+}
+
+// RequireRoot skips or fails t unless it runs as root.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	apply(t, RootProblem())
+}

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what building and testing popvmm needs on Debian 12, as root.
+# Go itself must already be installed (Debian's golang is too old for
+# go.mod's toolchain); everything else comes from Debian's archive.
+set -euo pipefail
+
+need_go=$(sed -n 's/^go \([0-9.]*\).*/\1/p' "$(dirname "$0")/../go.mod")
+if ! command -v go >/dev/null 2>&1; then
+  echo "deps: Go $need_go or newer is needed and not on PATH (install it to /usr/local/go)" >&2
+  exit 1
+fi
+echo "==> deps: $(go version) (go.mod wants $need_go)"
+
+# gcc: the race detector needs cgo. git: version stamping. iproute2: later
+# network tests.
+pkgs=(gcc make git iproute2)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "deps: missing ${missing[*]}; run as root to install them" >&2
+    exit 1
+  fi
+  echo "==> deps: apt-get install ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+echo "==> deps: Go modules"
+go mod download
+echo "==> deps: done"
