@@ -313,3 +313,13 @@ func FuzzNew(f *testing.F) {
 		checkInvariants(t, spec, l)
 	})
 }
+
+func BenchmarkNew(b *testing.B) {
+	spec := memmap.Spec{RAM: 6 * GiB, RAMAlign: 2 * MiB, WindowSize: 16 * MiB,
+		Passthrough: []memmap.PassthroughSpec{{GPA: 16 * GiB, Size: 2 * MiB}}}
+	for b.Loop() {
+		if _, err := memmap.New(spec); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -6,7 +6,7 @@ import (
 
 // The control protocol: a client connects to the control socket, writes one
 // JSON Request on one line, and reads one JSON Response; then the supervisor
-// closes the connection. docs/control-protocol.md describes it.
+// closes the connection. docs/cli.md ("Control protocol") describes it.
 
 // Ops a Request may carry.
 const (

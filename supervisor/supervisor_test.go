@@ -17,8 +17,7 @@ import (
 	"github.com/popvmm/popvmm/supervisor"
 )
 
-func testCluster(t *testing.T, root, name string) *cluster.Cluster {
-	t.Helper()
+func testCluster(_ testing.TB, root, name string) *cluster.Cluster {
 	return &cluster.Cluster{
 		Name:   name,
 		RunDir: filepath.Join(root, name),
@@ -37,6 +36,10 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 // start runs a supervisor and waits until its socket is ready. The returned
 // channel yields Run's result.
 func start(t *testing.T, cl *cluster.Cluster) (supervisor.Client, <-chan error) {
+	return startB(t, cl)
+}
+
+func startB(t testing.TB, cl *cluster.Cluster) (supervisor.Client, <-chan error) {
 	t.Helper()
 	ready := make(chan string, 1)
 	done := make(chan error, 1)
