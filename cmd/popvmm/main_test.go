@@ -264,4 +264,35 @@ func TestBinary(t *testing.T) {
 	if left, _ := filepath.Glob(filepath.Join(root, "demo", "*")); strings.Contains(strings.Join(left, " "), "control.sock") {
 		t.Errorf("left behind after down: %v", left)
 	}
+
+	// A supervisor killed with SIGKILL leaves a stale socket but no lock:
+	// status says the cluster is not up and the next up takes over.
+	if out, err := popvmmBin("up", "-d", "../../examples/cluster.toml"); err != nil {
+		t.Fatalf("up -d again = %v\n%s", err, out)
+	}
+	out, _ = popvmmBin("status", "--json")
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("status --json: %v\n%s", err, out)
+	}
+	pidfd2, err := unix.PidfdOpen(st.PID, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(pidfd2)
+	if err := unix.PidfdSendSignal(pidfd2, unix.SIGKILL, nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	fds = []unix.PollFd{{Fd: int32(pidfd2), Events: unix.POLLIN}}
+	if n, err := unix.Poll(fds, 10_000); err != nil || n != 1 {
+		t.Fatalf("killed supervisor still running (%v)", err)
+	}
+	if out, err := popvmmBin("status", "-c", "demo"); err == nil || !strings.Contains(out, "cluster is not up") {
+		t.Errorf("status after kill = %v\n%s", err, out)
+	}
+	if out, err := popvmmBin("up", "-d", "../../examples/cluster.toml"); err != nil {
+		t.Fatalf("up -d after kill = %v\n%s", err, out)
+	}
+	if out, err := popvmmBin("down"); err != nil {
+		t.Fatalf("down after takeover = %v\n%s", err, out)
+	}
 }
