@@ -39,25 +39,28 @@ func ParseSize(s string) (uint64, error) {
 	return n << shift, nil
 }
 
-// scalarSize interprets a Scalar as a size.
+// scalarSize interprets a Scalar as a size ("512M" or an integer).
 func scalarSize(v Scalar) (uint64, error) {
-	switch x := v.raw.(type) {
-	case int64:
-		if x < 0 {
-			return 0, fmt.Errorf("%d is negative", x)
-		}
-		return uint64(x), nil
-	case string:
-		return ParseSize(x)
-	case nil:
-		return 0, errors.New("not set")
-	}
-	return 0, fmt.Errorf("want a size such as \"512M\" or an integer, not a TOML %s", tomlTypeName(v.raw))
+	return scalarUint(v, ParseSize, `a size such as "512M"`)
 }
 
 // scalarAddr interprets a Scalar as an address or offset: an integer, or a
 // string in any base Go accepts ("0x100000000", "4294967296").
 func scalarAddr(v Scalar) (uint64, error) {
+	return scalarUint(v, parseAddr, `an address such as "0x100000000"`)
+}
+
+func parseAddr(s string) (uint64, error) {
+	n, err := strconv.ParseUint(strings.TrimSpace(s), 0, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%q is not an address (want e.g. \"0x100000000\")", s)
+	}
+	return n, nil
+}
+
+// scalarUint reads a non-negative TOML integer as is, or a string through
+// parse; want names the expected form in errors.
+func scalarUint(v Scalar, parse func(string) (uint64, error), want string) (uint64, error) {
 	switch x := v.raw.(type) {
 	case int64:
 		if x < 0 {
@@ -65,15 +68,11 @@ func scalarAddr(v Scalar) (uint64, error) {
 		}
 		return uint64(x), nil
 	case string:
-		n, err := strconv.ParseUint(strings.TrimSpace(x), 0, 64)
-		if err != nil {
-			return 0, fmt.Errorf("%q is not an address (want e.g. \"0x100000000\")", x)
-		}
-		return n, nil
+		return parse(x)
 	case nil:
 		return 0, errors.New("not set")
 	}
-	return 0, fmt.Errorf("want an address such as \"0x100000000\", not a TOML %s", tomlTypeName(v.raw))
+	return 0, fmt.Errorf("want %s or an integer, not a TOML %s", want, tomlTypeName(v.raw))
 }
 
 func tomlTypeName(v any) string {

@@ -128,9 +128,7 @@ func (c *cli) validateCmd() *cobra.Command {
 				return err
 			}
 			if asJSON {
-				enc := json.NewEncoder(c.stdout)
-				enc.SetIndent("", "  ")
-				return enc.Encode(cl)
+				return writeJSON(c.stdout, cl)
 			}
 			return cl.WritePlan(c.stdout)
 		},
@@ -217,32 +215,43 @@ func (c *cli) client(ctx context.Context) (supervisor.Client, error) {
 	return supervisor.Find(ctx, c.runRoot, t)
 }
 
-func (c *cli) status(ctx context.Context) (*supervisor.Status, error) {
+// callTimeout bounds a command's exchange with a supervisor.
+const callTimeout = 30 * time.Second
+
+// withCluster runs f, within callTimeout, with the client of the cluster the
+// command addresses.
+func (c *cli) withCluster(cmd *cobra.Command, f func(ctx context.Context, cl supervisor.Client) error) error {
+	ctx, cancel := context.WithTimeout(cmd.Context(), callTimeout)
+	defer cancel()
 	cl, err := c.client(ctx)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	return cl.Status(ctx)
+	return f(ctx, cl)
 }
 
-func (c *cli) kernel(ctx context.Context, name string) (*supervisor.Status, *supervisor.KernelStatus, error) {
-	st, err := c.status(ctx)
-	if err != nil {
-		return nil, nil, err
-	}
-	k := st.Kernel(name)
-	if k == nil {
-		var names []string
-		for _, k := range st.Kernels {
-			names = append(names, k.Name)
+// withKernel runs f with the status of the named kernel of the addressed
+// cluster; an unknown name is a usage error listing the kernels.
+func (c *cli) withKernel(cmd *cobra.Command, name string, f func(k *supervisor.KernelStatus) error) error {
+	var k *supervisor.KernelStatus
+	err := c.withCluster(cmd, func(ctx context.Context, cl supervisor.Client) error {
+		st, err := cl.Status(ctx)
+		if err != nil {
+			return err
 		}
-		return nil, nil, usageErr("cluster %q has no kernel %q (kernels: %s)", st.Cluster, name, strings.Join(names, ", "))
+		if k = st.Kernel(name); k == nil {
+			var names []string
+			for _, k := range st.Kernels {
+				names = append(names, k.Name)
+			}
+			return usageErr("cluster %q has no kernel %q (kernels: %s)", st.Cluster, name, strings.Join(names, ", "))
+		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
-	return st, k, nil
-}
-
-func timeout(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(ctx, 30*time.Second)
+	return f(k)
 }
 
 func (c *cli) statusCmd() *cobra.Command {
@@ -252,18 +261,16 @@ func (c *cli) statusCmd() *cobra.Command {
 		Short: "Show the cluster and every kernel's state, cores, memory and addresses",
 		Args:  exactArgs(),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx, cancel := timeout(cmd.Context())
-			defer cancel()
-			st, err := c.status(ctx)
-			if err != nil {
-				return err
-			}
-			if asJSON {
-				enc := json.NewEncoder(c.stdout)
-				enc.SetIndent("", "  ")
-				return enc.Encode(st)
-			}
-			return supervisor.WriteStatus(c.stdout, st, time.Now())
+			return c.withCluster(cmd, func(ctx context.Context, cl supervisor.Client) error {
+				st, err := cl.Status(ctx)
+				if err != nil {
+					return err
+				}
+				if asJSON {
+					return writeJSON(c.stdout, st)
+				}
+				return supervisor.WriteStatus(c.stdout, st, time.Now())
+			})
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
@@ -277,21 +284,17 @@ func (c *cli) downCmd() *cobra.Command {
 		Short: "Stop every kernel of the cluster and release everything it holds",
 		Args:  exactArgs(),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx, cancel := timeout(cmd.Context())
-			defer cancel()
-			cl, err := c.client(ctx)
-			if err != nil {
-				return err
-			}
-			st, err := cl.Status(ctx)
-			if err != nil {
-				return err
-			}
-			if err := cl.Down(ctx); err != nil {
-				return err
-			}
-			fmt.Fprintf(c.stdout, "cluster %s is down\n", st.Cluster)
-			return nil
+			return c.withCluster(cmd, func(ctx context.Context, cl supervisor.Client) error {
+				st, err := cl.Status(ctx)
+				if err != nil {
+					return err
+				}
+				if err := cl.Down(ctx); err != nil {
+					return err
+				}
+				fmt.Fprintf(c.stdout, "cluster %s is down\n", st.Cluster)
+				return nil
+			})
 		},
 	}
 	c.targetFlag(cmd)
@@ -304,17 +307,13 @@ func (c *cli) bootCmd() *cobra.Command {
 		Short: "Boot a manual (secondary) kernel into the running cluster",
 		Args:  exactArgs("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx, cancel := timeout(cmd.Context())
-			defer cancel()
-			cl, err := c.client(ctx)
-			if err != nil {
-				return err
-			}
-			if _, err := cl.Call(ctx, supervisor.Request{Op: supervisor.OpBoot, Name: args[0]}); err != nil {
-				return opExit(err)
-			}
-			fmt.Fprintf(c.stdout, "kernel %s is booting\n", args[0])
-			return nil
+			return c.withCluster(cmd, func(ctx context.Context, cl supervisor.Client) error {
+				if _, err := cl.Call(ctx, supervisor.Request{Op: supervisor.OpBoot, Name: args[0]}); err != nil {
+					return opExit(err)
+				}
+				fmt.Fprintf(c.stdout, "kernel %s is booting\n", args[0])
+				return nil
+			})
 		},
 	}
 	c.targetFlag(cmd)
@@ -341,14 +340,10 @@ func (c *cli) attachCmd() *cobra.Command {
 		Short: "Attach the terminal to a kernel's serial console (Ctrl-] detaches)",
 		Args:  exactArgs("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx, cancel := timeout(cmd.Context())
-			defer cancel()
-			_, k, err := c.kernel(ctx, args[0])
-			if err != nil {
-				return err
-			}
-			return notBuilt("attach %s: the console bridge to a host PTY (vtty) is not built yet; kernel %q is %s",
-				k.Name, k.Name, k.State)
+			return c.withKernel(cmd, args[0], func(k *supervisor.KernelStatus) error {
+				return notBuilt("attach %s: the console bridge to a host PTY (vtty) is not built yet; kernel %q is %s",
+					k.Name, k.Name, k.State)
+			})
 		},
 	}
 	c.targetFlag(cmd)
@@ -362,18 +357,14 @@ func (c *cli) logsCmd() *cobra.Command {
 		Short: "Print a kernel's console log (-f follows it)",
 		Args:  exactArgs("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx, cancel := timeout(cmd.Context())
-			_, k, err := c.kernel(ctx, args[0])
-			cancel()
-			if err != nil {
-				return err
-			}
-			if _, err := os.Stat(k.ConsoleLog); errors.Is(err, os.ErrNotExist) {
-				return fmt.Errorf("no console output yet from %q (%s): it is %s", k.Name, k.ConsoleLog, k.State)
-			}
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
-			return vtty.CopyLog(ctx, k.ConsoleLog, c.stdout, follow)
+			return c.withKernel(cmd, args[0], func(k *supervisor.KernelStatus) error {
+				if _, err := os.Stat(k.ConsoleLog); errors.Is(err, os.ErrNotExist) {
+					return fmt.Errorf("no console output yet from %q (%s): it is %s", k.Name, k.ConsoleLog, k.State)
+				}
+				ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+				defer stop()
+				return vtty.CopyLog(ctx, k.ConsoleLog, c.stdout, follow)
+			})
 		},
 	}
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output until interrupted")
@@ -392,14 +383,10 @@ func (c *cli) sshCmd() *cobra.Command {
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx, cancel := timeout(cmd.Context())
-			defer cancel()
-			_, k, err := c.kernel(ctx, args[0])
-			if err != nil {
-				return err
-			}
-			return notBuilt("ssh %s: the virtual network (vnet) and the cluster SSH key are not built yet; %q will be at %s",
-				k.Name, k.Name, k.IP)
+			return c.withKernel(cmd, args[0], func(k *supervisor.KernelStatus) error {
+				return notBuilt("ssh %s: the virtual network (vnet) and the cluster SSH key are not built yet; %q will be at %s",
+					k.Name, k.Name, k.IP)
+			})
 		},
 	}
 	cmd.Flags().SetInterspersed(false)
@@ -417,6 +404,12 @@ func (c *cli) versionCmd() *cobra.Command {
 			return nil
 		},
 	}
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }
 
 func versionString() string {
