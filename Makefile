@@ -47,7 +47,7 @@ fuzz:
 	@for t in memmap:FuzzNew cluster:FuzzParseCheck cluster:FuzzParseSize cluster:FuzzParseCPUList; do \
 	  pkg=$${t%%:*}; fn=$${t#*:}; \
 	  echo "==> fuzzing $$pkg $$fn for $(FUZZTIME)"; \
-	  $(GO) test ./$$pkg -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) || exit 1; \
+	  $(GO) test ./$$pkg -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 10s || exit 1; \
 	done
 
 ## bench: benchmarks (see docs/benchmarks.md)

@@ -1,6 +1,8 @@
 package cluster_test
 
 import (
+	"fmt"
+	"time"
 	"os"
 	"path/filepath"
 	"testing"
@@ -23,6 +25,8 @@ func FuzzParseCheck(f *testing.F) {
 		}
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
+		wd := time.AfterFunc(10*time.Second, func() { panic(fmt.Sprintf("Parse+Check took over 10s on %q", data)) })
+		defer wd.Stop()
 		file, err := cluster.Parse(data)
 		if err != nil {
 			return
