@@ -2,10 +2,10 @@ package cluster_test
 
 import (
 	"fmt"
-	"time"
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/popvmm/popvmm/cluster"
 )
