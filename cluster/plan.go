@@ -9,8 +9,9 @@ import (
 )
 
 // WritePlan prints the resolved plan for people: the cluster, then per
-// kernel its cores, memory, files, addresses, guest-physical layout and e820.
-func (c *Cluster) WritePlan(w io.Writer) error {
+// kernel its cores, memory, files, command line (from cmdline, which
+// composes it), addresses, guest-physical layout and e820.
+func (c *Cluster) WritePlan(w io.Writer, cmdline func(*Kernel) string) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	p := func(format string, args ...any) { fmt.Fprintf(tw, format, args...) }
 	protect := "unprotected"
@@ -39,9 +40,7 @@ func (c *Cluster) WritePlan(w io.Writer) error {
 		}
 		p("  kernel\t%s (%s)\n", k.KernelPath, img)
 		p("  initrd\t%s\n", k.InitrdPath)
-		if k.Cmdline != "" {
-			p("  cmdline\t%s (plus popvmm's own)\n", k.Cmdline)
-		}
+		p("  cmdline\t%s\n", cmdline(k))
 		p("  network\t%s  %s\n", k.IP, k.MAC)
 		p("  console\t%s\n", k.ConsoleLog)
 		for j, pt := range k.Passthrough {

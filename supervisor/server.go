@@ -9,11 +9,13 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/popvmm/popvmm/cluster"
+	"github.com/popvmm/popvmm/guest"
 )
 
 // VMMNotBuilt is what the supervisor says about booting while popvmm has no
@@ -72,6 +74,10 @@ func (s *Supervisor) Run(ctx context.Context, opt Options) error {
 		return fmt.Errorf("control socket: %w", err)
 	}
 
+	if err := s.prepareBoot(rd.Path); err != nil {
+		return err
+	}
+
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	s.mu.Lock()
@@ -107,6 +113,28 @@ func (s *Supervisor) Run(ctx context.Context, opt Options) error {
 	}
 	wg.Wait()
 	s.log.Info("cluster down")
+	return nil
+}
+
+// prepareBoot makes what every kernel's boot needs besides its image: the
+// cluster's SSH key pair (RUNDIR/ssh) and each kernel's initramfs overlay
+// (RUNDIR/NAME.overlay.cpio) carrying the public key and cluster facts.
+func (s *Supervisor) prepareBoot(runDir string) error {
+	pub, err := guest.EnsureKey(filepath.Join(runDir, "ssh"), "popvmm-"+s.cl.Name)
+	if err != nil {
+		return err
+	}
+	for _, k := range s.cl.Kernels {
+		ov, err := guest.Overlay(s.cl, k, pub)
+		if err != nil {
+			return fmt.Errorf("overlay for %s: %w", k.Name, err)
+		}
+		p := filepath.Join(runDir, k.Name+".overlay.cpio")
+		if err := os.WriteFile(p, ov, 0o600); err != nil {
+			return fmt.Errorf("overlay for %s: %w", k.Name, err)
+		}
+		s.log.Debug("initramfs overlay written", "kernel", k.Name, "path", p, "bytes", len(ov))
+	}
 	return nil
 }
 

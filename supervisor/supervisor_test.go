@@ -88,6 +88,13 @@ func TestRunStatusBootDown(t *testing.T) {
 		t.Errorf("socket mode = %v, %v; want a 0600 socket", st.Mode(), err)
 	}
 
+	// Boot files: the cluster key pair and one overlay per kernel.
+	for _, f := range []string{"ssh/id_ed25519", "ssh/id_ed25519.pub", "primary.overlay.cpio", "secondary.overlay.cpio"} {
+		if st, err := os.Stat(filepath.Join(cl.RunDir, f)); err != nil || st.Size() == 0 {
+			t.Errorf("run dir lacks %s: %v", f, err)
+		}
+	}
+
 	status, err := c.Status(ctxT(t))
 	if err != nil {
 		t.Fatal(err)

@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/popvmm/popvmm/cluster"
+	"github.com/popvmm/popvmm/guest"
 	"github.com/popvmm/popvmm/supervisor"
 	"github.com/popvmm/popvmm/vtty"
 )
@@ -130,7 +131,10 @@ func (c *cli) validateCmd() *cobra.Command {
 			if asJSON {
 				return writeJSON(c.stdout, cl)
 			}
-			return cl.WritePlan(c.stdout)
+			nested := guest.NestedBackend()
+			return cl.WritePlan(c.stdout, func(k *cluster.Kernel) string {
+				return guest.Cmdline(cl, k, nested, nil)
+			})
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the plan as JSON")

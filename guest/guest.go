@@ -1,0 +1,151 @@
+// Package guest composes what popvmm hands a guest kernel at boot besides
+// its image: the kernel command line (in one place: console, network,
+// identity, host workarounds, the user's extra parameters) and the small
+// per-cluster initramfs overlay carrying the cluster's SSH public key and
+// facts, appended to the flavour's ramdisk (Linux unpacks concatenated
+// archives in order, so the overlay's files win).
+package guest
+
+import (
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/popvmm/popvmm/cluster"
+	"github.com/popvmm/popvmm/initramfs"
+)
+
+// NestedFlags are the guest kernel parameters the nested software KVM
+// backend needs: it cannot emulate xrstor, clac/stac, cmpxchg16b or popcnt
+// (../shared/notes/kvm-here.md; docs/kernel-images.md).
+const NestedFlags = "noxsave nosmap clearcpuid=cx16,smap,umip,popcnt"
+
+// nestedModule exists when the host's KVM is the pagetable-based nested
+// backend.
+const nestedModule = "/sys/module/kvm_pvm"
+
+// NestedBackend reports whether this host's KVM is the nested software
+// backend that needs NestedFlags.
+func NestedBackend() bool {
+	_, err := os.Stat(nestedModule)
+	return err == nil
+}
+
+var warnOnce sync.Once
+
+// Cmdline composes kernel k's command line: the serial console, the static
+// IP configuration from cluster.toml (ip=), its name (popvmm.name=), the
+// nested-backend workarounds when nested is true (logged once as a
+// warning), and last the user's extra parameters so they can override.
+func Cmdline(cl *cluster.Cluster, k *cluster.Kernel, nested bool, log *slog.Logger) string {
+	mask := net.IP(net.CIDRMask(cl.Network.Subnet.Bits(), 32)).String()
+	parts := []string{
+		"console=ttyS0",
+		fmt.Sprintf("ip=%s::%s:%s:%s:eth0:off", k.IP, cl.Network.Host, mask, k.Name),
+		"popvmm.name=" + k.Name,
+	}
+	if nested {
+		warnOnce.Do(func() {
+			if log != nil {
+				log.Warn("host KVM is the nested software backend; guest kernels get workaround flags", "flags", NestedFlags)
+			}
+		})
+		parts = append(parts, NestedFlags)
+	}
+	if k.Cmdline != "" {
+		parts = append(parts, k.Cmdline)
+	}
+	return strings.Join(parts, " ")
+}
+
+// Key file names in a cluster's key directory.
+const (
+	PrivateKeyName = "id_ed25519"
+	PublicKeyName  = "id_ed25519.pub"
+)
+
+// EnsureKey returns the cluster's SSH public key in authorized_keys form,
+// generating an ed25519 key pair in dir (0700; private key 0600) when there
+// is none yet.
+func EnsureKey(dir, comment string) ([]byte, error) {
+	pubPath := filepath.Join(dir, PublicKeyName)
+	if pub, err := os.ReadFile(pubPath); err == nil {
+		if _, _, _, _, err := ssh.ParseAuthorizedKey(pub); err != nil {
+			return nil, fmt.Errorf("cluster key %s: %w", pubPath, err)
+		}
+		return pub, nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("cluster key: %w", err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("cluster key directory: %w", err)
+	}
+	pk, sk, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("generate cluster key: %w", err)
+	}
+	block, err := ssh.MarshalPrivateKey(sk, comment)
+	if err != nil {
+		return nil, fmt.Errorf("encode cluster key: %w", err)
+	}
+	sshPub, err := ssh.NewPublicKey(pk)
+	if err != nil {
+		return nil, fmt.Errorf("encode cluster public key: %w", err)
+	}
+	pub := ssh.MarshalAuthorizedKey(sshPub)
+	pub = append(pub[:len(pub)-1], []byte(" "+comment+"\n")...)
+	if err := os.WriteFile(filepath.Join(dir, PrivateKeyName), pem.EncodeToMemory(block), 0o600); err != nil {
+		return nil, fmt.Errorf("write cluster key: %w", err)
+	}
+	if err := os.WriteFile(pubPath, pub, 0o644); err != nil {
+		return nil, fmt.Errorf("write cluster public key: %w", err)
+	}
+	return pub, nil
+}
+
+// Overlay builds kernel k's initramfs overlay: /etc/popvmm/authorized_keys
+// (the cluster's public key) and /etc/popvmm/cluster.env (shell variables
+// the guest's /init and agent read).
+func Overlay(cl *cluster.Cluster, k *cluster.Kernel, authorizedKeys []byte) ([]byte, error) {
+	var peers []string
+	for _, o := range cl.Kernels {
+		peers = append(peers, o.Name)
+	}
+	env := []struct{ k, v string }{
+		{"POPVMM_CLUSTER", cl.Name},
+		{"POPVMM_KERNEL", k.Name},
+		{"POPVMM_PEER_ID", fmt.Sprint(k.Index)},
+		{"POPVMM_FLAVOUR", string(k.Flavour)},
+		{"POPVMM_IP", k.IP.String()},
+		{"POPVMM_HOST_IP", cl.Network.Host.String()},
+		{"POPVMM_SUBNET", cl.Network.Subnet.String()},
+		{"POPVMM_PEERS", strings.Join(peers, " ")},
+	}
+	var b strings.Builder
+	b.WriteString("# popvmm cluster facts for this kernel (sourced by /init)\n")
+	for _, e := range env {
+		fmt.Fprintf(&b, "%s=%s\n", e.k, shellQuote(e.v))
+	}
+	a := initramfs.New()
+	if err := a.File("/etc/popvmm/authorized_keys", 0o600, authorizedKeys); err != nil {
+		return nil, err
+	}
+	if err := a.File("/etc/popvmm/cluster.env", 0o644, []byte(b.String())); err != nil {
+		return nil, err
+	}
+	return a.Bytes()
+}
+
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
