@@ -7,7 +7,7 @@ CLUSTER  ?= examples/cluster.toml
 VERSION  := $(shell git describe --always --dirty 2>/dev/null || echo unknown)
 FUZZTIME ?= 60s
 
-.PHONY: all deps build images up test vet fuzz bench clean
+.PHONY: all deps deps-images build images initramfs up test vet fuzz bench bench-boot clean
 
 all: build
 
@@ -20,10 +20,17 @@ build:
 	@echo "==> building $(BIN) ($(VERSION))"
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/popvmm
 
-## images: guest kernels and initramfs (not built yet: lands with the images issue)
-images:
-	@echo "==> images: the kernel and initramfs build is not built yet (images issue);"
-	@echo "    popvmm validate and up warn about the missing default images."
+## deps-images: also what building guest kernels and the QEMU reference need
+deps-images:
+	@scripts/deps.sh images
+
+## images: both flavours' kernels and initramfs in images/out (cached by input hash)
+images: deps-images
+	@images/build.sh all
+
+## initramfs: only the initramfs of both flavours (seconds; tests need it)
+initramfs:
+	@images/build.sh initramfs
 
 ## up: install, build and bring the example cluster up in the foreground
 up: deps build images
@@ -38,13 +45,13 @@ vet:
 	$(GO) vet ./...
 
 ## test: the whole suite (tier 1 now; KVM tiers skip or, with POPVMM_REQUIRE_KVM=1, fail)
-test: vet
+test: vet initramfs
 	@echo "==> go test (race detector on; fuzz targets run their seed corpus)"
 	$(GO) test -race -count=1 ./...
 
 ## fuzz: run every fuzz target for FUZZTIME each (default 60s)
 fuzz:
-	@for t in memmap:FuzzNew cluster:FuzzParseCheck cluster:FuzzParseSize cluster:FuzzParseCPUList; do \
+	@for t in memmap:FuzzNew cluster:FuzzParseCheck cluster:FuzzParseSize cluster:FuzzParseCPUList initramfs:FuzzArchivePaths; do \
 	  pkg=$${t%%:*}; fn=$${t#*:}; \
 	  echo "==> fuzzing $$pkg $$fn for $(FUZZTIME)"; \
 	  $(GO) test ./$$pkg -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 10s || exit 1; \
@@ -53,6 +60,10 @@ fuzz:
 ## bench: benchmarks (see docs/benchmarks.md)
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+## bench-boot: boot both flavours under QEMU and time them to "Run /init"
+bench-boot: images
+	@bench/boot-qemu.sh
 
 clean:
 	rm -rf bin

@@ -17,6 +17,11 @@ for name in "$@"; do
     continue
   fi
   if [ ! -f "$deb" ] || ! echo "$sha  $deb" | sha256sum -c --status; then
+    if ! apt-cache show "$name=$version" >/dev/null 2>&1 && [ -z "${updated:-}" ]; then
+      echo "==> apt-get update (package lists do not know $name=$version)"
+      apt-get update -qq
+      updated=1
+    fi
     echo "==> download $name=$version"
     ( cd "$debs" && apt-get download -q -o APT::Sandbox::User=root "$name=$version" ) || {
       echo "fetch: apt-get download $name=$version failed; run 'apt-get update', or bump images/packages.lock if Debian no longer serves that version" >&2

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Installs what building and testing popvmm needs on Debian 12, as root.
-# Go itself must already be installed (Debian's golang is too old for
-# go.mod's toolchain); everything else comes from Debian's archive.
+# deps.sh [images] — installs what building and testing popvmm needs on
+# Debian 12, as root; with "images", also what building the guest kernels
+# and comparing against QEMU needs. Go itself must already be installed
+# (Debian's golang is too old for go.mod's toolchain); everything else comes
+# from Debian's archive.
 set -euo pipefail
 
 need_go=$(sed -n 's/^go \([0-9.]*\).*/\1/p' "$(dirname "$0")/../go.mod")
@@ -13,7 +15,11 @@ echo "==> deps: $(go version) (go.mod wants $need_go)"
 
 # gcc: the race detector needs cgo. git: version stamping. iproute2: later
 # network tests.
-pkgs=(gcc make git iproute2)
+pkgs=(gcc make git iproute2 xz-utils)
+if [ "${1:-}" = images ]; then
+  # Kernel build (see images/build-kernel.sh) and the QEMU reference.
+  pkgs+=(build-essential flex bison bc libelf-dev patch qemu-system-x86)
+fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

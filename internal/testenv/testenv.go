@@ -1,7 +1,8 @@
-// Package testenv decides whether a test that needs /dev/kvm or root may
-// run here. Such tests skip with the reason on a machine that lacks them,
-// and fail instead when POPVMM_REQUIRE_KVM=1 (as in CI), so a missing
-// capability can never turn a red run green by skipping.
+// Package testenv decides whether a test that needs /dev/kvm, root or a
+// fetched or built artefact may run here. Such tests skip with the reason on
+// a machine that lacks them, and fail instead when POPVMM_REQUIRE_KVM=1 (as
+// in CI), so a missing prerequisite can never turn a red run green by
+// skipping.
 package testenv
 
 import (
@@ -68,6 +69,13 @@ func RootProblem() error {
 		return fmt.Errorf("needs root (running as uid %d)", os.Geteuid())
 	}
 	return nil
+}
+
+// Require skips or fails t when problem is not nil: the general form of
+// RequireKVM for any other prerequisite (fetched packages, built images).
+func Require(t testing.TB, problem error) {
+	t.Helper()
+	apply(t, problem)
 }
 
 // RequireKVM skips or fails t unless /dev/kvm can be opened.

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# build.sh [kernels|initramfs|all] — build what is missing of images/out:
+# each flavour's kernel (build-kernel.sh) and initramfs (mkinitramfs), each
+# keyed by a hash of its inputs, so an unchanged input set is a no-op.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(cd "$here/.." && pwd)
+what=${1:-all}
+flavours=(light full)
+initramfs_pkgs=(busybox-static dropbear-bin libc6 libcrypt1 zlib1g libtomcrypt1 libtommath1 libgmp10)
+
+build_initramfs() {
+  "$here/fetch.sh" "${initramfs_pkgs[@]}"
+  for f in "${flavours[@]}"; do
+    out="$here/out/$f"
+    key=$( { for p in "${initramfs_pkgs[@]}"; do grep "^$p " "$here/packages.lock"; done
+             cat "$here"/initramfs/* "$here"/mkinitramfs/*.go "$top"/initramfs/*.go "$top/go.sum"; echo "$f"; } | sha256sum | cut -d' ' -f1)
+    if [ -f "$out/.initramfs-key" ] && [ "$(cat "$out/.initramfs-key")" = "$key" ] && [ -f "$out/initramfs.cpio" ]; then
+      echo "==> $f initramfs is up to date"
+      continue
+    fi
+    echo "==> build $f initramfs"
+    mkdir -p "$out"
+    (cd "$top" && go run ./images/mkinitramfs -flavour "$f" -debs "$here/build/debs" -src "$here/initramfs" -o "$out/initramfs.cpio")
+    echo "$key" > "$out/.initramfs-key"
+    echo "    $(stat -c %s "$out/initramfs.cpio") bytes, sha256 $(sha256sum "$out/initramfs.cpio" | cut -c1-16)…"
+  done
+}
+
+build_kernels() {
+  for f in "${flavours[@]}"; do
+    "$here/build-kernel.sh" "$f"
+  done
+}
+
+case "$what" in
+  initramfs) build_initramfs ;;
+  kernels) build_kernels ;;
+  all) build_initramfs; build_kernels ;;
+  *) echo "usage: build.sh [kernels|initramfs|all]" >&2; exit 2 ;;
+esac
