@@ -16,6 +16,11 @@ import (
 // RequireEnv is the variable that turns skips into failures.
 const RequireEnv = "POPVMM_REQUIRE_KVM"
 
+// RequireImagesEnv turns skips of tests that need built guest images
+// (`make images`, minutes) into failures. CI does not build images yet, so
+// it is separate from RequireEnv.
+const RequireImagesEnv = "POPVMM_REQUIRE_IMAGES"
+
 // KVMDevice is the KVM device node.
 const KVMDevice = "/dev/kvm"
 
@@ -41,16 +46,23 @@ func Decide(problem error, required bool) Verdict {
 	return Skip
 }
 
-func required() bool { return os.Getenv(RequireEnv) == "1" }
+func apply(t testing.TB, problem error) { applyEnv(t, RequireEnv, problem) }
 
-func apply(t testing.TB, problem error) {
+func applyEnv(t testing.TB, env string, problem error) {
 	t.Helper()
-	switch Decide(problem, required()) {
+	switch Decide(problem, os.Getenv(env) == "1") {
 	case Skip:
-		t.Skipf("skipped: %v (set %s=1 to make this a failure)", problem, RequireEnv)
+		t.Skipf("skipped: %v (set %s=1 to make this a failure)", problem, env)
 	case Fail:
-		t.Fatalf("%v, and %s=1 requires it", problem, RequireEnv)
+		t.Fatalf("%v, and %s=1 requires it", problem, env)
 	}
+}
+
+// RequireImages skips or fails t (per RequireImagesEnv) when problem, a
+// missing built image or tool, is not nil.
+func RequireImages(t testing.TB, problem error) {
+	t.Helper()
+	applyEnv(t, RequireImagesEnv, problem)
 }
 
 // KVMProblem says why KVM cannot be used here, or nil.
