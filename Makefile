@@ -7,7 +7,7 @@ CLUSTER  ?= examples/cluster.toml
 VERSION  := $(shell git describe --always --dirty 2>/dev/null || echo unknown)
 FUZZTIME ?= 60s
 
-.PHONY: all deps deps-images build images initramfs up test vet fuzz bench bench-boot clean
+.PHONY: all deps deps-images build images initramfs up test test-images vet fuzz bench bench-boot clean
 
 all: build
 
@@ -48,6 +48,10 @@ vet:
 test: vet initramfs
 	@echo "==> go test (race detector on; fuzz targets run their seed corpus)"
 	$(GO) test -race -count=1 ./...
+
+## test-images: the end-to-end image tests, required to run (needs make images)
+test-images:
+	POPVMM_REQUIRE_IMAGES=1 $(GO) test -count=1 -v -run TestImagesUnderQEMU ./tests/e2e
 
 ## fuzz: run every fuzz target for FUZZTIME each (default 60s)
 fuzz:
