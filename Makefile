@@ -7,11 +7,11 @@ CLUSTER  ?= examples/cluster.toml
 VERSION  := $(shell git describe --always --dirty 2>/dev/null || echo unknown)
 FUZZTIME ?= 60s
 
-.PHONY: all deps deps-images build images initramfs up test test-images vet fuzz bench bench-boot clean
+.PHONY: all deps build images initramfs up test test-images vet fuzz bench bench-boot clean
 
 all: build
 
-## deps: install what building and testing popvmm needs (Debian, as root)
+## deps: install what building, testing and building images needs (Debian, as root)
 deps:
 	@scripts/deps.sh
 
@@ -20,12 +20,8 @@ build:
 	@echo "==> building $(BIN) ($(VERSION))"
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/popvmm
 
-## deps-images: also what building guest kernels and the QEMU reference need
-deps-images:
-	@scripts/deps.sh images
-
 ## images: both flavours' kernels and initramfs in images/out (cached by input hash)
-images: deps-images
+images: deps
 	@images/build.sh all
 
 ## initramfs: only the initramfs of both flavours (seconds; tests need it)

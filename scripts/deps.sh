@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
-# deps.sh [images] — installs what building and testing popvmm needs on
-# Debian 12, as root; with "images", also what building the guest kernels
-# and comparing against QEMU needs. Go itself must already be installed
+# deps.sh — installs what building and testing popvmm and its guest images
+# needs on Debian 12, as root. Go itself must already be installed
 # (Debian's golang is too old for go.mod's toolchain); everything else comes
 # from Debian's archive.
 set -euo pipefail
@@ -14,12 +13,11 @@ fi
 echo "==> deps: $(go version) (go.mod wants $need_go)"
 
 # gcc: the race detector needs cgo. git: version stamping. iproute2: later
-# network tests.
+# network tests. xz-utils: the kernel source tarball.
 pkgs=(gcc make git iproute2 xz-utils)
-if [ "${1:-}" = images ]; then
-  # Kernel build (see images/build-kernel.sh) and the QEMU reference.
-  pkgs+=(build-essential flex bison bc libelf-dev patch qemu-system-x86)
-fi
+# Kernel build (images/build-kernel.sh) and QEMU, the reference VMM that
+# the image tests and benchmarks boot the kernels with.
+pkgs+=(build-essential flex bison bc libelf-dev patch qemu-system-x86)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

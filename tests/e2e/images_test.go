@@ -39,7 +39,7 @@ func requireImages(t *testing.T, flavour string) (vmlinux, initrd string) {
 	initrd = filepath.Join(imagesDir, flavour, "initramfs.cpio")
 	var problem error
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
-		problem = fmt.Errorf("qemu-system-x86_64 not installed (make deps-images): %w", err)
+		problem = fmt.Errorf("qemu-system-x86_64 not installed (make deps): %w", err)
 	}
 	for _, f := range []string{vmlinux, initrd} {
 		if _, err := os.Stat(f); err != nil && problem == nil {
