@@ -1,0 +1,42 @@
+package msg
+
+// Test access to the window geometry, for tests that scribble on it.
+
+// SectionOffset is where peer's section starts in a formatted window.
+func SectionOffset(mem []byte, peer int) int {
+	l, err := readLayout(mem)
+	if err != nil {
+		panic(err)
+	}
+	return l.section(peer)
+}
+
+// SectionSize is the size of one peer's section.
+func SectionSize(mem []byte) int {
+	l, err := readLayout(mem)
+	if err != nil {
+		panic(err)
+	}
+	return l.sectionSize
+}
+
+// SetTail overwrites the tail of the ring from → to, as a broken sender might.
+func SetTail(mem []byte, from, to int, v uint64) {
+	l, err := readLayout(mem)
+	if err != nil {
+		panic(err)
+	}
+	store64(mem, l.ring(from, to), v)
+}
+
+// Scribble writes data at off with atomic word stores, as a hostile peer in
+// another process would (plain writes would be a race in one process).
+func Scribble(mem []byte, off int, data []byte) {
+	for i := 0; i+8 <= len(data); i += 8 {
+		var v uint64
+		for j := range 8 {
+			v |= uint64(data[i+j]) << (8 * j)
+		}
+		store64(mem, (off+i)&^7, v)
+	}
+}

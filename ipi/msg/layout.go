@@ -1,0 +1,171 @@
+// Package msg is popvmm's messaging layer on the shared window (protocol
+// v1, docs/window-protocol.md): every kernel and host peer checks in to a
+// peer table, sends on single-producer/single-consumer rings it owns (one
+// per destination, in its own section of the window), subscribes to
+// services, and takes doorbells NAPI-style — a receiver drains with
+// doorbells disarmed and re-arms only when idle, and a sender rings only an
+// armed receiver. The same code runs on the host and inside guests.
+package msg
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+)
+
+// Protocol constants (docs/window-protocol.md).
+const (
+	Magic   = 0x31304753_4D504F50 // "POPMSG01" little-endian
+	Version = 1
+
+	pageSize   = 4096
+	lineSize   = 64 // a cache line: slot size, and the stride of hot fields
+	SlotSize   = lineSize
+	slotHeader = 8
+	// SlotPayload is how many message bytes one slot carries.
+	SlotPayload = SlotSize - slotHeader
+
+	// MaxPeers bounds the peer table: a section header holds one receive
+	// head per possible sender, a cache line each.
+	MaxPeers = 56
+	// Services is the number of service ids (0-255).
+	Services = 256
+)
+
+// Window header (offset 0).
+const (
+	hdrMagic       = 0
+	hdrVersion     = 8
+	hdrMaxPeers    = 12
+	hdrSectionSize = 16
+	hdrSections    = 24
+	hdrRingSlots   = 32
+	hdrSlotSize    = 36
+)
+
+// Section header (at the start of each peer's section): the peer's entry in
+// the peer table, its subscriptions and its receive heads.
+const (
+	secState      = 0  // uint32 State
+	secGeneration = 4  // uint32, bumped at every check-in
+	secHeartbeat  = 8  // uint64, bumped while alive
+	secArmed      = 16 // uint32, 1: ring me when you send
+	secName       = 24 // [32]byte
+	secServices   = 64 // [32]byte bitmap of subscribed services
+	secHeads      = 128
+	nameLen       = 32
+)
+
+// Slot header flags.
+const (
+	flagFirst = 1
+	flagLast  = 2
+)
+
+// State is a peer's state in the peer table.
+type State uint32
+
+// Peer states.
+const (
+	StateOffline State = 0
+	StateBooting State = 1
+	StateOnline  State = 2
+	StateCrashed State = 3
+)
+
+func (s State) String() string {
+	switch s {
+	case StateOffline:
+		return "offline"
+	case StateBooting:
+		return "booting"
+	case StateOnline:
+		return "online"
+	case StateCrashed:
+		return "crashed"
+	}
+	return fmt.Sprintf("state(%d)", uint32(s))
+}
+
+// layout is the geometry of a formatted window, read once at Join and
+// checked against the window's size; nothing later trusts the header again.
+type layout struct {
+	maxPeers    int
+	sectionSize int
+	sections    int // offset of section 0
+	slots       int // slots per ring, a power of two
+	ringBytes   int
+}
+
+func (l layout) section(p int) int        { return l.sections + p*l.sectionSize }
+func (l layout) ring(from, to int) int    { return l.section(from) + pageSize + to*l.ringBytes }
+func (l layout) slot(ring, i int) int     { return ring + lineSize + (i&(l.slots-1))*SlotSize }
+func (l layout) head(owner, from int) int { return l.section(owner) + secHeads + from*lineSize }
+
+func newLayout(maxPeers, slots int) layout {
+	ringBytes := lineSize + slots*SlotSize
+	sec := pageSize + maxPeers*ringBytes
+	sec = (sec + pageSize - 1) &^ (pageSize - 1)
+	return layout{maxPeers: maxPeers, sectionSize: sec, sections: pageSize, slots: slots, ringBytes: ringBytes}
+}
+
+func (l layout) size() int { return l.sections + l.maxPeers*l.sectionSize }
+
+// ErrFormat marks a window that is not (or not validly) formatted.
+var ErrFormat = errors.New("window not formatted for protocol v1")
+
+// Format lays protocol v1 out on a window of len(mem) bytes for maxPeers
+// peers, with the largest power-of-two ring (16 to 4096 slots) that fits,
+// and returns the slot count. Every peer starts offline. Only the window's
+// owner (popvmm) formats, before any peer joins.
+func Format(mem []byte, maxPeers int) (int, error) {
+	if maxPeers < 2 || maxPeers > MaxPeers {
+		return 0, fmt.Errorf("format window: %d peers, want 2-%d", maxPeers, MaxPeers)
+	}
+	slots := 0
+	for s := 4096; s >= 16; s /= 2 {
+		if newLayout(maxPeers, s).size() <= len(mem) {
+			slots = s
+			break
+		}
+	}
+	if slots == 0 {
+		return 0, fmt.Errorf("format window: %d bytes is too small for %d peers (need %d)", len(mem), maxPeers, newLayout(maxPeers, 16).size())
+	}
+	l := newLayout(maxPeers, slots)
+	clear(mem[:l.size()])
+	le := binary.LittleEndian
+	le.PutUint32(mem[hdrVersion:], Version)
+	le.PutUint32(mem[hdrMaxPeers:], uint32(maxPeers))
+	le.PutUint64(mem[hdrSectionSize:], uint64(l.sectionSize))
+	le.PutUint64(mem[hdrSections:], uint64(l.sections))
+	le.PutUint32(mem[hdrRingSlots:], uint32(slots))
+	le.PutUint32(mem[hdrSlotSize:], SlotSize)
+	store64(mem, hdrMagic, Magic) // last: the header is valid from here on
+	return slots, nil
+}
+
+// readLayout validates the header of a formatted window.
+func readLayout(mem []byte) (layout, error) {
+	if len(mem) < pageSize {
+		return layout{}, fmt.Errorf("%w: %d bytes", ErrFormat, len(mem))
+	}
+	le := binary.LittleEndian
+	if load64(mem, hdrMagic) != Magic {
+		return layout{}, fmt.Errorf("%w: bad magic", ErrFormat)
+	}
+	if v := le.Uint32(mem[hdrVersion:]); v != Version {
+		return layout{}, fmt.Errorf("%w: version %d", ErrFormat, v)
+	}
+	maxPeers := int(le.Uint32(mem[hdrMaxPeers:]))
+	slots := int(le.Uint32(mem[hdrRingSlots:]))
+	if maxPeers < 2 || maxPeers > MaxPeers || slots < 16 || slots > 4096 || slots&(slots-1) != 0 ||
+		le.Uint32(mem[hdrSlotSize:]) != SlotSize {
+		return layout{}, fmt.Errorf("%w: %d peers, %d slots", ErrFormat, maxPeers, slots)
+	}
+	l := newLayout(maxPeers, slots)
+	if uint64(l.sectionSize) != le.Uint64(mem[hdrSectionSize:]) || uint64(l.sections) != le.Uint64(mem[hdrSections:]) || l.size() > len(mem) {
+		return layout{}, fmt.Errorf("%w: geometry does not match a %d-byte window", ErrFormat, len(mem))
+	}
+	return l, nil
+}

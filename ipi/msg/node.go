@@ -1,0 +1,486 @@
+package msg
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Doorbell interrupts peers and waits to be interrupted: eventfds on the
+// host (ipi.Client), the window device's Doorbell register and interrupt in
+// a guest, channels in tests.
+type Doorbell interface {
+	// Ring interrupts peer.
+	Ring(peer int) error
+	// Wait blocks until this node is rung or ctx ends.
+	Wait(ctx context.Context) error
+}
+
+// Handler receives one message. payload is valid only during the call.
+type Handler func(from int, payload []byte)
+
+// PeerEvent reports a peer coming online or going away.
+type PeerEvent struct {
+	Peer  int
+	Name  string
+	State State // StateOnline, StateOffline or StateCrashed
+}
+
+// Options tune a node.
+type Options struct {
+	// Budget is how many messages the receive loop takes before it
+	// checks again whether to keep polling (NAPI's weight). Default 64.
+	Budget int
+	// Poll keeps the receiver polling and never arms doorbells: lowest
+	// latency, one core busy.
+	Poll bool
+	// Heartbeat is how often the node bumps its heartbeat and scans the
+	// peer table. Default 100 ms.
+	Heartbeat time.Duration
+	// PeerTimeout is how long a peer's heartbeat may stand still before it
+	// is reported offline. Default 3 s.
+	PeerTimeout time.Duration
+	// MaxMessage bounds a message's size. Default 64 KiB, and at most what
+	// one ring holds.
+	MaxMessage int
+}
+
+// Stats are a node's counters.
+type Stats struct {
+	Sent, Received uint64 // messages
+	DoorbellsRung  uint64 // rings this node sent
+	DoorbellsSaved uint64 // sends to a disarmed (polling) receiver: no ring
+	Wakeups        uint64 // times this node woke from a doorbell
+	RingFull       uint64 // sends refused: the destination ring was full
+	ProtocolErrors uint64 // garbage seen in a sender's ring
+}
+
+// Errors from Send.
+var (
+	ErrRingFull    = errors.New("ring full")
+	ErrPeerOffline = errors.New("peer offline")
+	ErrTooLarge    = errors.New("message too large")
+	ErrBadPeer     = errors.New("no such peer")
+)
+
+// Node is this peer's view of the window.
+type Node struct {
+	mem  []byte
+	l    layout
+	id   int
+	bell Doorbell
+	opt  Options
+
+	handlers [Services]atomic.Pointer[Handler]
+	sendMu   []sync.Mutex // one producer per ring
+	svcMu    sync.Mutex
+
+	// Receive state, owned by the receive loop.
+	broken   []bool   // senders whose ring held garbage, until they re-check-in
+	gens     []uint32 // sender generation the receive state belongs to
+	partial  []byte
+	lastBeat []uint64
+	lastSeen []time.Time
+	known    []State
+
+	events chan PeerEvent
+	stats  struct {
+		sent, received, rung, saved, wakeups, full, errors atomic.Uint64
+	}
+}
+
+// Join checks this node in as peer id of the formatted window mem: it bumps
+// its generation, takes up every sender's ring where it stands (older
+// messages to a previous incarnation are dropped), and goes online.
+func Join(mem []byte, id int, name string, bell Doorbell, opt Options) (*Node, error) {
+	l, err := readLayout(mem)
+	if err != nil {
+		return nil, err
+	}
+	if id < 0 || id >= l.maxPeers {
+		return nil, fmt.Errorf("join window as peer %d: %w (window has %d)", id, ErrBadPeer, l.maxPeers)
+	}
+	if len(name) > nameLen {
+		name = name[:nameLen]
+	}
+	if opt.Budget <= 0 {
+		opt.Budget = 64
+	}
+	if opt.Heartbeat <= 0 {
+		opt.Heartbeat = 100 * time.Millisecond
+	}
+	if opt.PeerTimeout <= 0 {
+		opt.PeerTimeout = 3 * time.Second
+	}
+	ringMax := (l.slots - 1) * SlotPayload
+	if opt.MaxMessage <= 0 {
+		opt.MaxMessage = 64 << 10
+	}
+	opt.MaxMessage = min(opt.MaxMessage, ringMax)
+	n := &Node{mem: mem, l: l, id: id, bell: bell, opt: opt,
+		sendMu: make([]sync.Mutex, l.maxPeers), broken: make([]bool, l.maxPeers), gens: make([]uint32, l.maxPeers),
+		lastBeat: make([]uint64, l.maxPeers), lastSeen: make([]time.Time, l.maxPeers), known: make([]State, l.maxPeers),
+		events: make(chan PeerEvent, 4*l.maxPeers)}
+
+	sec := l.section(id)
+	store32(mem, sec+secState, uint32(StateBooting))
+	copy(mem[sec+secName:sec+secName+nameLen], make([]byte, nameLen))
+	copy(mem[sec+secName:], name)
+	clear(mem[sec+secServices : sec+secServices+Services/8])
+	for from := range l.maxPeers {
+		n.resync(from)
+	}
+	store32(mem, sec+secArmed, 0)
+	store32(mem, sec+secGeneration, load32(mem, sec+secGeneration)+1)
+	store32(mem, sec+secState, uint32(StateOnline))
+	return n, nil
+}
+
+// resync takes up sender from's ring to this node where it stands.
+func (n *Node) resync(from int) {
+	r := n.l.ring(from, n.id)
+	store64(n.mem, n.l.head(n.id, from), load64(n.mem, r))
+	n.broken[from] = false
+	n.gens[from] = load32(n.mem, n.l.section(from)+secGeneration)
+}
+
+// ID is this node's peer id.
+func (n *Node) ID() int { return n.id }
+
+// Register sets the handler for service; nil removes it.
+func (n *Node) Register(service uint8, h Handler) {
+	if h == nil {
+		n.handlers[service].Store(nil)
+		return
+	}
+	n.handlers[service].Store(&h)
+}
+
+// Subscribe announces interest in service: Multicast reaches this node.
+func (n *Node) Subscribe(service uint8) { n.setService(service, true) }
+
+// Unsubscribe withdraws it.
+func (n *Node) Unsubscribe(service uint8) { n.setService(service, false) }
+
+func (n *Node) setService(service uint8, on bool) {
+	off := n.l.section(n.id) + secServices + int(service/32)*4
+	bit := uint32(1) << (service % 32)
+	n.svcMu.Lock() // only this node writes its section; the lock orders its own callers
+	defer n.svcMu.Unlock()
+	v := load32(n.mem, off) &^ bit
+	if on {
+		v |= bit
+	}
+	store32(n.mem, off, v)
+}
+
+func (n *Node) subscribed(peer int, service uint8) bool {
+	off := n.l.section(peer) + secServices + int(service/32)*4
+	return load32(n.mem, off)&(1<<(service%32)) != 0
+}
+
+// PeerState reads peer's state from the peer table.
+func (n *Node) PeerState(peer int) State {
+	if peer < 0 || peer >= n.l.maxPeers {
+		return StateOffline
+	}
+	return State(load32(n.mem, n.l.section(peer)+secState))
+}
+
+// Send puts one message for service on peer's ring and rings peer if it is
+// armed. It does not block: a full ring is ErrRingFull.
+func (n *Node) Send(peer int, service uint8, payload []byte) error {
+	if peer < 0 || peer >= n.l.maxPeers || peer == n.id {
+		return fmt.Errorf("send to %d: %w", peer, ErrBadPeer)
+	}
+	if len(payload) > n.opt.MaxMessage {
+		return fmt.Errorf("send %d bytes: %w (max %d)", len(payload), ErrTooLarge, n.opt.MaxMessage)
+	}
+	if n.PeerState(peer) != StateOnline {
+		return fmt.Errorf("send to %d: %w", peer, ErrPeerOffline)
+	}
+	chunks := max(1, (len(payload)+SlotPayload-1)/SlotPayload)
+
+	n.sendMu[peer].Lock()
+	r := n.l.ring(n.id, peer)
+	tail := load64(n.mem, r)
+	head := load64(n.mem, n.l.head(peer, n.id))
+	if tail-head > uint64(n.l.slots) || uint64(n.l.slots)-(tail-head) < uint64(chunks) {
+		n.sendMu[peer].Unlock()
+		n.stats.full.Add(1)
+		return fmt.Errorf("send to %d: %w", peer, ErrRingFull)
+	}
+	for i := range chunks {
+		idx := tail + uint64(i)
+		s := n.l.slot(r, int(idx))
+		part := payload[min(i*SlotPayload, len(payload)):min((i+1)*SlotPayload, len(payload))]
+		copy(n.mem[s+slotHeader:s+SlotSize], part)
+		var flags uint64
+		if i == 0 {
+			flags |= flagFirst
+		}
+		if i == chunks-1 {
+			flags |= flagLast
+		}
+		hdr := uint64(uint32(idx+1)) | uint64(len(part))<<32 | uint64(service)<<40 | flags<<48
+		store64(n.mem, s, hdr) // the slot header last: the slot is complete
+	}
+	store64(n.mem, r, tail+uint64(chunks)) // publish
+	n.sendMu[peer].Unlock()
+	n.stats.sent.Add(1)
+
+	// Store tail, then load armed; the receiver stores armed, then loads
+	// tail. Both are sequentially consistent, so at least one side sees
+	// the other: no message is left without a doorbell.
+	if load32(n.mem, n.l.section(peer)+secArmed) == 0 {
+		n.stats.saved.Add(1)
+		return nil
+	}
+	n.stats.rung.Add(1)
+	if err := n.bell.Ring(peer); err != nil {
+		return fmt.Errorf("send to %d: doorbell: %w", peer, err)
+	}
+	return nil
+}
+
+// Multicast sends to every online peer subscribed to service and returns
+// how many it reached; failures are joined into the error.
+func (n *Node) Multicast(service uint8, payload []byte) (int, error) {
+	var errs []error
+	sent := 0
+	for p := range n.l.maxPeers {
+		if p == n.id || n.PeerState(p) != StateOnline || !n.subscribed(p, service) {
+			continue
+		}
+		if err := n.Send(p, service, payload); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		sent++
+	}
+	return sent, errors.Join(errs...)
+}
+
+// Events reports peers coming online and going away, from the peer table
+// and heartbeats. It is never closed; a slow reader loses events.
+func (n *Node) Events() <-chan PeerEvent { return n.events }
+
+// Armed reports whether this node's doorbells are armed (it is idle and
+// wants to be rung).
+func (n *Node) Armed() bool { return load32(n.mem, n.l.section(n.id)+secArmed) == 1 }
+
+// Stats returns the node's counters.
+func (n *Node) Stats() Stats {
+	return Stats{Sent: n.stats.sent.Load(), Received: n.stats.received.Load(), DoorbellsRung: n.stats.rung.Load(),
+		DoorbellsSaved: n.stats.saved.Load(), Wakeups: n.stats.wakeups.Load(), RingFull: n.stats.full.Load(),
+		ProtocolErrors: n.stats.errors.Load()}
+}
+
+// Run receives until ctx ends: it drains every ring up to the budget with
+// doorbells disarmed, keeps polling while there is work, and when the rings
+// are empty arms doorbells, checks once more, and sleeps on the doorbell.
+// It also bumps this node's heartbeat and watches the peer table. When it
+// returns the node is offline.
+func (n *Node) Run(ctx context.Context) error {
+	sec := n.l.section(n.id)
+	defer func() {
+		store32(n.mem, sec+secArmed, 0)
+		store32(n.mem, sec+secState, uint32(StateOffline))
+	}()
+	next := time.Now()
+	for {
+		if ctx.Err() != nil {
+			return nil
+		}
+		if now := time.Now(); !now.Before(next) {
+			n.maintain(now)
+			next = now.Add(n.opt.Heartbeat)
+		}
+		got := n.poll(n.opt.Budget)
+		if got > 0 || n.opt.Poll {
+			if got == 0 || got >= n.opt.Budget {
+				runtime.Gosched()
+			}
+			continue
+		}
+		store32(n.mem, sec+secArmed, 1)
+		if n.pending() {
+			store32(n.mem, sec+secArmed, 0)
+			continue
+		}
+		wctx, cancel := context.WithDeadline(ctx, next)
+		err := n.bell.Wait(wctx)
+		cancel()
+		store32(n.mem, sec+secArmed, 0)
+		switch {
+		case err == nil:
+			n.stats.wakeups.Add(1)
+		case ctx.Err() != nil:
+			return nil
+		case errors.Is(err, context.DeadlineExceeded):
+			// heartbeat time
+		default:
+			return fmt.Errorf("wait for doorbell: %w", err)
+		}
+	}
+}
+
+// pending reports whether any ring to this node holds a message.
+func (n *Node) pending() bool {
+	for from := range n.l.maxPeers {
+		if from != n.id && !n.broken[from] && load64(n.mem, n.l.ring(from, n.id)) != load64(n.mem, n.l.head(n.id, from)) {
+			return true
+		}
+	}
+	return false
+}
+
+// poll takes up to budget messages from all rings, round-robin by sender.
+func (n *Node) poll(budget int) int {
+	got := 0
+	for from := range n.l.maxPeers {
+		if from == n.id || n.broken[from] {
+			continue
+		}
+		if g := load32(n.mem, n.l.section(from)+secGeneration); g != n.gens[from] {
+			// The sender checked in anew: its ring's past is not ours.
+			n.resync(from)
+			continue
+		}
+		got += n.drain(from, budget-got)
+		if got >= budget {
+			break
+		}
+	}
+	return got
+}
+
+// drain delivers up to budget complete messages from sender from. Anything
+// inconsistent in the sender's ring marks it broken: its messages are
+// ignored until it checks in again. Nothing read from the window is used as
+// an index without being bounded first.
+func (n *Node) drain(from, budget int) int {
+	r := n.l.ring(from, n.id)
+	headOff := n.l.head(n.id, from)
+	head := load64(n.mem, headOff)
+	tail := load64(n.mem, r)
+	if tail-head > uint64(n.l.slots) {
+		n.fail(from)
+		return 0
+	}
+	got := 0
+	for head != tail && got < budget {
+		msg, service, used, ok := n.assemble(r, head, tail)
+		if !ok {
+			n.fail(from)
+			return got
+		}
+		if used == 0 {
+			// A sender publishes whole messages; a tail inside one is
+			// garbage, and waiting for it would spin forever.
+			n.fail(from)
+			return got
+		}
+		head += used
+		store64(n.mem, headOff, head) // slots free for the sender again
+		got++
+		n.stats.received.Add(1)
+		if h := n.handlers[service].Load(); h != nil {
+			(*h)(from, msg)
+		}
+	}
+	return got
+}
+
+// assemble reads one message starting at slot index head.
+func (n *Node) assemble(r int, head, tail uint64) (msg []byte, service uint8, used uint64, ok bool) {
+	n.partial = n.partial[:0]
+	for idx := head; idx != tail; idx++ {
+		s := n.l.slot(r, int(idx))
+		hdr := load64(n.mem, s)
+		seq, ln, svc, flags := uint32(hdr), int(hdr>>32&0xff), uint8(hdr>>40), hdr>>48&0xff
+		if seq != uint32(idx+1) || ln > SlotPayload || flags&^(flagFirst|flagLast) != 0 {
+			return nil, 0, 0, false
+		}
+		first := idx == head
+		if first != (flags&flagFirst != 0) || (!first && svc != service) {
+			return nil, 0, 0, false
+		}
+		service = svc
+		if len(n.partial)+ln > n.opt.MaxMessage {
+			return nil, 0, 0, false
+		}
+		n.partial = append(n.partial, n.mem[s+slotHeader:s+slotHeader+ln]...)
+		if flags&flagLast != 0 {
+			return n.partial, service, idx - head + 1, true
+		}
+	}
+	return nil, 0, 0, true
+}
+
+func (n *Node) fail(from int) {
+	n.broken[from] = true
+	n.stats.errors.Add(1)
+}
+
+// maintain bumps the heartbeat and reports peer table changes.
+func (n *Node) maintain(now time.Time) {
+	sec := n.l.section(n.id)
+	store64(n.mem, sec+secHeartbeat, load64(n.mem, sec+secHeartbeat)+1)
+	for p := range n.l.maxPeers {
+		if p == n.id {
+			continue
+		}
+		st := n.PeerState(p)
+		beat := load64(n.mem, n.l.section(p)+secHeartbeat)
+		if beat != n.lastBeat[p] || (st == StateOnline && n.lastSeen[p].IsZero()) {
+			n.lastBeat[p], n.lastSeen[p] = beat, now
+		}
+		if st == StateOnline && !n.lastSeen[p].IsZero() && now.Sub(n.lastSeen[p]) > n.opt.PeerTimeout {
+			st = StateOffline // silent too long: gone, whatever the table says
+		}
+		if st == StateBooting {
+			continue
+		}
+		if st != n.known[p] && (st == StateOnline || n.known[p] == StateOnline) {
+			n.emit(PeerEvent{Peer: p, Name: n.peerName(p), State: st})
+		}
+		n.known[p] = st
+	}
+}
+
+// MarkGone records that popvmm saw peer leave or crash (its VM stopped, its
+// host process disconnected): the peer table says so from now on.
+func (n *Node) MarkGone(peer int, crashed bool) {
+	if peer < 0 || peer >= n.l.maxPeers || peer == n.id {
+		return
+	}
+	st := StateOffline
+	if crashed {
+		st = StateCrashed
+	}
+	store32(n.mem, n.l.section(peer)+secState, uint32(st))
+}
+
+func (n *Node) emit(e PeerEvent) {
+	select {
+	case n.events <- e:
+	default:
+	}
+}
+
+func (n *Node) peerName(p int) string {
+	off := n.l.section(p) + secName
+	b := make([]byte, nameLen)
+	copy(b, n.mem[off:off+nameLen])
+	for i, c := range b {
+		if c == 0 {
+			return string(b[:i])
+		}
+	}
+	return string(b)
+}
