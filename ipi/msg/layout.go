@@ -43,13 +43,21 @@ const (
 	hdrSlotSize    = 36
 )
 
+// Common area after the header: one "interrupts armed" word per peer, a
+// cache line each. A receiver sets its own to 1 when it goes idle; the first
+// sender to swap it back to 0 rings the doorbell (one-shot, like NAPI
+// masking the interrupt at its first firing), so a burst costs one doorbell.
+// It lives in the common area because senders write it.
+const commonArmed = lineSize
+
+func armedOff(p int) int { return commonArmed + p*lineSize }
+
 // Section header (at the start of each peer's section): the peer's entry in
 // the peer table, its subscriptions and its receive heads.
 const (
 	secState      = 0  // uint32 State
 	secGeneration = 4  // uint32, bumped at every check-in
 	secHeartbeat  = 8  // uint64, bumped while alive
-	secArmed      = 16 // uint32, 1: ring me when you send
 	secName       = 24 // [32]byte
 	secServices   = 64 // [32]byte bitmap of subscribed services
 	secHeads      = 128

@@ -22,3 +22,7 @@ func load64(b []byte, off int) uint64     { return atomic.LoadUint64((*uint64)(w
 func store64(b []byte, off int, v uint64) { atomic.StoreUint64((*uint64)(word(b, off, 8)), v) }
 func load32(b []byte, off int) uint32     { return atomic.LoadUint32((*uint32)(word(b, off, 4))) }
 func store32(b []byte, off int, v uint32) { atomic.StoreUint32((*uint32)(word(b, off, 4)), v) }
+
+func cas32(b []byte, off int, old, v uint32) bool {
+	return atomic.CompareAndSwapUint32((*uint32)(word(b, off, 4)), old, v)
+}

@@ -134,7 +134,7 @@ func Join(mem []byte, id int, name string, bell Doorbell, opt Options) (*Node, e
 	for from := range l.maxPeers {
 		n.resync(from)
 	}
-	store32(mem, sec+secArmed, 0)
+	store32(mem, armedOff(id), 0)
 	store32(mem, sec+secGeneration, load32(mem, sec+secGeneration)+1)
 	store32(mem, sec+secState, uint32(StateOnline))
 	return n, nil
@@ -233,10 +233,11 @@ func (n *Node) Send(peer int, service uint8, payload []byte) error {
 	n.sendMu[peer].Unlock()
 	n.stats.sent.Add(1)
 
-	// Store tail, then load armed; the receiver stores armed, then loads
+	// Store tail, then swap armed; the receiver stores armed, then loads
 	// tail. Both are sequentially consistent, so at least one side sees
-	// the other: no message is left without a doorbell.
-	if load32(n.mem, n.l.section(peer)+secArmed) == 0 {
+	// the other: no message is left without a doorbell. Only the sender
+	// that disarms the receiver rings it.
+	if !cas32(n.mem, armedOff(peer), 1, 0) {
 		n.stats.saved.Add(1)
 		return nil
 	}
@@ -271,7 +272,7 @@ func (n *Node) Events() <-chan PeerEvent { return n.events }
 
 // Armed reports whether this node's doorbells are armed (it is idle and
 // wants to be rung).
-func (n *Node) Armed() bool { return load32(n.mem, n.l.section(n.id)+secArmed) == 1 }
+func (n *Node) Armed() bool { return load32(n.mem, armedOff(n.id)) == 1 }
 
 // Stats returns the node's counters.
 func (n *Node) Stats() Stats {
@@ -288,7 +289,7 @@ func (n *Node) Stats() Stats {
 func (n *Node) Run(ctx context.Context) error {
 	sec := n.l.section(n.id)
 	defer func() {
-		store32(n.mem, sec+secArmed, 0)
+		store32(n.mem, armedOff(n.id), 0)
 		store32(n.mem, sec+secState, uint32(StateOffline))
 	}()
 	next := time.Now()
@@ -307,15 +308,15 @@ func (n *Node) Run(ctx context.Context) error {
 			}
 			continue
 		}
-		store32(n.mem, sec+secArmed, 1)
+		store32(n.mem, armedOff(n.id), 1)
 		if n.pending() {
-			store32(n.mem, sec+secArmed, 0)
+			store32(n.mem, armedOff(n.id), 0)
 			continue
 		}
 		wctx, cancel := context.WithDeadline(ctx, next)
 		err := n.bell.Wait(wctx)
 		cancel()
-		store32(n.mem, sec+secArmed, 0)
+		store32(n.mem, armedOff(n.id), 0)
 		switch {
 		case err == nil:
 			n.stats.wakeups.Add(1)
