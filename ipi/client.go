@@ -227,13 +227,26 @@ func (c *Client) Wait(ctx context.Context, vector int) (uint64, error) {
 		return 0, fmt.Errorf("vector %d of %d", vector, len(c.own))
 	}
 	f := c.own[vector]
-	stop := context.AfterFunc(ctx, func() { f.SetReadDeadline(time.Now()) })
-	defer stop()
+	// Cancellation sets a read deadline; the mutex keeps a late-running
+	// cancellation from leaving that deadline behind for the next Wait.
+	var mu sync.Mutex
+	finished := false
+	stop := context.AfterFunc(ctx, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if !finished {
+			f.SetReadDeadline(time.Now())
+		}
+	})
 	var b [8]byte
 	_, err := f.Read(b[:])
+	mu.Lock()
+	finished = true
+	mu.Unlock()
+	stop()
+	f.SetReadDeadline(time.Time{})
 	if err != nil {
 		if ctx.Err() != nil {
-			f.SetReadDeadline(time.Time{})
 			return 0, ctx.Err()
 		}
 		return 0, err
@@ -242,7 +255,8 @@ func (c *Client) Wait(ctx context.Context, vector int) (uint64, error) {
 }
 
 // Close leaves the window: the server announces the departure to the
-// other peers. The mapping is released.
+// other peers. The mapping is released, so every user of Mem (a msg.Node's
+// Run) must have stopped first.
 func (c *Client) Close() error {
 	c.conn.Close()
 	<-c.done
@@ -274,4 +288,20 @@ func closeFd(fd int) {
 	if fd >= 0 {
 		unix.Close(fd)
 	}
+}
+
+// Bell is a client's doorbell on one vector, in the form the messaging
+// layer (package ipi/msg) takes.
+type Bell struct {
+	C      *Client
+	Vector int
+}
+
+// Ring interrupts peer.
+func (b Bell) Ring(peer int) error { return b.C.Ring(peer, b.Vector) }
+
+// Wait blocks until this client is rung or ctx ends.
+func (b Bell) Wait(ctx context.Context) error {
+	_, err := b.C.Wait(ctx, b.Vector)
+	return err
 }

@@ -1,0 +1,216 @@
+package msg_test
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/popvmm/popvmm/ipi"
+	"github.com/popvmm/popvmm/ipi/msg"
+)
+
+// Services of the multi-process test.
+const (
+	svcEcho  = 1 // the peer sends the payload back on svcReply
+	svcReply = 2
+	svcNews  = 3 // multicast; echo peers subscribe only when told
+)
+
+// TestMain lets the test binary act as a peer process: with
+// POPVMM_MSG_PEER=SOCKET it joins the window at SOCKET and echoes.
+func TestMain(m *testing.M) {
+	if sock := os.Getenv("POPVMM_MSG_PEER"); sock != "" {
+		if err := echoPeer(sock, os.Getenv("POPVMM_MSG_SUBSCRIBE") == "1"); err != nil {
+			fmt.Fprintln(os.Stderr, "peer:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// echoPeer is the child process: join, say "ready ID" on stdout, echo
+// until the window's server goes away or stdin closes.
+func echoPeer(sock string, subscribe bool) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c, err := ipi.Dial(ctx, sock, 1)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	node, err := msg.Join(c.Mem, c.ID, fmt.Sprintf("echo%d", c.ID), ipi.Bell{C: c}, msg.Options{})
+	if err != nil {
+		return err
+	}
+	node.Register(svcEcho, func(from int, p []byte) {
+		for errors.Is(node.Send(from, svcReply, p), msg.ErrRingFull) {
+		}
+	})
+	node.Register(svcNews, func(from int, p []byte) {
+		node.Send(from, svcReply, append([]byte("news:"), p...))
+	})
+	if subscribe {
+		node.Subscribe(svcNews)
+	}
+	go func() { io.Copy(io.Discard, os.Stdin); cancel() }() // parent gone: stop
+	fmt.Printf("ready %d\n", c.ID)
+	return node.Run(ctx)
+}
+
+type peerProc struct {
+	id  int
+	cmd *exec.Cmd
+}
+
+func startPeer(t *testing.T, sock string, subscribe bool) *peerProc {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "POPVMM_MSG_PEER="+sock, "POPVMM_MSG_SUBSCRIBE="+map[bool]string{true: "1"}[subscribe])
+	cmd.Stderr = os.Stderr
+	stdin, _ := cmd.StdinPipe()
+	out, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stdin.Close(); cmd.Process.Kill(); cmd.Wait() })
+	line := make(chan string, 1)
+	go func() {
+		s, _ := bufio.NewReader(out).ReadString('\n')
+		line <- s
+	}()
+	select {
+	case s := <-line:
+		id, err := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(s, "ready ")))
+		if err != nil {
+			t.Fatalf("peer said %q", s)
+		}
+		return &peerProc{id: id, cmd: cmd}
+	case <-time.After(20 * time.Second):
+		t.Fatal("peer process not ready in 20s")
+	}
+	return nil
+}
+
+// TestMultiProcess: three peer processes and this one join through the
+// ivshmem server; ordering across processes, multicast to subscribers
+// only, and a killed peer announced and refused.
+func TestMultiProcess(t *testing.T) {
+	win, err := ipi.NewWindow("mp", 8<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer win.Close()
+	mem, err := win.Map()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ipi.Unmap(mem)
+	if _, err := msg.Format(mem, 8); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := ipi.NewServer(win, ipi.ServerConfig{Vectors: 1, FirstID: 0, MaxPeers: 8}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(t.TempDir(), "ivshmem.sock")
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sctx, stop := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(sctx, ln) }()
+	defer func() { stop(); <-served }() // before the window closes
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	me, err := ipi.Dial(ctx, sock, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer me.Close()
+	node, err := msg.Join(me.Mem, me.ID, "parent", ipi.Bell{C: me}, msg.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newCollector()
+	node.Register(svcReply, c.handle)
+	rctx, stopRun := context.WithCancel(ctx)
+	ran := make(chan struct{})
+	go func() { node.Run(rctx); close(ran) }()
+	defer func() { stopRun(); <-ran }() // before me.Close unmaps the window
+
+	p1 := startPeer(t, sock, true)
+	p2 := startPeer(t, sock, false)
+	p3 := startPeer(t, sock, true)
+
+	// Ordering across processes: 500 messages of growing size to p2.
+	const n = 500
+	for i := range n {
+		p := []byte(strings.Repeat(strconv.Itoa(i%10), i%300) + "#" + strconv.Itoa(i))
+		for {
+			err := node.Send(p2.id, svcEcho, p)
+			if err == nil {
+				break
+			}
+			if !errors.Is(err, msg.ErrRingFull) {
+				t.Fatal(err)
+			}
+		}
+	}
+	got := c.wait(t, n)
+	for i := range n {
+		if !strings.HasSuffix(string(got[i]), "#"+strconv.Itoa(i)) || len(got[i]) != i%300+1+len(strconv.Itoa(i)) {
+			t.Fatalf("reply %d = %q: order or content broken", i, got[i])
+		}
+	}
+
+	// Multicast reaches p1 and p3 (subscribed), not p2.
+	sent, err := node.Multicast(svcNews, []byte("hello"))
+	if err != nil || sent != 2 {
+		t.Fatalf("Multicast = %d, %v; want 2", sent, err)
+	}
+	got = c.wait(t, n+2)
+	from := map[int]bool{}
+	c.mu.Lock()
+	for _, f := range c.from[n:] {
+		from[f] = true
+	}
+	c.mu.Unlock()
+	if !from[p1.id] || !from[p3.id] || from[p2.id] {
+		t.Errorf("multicast replies from %v, want %d and %d only", from, p1.id, p3.id)
+	}
+
+	// Kill p3: the server announces its departure; popvmm's node marks it
+	// gone; sends to it are refused.
+	p3.cmd.Process.Kill()
+	deadline := time.After(20 * time.Second)
+	for {
+		select {
+		case e := <-me.Events():
+			if e.ID == p3.id && !e.Joined {
+				node.MarkGone(p3.id, true)
+				if err := node.Send(p3.id, svcEcho, []byte("x")); !errors.Is(err, msg.ErrPeerOffline) {
+					t.Errorf("send to killed peer = %v, want ErrPeerOffline", err)
+				}
+				s := node.Stats()
+				t.Logf("parent stats: %+v", s)
+				return
+			}
+		case <-deadline:
+			t.Fatal("killed peer's departure not announced in 20s")
+		}
+	}
+}
