@@ -22,8 +22,11 @@ const (
 	lineSize   = 64 // a cache line: slot size, and the stride of hot fields
 	SlotSize   = lineSize
 	slotHeader = 8
-	// SlotPayload is how many message bytes one slot carries.
+	// SlotPayload is how many message bytes the first slot of a message
+	// carries; the following slots carry SlotSize bytes each.
 	SlotPayload = SlotSize - slotHeader
+	// maxLen is the largest length the 24-bit length field holds.
+	maxLen = 1<<24 - 1
 
 	// MaxPeers bounds the peer table: a section header holds one receive
 	// head per possible sender, a cache line each.
@@ -62,12 +65,6 @@ const (
 	secServices   = 64 // [32]byte bitmap of subscribed services
 	secHeads      = 128
 	nameLen       = 32
-)
-
-// Slot header flags.
-const (
-	flagFirst = 1
-	flagLast  = 2
 )
 
 // State is a peer's state in the peer table.

@@ -116,7 +116,7 @@ func Join(mem []byte, id int, name string, bell Doorbell, opt Options) (*Node, e
 	if opt.PeerTimeout <= 0 {
 		opt.PeerTimeout = 3 * time.Second
 	}
-	ringMax := (l.slots - 1) * SlotPayload
+	ringMax := min(SlotPayload+(l.slots-1)*SlotSize, maxLen)
 	if opt.MaxMessage <= 0 {
 		opt.MaxMessage = 64 << 10
 	}
@@ -203,7 +203,7 @@ func (n *Node) Send(peer int, service uint8, payload []byte) error {
 	if n.PeerState(peer) != StateOnline {
 		return fmt.Errorf("send to %d: %w", peer, ErrPeerOffline)
 	}
-	chunks := max(1, (len(payload)+SlotPayload-1)/SlotPayload)
+	chunks := slotsFor(len(payload))
 
 	n.sendMu[peer].Lock()
 	r := n.l.ring(n.id, peer)
@@ -214,21 +214,15 @@ func (n *Node) Send(peer int, service uint8, payload []byte) error {
 		n.stats.full.Add(1)
 		return fmt.Errorf("send to %d: %w", peer, ErrRingFull)
 	}
-	for i := range chunks {
-		idx := tail + uint64(i)
-		s := n.l.slot(r, int(idx))
-		part := payload[min(i*SlotPayload, len(payload)):min((i+1)*SlotPayload, len(payload))]
-		copy(n.mem[s+slotHeader:s+SlotSize], part)
-		var flags uint64
-		if i == 0 {
-			flags |= flagFirst
-		}
-		if i == chunks-1 {
-			flags |= flagLast
-		}
-		hdr := uint64(uint32(idx+1)) | uint64(len(part))<<32 | uint64(service)<<40 | flags<<48
-		store64(n.mem, s, hdr) // the slot header last: the slot is complete
-	}
+	// The first slot carries the header and SlotPayload bytes; the rest
+	// of the message fills the following slots whole, written as runs of
+	// contiguous ring memory (two when it wraps).
+	s0 := n.l.slot(r, int(tail))
+	first := min(len(payload), SlotPayload)
+	copy(n.mem[s0+slotHeader:s0+SlotSize], payload[:first])
+	n.copyOut(r, tail+1, payload[first:])
+	hdr := uint64(uint32(tail+1)) | uint64(len(payload))<<32 | uint64(service)<<56
+	store64(n.mem, s0, hdr)                // the header last: the message is complete
 	store64(n.mem, r, tail+uint64(chunks)) // publish
 	n.sendMu[peer].Unlock()
 	n.stats.sent.Add(1)
@@ -330,6 +324,11 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 }
 
+// Poll delivers up to budget waiting messages in the caller's goroutine and
+// returns how many; for callers that poll themselves instead of calling
+// Run (never both at once).
+func (n *Node) Poll(budget int) int { return n.poll(budget) }
+
 // pending reports whether any ring to this node holds a message.
 func (n *Node) pending() bool {
 	for from := range n.l.maxPeers {
@@ -397,30 +396,57 @@ func (n *Node) drain(from, budget int) int {
 	return got
 }
 
-// assemble reads one message starting at slot index head.
+// assemble reads the message starting at slot index head.
 func (n *Node) assemble(r int, head, tail uint64) (msg []byte, service uint8, used uint64, ok bool) {
-	n.partial = n.partial[:0]
-	for idx := head; idx != tail; idx++ {
-		s := n.l.slot(r, int(idx))
-		hdr := load64(n.mem, s)
-		seq, ln, svc, flags := uint32(hdr), int(hdr>>32&0xff), uint8(hdr>>40), hdr>>48&0xff
-		if seq != uint32(idx+1) || ln > SlotPayload || flags&^(flagFirst|flagLast) != 0 {
-			return nil, 0, 0, false
-		}
-		first := idx == head
-		if first != (flags&flagFirst != 0) || (!first && svc != service) {
-			return nil, 0, 0, false
-		}
-		service = svc
-		if len(n.partial)+ln > n.opt.MaxMessage {
-			return nil, 0, 0, false
-		}
-		n.partial = append(n.partial, n.mem[s+slotHeader:s+slotHeader+ln]...)
-		if flags&flagLast != 0 {
-			return n.partial, service, idx - head + 1, true
-		}
+	s0 := n.l.slot(r, int(head))
+	hdr := load64(n.mem, s0)
+	seq, ln, svc := uint32(hdr), int(hdr>>32&0xffffff), uint8(hdr>>56)
+	if seq != uint32(head+1) || ln > n.opt.MaxMessage {
+		return nil, 0, 0, false
 	}
-	return nil, 0, 0, true
+	k := uint64(slotsFor(ln))
+	if k > tail-head {
+		return nil, 0, 0, true // not all published: garbage from a sane sender's view
+	}
+	if cap(n.partial) < ln {
+		n.partial = make([]byte, ln)
+	}
+	n.partial = n.partial[:ln]
+	copy(n.partial, n.mem[s0+slotHeader:s0+slotHeader+min(ln, SlotPayload)])
+	if ln > SlotPayload {
+		n.copyIn(r, head+1, n.partial[SlotPayload:])
+	}
+	return n.partial, svc, k, true
+}
+
+// slotsFor is how many slots a message of ln bytes takes.
+func slotsFor(ln int) int {
+	if ln <= SlotPayload {
+		return 1
+	}
+	return 1 + (ln-SlotPayload+SlotSize-1)/SlotSize
+}
+
+// ringRuns calls f with the ring-memory runs that hold len bytes starting
+// at whole slot idx: one run, or two when the ring wraps.
+func (n *Node) ringRuns(r int, idx uint64, length int, f func(off, from, size int)) {
+	done := 0
+	for done < length {
+		i := int(idx) & (n.l.slots - 1)
+		room := (n.l.slots - i) * SlotSize
+		size := min(room, length-done)
+		f(n.l.slot(r, i), done, size)
+		done += size
+		idx += uint64((size + SlotSize - 1) / SlotSize)
+	}
+}
+
+func (n *Node) copyOut(r int, idx uint64, p []byte) {
+	n.ringRuns(r, idx, len(p), func(off, from, size int) { copy(n.mem[off:off+size], p[from:from+size]) })
+}
+
+func (n *Node) copyIn(r int, idx uint64, p []byte) {
+	n.ringRuns(r, idx, len(p), func(off, from, size int) { copy(p[from:from+size], n.mem[off:off+size]) })
 }
 
 func (n *Node) fail(from int) {
