@@ -25,3 +25,17 @@ func WriteStatus(w io.Writer, st *Status, now time.Time) error {
 	}
 	return tw.Flush()
 }
+
+// WriteWindowStat prints the window's peer table and popvmm's counters.
+func WriteWindowStat(w io.Writer, st *WindowStat) error {
+	fmt.Fprintf(w, "window %s\n", st.Socket)
+	n := st.Node
+	fmt.Fprintf(w, "popvmm node: sent %d, received %d, doorbells rung %d, saved %d, wake-ups %d, ring full %d, protocol errors %d\n\n",
+		n.Sent, n.Received, n.DoorbellsRung, n.DoorbellsSaved, n.Wakeups, n.RingFull, n.ProtocolErrors)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "PEER\tNAME\tSTATE\tGENERATION\tHEARTBEAT")
+	for _, p := range st.Peers {
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\n", p.ID, p.Name, p.State, p.Generation, p.Heartbeat)
+	}
+	return tw.Flush()
+}

@@ -2,6 +2,9 @@ package supervisor
 
 import (
 	"time"
+
+	"github.com/popvmm/popvmm/ipi/agent"
+	"github.com/popvmm/popvmm/ipi/msg"
 )
 
 // The control protocol: a client connects to the control socket, writes one
@@ -13,6 +16,14 @@ const (
 	OpStatus = "status" // the cluster's and every kernel's state
 	OpDown   = "down"   // stop the cluster; the reply comes before the stop
 	OpBoot   = "boot"   // boot a manual kernel (Name)
+	OpMsg    = "msg"    // window messaging: Action ping|info to Name, or stat
+)
+
+// Msg actions.
+const (
+	MsgPing = "ping"
+	MsgInfo = "info"
+	MsgStat = "stat"
 )
 
 // Codes for a failed Response.
@@ -25,16 +36,34 @@ const (
 
 // Request is one control request.
 type Request struct {
-	Op   string `json:"op"`
-	Name string `json:"name,omitempty"`
+	Op     string `json:"op"`
+	Name   string `json:"name,omitempty"`
+	Action string `json:"action,omitempty"`
 }
 
 // Response answers a Request.
 type Response struct {
-	OK     bool    `json:"ok"`
-	Error  string  `json:"error,omitempty"`
-	Code   string  `json:"code,omitempty"`
-	Status *Status `json:"status,omitempty"`
+	OK     bool      `json:"ok"`
+	Error  string    `json:"error,omitempty"`
+	Code   string    `json:"code,omitempty"`
+	Status *Status   `json:"status,omitempty"`
+	Msg    *MsgReply `json:"msg,omitempty"`
+}
+
+// MsgReply answers an OpMsg request.
+type MsgReply struct {
+	Peer  int         `json:"peer"`
+	RTTns int64       `json:"rtt_ns,omitempty"`
+	Info  *agent.Info `json:"info,omitempty"`
+	Stat  *WindowStat `json:"stat,omitempty"`
+}
+
+// WindowStat is `popvmm msg stat`: popvmm's node counters and the peer
+// table.
+type WindowStat struct {
+	Socket string         `json:"socket"`
+	Node   msg.Stats      `json:"node"`
+	Peers  []msg.PeerInfo `json:"peers"`
 }
 
 // Status is what `popvmm status` shows.
@@ -49,6 +78,7 @@ type Status struct {
 	Subnet     string         `json:"subnet"`
 	HostIP     string         `json:"host_ip"`
 	WindowSize uint64         `json:"window_size"`
+	Window     string         `json:"window_socket"`
 	Kernels    []KernelStatus `json:"kernels"`
 }
 

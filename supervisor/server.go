@@ -16,6 +16,7 @@ import (
 
 	"github.com/popvmm/popvmm/cluster"
 	"github.com/popvmm/popvmm/guest"
+	"github.com/popvmm/popvmm/ipi/msg"
 )
 
 // VMMNotBuilt is what the supervisor says about booting while popvmm has no
@@ -34,6 +35,7 @@ type Supervisor struct {
 	mu     sync.Mutex
 	states map[string]State
 	stop   context.CancelFunc
+	win    *windowHost
 }
 
 // New makes a supervisor for a checked cluster.
@@ -77,6 +79,14 @@ func (s *Supervisor) Run(ctx context.Context, opt Options) error {
 	if err := s.prepareBoot(rd.Path); err != nil {
 		return err
 	}
+	win, err := s.startWindow(ctx, rd.Path)
+	if err != nil {
+		return fmt.Errorf("shared window: %w", err)
+	}
+	defer win.stop()
+	s.mu.Lock()
+	s.win = win
+	s.mu.Unlock()
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -191,6 +201,8 @@ func (s *Supervisor) handle(req Request) Response {
 		return Response{OK: true}
 	case OpBoot:
 		return s.boot(req.Name)
+	case OpMsg:
+		return s.msg(req)
 	}
 	return Response{Error: fmt.Sprintf("unknown op %q", req.Op), Code: CodeBadRequest}
 }
@@ -210,6 +222,63 @@ func (s *Supervisor) boot(name string) Response {
 		return Response{Error: fmt.Sprintf("kernel %q is %s", name, st), Code: CodeState}
 	}
 	return Response{Error: fmt.Sprintf("cannot boot %q: the VMM is %s", name, VMMNotBuilt), Code: CodeNotBuilt}
+}
+
+// msgTimeout bounds a window request (ping, info).
+const msgTimeout = 5 * time.Second
+
+func (s *Supervisor) msg(req Request) Response {
+	s.mu.Lock()
+	w := s.win
+	s.mu.Unlock()
+	if w == nil {
+		return Response{Error: "the shared window is not up", Code: CodeState}
+	}
+	if req.Action == MsgStat {
+		return Response{OK: true, Msg: &MsgReply{Peer: w.node.ID(), Stat: &WindowStat{Socket: w.socket, Node: w.node.Stats(), Peers: w.node.Peers()}}}
+	}
+	peer, ok := s.peerByName(w, req.Name)
+	if !ok {
+		return Response{Error: fmt.Sprintf("no kernel or window peer named %q (kernels: %s)", req.Name, s.names()), Code: CodeNotFound}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), msgTimeout)
+	defer cancel()
+	switch req.Action {
+	case MsgPing:
+		rtt, err := w.caller.Ping(ctx, peer)
+		if err != nil {
+			return s.msgErr(req.Name, peer, err)
+		}
+		return Response{OK: true, Msg: &MsgReply{Peer: peer, RTTns: rtt.Nanoseconds()}}
+	case MsgInfo:
+		info, err := w.caller.Info(ctx, peer)
+		if err != nil {
+			return s.msgErr(req.Name, peer, err)
+		}
+		return Response{OK: true, Msg: &MsgReply{Peer: peer, Info: &info}}
+	}
+	return Response{Error: fmt.Sprintf("unknown msg action %q (ping, info, stat)", req.Action), Code: CodeBadRequest}
+}
+
+// peerByName finds the window peer for name: an online peer that checked
+// in under that name (a popagent), else the kernel of that name.
+func (s *Supervisor) peerByName(w *windowHost, name string) (int, bool) {
+	for _, p := range w.node.Peers() {
+		if p.Name == name && p.State == msg.StateOnline.String() && p.ID != w.node.ID() {
+			return p.ID, true
+		}
+	}
+	if k := s.cl.Kernel(name); k != nil {
+		return k.Index, true
+	}
+	return 0, false
+}
+
+func (s *Supervisor) msgErr(name string, peer int, err error) Response {
+	if errors.Is(err, msg.ErrPeerOffline) {
+		return Response{Error: fmt.Sprintf("%q (peer %d) is not on the window: no agent has checked in for it", name, peer), Code: CodeState}
+	}
+	return Response{Error: fmt.Sprintf("%q (peer %d): %v", name, peer, err)}
 }
 
 func (s *Supervisor) names() string {
@@ -235,6 +304,9 @@ func (s *Supervisor) Status() *Status {
 		Subnet:     s.cl.Network.Subnet.String(),
 		HostIP:     s.cl.Network.Host.String(),
 		WindowSize: s.cl.Window.Size,
+	}
+	if s.win != nil {
+		st.Window = s.win.socket
 	}
 	for _, k := range s.cl.Kernels {
 		st.Kernels = append(st.Kernels, KernelStatus{

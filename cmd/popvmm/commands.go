@@ -19,6 +19,7 @@ import (
 
 	"github.com/popvmm/popvmm/cluster"
 	"github.com/popvmm/popvmm/guest"
+	"github.com/popvmm/popvmm/memmap"
 	"github.com/popvmm/popvmm/supervisor"
 	"github.com/popvmm/popvmm/vtty"
 )
@@ -60,7 +61,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.PersistentFlags().StringVar(&c.runRoot, "run-root", cluster.DefaultRunRoot(), "directory holding one run directory per cluster ($POPVMM_RUN_ROOT)")
 	root.PersistentFlags().BoolVarP(&c.verbose, "verbose", "v", false, "log debug detail")
 	root.AddCommand(c.validateCmd(), c.upCmd(), c.statusCmd(), c.downCmd(), c.bootCmd(),
-		c.attachCmd(), c.logsCmd(), c.sshCmd(), c.versionCmd())
+		c.attachCmd(), c.logsCmd(), c.sshCmd(), c.msgCmd(), c.versionCmd())
 	return root
 }
 
@@ -396,6 +397,96 @@ func (c *cli) sshCmd() *cobra.Command {
 	cmd.Flags().SetInterspersed(false)
 	c.targetFlag(cmd)
 	return cmd
+}
+
+func (c *cli) msgCmd() *cobra.Command {
+	var asJSON bool
+	call := func(cmd *cobra.Command, req supervisor.Request) (*supervisor.MsgReply, error) {
+		var out *supervisor.MsgReply
+		err := c.withCluster(cmd, func(ctx context.Context, cl supervisor.Client) error {
+			resp, err := cl.Call(ctx, req)
+			if err != nil {
+				return opExit(err)
+			}
+			if resp.Msg == nil {
+				return errors.New("msg reply without a body")
+			}
+			out = resp.Msg
+			return nil
+		})
+		return out, err
+	}
+	root := &cobra.Command{
+		Use:   "msg",
+		Short: "Talk to kernels over the shared window (ping, info, stat, tty)",
+		Args:  exactArgs(),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cmd.Help()
+			return usageErr("msg wants a subcommand: ping, info, stat, tty")
+		},
+	}
+	ping := &cobra.Command{
+		Use:   "ping NAME",
+		Short: "Round trip to a kernel's agent over the window",
+		Args:  exactArgs("NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			r, err := call(cmd, supervisor.Request{Op: supervisor.OpMsg, Action: supervisor.MsgPing, Name: args[0]})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(c.stdout, "%s (peer %d): reply in %v\n", args[0], r.Peer, time.Duration(r.RTTns))
+			return nil
+		},
+	}
+	info := &cobra.Command{
+		Use:   "info NAME",
+		Short: "A kernel's release, uptime, load and memory, from its agent",
+		Args:  exactArgs("NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			r, err := call(cmd, supervisor.Request{Op: supervisor.OpMsg, Action: supervisor.MsgInfo, Name: args[0]})
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(c.stdout, r.Info)
+			}
+			i := r.Info
+			fmt.Fprintf(c.stdout, "%s (peer %d): Linux %s, up %s, load %.2f %.2f %.2f, memory %s available of %s\n",
+				i.Name, r.Peer, i.Release, (time.Duration(i.Uptime) * time.Second).Round(time.Second), i.Load[0], i.Load[1], i.Load[2],
+				memmap.FormatSize(i.MemAvailable&^(memmap.MiB-1)), memmap.FormatSize(i.MemTotal&^(memmap.MiB-1)))
+			return nil
+		},
+	}
+	info.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	stat := &cobra.Command{
+		Use:   "stat",
+		Short: "The window's peer table and popvmm's message counters",
+		Args:  exactArgs(),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			r, err := call(cmd, supervisor.Request{Op: supervisor.OpMsg, Action: supervisor.MsgStat})
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(c.stdout, r.Stat)
+			}
+			return supervisor.WriteWindowStat(c.stdout, r.Stat)
+		},
+	}
+	stat.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	tty := &cobra.Command{
+		Use:   "tty NAME",
+		Short: "A shell of a kernel over the window (inter-kernel TTY)",
+		Args:  exactArgs("NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return notBuilt("msg tty %s: the inter-kernel TTY over the window is not built yet", args[0])
+		},
+	}
+	for _, sub := range []*cobra.Command{ping, info, stat, tty} {
+		c.targetFlag(sub)
+		root.AddCommand(sub)
+	}
+	return root
 }
 
 func (c *cli) versionCmd() *cobra.Command {

@@ -55,6 +55,12 @@ const commonArmed = lineSize
 
 func armedOff(p int) int { return commonArmed + p*lineSize }
 
+// Ring control line (at the start of each ring, written by its sender).
+const (
+	ringTail = 0 // uint64: slots published
+	ringBase = 8 // uint64: the tail when the sender last checked in
+)
+
 // Section header (at the start of each peer's section): the peer's entry in
 // the peer table, its subscriptions and its receive heads.
 const (

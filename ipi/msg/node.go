@@ -131,8 +131,12 @@ func Join(mem []byte, id int, name string, bell Doorbell, opt Options) (*Node, e
 	copy(mem[sec+secName:sec+secName+nameLen], make([]byte, nameLen))
 	copy(mem[sec+secName:], name)
 	clear(mem[sec+secServices : sec+secServices+Services/8])
-	for from := range l.maxPeers {
-		n.resync(from)
+	for p := range l.maxPeers {
+		// Messages to this node's previous incarnation are not ours…
+		n.takeUp(p, load64(mem, l.ring(p, id)))
+		// …and this incarnation's messages start where its rings stand.
+		r := l.ring(id, p)
+		store64(mem, r+ringBase, load64(mem, r))
 	}
 	store32(mem, armedOff(id), 0)
 	store32(mem, sec+secGeneration, load32(mem, sec+secGeneration)+1)
@@ -140,12 +144,13 @@ func Join(mem []byte, id int, name string, bell Doorbell, opt Options) (*Node, e
 	return n, nil
 }
 
-// resync takes up sender from's ring to this node where it stands.
-func (n *Node) resync(from int) {
-	r := n.l.ring(from, n.id)
-	store64(n.mem, n.l.head(n.id, from), load64(n.mem, r))
-	n.broken[from] = false
+// takeUp starts reading sender from's ring at slot index head, for the
+// sender's current generation. The generation is read before head's source:
+// a sender writes its ring bases before it bumps its generation.
+func (n *Node) takeUp(from int, head uint64) {
 	n.gens[from] = load32(n.mem, n.l.section(from)+secGeneration)
+	store64(n.mem, n.l.head(n.id, from), head)
+	n.broken[from] = false
 }
 
 // ID is this node's peer id.
@@ -347,9 +352,9 @@ func (n *Node) poll(budget int) int {
 			continue
 		}
 		if g := load32(n.mem, n.l.section(from)+secGeneration); g != n.gens[from] {
-			// The sender checked in anew: its ring's past is not ours.
-			n.resync(from)
-			continue
+			// The sender checked in anew: read from where its new
+			// incarnation started (it may have sent already).
+			n.takeUp(from, load64(n.mem, n.l.ring(from, n.id)+ringBase))
 		}
 		got += n.drain(from, budget-got)
 		if got >= budget {
@@ -478,6 +483,30 @@ func (n *Node) maintain(now time.Time) {
 		}
 		n.known[p] = st
 	}
+}
+
+// PeerInfo is one row of the peer table.
+type PeerInfo struct {
+	ID         int    `json:"id"`
+	Name       string `json:"name"`
+	State      string `json:"state"`
+	Generation uint32 `json:"generation"`
+	Heartbeat  uint64 `json:"heartbeat"`
+}
+
+// Peers reads the peer table: every peer that has ever checked in.
+func (n *Node) Peers() []PeerInfo {
+	var out []PeerInfo
+	for p := range n.l.maxPeers {
+		sec := n.l.section(p)
+		gen := load32(n.mem, sec+secGeneration)
+		if gen == 0 {
+			continue
+		}
+		out = append(out, PeerInfo{ID: p, Name: n.peerName(p), State: n.PeerState(p).String(), Generation: gen,
+			Heartbeat: load64(n.mem, sec+secHeartbeat)})
+	}
+	return out
 }
 
 // MarkGone records that popvmm saw peer leave or crash (its VM stopped, its

@@ -1,0 +1,128 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/popvmm/popvmm/ipi"
+	"github.com/popvmm/popvmm/ipi/agent"
+	"github.com/popvmm/popvmm/ipi/msg"
+)
+
+// WindowSocketName is the ivshmem server's socket in the run directory:
+// host processes (popagent, any ivshmem client) join the window there.
+const WindowSocketName = "ivshmem.sock"
+
+// hostPeers is how many host processes may join the window at once.
+const hostPeers = 8
+
+// windowHost is the cluster's shared window as the supervisor runs it: the
+// memfd, formatted for protocol v1, the ivshmem server for host peers, and
+// popvmm's own node on it (a host peer named "popvmm").
+type windowHost struct {
+	win    *ipi.Window
+	mem    []byte
+	socket string
+	client *ipi.Client
+	node   *msg.Node
+	caller *agent.Caller
+	wg     sync.WaitGroup
+	cancel context.CancelFunc
+}
+
+func (s *Supervisor) startWindow(ctx context.Context, runDir string) (_ *windowHost, err error) {
+	kernels := len(s.cl.Kernels)
+	maxPeers := min(msg.MaxPeers, kernels+hostPeers)
+	w := &windowHost{socket: filepath.Join(runDir, WindowSocketName)}
+	defer func() {
+		if err != nil {
+			w.stop()
+		}
+	}()
+	if w.win, err = ipi.NewWindow(s.cl.Name, int64(s.cl.Window.Size)); err != nil {
+		return nil, err
+	}
+	if w.mem, err = w.win.Map(); err != nil {
+		return nil, err
+	}
+	if _, err = msg.Format(w.mem, maxPeers); err != nil {
+		return nil, err
+	}
+	srv, err := ipi.NewServer(w.win, ipi.ServerConfig{Vectors: 1, FirstID: kernels, MaxPeers: maxPeers - kernels}, s.log)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Remove(w.socket); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale window socket: %w", err)
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: w.socket, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("listen on window socket: %w", err)
+	}
+	if err := os.Chmod(w.socket, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("window socket: %w", err)
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	w.cancel = cancel
+	w.wg.Go(func() {
+		if err := srv.Serve(sctx, ln); err != nil {
+			s.log.Error("window server stopped", "err", err)
+		}
+	})
+	if w.client, err = ipi.Dial(sctx, w.socket, 1); err != nil {
+		return nil, err
+	}
+	if w.node, err = msg.Join(w.client.Mem, w.client.ID, "popvmm", ipi.Bell{C: w.client}, msg.Options{}); err != nil {
+		return nil, err
+	}
+	w.caller = agent.NewCaller(w.node)
+	nodeDone := make(chan struct{})
+	w.wg.Go(func() {
+		defer close(nodeDone)
+		if err := w.node.Run(sctx); err != nil {
+			s.log.Error("popvmm's window node stopped", "err", err)
+		}
+	})
+	w.wg.Go(func() {
+		for e := range w.client.Events() {
+			s.log.Info("window peer", "peer", e.ID, "joined", e.Joined)
+			if !e.Joined {
+				// A host peer that disconnects is gone, whatever its
+				// own section says. Only popvmm writes this for it.
+				select {
+				case <-nodeDone:
+				default:
+					w.node.MarkGone(e.ID, false)
+				}
+			}
+		}
+	})
+	s.log.Info("shared window ready", "size", s.cl.Window.Size, "peers", maxPeers, "socket", w.socket)
+	return w, nil
+}
+
+// stop leaves the window and releases it; safe on a half-built windowHost.
+func (w *windowHost) stop() {
+	if w.cancel != nil {
+		w.cancel()
+	}
+	if w.client != nil {
+		// The node's Run must have returned before the mapping goes.
+		w.wg.Wait()
+		w.client.Close()
+	}
+	w.wg.Wait()
+	if w.mem != nil {
+		ipi.Unmap(w.mem)
+	}
+	if w.win != nil {
+		w.win.Close()
+	}
+	os.Remove(w.socket)
+}

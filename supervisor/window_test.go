@@ -1,0 +1,78 @@
+package supervisor_test
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/popvmm/popvmm/ipi"
+	"github.com/popvmm/popvmm/ipi/agent"
+	"github.com/popvmm/popvmm/ipi/msg"
+	"github.com/popvmm/popvmm/supervisor"
+)
+
+// TestWindowMessaging: a host-process-style agent joins the running
+// cluster's window as kernel "primary"; popvmm's node pings it, asks for
+// info and lists it; when it leaves, requests to it are refused.
+func TestWindowMessaging(t *testing.T) {
+	cl := testCluster(t, t.TempDir(), "demo")
+	c, _ := start(t, cl)
+	sock := filepath.Join(cl.RunDir, supervisor.WindowSocketName)
+
+	call := func(action, name string) (*supervisor.Response, error) {
+		return c.Call(ctxT(t), supervisor.Request{Op: supervisor.OpMsg, Action: action, Name: name})
+	}
+	// No agent yet: the kernel exists but is not on the window.
+	_, err := call(supervisor.MsgPing, "primary")
+	var oe *supervisor.OpError
+	if !errors.As(err, &oe) || oe.Code != supervisor.CodeState || !strings.Contains(oe.Msg, "not on the window") {
+		t.Errorf("ping before any agent = %v", err)
+	}
+	if _, err := call(supervisor.MsgPing, "nobody"); !errors.As(err, &oe) || oe.Code != supervisor.CodeNotFound {
+		t.Errorf("ping unknown name = %v, want not_found", err)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	client, err := ipi.Dial(ctxT(t), sock, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	node, err := msg.Join(client.Mem, client.ID, "primary", ipi.Bell{C: client}, msg.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent.Serve(node, "primary", "")
+	ran := make(chan struct{})
+	go func() { node.Run(ctx); close(ran) }()
+
+	resp, err := call(supervisor.MsgPing, "primary")
+	if err != nil || resp.Msg.Peer != client.ID || resp.Msg.RTTns <= 0 {
+		t.Fatalf("ping = %+v, %v", resp, err)
+	}
+	resp, err = call(supervisor.MsgInfo, "primary")
+	if err != nil || resp.Msg.Info.Name != "primary" || resp.Msg.Info.Release == "" || resp.Msg.Info.MemTotal == 0 {
+		t.Fatalf("info = %+v, %v", resp, err)
+	}
+	resp, err = call(supervisor.MsgStat, "")
+	if err != nil || len(resp.Msg.Stat.Peers) != 2 || resp.Msg.Stat.Node.Received < 2 {
+		t.Fatalf("stat = %+v, %v", resp.Msg.Stat, err)
+	}
+
+	cancel()
+	<-ran
+	client.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := call(supervisor.MsgPing, "primary")
+		if errors.As(err, &oe) && strings.Contains(oe.Msg, "not on the window") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ping after the agent left = %v", err)
+		}
+		time.Sleep(10 * time.Millisecond) // the departure notice travels through the server
+	}
+}
