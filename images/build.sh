@@ -11,17 +11,23 @@ initramfs_pkgs=(busybox-static dropbear-bin libc6 libcrypt1 zlib1g libtomcrypt1 
 
 build_initramfs() {
   "$here/fetch.sh" "${initramfs_pkgs[@]}"
+  # The guest agent goes into the full flavour: a static, reproducible build.
+  agent="$here/build/popagent"
+  (cd "$top" && CGO_ENABLED=0 go build -trimpath -buildvcs=false -ldflags=-s -o "$agent" ./cmd/popagent)
   for f in "${flavours[@]}"; do
     out="$here/out/$f"
+    agent_flag=()
+    [ "$f" = full ] && agent_flag=(-agent "$agent")
     key=$( { for p in "${initramfs_pkgs[@]}"; do grep "^$p " "$here/packages.lock"; done
-             cat "$here"/initramfs/* "$here"/mkinitramfs/*.go "$top"/initramfs/*.go "$top/go.sum"; echo "$f"; } | sha256sum | cut -d' ' -f1)
+             cat "$here"/initramfs/* "$here"/mkinitramfs/*.go "$top"/initramfs/*.go "$top/go.sum"; echo "$f"
+             if [ "$f" = full ]; then cat "$agent"; fi; } | sha256sum | cut -d" " -f1)
     if [ -f "$out/.initramfs-key" ] && [ "$(cat "$out/.initramfs-key")" = "$key" ] && [ -f "$out/initramfs.cpio" ]; then
       echo "==> $f initramfs is up to date"
       continue
     fi
     echo "==> build $f initramfs"
     mkdir -p "$out"
-    (cd "$top" && go run ./images/mkinitramfs -flavour "$f" -debs "$here/build/debs" -src "$here/initramfs" -o "$out/initramfs.cpio")
+    (cd "$top" && go run ./images/mkinitramfs -flavour "$f" -debs "$here/build/debs" -src "$here/initramfs" "${agent_flag[@]}" -o "$out/initramfs.cpio")
     echo "$key" > "$out/.initramfs-key"
     echo "    $(stat -c %s "$out/initramfs.cpio") bytes, sha256 $(sha256sum "$out/initramfs.cpio" | cut -c1-16)…"
   done

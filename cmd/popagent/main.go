@@ -11,7 +11,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -43,7 +42,7 @@ func main() {
 
 func run(ctx context.Context, window, name, proc string, log *slog.Logger) error {
 	if window == "" {
-		return errors.New("guest mode (the window device through uio_pci_generic) lands with the VMM; use -window SOCKET to join through popvmm's ivshmem server")
+		return runGuest(ctx, name, proc, log)
 	}
 	c, err := ipi.Dial(ctx, window, 1)
 	if err != nil {
@@ -58,4 +57,28 @@ func run(ctx context.Context, window, name, proc string, log *slog.Logger) error
 	log.Info("popagent on the window", "name", name, "peer", c.ID, "socket", window)
 	fmt.Printf("popagent %s: peer %d\n", name, c.ID)
 	return node.Run(ctx)
+}
+
+// runGuest joins through the window device inside a guest kernel.
+func runGuest(ctx context.Context, name, proc string, log *slog.Logger) error {
+	dir, err := ipi.FindDevice("")
+	if err != nil {
+		return fmt.Errorf("%w (or use -window SOCKET on a host)", err)
+	}
+	dev, err := ipi.OpenGuestDevice(dir)
+	if err != nil {
+		return err
+	}
+	defer dev.Close()
+	node, err := msg.Join(dev.Mem, dev.ID(), name, dev, msg.Options{})
+	if err != nil {
+		return err
+	}
+	agent.Serve(node, name, proc)
+	log.Info("popagent on the window", "name", name, "peer", dev.ID(), "device", dir)
+	err = node.Run(ctx)
+	if dev.NoIRQ {
+		log.Warn("the window device had no usable interrupt; the agent polled it every millisecond")
+	}
+	return err
 }

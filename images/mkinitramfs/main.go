@@ -29,7 +29,8 @@ import (
 func main() {
 	flavour := flag.String("flavour", "full", "full or light")
 	debs := flag.String("debs", "images/build/debs", "directory of unpacked packages, one subdirectory each")
-	src := flag.String("src", "images/initramfs", "directory with init, passwd, group")
+	src := flag.String("src", "images/initramfs", "directory with init, passwd, group, 50-popagent")
+	agent := flag.String("agent", "", "popagent binary to include (full flavour), started from /etc/popvmm/init.d")
 	out := flag.String("o", "", "output file")
 	list := flag.String("list", "", "print the contents of this archive and exit")
 	flag.Parse()
@@ -39,7 +40,7 @@ func main() {
 	} else if *out == "" {
 		err = errors.New("-o is required")
 	} else {
-		err = build(*flavour, *debs, *src, *out)
+		err = build(*flavour, *debs, *src, *agent, *out)
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "mkinitramfs: %v\n", err)
@@ -53,7 +54,7 @@ var libDirs = []string{"/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/l
 // libPackages hold the libraries dropbear links against.
 var libPackages = []string{"libc6", "libcrypt1", "zlib1g", "libtomcrypt1", "libtommath1", "libgmp10"}
 
-func build(flavour, debs, src, out string) error {
+func build(flavour, debs, src, agent, out string) error {
 	if flavour != "full" && flavour != "light" {
 		return fmt.Errorf("flavour %q: want full or light", flavour)
 	}
@@ -86,6 +87,17 @@ func build(flavour, debs, src, out string) error {
 		dropbear := filepath.Join(debs, "dropbear-bin", "usr", "sbin", "dropbear")
 		if err := a.ELF("/usr/sbin/dropbear", dropbear, roots, libDirs); err != nil {
 			return fmt.Errorf("dropbear: %w", err)
+		}
+	}
+	if agent != "" {
+		for dst, from := range map[string]string{"/usr/bin/popagent": agent, "/etc/popvmm/init.d/50-popagent": filepath.Join(src, "50-popagent")} {
+			data, err := os.ReadFile(from)
+			if err != nil {
+				return err
+			}
+			if err := a.File(dst, 0o755, data); err != nil {
+				return err
+			}
 		}
 	}
 	data, err := a.Bytes()

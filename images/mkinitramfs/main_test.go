@@ -45,7 +45,7 @@ func TestInitramfs(t *testing.T) {
 	for _, f := range []string{"light", "full"} {
 		a, b := filepath.Join(dir, f+"-a.cpio"), filepath.Join(dir, f+"-b.cpio")
 		for _, out := range []string{a, b} {
-			if err := build(f, debs, "../initramfs", out); err != nil {
+			if err := build(f, debs, "../initramfs", "", out); err != nil {
 				t.Fatalf("build %s: %v", f, err)
 			}
 		}
@@ -81,10 +81,10 @@ func TestInitramfs(t *testing.T) {
 
 func TestBuildErrors(t *testing.T) {
 	dir := t.TempDir()
-	if err := build("medium", dir, dir, filepath.Join(dir, "x")); err == nil || !strings.Contains(err.Error(), "medium") {
+	if err := build("medium", dir, dir, "", filepath.Join(dir, "x")); err == nil || !strings.Contains(err.Error(), "medium") {
 		t.Errorf("build(medium) = %v", err)
 	}
-	if err := build("light", dir, "../initramfs", filepath.Join(dir, "x")); err == nil || !strings.Contains(err.Error(), "busybox") {
+	if err := build("light", dir, "../initramfs", "", filepath.Join(dir, "x")); err == nil || !strings.Contains(err.Error(), "busybox") {
 		t.Errorf("build without packages = %v, want a busybox error", err)
 	}
 }

@@ -1,0 +1,185 @@
+package ipi
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The ivshmem PCI device as a guest sees it (QEMU's ivshmem-doorbell
+// register layout, which popvmm's window device keeps).
+const (
+	VendorID = 0x1af4
+	DeviceID = 0x1110
+
+	RegIntrMask   = 0  // BAR0: interrupt mask (INTx mode)
+	RegIntrStatus = 4  // BAR0: interrupt status (INTx mode)
+	RegIVPosition = 8  // BAR0: this peer's id, read-only
+	RegDoorbell   = 12 // BAR0: write (peer << 16) | vector to ring peer
+)
+
+// DoorbellValue is what a guest writes to RegDoorbell to ring vector of peer.
+func DoorbellValue(peer, vector int) uint32 { return uint32(peer)<<16 | uint32(vector)&0xffff }
+
+// FindDevice returns the sysfs directory of the first window device under
+// sysRoot ("" is /sys), e.g. /sys/bus/pci/devices/0000:00:03.0.
+func FindDevice(sysRoot string) (string, error) {
+	if sysRoot == "" {
+		sysRoot = "/sys"
+	}
+	devs, err := filepath.Glob(filepath.Join(sysRoot, "bus/pci/devices/*"))
+	if err != nil {
+		return "", err
+	}
+	for _, d := range devs {
+		if hexFile(filepath.Join(d, "vendor")) == VendorID && hexFile(filepath.Join(d, "device")) == DeviceID {
+			return d, nil
+		}
+	}
+	return "", fmt.Errorf("no shared-window device (PCI %04x:%04x) under %s", VendorID, DeviceID, sysRoot)
+}
+
+func hexFile(p string) int64 {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return -1
+	}
+	var v int64
+	if _, err := fmt.Sscanf(strings.TrimSpace(string(b)), "0x%x", &v); err != nil {
+		return -1
+	}
+	return v
+}
+
+// GuestDevice is the window device from inside a guest: BAR0 registers,
+// BAR2 window, and the uio device for its interrupt.
+type GuestDevice struct {
+	Regs []byte // BAR0
+	Mem  []byte // BAR2: the window
+	uio  *os.File
+	// NoIRQ is set when uio cannot enable the device's interrupt (no INTx
+	// line routed, e.g. a device that only offers MSI-X): Wait then polls.
+	NoIRQ bool
+}
+
+// noIRQPoll is how often Wait looks at the window when the device has no
+// usable interrupt.
+const noIRQPoll = time.Millisecond
+
+// OpenGuestDevice maps the device found in dir (see FindDevice) and opens
+// its uio node (uio_pci_generic must be bound to it).
+func OpenGuestDevice(dir string) (*GuestDevice, error) {
+	g := &GuestDevice{}
+	var err error
+	if g.Regs, err = mapResource(filepath.Join(dir, "resource0")); err != nil {
+		return nil, err
+	}
+	if g.Mem, err = mapResource(filepath.Join(dir, "resource2")); err != nil {
+		g.Close()
+		return nil, err
+	}
+	uios, _ := filepath.Glob(filepath.Join(dir, "uio/uio*"))
+	if len(uios) == 0 {
+		g.Close()
+		return nil, fmt.Errorf("%s has no uio device: bind uio_pci_generic to it", dir)
+	}
+	if g.uio, err = os.OpenFile("/dev/"+filepath.Base(uios[0]), os.O_RDWR, 0); err != nil {
+		g.Close()
+		return nil, err
+	}
+	return g, nil
+}
+
+func mapResource(p string) ([]byte, error) {
+	f, err := os.OpenFile(p, os.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	return MapFd(int(f.Fd()), st.Size())
+}
+
+// ID is this peer's id (IVPosition).
+func (g *GuestDevice) ID() int { return int(binary.LittleEndian.Uint32(g.Regs[RegIVPosition:])) }
+
+// Ring interrupts vector 0 of peer through the Doorbell register.
+func (g *GuestDevice) Ring(peer int) error {
+	if len(g.Regs) < RegDoorbell+4 {
+		return errors.New("BAR0 too small")
+	}
+	binary.LittleEndian.PutUint32(g.Regs[RegDoorbell:], DoorbellValue(peer, 0))
+	return nil
+}
+
+// Wait blocks until the device interrupts or ctx ends: it re-enables the
+// interrupt through uio (write 1), then waits for the uio event count.
+func (g *GuestDevice) Wait(ctx context.Context) error {
+	// INTx mode: unmask every source and acknowledge what is pending
+	// (reading IntrStatus clears it and drops the line), then let uio
+	// re-enable the interrupt.
+	binary.LittleEndian.PutUint32(g.Regs[RegIntrMask:], 0xffffffff)
+	_ = binary.LittleEndian.Uint32(g.Regs[RegIntrStatus:])
+	if g.NoIRQ {
+		t := time.NewTimer(noIRQPoll)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			return nil // a spurious wake-up: the caller re-checks its rings
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	var one [4]byte
+	binary.LittleEndian.PutUint32(one[:], 1)
+	if _, err := g.uio.Write(one[:]); err != nil {
+		if errors.Is(err, unix.EIO) {
+			// uio has no interrupt for this device: poll instead.
+			g.NoIRQ = true
+			return nil
+		}
+		return fmt.Errorf("enable window interrupt: %w", err)
+	}
+	fd := int(g.uio.Fd())
+	for ctx.Err() == nil {
+		ms := 100
+		if dl, ok := ctx.Deadline(); ok {
+			ms = max(0, min(ms, int(time.Until(dl)/time.Millisecond)))
+		}
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		n, err := unix.Poll(fds, ms)
+		if err != nil && !errors.Is(err, unix.EINTR) {
+			return os.NewSyscallError("poll", err)
+		}
+		if n > 0 {
+			var count [4]byte
+			_, err := unix.Read(fd, count[:])
+			return err
+		}
+	}
+	return ctx.Err()
+}
+
+// Close unmaps and closes everything.
+func (g *GuestDevice) Close() error {
+	if g.Regs != nil {
+		Unmap(g.Regs)
+	}
+	if g.Mem != nil {
+		Unmap(g.Mem)
+	}
+	if g.uio != nil {
+		g.uio.Close()
+	}
+	return nil
+}
