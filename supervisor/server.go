@@ -263,10 +263,8 @@ func (s *Supervisor) msg(req Request) Response {
 // peerByName finds the window peer for name: an online peer that checked
 // in under that name (a popagent), else the kernel of that name.
 func (s *Supervisor) peerByName(w *windowHost, name string) (int, bool) {
-	for _, p := range w.node.Peers() {
-		if p.Name == name && p.State == msg.StateOnline.String() && p.ID != w.node.ID() {
-			return p.ID, true
-		}
+	if id, ok := w.node.PeerByName(name); ok {
+		return id, true
 	}
 	if k := s.cl.Kernel(name); k != nil {
 		return k.Index, true

@@ -1,5 +1,6 @@
 // Command popagent is popvmm's guest agent: it joins the cluster's shared
-// window as its kernel's node and serves ping and info (package ipi/agent).
+// window as its kernel's node and serves ping, info and the inter-kernel TTY
+// (a shell over the window; package ipi/agent).
 //
 // In a guest it finds the window device (PCI 1af4:1110) in sysfs, maps its
 // BAR2 and takes doorbells through uio_pci_generic. On a host, or on a
@@ -54,6 +55,7 @@ func run(ctx context.Context, window, name, proc string, log *slog.Logger) error
 		return err
 	}
 	agent.Serve(node, name, proc)
+	agent.ServeTTY(node, "/bin/sh")
 	log.Info("popagent on the window", "name", name, "peer", c.ID, "socket", window)
 	fmt.Printf("popagent %s: peer %d\n", name, c.ID)
 	return node.Run(ctx)
@@ -75,6 +77,7 @@ func runGuest(ctx context.Context, name, proc string, log *slog.Logger) error {
 		return err
 	}
 	agent.Serve(node, name, proc)
+	agent.ServeTTY(node, "/bin/sh")
 	log.Info("popagent on the window", "name", name, "peer", dev.ID(), "device", dir)
 	err = node.Run(ctx)
 	if dev.NoIRQ {

@@ -479,7 +479,16 @@ func (c *cli) msgCmd() *cobra.Command {
 		Short: "A shell of a kernel over the window (inter-kernel TTY)",
 		Args:  exactArgs("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return notBuilt("msg tty %s: the inter-kernel TTY over the window is not built yet", args[0])
+			var st *supervisor.Status
+			err := c.withCluster(cmd, func(ctx context.Context, cl supervisor.Client) error {
+				var err error
+				st, err = cl.Status(ctx)
+				return err
+			})
+			if err != nil {
+				return err
+			}
+			return c.tty(cmd.Context(), st, args[0], os.Stdin)
 		},
 	}
 	for _, sub := range []*cobra.Command{ping, info, stat, tty} {

@@ -1,11 +1,18 @@
 package agent_test
 
 import (
+	"bytes"
+	"context"
+	"io"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/popvmm/popvmm/ipi/agent"
+	"github.com/popvmm/popvmm/ipi/msg"
 )
 
 func TestReadInfo(t *testing.T) {
@@ -30,4 +37,105 @@ func TestReadInfo(t *testing.T) {
 	if _, err := agent.ReadInfo("x", t.TempDir()); err == nil {
 		t.Error("ReadInfo without osrelease succeeded")
 	}
+}
+
+// chanBell is an in-process doorbell pair.
+type chanBell struct {
+	ch [2]chan struct{}
+	id int
+}
+
+func (b chanBell) Ring(peer int) error {
+	select {
+	case b.ch[peer] <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+func (b chanBell) Wait(ctx context.Context) error {
+	select {
+	case <-b.ch[b.id]:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func pair(t *testing.T) (*msg.Node, *msg.Node) {
+	t.Helper()
+	mem := make([]byte, 4<<20)
+	if _, err := msg.Format(mem, 2); err != nil {
+		t.Fatal(err)
+	}
+	ch := [2]chan struct{}{make(chan struct{}, 1), make(chan struct{}, 1)}
+	a, _ := msg.Join(mem, 0, "agent", chanBell{ch, 0}, msg.Options{})
+	b, _ := msg.Join(mem, 1, "client", chanBell{ch, 1}, msg.Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { a.Run(ctx) })
+	wg.Go(func() { b.Run(ctx) })
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	return a, b
+}
+
+func TestPingInfo(t *testing.T) {
+	a, b := pair(t)
+	agent.Serve(a, "agent", "")
+	c := agent.NewCaller(b)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := c.Ping(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	info, err := c.Info(ctx, 0)
+	if err != nil || info.Name != "agent" || info.Release == "" {
+		t.Fatalf("Info = %+v, %v", info, err)
+	}
+}
+
+// TestTTY opens a shell through the window, runs a command in it and
+// exits; the session ends when the shell does.
+func TestTTY(t *testing.T) {
+	if _, err := os.Stat("/bin/sh"); err != nil {
+		t.Skip("no /bin/sh")
+	}
+	a, b := pair(t)
+	agent.ServeTTY(a, "/bin/sh")
+	in, inW := io.Pipe()
+	var out syncBuffer
+	done := make(chan error, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	go func() { done <- agent.TTY(ctx, b, 0, in, &out) }()
+	io.WriteString(inW, "echo hello-$((6*7))\n")
+	io.WriteString(inW, "exit\n")
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-ctx.Done():
+		t.Fatalf("shell session did not end; output so far %q", out.String())
+	}
+	if !strings.Contains(out.String(), "hello-42") {
+		t.Errorf("tty output %q lacks hello-42", out.String())
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -509,6 +509,17 @@ func (n *Node) Peers() []PeerInfo {
 	return out
 }
 
+// PeerByName returns the id of an online peer (other than this node) that
+// checked in under name.
+func (n *Node) PeerByName(name string) (int, bool) {
+	for _, p := range n.Peers() {
+		if p.Name == name && p.State == StateOnline.String() && p.ID != n.id {
+			return p.ID, true
+		}
+	}
+	return 0, false
+}
+
 // MarkGone records that popvmm saw peer leave or crash (its VM stopped, its
 // host process disconnected): the peer table says so from now on.
 func (n *Node) MarkGone(peer int, crashed bool) {

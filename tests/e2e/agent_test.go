@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -145,4 +146,24 @@ func TestAgentInGuestQEMU(t *testing.T) {
 		t.Fatalf("info from guest agent = %+v, %v", info, err)
 	}
 	t.Logf("guest agent peer %d: ping %v (TCG), info %+v", peer, rtt, info)
+
+	// The inter-kernel TTY: a shell of the guest over the window.
+	var ttyOut strings.Builder
+	var mu sync.Mutex
+	w := writerFunc(func(p []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return ttyOut.Write(p) })
+	tctx, cancel3 := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel3()
+	if err := agent.TTY(tctx, node, peer, strings.NewReader("echo guest-$((6*7)) $(hostname)\n"), w); err != nil {
+		t.Fatalf("tty to guest: %v", err)
+	}
+	mu.Lock()
+	got := ttyOut.String()
+	mu.Unlock()
+	if !strings.Contains(got, "guest-42 e2e-agent") {
+		t.Errorf("guest tty output %q lacks the command's result", got)
+	}
 }
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
