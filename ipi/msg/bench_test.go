@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -324,4 +325,35 @@ func BenchmarkBulkMemcpy(b *testing.B) {
 		copy(dst, src)
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+}
+
+// BenchmarkLatencyAtomicFloor is the machine's floor for polled latency:
+// two threads bouncing one atomic word (one cache line), timed the same way.
+func BenchmarkLatencyAtomicFloor(b *testing.B) {
+	var word atomic.Uint64
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		runtime.LockOSThread()
+		for ctx.Err() == nil {
+			if v := word.Load(); v&1 == 1 {
+				word.Store(v + 1)
+			}
+		}
+	})
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	rtts := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for b.Loop() {
+		t0 := time.Now()
+		v := word.Add(1) // odd: the other side's turn
+		for word.Load() == v {
+		}
+		rtts = append(rtts, time.Since(t0))
+	}
+	b.StopTimer()
+	cancel()
+	wg.Wait()
+	reportLatency(b, rtts)
 }

@@ -40,3 +40,21 @@ func Scribble(mem []byte, off int, data []byte) {
 		store64(mem, (off+i)&^7, v)
 	}
 }
+
+// Head is owner's receive head for sender from.
+func Head(mem []byte, owner, from int) uint64 {
+	l, err := readLayout(mem)
+	if err != nil {
+		panic(err)
+	}
+	return load64(mem, l.head(owner, from))
+}
+
+// SetSlotHeader overwrites the header of slot idx of ring from → to.
+func SetSlotHeader(mem []byte, from, to int, idx uint64, hdr uint64) {
+	l, err := readLayout(mem)
+	if err != nil {
+		panic(err)
+	}
+	store64(mem, l.slot(l.ring(from, to), int(idx)), hdr)
+}

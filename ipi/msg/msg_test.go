@@ -293,13 +293,17 @@ func TestGarbageSender(t *testing.T) {
 	if string(got[1]) != "from the good peer" {
 		t.Errorf("victim got %q, want the good peer's message", got[1])
 	}
+	// Garbage that looks published (right seq) but claims 16 MiB: a
+	// protocol error, counted; the good peer is still heard.
+	head := msg.Head(mem, victim.ID(), evil.ID())
+	msg.SetSlotHeader(mem, evil.ID(), victim.ID(), head, uint64(uint32(head+1))|uint64(0xffffff)<<32)
 	deadline := time.Now().Add(10 * time.Second)
-	for victim.Stats().ProtocolErrors == 0 {
+	for n := 3; victim.Stats().ProtocolErrors == 0; n++ {
 		if time.Now().After(deadline) {
 			t.Fatal("garbage not detected")
 		}
 		good.Send(1, 1, []byte("nudge"))
-		c.wait(t, len(c.msgs)+1)
+		c.wait(t, n)
 	}
 }
 

@@ -75,9 +75,10 @@ type Node struct {
 	bell Doorbell
 	opt  Options
 
-	handlers [Services]atomic.Pointer[Handler]
-	sendMu   []sync.Mutex // one producer per ring
-	svcMu    sync.Mutex
+	handlers  [Services]atomic.Pointer[Handler]
+	sendMu    []sync.Mutex // one producer per ring
+	headCache []uint64     // per destination, under sendMu: last head read
+	svcMu     sync.Mutex
 
 	// Receive state, owned by the receive loop.
 	broken   []bool   // senders whose ring held garbage, until they re-check-in
@@ -122,7 +123,7 @@ func Join(mem []byte, id int, name string, bell Doorbell, opt Options) (*Node, e
 	}
 	opt.MaxMessage = min(opt.MaxMessage, ringMax)
 	n := &Node{mem: mem, l: l, id: id, bell: bell, opt: opt,
-		sendMu: make([]sync.Mutex, l.maxPeers), broken: make([]bool, l.maxPeers), gens: make([]uint32, l.maxPeers),
+		sendMu: make([]sync.Mutex, l.maxPeers), headCache: make([]uint64, l.maxPeers), broken: make([]bool, l.maxPeers), gens: make([]uint32, l.maxPeers),
 		lastBeat: make([]uint64, l.maxPeers), lastSeen: make([]time.Time, l.maxPeers), known: make([]State, l.maxPeers),
 		events: make(chan PeerEvent, 4*l.maxPeers)}
 
@@ -213,11 +214,17 @@ func (n *Node) Send(peer int, service uint8, payload []byte) error {
 	n.sendMu[peer].Lock()
 	r := n.l.ring(n.id, peer)
 	tail := load64(n.mem, r)
-	head := load64(n.mem, n.l.head(peer, n.id))
-	if tail-head > uint64(n.l.slots) || uint64(n.l.slots)-(tail-head) < uint64(chunks) {
-		n.sendMu[peer].Unlock()
-		n.stats.full.Add(1)
-		return fmt.Errorf("send to %d: %w", peer, ErrRingFull)
+	// The receiver's head is read only when the last value read leaves too
+	// little room: each read pulls the receiver's cache line over.
+	head := n.headCache[peer]
+	if fits := func() bool { return tail-head <= uint64(n.l.slots) && uint64(n.l.slots)-(tail-head) >= uint64(chunks) }; !fits() {
+		head = load64(n.mem, n.l.head(peer, n.id))
+		n.headCache[peer] = head
+		if !fits() {
+			n.sendMu[peer].Unlock()
+			n.stats.full.Add(1)
+			return fmt.Errorf("send to %d: %w", peer, ErrRingFull)
+		}
 	}
 	// The first slot carries the header and SlotPayload bytes; the rest
 	// of the message fills the following slots whole, written as runs of
@@ -236,7 +243,10 @@ func (n *Node) Send(peer int, service uint8, payload []byte) error {
 	// tail. Both are sequentially consistent, so at least one side sees
 	// the other: no message is left without a doorbell. Only the sender
 	// that disarms the receiver rings it.
-	if !cas32(n.mem, armedOff(peer), 1, 0) {
+	// A plain load first: while the receiver polls, the armed word stays
+	// 0 and its cache line shared, so a busy sender does no atomic
+	// read-modify-write on it.
+	if load32(n.mem, armedOff(peer)) == 0 || !cas32(n.mem, armedOff(peer), 1, 0) {
 		n.stats.saved.Add(1)
 		return nil
 	}
@@ -337,11 +347,19 @@ func (n *Node) Poll(budget int) int { return n.poll(budget) }
 // pending reports whether any ring to this node holds a message.
 func (n *Node) pending() bool {
 	for from := range n.l.maxPeers {
-		if from != n.id && !n.broken[from] && load64(n.mem, n.l.ring(from, n.id)) != load64(n.mem, n.l.head(n.id, from)) {
+		if from != n.id && !n.broken[from] && n.published(from, load64(n.mem, n.l.head(n.id, from))) {
 			return true
 		}
 	}
 	return false
+}
+
+// published reports whether the slot at index head of from's ring to this
+// node starts a published message: its header's seq is head+1. The sender
+// stores the header last, so a matching seq means the whole message is
+// there; the slot's previous occupant carries seq head+1-slots.
+func (n *Node) published(from int, head uint64) bool {
+	return uint32(load64(n.mem, n.l.slot(n.l.ring(from, n.id), int(head)))) == uint32(head+1)
 }
 
 // poll takes up to budget messages from all rings, round-robin by sender.
@@ -372,21 +390,10 @@ func (n *Node) drain(from, budget int) int {
 	r := n.l.ring(from, n.id)
 	headOff := n.l.head(n.id, from)
 	head := load64(n.mem, headOff)
-	tail := load64(n.mem, r)
-	if tail-head > uint64(n.l.slots) {
-		n.fail(from)
-		return 0
-	}
 	got := 0
-	for head != tail && got < budget {
-		msg, service, used, ok := n.assemble(r, head, tail)
+	for got < budget && n.published(from, head) {
+		msg, service, used, ok := n.assemble(r, head)
 		if !ok {
-			n.fail(from)
-			return got
-		}
-		if used == 0 {
-			// A sender publishes whole messages; a tail inside one is
-			// garbage, and waiting for it would spin forever.
 			n.fail(from)
 			return got
 		}
@@ -401,17 +408,17 @@ func (n *Node) drain(from, budget int) int {
 	return got
 }
 
-// assemble reads the message starting at slot index head.
-func (n *Node) assemble(r int, head, tail uint64) (msg []byte, service uint8, used uint64, ok bool) {
+// assemble reads the published message starting at slot index head.
+func (n *Node) assemble(r int, head uint64) (msg []byte, service uint8, used uint64, ok bool) {
 	s0 := n.l.slot(r, int(head))
 	hdr := load64(n.mem, s0)
-	seq, ln, svc := uint32(hdr), int(hdr>>32&0xffffff), uint8(hdr>>56)
-	if seq != uint32(head+1) || ln > n.opt.MaxMessage {
+	ln, svc := int(hdr>>32&0xffffff), uint8(hdr>>56)
+	if ln > n.opt.MaxMessage {
 		return nil, 0, 0, false
 	}
 	k := uint64(slotsFor(ln))
-	if k > tail-head {
-		return nil, 0, 0, true // not all published: garbage from a sane sender's view
+	if k > uint64(n.l.slots) {
+		return nil, 0, 0, false
 	}
 	if cap(n.partial) < ln {
 		n.partial = make([]byte, ln)
