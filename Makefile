@@ -46,12 +46,12 @@ test: vet initramfs
 	$(GO) test -race -count=1 ./...
 
 ## test-images: the end-to-end image tests, required to run (needs make images)
-test-images:
-	POPVMM_REQUIRE_IMAGES=1 $(GO) test -count=1 -v -run TestImagesUnderQEMU ./tests/e2e
+test-images: images
+	POPVMM_REQUIRE_IMAGES=1 $(GO) test -count=1 -v ./tests/e2e
 
 ## fuzz: run every fuzz target for FUZZTIME each (default 60s)
 fuzz:
-	@for t in memmap:FuzzNew cluster:FuzzParseCheck cluster:FuzzParseSize cluster:FuzzParseCPUList initramfs:FuzzArchivePaths; do \
+	@for t in memmap:FuzzNew cluster:FuzzParseCheck cluster:FuzzParseSize cluster:FuzzParseCPUList initramfs:FuzzArchivePaths ipi/msg:FuzzReceiveGarbage; do \
 	  pkg=$${t%%:*}; fn=$${t#*:}; \
 	  echo "==> fuzzing $$pkg $$fn for $(FUZZTIME)"; \
 	  $(GO) test ./$$pkg -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 10s || exit 1; \

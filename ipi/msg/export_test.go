@@ -58,3 +58,12 @@ func SetSlotHeader(mem []byte, from, to int, idx uint64, hdr uint64) {
 	}
 	store64(mem, l.slot(l.ring(from, to), int(idx)), hdr)
 }
+
+// Tail is the tail of ring from → to.
+func Tail(mem []byte, from, to int) uint64 {
+	l, err := readLayout(mem)
+	if err != nil {
+		panic(err)
+	}
+	return load64(mem, l.ring(from, to))
+}

@@ -31,7 +31,16 @@ const (
 // POPVMM_MSG_PEER=SOCKET it joins the window at SOCKET and echoes.
 func TestMain(m *testing.M) {
 	if sock := os.Getenv("POPVMM_MSG_PEER"); sock != "" {
-		if err := echoPeer(sock, os.Getenv("POPVMM_MSG_SUBSCRIBE") == "1"); err != nil {
+		var err error
+		switch os.Getenv("POPVMM_MSG_ROLE") {
+		case "stall":
+			err = stallPeer(sock)
+		case "garbage":
+			err = garbagePeer(sock)
+		default:
+			err = echoPeer(sock, os.Getenv("POPVMM_MSG_SUBSCRIBE") == "1")
+		}
+		if err != nil {
 			fmt.Fprintln(os.Stderr, "peer:", err)
 			os.Exit(1)
 		}
@@ -69,15 +78,53 @@ func echoPeer(sock string, subscribe bool) error {
 	return node.Run(ctx)
 }
 
+// stallPeer checks in and never reads: its rings fill.
+func stallPeer(sock string) error {
+	c, err := ipi.Dial(context.Background(), sock, 1)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if _, err := msg.Join(c.Mem, c.ID, "stall", ipi.Bell{C: c}, msg.Options{}); err != nil {
+		return err
+	}
+	fmt.Printf("ready %d\n", c.ID)
+	io.Copy(io.Discard, os.Stdin)
+	return nil
+}
+
+// garbagePeer checks in, then plants in its own ring to peer 0 (the test
+// process) a header that looks published but claims 16 MiB, and rings.
+func garbagePeer(sock string) error {
+	c, err := ipi.Dial(context.Background(), sock, 1)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if _, err := msg.Join(c.Mem, c.ID, "garbage", ipi.Bell{C: c}, msg.Options{}); err != nil {
+		return err
+	}
+	tail := msg.Tail(c.Mem, c.ID, 0)
+	msg.SetSlotHeader(c.Mem, c.ID, 0, tail, uint64(uint32(tail+1))|uint64(0xffffff)<<32)
+	c.Ring(0, 0)
+	fmt.Printf("ready %d\n", c.ID)
+	io.Copy(io.Discard, os.Stdin)
+	return nil
+}
+
 type peerProc struct {
 	id  int
 	cmd *exec.Cmd
 }
 
 func startPeer(t *testing.T, sock string, subscribe bool) *peerProc {
+	return startRole(t, sock, "echo", subscribe)
+}
+
+func startRole(t *testing.T, sock, role string, subscribe bool) *peerProc {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "POPVMM_MSG_PEER="+sock, "POPVMM_MSG_SUBSCRIBE="+map[bool]string{true: "1"}[subscribe])
+	cmd.Env = append(os.Environ(), "POPVMM_MSG_PEER="+sock, "POPVMM_MSG_ROLE="+role, "POPVMM_MSG_SUBSCRIBE="+map[bool]string{true: "1"}[subscribe])
 	cmd.Stderr = os.Stderr
 	stdin, _ := cmd.StdinPipe()
 	out, _ := cmd.StdoutPipe()
@@ -191,6 +238,43 @@ func TestMultiProcess(t *testing.T) {
 	c.mu.Unlock()
 	if !from[p1.id] || !from[p3.id] || from[p2.id] {
 		t.Errorf("multicast replies from %v, want %d and %d only", from, p1.id, p3.id)
+	}
+
+	// Mitigation: over the burst, far fewer doorbells than messages.
+	if s := node.Stats(); s.DoorbellsRung*2 > s.Sent {
+		t.Errorf("%d doorbells for %d messages: mitigation not working", s.DoorbellsRung, s.Sent)
+	}
+
+	// A peer process that never reads: its ring fills and sends are
+	// refused, without blocking.
+	stall := startRole(t, sock, "stall", false)
+	full := false
+	for range 100000 {
+		if err := node.Send(stall.id, svcEcho, make([]byte, 200)); errors.Is(err, msg.ErrRingFull) {
+			full = true
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !full || node.Stats().RingFull == 0 {
+		t.Errorf("ring to a stalled peer never filled (stats %+v)", node.Stats())
+	}
+
+	// A peer process that writes garbage into its own section: counted as
+	// a protocol error; the others are still served.
+	startRole(t, sock, "garbage", false)
+	for deadline := time.Now().Add(20 * time.Second); node.Stats().ProtocolErrors == 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("garbage peer not detected")
+		}
+		time.Sleep(10 * time.Millisecond) // the receive loop runs on its own; counters are its only trace
+	}
+	if err := node.Send(p1.id, svcEcho, []byte("still served")); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.wait(t, n+3); string(got[n+2]) != "still served" {
+		t.Errorf("after the garbage peer, reply %q", got[n+2])
 	}
 
 	// Kill p3: the server announces its departure; popvmm's node marks it
