@@ -33,9 +33,9 @@ func WriteWindowStat(w io.Writer, st *WindowStat) error {
 	fmt.Fprintf(w, "popvmm node: sent %d, received %d, doorbells rung %d, saved %d, wake-ups %d, ring full %d, protocol errors %d\n\n",
 		n.Sent, n.Received, n.DoorbellsRung, n.DoorbellsSaved, n.Wakeups, n.RingFull, n.ProtocolErrors)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "PEER\tNAME\tSTATE\tGENERATION\tHEARTBEAT")
+	fmt.Fprintln(tw, "PEER\tNAME\tSTATE\tGENERATION\tHEARTBEAT\tSENT\tRECEIVED")
 	for _, p := range st.Peers {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\n", p.ID, p.Name, p.State, p.Generation, p.Heartbeat)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\t%d\t%d\n", p.ID, p.Name, p.State, p.Generation, p.Heartbeat, p.Sent, p.Received)
 	}
 	return tw.Flush()
 }

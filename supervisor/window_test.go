@@ -60,6 +60,11 @@ func TestWindowMessaging(t *testing.T) {
 	if err != nil || len(resp.Msg.Stat.Peers) != 2 || resp.Msg.Stat.Node.Received < 2 {
 		t.Fatalf("stat = %+v, %v", resp.Msg.Stat, err)
 	}
+	for _, p := range resp.Msg.Stat.Peers {
+		if p.Name == "primary" && (p.Sent != 2 || p.Received != 2) {
+			t.Errorf("per-peer counters for primary: sent %d received %d, want 2 and 2", p.Sent, p.Received)
+		}
+	}
 
 	cancel()
 	<-ran

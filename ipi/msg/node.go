@@ -88,8 +88,9 @@ type Node struct {
 	lastSeen []time.Time
 	known    []State
 
-	events chan PeerEvent
-	stats  struct {
+	events  chan PeerEvent
+	perPeer []struct{ sent, received atomic.Uint64 }
+	stats   struct {
 		sent, received, rung, saved, wakeups, full, errors atomic.Uint64
 	}
 }
@@ -125,7 +126,7 @@ func Join(mem []byte, id int, name string, bell Doorbell, opt Options) (*Node, e
 	n := &Node{mem: mem, l: l, id: id, bell: bell, opt: opt,
 		sendMu: make([]sync.Mutex, l.maxPeers), headCache: make([]uint64, l.maxPeers), broken: make([]bool, l.maxPeers), gens: make([]uint32, l.maxPeers),
 		lastBeat: make([]uint64, l.maxPeers), lastSeen: make([]time.Time, l.maxPeers), known: make([]State, l.maxPeers),
-		events: make(chan PeerEvent, 4*l.maxPeers)}
+		events: make(chan PeerEvent, 4*l.maxPeers), perPeer: make([]struct{ sent, received atomic.Uint64 }, l.maxPeers)}
 
 	sec := l.section(id)
 	store32(mem, sec+secState, uint32(StateBooting))
@@ -238,6 +239,7 @@ func (n *Node) Send(peer int, service uint8, payload []byte) error {
 	store64(n.mem, r, tail+uint64(chunks)) // publish
 	n.sendMu[peer].Unlock()
 	n.stats.sent.Add(1)
+	n.perPeer[peer].sent.Add(1)
 
 	// Store tail, then swap armed; the receiver stores armed, then loads
 	// tail. Both are sequentially consistent, so at least one side sees
@@ -401,6 +403,7 @@ func (n *Node) drain(from, budget int) int {
 		store64(n.mem, headOff, head) // slots free for the sender again
 		got++
 		n.stats.received.Add(1)
+		n.perPeer[from].received.Add(1)
 		if h := n.handlers[service].Load(); h != nil {
 			(*h)(from, msg)
 		}
@@ -499,6 +502,10 @@ type PeerInfo struct {
 	State      string `json:"state"`
 	Generation uint32 `json:"generation"`
 	Heartbeat  uint64 `json:"heartbeat"`
+	// Sent and Received count the messages this node exchanged with the
+	// peer.
+	Sent     uint64 `json:"sent"`
+	Received uint64 `json:"received"`
 }
 
 // Peers reads the peer table: every peer that has ever checked in.
@@ -511,7 +518,7 @@ func (n *Node) Peers() []PeerInfo {
 			continue
 		}
 		out = append(out, PeerInfo{ID: p, Name: n.peerName(p), State: n.PeerState(p).String(), Generation: gen,
-			Heartbeat: load64(n.mem, sec+secHeartbeat)})
+			Heartbeat: load64(n.mem, sec+secHeartbeat), Sent: n.perPeer[p].sent.Load(), Received: n.perPeer[p].received.Load()})
 	}
 	return out
 }
