@@ -1,87 +1,212 @@
 // Command popagent is popvmm's guest agent: it joins the cluster's shared
 // window as its kernel's node and serves ping, info and the inter-kernel TTY
-// (a shell over the window; package ipi/agent).
+// (a shell over the window; package ipi/agent). It also lets this kernel's
+// users open a shell of another kernel over the window:
+//
+//	popagent [-window SOCKET] [-name NAME]   run the agent
+//	popagent tty NAME                        shell of kernel NAME (Ctrl-] detaches)
 //
 // In a guest it finds the window device (PCI 1af4:1110) in sysfs, maps its
 // BAR2 and takes doorbells through uio_pci_generic. On a host, or on a
 // machine where guest userspace cannot run, it joins through popvmm's
-// ivshmem server instead:
-//
-//	popagent -window RUNDIR/ivshmem.sock -name primary
+// ivshmem server instead (-window RUNDIR/ivshmem.sock).
 package main
 
 import (
+	"bufio"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
+
+	"golang.org/x/term"
 
 	"github.com/popvmm/popvmm/ipi"
 	"github.com/popvmm/popvmm/ipi/agent"
 	"github.com/popvmm/popvmm/ipi/msg"
 )
 
+// defaultLocal is the agent's local socket, for `popagent tty`.
+const defaultLocal = "/run/popagent.sock"
+
 func main() {
-	window := flag.String("window", "", "join through this ivshmem server socket (host mode)")
-	name := flag.String("name", "", "the kernel this agent speaks for (default: hostname)")
-	proc := flag.String("proc", "/proc", "where to read kernel facts from")
-	flag.Parse()
-	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	if *name == "" {
-		*name, _ = os.Hostname()
+	fs := flag.NewFlagSet("popagent", flag.ExitOnError)
+	window := fs.String("window", "", "join through this ivshmem server socket (host mode)")
+	name := fs.String("name", "", "the kernel this agent speaks for (default: hostname)")
+	proc := fs.String("proc", "/proc", "where to read kernel facts from")
+	local := fs.String("local", defaultLocal, "local socket for `popagent tty`")
+	args := os.Args[1:]
+	ttyMode := len(args) > 0 && args[0] == "tty"
+	if ttyMode {
+		args = args[1:]
 	}
+	fs.Parse(args)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *window, *name, *proc, log); err != nil {
+	var err error
+	if ttyMode {
+		if fs.NArg() != 1 {
+			fmt.Fprintln(os.Stderr, "usage: popagent tty NAME")
+			os.Exit(2)
+		}
+		err = ttyClient(*local, fs.Arg(0), os.Stdin, os.Stdout)
+	} else {
+		if *name == "" {
+			*name, _ = os.Hostname()
+		}
+		log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+		err = run(ctx, agentConfig{window: *window, name: *name, proc: *proc, local: *local}, log)
+	}
+	if err != nil {
 		fmt.Fprintf(os.Stderr, "popagent: %v\n", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, window, name, proc string, log *slog.Logger) error {
-	if window == "" {
-		return runGuest(ctx, name, proc, log)
+type agentConfig struct {
+	window, name, proc, local string
+}
+
+// run joins the window (through the server in host mode, the device in a
+// guest) and serves until ctx ends.
+func run(ctx context.Context, cfg agentConfig, log *slog.Logger) error {
+	var (
+		mem  []byte
+		id   int
+		bell msg.Doorbell
+	)
+	if cfg.window != "" {
+		c, err := ipi.Dial(ctx, cfg.window, 1)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		mem, id, bell = c.Mem, c.ID, ipi.Bell{C: c}
+	} else {
+		dir, err := ipi.FindDevice("")
+		if err != nil {
+			return fmt.Errorf("%w (or use -window SOCKET on a host)", err)
+		}
+		dev, err := ipi.OpenGuestDevice(dir)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			if dev.NoIRQ {
+				log.Warn("the window device had no usable interrupt; the agent polled it every millisecond")
+			}
+			dev.Close()
+		}()
+		mem, id, bell = dev.Mem, dev.ID(), dev
 	}
-	c, err := ipi.Dial(ctx, window, 1)
+	node, err := msg.Join(mem, id, cfg.name, bell, msg.Options{})
 	if err != nil {
 		return err
 	}
-	defer c.Close()
-	node, err := msg.Join(c.Mem, c.ID, name, ipi.Bell{C: c}, msg.Options{})
-	if err != nil {
-		return err
-	}
-	agent.Serve(node, name, proc)
+	agent.Serve(node, cfg.name, cfg.proc)
 	agent.ServeTTY(node, "/bin/sh")
-	log.Info("popagent on the window", "name", name, "peer", c.ID, "socket", window)
-	fmt.Printf("popagent %s: peer %d\n", name, c.ID)
+	ttys := agent.NewTTYClient(node)
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if cfg.local != "" {
+		os.Remove(cfg.local)
+		ln, err := net.Listen("unix", cfg.local)
+		if err != nil {
+			return fmt.Errorf("local socket: %w", err)
+		}
+		os.Chmod(cfg.local, 0o600)
+		context.AfterFunc(ctx, func() { ln.Close() })
+		go serveLocal(ctx, ln, node, ttys, log)
+	}
+	log.Info("popagent on the window", "name", cfg.name, "peer", id)
+	fmt.Printf("popagent %s: peer %d\n", cfg.name, id)
 	return node.Run(ctx)
 }
 
-// runGuest joins through the window device inside a guest kernel.
-func runGuest(ctx context.Context, name, proc string, log *slog.Logger) error {
-	dir, err := ipi.FindDevice("")
-	if err != nil {
-		return fmt.Errorf("%w (or use -window SOCKET on a host)", err)
+// serveLocal answers `popagent tty NAME` from this kernel's users: one line
+// "tty NAME", the answer "ok" or "error: ...", then the shell's bytes.
+func serveLocal(ctx context.Context, ln net.Listener, node *msg.Node, ttys *agent.TTYClient, log *slog.Logger) {
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer conn.Close()
+			r := bufio.NewReaderSize(conn, 4096)
+			b, err := r.ReadSlice('\n') // a longer request line is refused
+			if err != nil {
+				return
+			}
+			line := string(b)
+			name, ok := strings.CutPrefix(strings.TrimSpace(line), "tty ")
+			if !ok {
+				fmt.Fprintf(conn, "error: unknown request %q\n", strings.TrimSpace(line))
+				return
+			}
+			peer, found := node.PeerByName(name)
+			if !found {
+				fmt.Fprintf(conn, "error: no kernel named %q is on the window\n", name)
+				return
+			}
+			fmt.Fprintln(conn, "ok")
+			if err := ttys.Open(ctx, peer, r, conn); err != nil {
+				log.Warn("tty session", "to", name, "err", err)
+			}
+		}()
 	}
-	dev, err := ipi.OpenGuestDevice(dir)
+}
+
+// ttyClient asks the local agent for a shell of kernel name and bridges the
+// terminal to it.
+func ttyClient(local, name string, stdin *os.File, stdout io.Writer) error {
+	conn, err := net.Dial("unix", local)
+	if err != nil {
+		return fmt.Errorf("is popagent running? %w", err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "tty %s\n", name)
+	r := bufio.NewReader(conn)
+	line, err := r.ReadString('\n')
 	if err != nil {
 		return err
 	}
-	defer dev.Close()
-	node, err := msg.Join(dev.Mem, dev.ID(), name, dev, msg.Options{})
-	if err != nil {
-		return err
+	if strings.TrimSpace(line) != "ok" {
+		return errors.New(strings.TrimPrefix(strings.TrimSpace(line), "error: "))
 	}
-	agent.Serve(node, name, proc)
-	agent.ServeTTY(node, "/bin/sh")
-	log.Info("popagent on the window", "name", name, "peer", dev.ID(), "device", dir)
-	err = node.Run(ctx)
-	if dev.NoIRQ {
-		log.Warn("the window device had no usable interrupt; the agent polled it every millisecond")
+	if term.IsTerminal(int(stdin.Fd())) {
+		old, err := term.MakeRaw(int(stdin.Fd()))
+		if err != nil {
+			return err
+		}
+		defer term.Restore(int(stdin.Fd()), old)
 	}
-	return err
+	go func() {
+		buf := make([]byte, 1024)
+		for {
+			n, err := stdin.Read(buf)
+			if i := strings.IndexByte(string(buf[:n]), 0x1d); i >= 0 { // Ctrl-]
+				conn.Write(buf[:i])
+				conn.Close()
+				return
+			}
+			if n > 0 {
+				conn.Write(buf[:n])
+			}
+			if err != nil {
+				conn.(*net.UnixConn).CloseWrite()
+				return
+			}
+		}
+	}()
+	io.Copy(stdout, r)
+	return nil
 }

@@ -22,13 +22,20 @@ import (
 //
 //	SvcTTYOpen   client → agent  8-byte request id
 //	SvcTTYOpened agent → client  8-byte request id, 4-byte session (0: refused, then a reason)
-//	SvcTTYData   both ways       4-byte session, bytes
-//	SvcTTYClose  both ways       4-byte session
+//	SvcTTYInput  client → agent  4-byte session, bytes (^D: end of input)
+//	SvcTTYOutput agent → client  4-byte session, bytes
+//	SvcTTYClose  client → agent  4-byte session: end the shell
+//	SvcTTYClosed agent → client  4-byte session: the shell ended
+//
+// Each direction has its own services, so one node can serve shells and
+// open shells on other peers at the same time.
 const (
 	SvcTTYOpen   uint8 = 5
 	SvcTTYOpened uint8 = 6
-	SvcTTYData   uint8 = 7
+	SvcTTYInput  uint8 = 7
 	SvcTTYClose  uint8 = 8
+	SvcTTYOutput uint8 = 9
+	SvcTTYClosed uint8 = 10
 )
 
 // ttyChunk bounds one data message.
@@ -57,7 +64,7 @@ type ttySession struct {
 func ServeTTY(node *msg.Node, shell string) {
 	s := &ttyServer{node: node, shell: shell, open: map[uint32]*ttySession{}}
 	node.Register(SvcTTYOpen, s.openSession)
-	node.Register(SvcTTYData, func(from int, p []byte) {
+	node.Register(SvcTTYInput, func(from int, p []byte) {
 		if sess := s.session(from, p); sess != nil {
 			sess.pty.Write(p[4:])
 		}
@@ -122,7 +129,7 @@ func (s *ttyServer) pump(id uint32, sess *ttySession, sid [4]byte) {
 	buf := make([]byte, ttyChunk)
 	for {
 		n, err := sess.pty.Read(buf)
-		if n > 0 && sendAll(s.node, sess.peer, SvcTTYData, append(sid[:], buf[:n]...)) != nil {
+		if n > 0 && sendAll(s.node, sess.peer, SvcTTYOutput, append(sid[:], buf[:n]...)) != nil {
 			break
 		}
 		if err != nil {
@@ -135,7 +142,7 @@ func (s *ttyServer) pump(id uint32, sess *ttySession, sid [4]byte) {
 	s.mu.Lock()
 	delete(s.open, id)
 	s.mu.Unlock()
-	s.node.Send(sess.peer, SvcTTYClose, sid[:])
+	s.node.Send(sess.peer, SvcTTYClosed, sid[:])
 }
 
 // sendAll sends, waiting out a full ring (the reader is slower than the
@@ -151,47 +158,84 @@ func sendAll(node *msg.Node, to int, svc uint8, p []byte) error {
 	}
 }
 
-// TTY opens a shell on peer and connects it to in and out until the shell
-// ends, in reaches EOF, or ctx ends. The node must be running (Run).
-func TTY(ctx context.Context, node *msg.Node, peer int, in io.Reader, out io.Writer) error {
-	opened := make(chan []byte, 1)
-	var sid [4]byte
-	var mu sync.Mutex
-	closed := make(chan struct{})
-	var once sync.Once
+// TTYClient opens shells on other peers from one node; any number of
+// sessions may run at once.
+type TTYClient struct {
+	node *msg.Node
+	mu   sync.Mutex
+	reqs map[uint64]chan []byte    // open requests awaiting SvcTTYOpened
+	sess map[ttyKey]*clientSession // open sessions
+	next uint64
+}
+
+type ttyKey struct {
+	peer int
+	sid  uint32
+}
+
+type clientSession struct {
+	out    io.Writer
+	closed chan struct{}
+	once   sync.Once
+}
+
+// NewTTYClient takes over the client-side TTY services on node.
+func NewTTYClient(node *msg.Node) *TTYClient {
+	c := &TTYClient{node: node, reqs: map[uint64]chan []byte{}, sess: map[ttyKey]*clientSession{}}
 	node.Register(SvcTTYOpened, func(from int, p []byte) {
-		if from == peer && len(p) >= 12 {
+		if len(p) < 12 {
+			return
+		}
+		c.mu.Lock()
+		ch := c.reqs[binary.LittleEndian.Uint64(p)]
+		c.mu.Unlock()
+		if ch != nil {
 			select {
-			case opened <- append([]byte(nil), p[8:]...):
+			case ch <- append([]byte{byte(from), byte(from >> 8)}, p[8:]...):
 			default:
 			}
 		}
 	})
-	node.Register(SvcTTYData, func(from int, p []byte) {
-		mu.Lock()
-		ok := from == peer && len(p) >= 4 && [4]byte(p[:4]) == sid
-		mu.Unlock()
-		if ok {
-			out.Write(p[4:])
+	node.Register(SvcTTYOutput, func(from int, p []byte) {
+		if s := c.session(from, p); s != nil {
+			s.out.Write(p[4:])
 		}
 	})
-	node.Register(SvcTTYClose, func(from int, p []byte) {
-		mu.Lock()
-		ok := from == peer && len(p) >= 4 && [4]byte(p[:4]) == sid
-		mu.Unlock()
-		if ok {
-			once.Do(func() { close(closed) })
+	node.Register(SvcTTYClosed, func(from int, p []byte) {
+		if s := c.session(from, p); s != nil {
+			s.once.Do(func() { close(s.closed) })
 		}
 	})
-	defer func() {
-		node.Register(SvcTTYOpened, nil)
-		node.Register(SvcTTYData, nil)
-		node.Register(SvcTTYClose, nil)
-	}()
+	return c
+}
 
+func (c *TTYClient) session(from int, p []byte) *clientSession {
+	if len(p) < 4 {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.sess[ttyKey{from, binary.LittleEndian.Uint32(p)}]
+}
+
+// Open runs a shell on peer connected to in and out until the shell ends,
+// in fails or returns ErrDetached, or ctx ends. End of input (io.EOF) is
+// passed to the shell as ^D. The node must be running (Run).
+func (c *TTYClient) Open(ctx context.Context, peer int, in io.Reader, out io.Writer) error {
+	c.mu.Lock()
+	c.next++
+	id := c.next
+	opened := make(chan []byte, 1)
+	c.reqs[id] = opened
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		delete(c.reqs, id)
+		c.mu.Unlock()
+	}()
 	var req [8]byte
-	binary.LittleEndian.PutUint64(req[:], uint64(time.Now().UnixNano()))
-	if err := node.Send(peer, SvcTTYOpen, req[:]); err != nil {
+	binary.LittleEndian.PutUint64(req[:], id)
+	if err := c.node.Send(peer, SvcTTYOpen, req[:]); err != nil {
 		return fmt.Errorf("open tty on peer %d: %w", peer, err)
 	}
 	var r []byte
@@ -202,12 +246,24 @@ func TTY(ctx context.Context, node *msg.Node, peer int, in io.Reader, out io.Wri
 	case <-time.After(10 * time.Second):
 		return fmt.Errorf("open tty on peer %d: no answer in 10s (is popagent running there?)", peer)
 	}
-	mu.Lock()
-	copy(sid[:], r[:4])
-	mu.Unlock()
-	if sid == [4]byte{} {
-		return fmt.Errorf("open tty on peer %d: refused: %s", peer, r[4:])
+	if int(r[0])|int(r[1])<<8 != peer {
+		return fmt.Errorf("open tty on peer %d: answered by another peer", peer)
 	}
+	var sid [4]byte
+	copy(sid[:], r[2:6])
+	if sid == [4]byte{} {
+		return fmt.Errorf("open tty on peer %d: refused: %s", peer, r[6:])
+	}
+	key := ttyKey{peer, binary.LittleEndian.Uint32(sid[:])}
+	s := &clientSession{out: out, closed: make(chan struct{})}
+	c.mu.Lock()
+	c.sess[key] = s
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		delete(c.sess, key)
+		c.mu.Unlock()
+	}()
 
 	inDone := make(chan error, 1)
 	go func() {
@@ -215,7 +271,7 @@ func TTY(ctx context.Context, node *msg.Node, peer int, in io.Reader, out io.Wri
 		for {
 			n, err := in.Read(buf)
 			if n > 0 {
-				if err := sendAll(node, peer, SvcTTYData, append(sid[:], buf[:n]...)); err != nil {
+				if err := sendAll(c.node, peer, SvcTTYInput, append(sid[:], buf[:n]...)); err != nil {
 					inDone <- err
 					return
 				}
@@ -223,7 +279,7 @@ func TTY(ctx context.Context, node *msg.Node, peer int, in io.Reader, out io.Wri
 			if errors.Is(err, io.EOF) {
 				// End of input is end of file for the shell too (^D);
 				// the session ends when the shell does.
-				sendAll(node, peer, SvcTTYData, append(sid[:], 4))
+				sendAll(c.node, peer, SvcTTYInput, append(sid[:], 4))
 				return
 			}
 			if err != nil {
@@ -233,18 +289,23 @@ func TTY(ctx context.Context, node *msg.Node, peer int, in io.Reader, out io.Wri
 		}
 	}()
 	select {
-	case <-closed:
+	case <-s.closed:
 		return nil
 	case err := <-inDone:
-		node.Send(peer, SvcTTYClose, sid[:])
+		c.node.Send(peer, SvcTTYClose, sid[:])
 		if errors.Is(err, ErrDetached) {
 			return nil
 		}
 		return err
 	case <-ctx.Done():
-		node.Send(peer, SvcTTYClose, sid[:])
+		c.node.Send(peer, SvcTTYClose, sid[:])
 		return nil
 	}
+}
+
+// TTY opens one shell on peer from node (see TTYClient.Open).
+func TTY(ctx context.Context, node *msg.Node, peer int, in io.Reader, out io.Writer) error {
+	return NewTTYClient(node).Open(ctx, peer, in, out)
 }
 
 // ErrDetached, returned by TTY's input, ends the session at once (the
