@@ -86,13 +86,21 @@ func BenchmarkLatencyPolled(b *testing.B) {
 }
 
 // BenchmarkLatencyDoorbell: both sides run their receive loop and sleep on
-// real eventfds between messages (every message is doorbell-woken).
-func BenchmarkLatencyDoorbell(b *testing.B) {
+// real eventfds between messages (Linger off: every message is
+// doorbell-woken).
+func BenchmarkLatencyDoorbell(b *testing.B) { doorbellLatency(b, msg.Options{Linger: -1}) }
+
+// BenchmarkLatencyLinger: the same with the default options: after a
+// message the receiver keeps polling briefly, so a conversation's replies
+// rarely need a doorbell.
+func BenchmarkLatencyLinger(b *testing.B) { doorbellLatency(b, msg.Options{}) }
+
+func doorbellLatency(b *testing.B, opt msg.Options) {
 	ab, eb := eventfdBells(b)
 	mem := make([]byte, 8<<20)
 	msg.Format(mem, 2)
-	a, _ := msg.Join(mem, 0, "a", ab, msg.Options{})
-	e, _ := msg.Join(mem, 1, "b", eb, msg.Options{})
+	a, _ := msg.Join(mem, 0, "a", ab, opt)
+	e, _ := msg.Join(mem, 1, "b", eb, opt)
 	reply := make(chan struct{}, 1)
 	a.Register(1, func(int, []byte) { reply <- struct{}{} })
 	e.Register(1, func(from int, p []byte) { sendRetry(e, from, p) })
