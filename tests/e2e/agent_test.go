@@ -153,12 +153,31 @@ func TestAgentInGuestQEMU(t *testing.T) {
 	w := writerFunc(func(p []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return ttyOut.Write(p) })
 	tctx, cancel3 := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel3()
-	if err := agent.TTY(tctx, node, peer, strings.NewReader("echo guest-$((6*7)) $(hostname)\n"), w); err != nil {
+	// Type like a person: after the prompt (the shell's line editor
+	// discards what comes before it starts), then leave.
+	in, typist := io.Pipe()
+	go func() {
+		for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			mu.Lock()
+			ready := strings.Contains(ttyOut.String(), "# ")
+			mu.Unlock()
+			if ready {
+				break
+			}
+		}
+		io.WriteString(typist, "echo guest-$((6*7)) $(hostname); exit\n")
+	}()
+	t0 := time.Now()
+	if err := agent.TTY(tctx, node, peer, in, w); err != nil {
 		t.Fatalf("tty to guest: %v", err)
+	}
+	if time.Since(t0) > time.Minute {
+		t.Errorf("tty session took %v: the shell did not exit", time.Since(t0))
 	}
 	mu.Lock()
 	got := ttyOut.String()
 	mu.Unlock()
+	t.Logf("tty session: %v, output %q", time.Since(t0), got)
 	if !strings.Contains(got, "guest-42 e2e-agent") {
 		t.Errorf("guest tty output %q lacks the command's result", got)
 	}
