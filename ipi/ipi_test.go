@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/popvmm/popvmm/ipi"
+	"github.com/popvmm/popvmm/ipi/ipitest"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -28,30 +29,7 @@ func ctxT(t *testing.T) context.Context {
 // serve starts a server for a fresh 1 MiB window and returns its socket.
 func serve(t *testing.T, cfg ipi.ServerConfig) (string, *ipi.Server) {
 	t.Helper()
-	win, err := ipi.NewWindow("test", 1<<20)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { win.Close() })
-	srv, err := ipi.NewServer(win, cfg, quiet)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sock := filepath.Join(t.TempDir(), "ivshmem.sock")
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve = %v", err)
-		}
-	})
-	return sock, srv
+	return ipitest.Serve(t, 1<<20, 0, cfg)
 }
 
 func dial(t *testing.T, sock string, vectors int) *ipi.Client {

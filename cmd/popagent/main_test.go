@@ -5,7 +5,6 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,7 +12,7 @@ import (
 	"time"
 
 	"github.com/popvmm/popvmm/ipi"
-	"github.com/popvmm/popvmm/ipi/msg"
+	"github.com/popvmm/popvmm/ipi/ipitest"
 )
 
 // TestKernelToKernelTTY: two agents (kernels "alpha" and "beta") on one
@@ -24,24 +23,9 @@ func TestKernelToKernelTTY(t *testing.T) {
 		t.Skip("no /bin/sh")
 	}
 	dir := t.TempDir()
-	win, err := ipi.NewWindow("k2k", 4<<20)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer win.Close()
-	mem, _ := win.Map()
-	defer ipi.Unmap(mem)
-	msg.Format(mem, 4)
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	srv, _ := ipi.NewServer(win, ipi.ServerConfig{Vectors: 1, MaxPeers: 4}, quiet)
-	sock := filepath.Join(dir, "ivshmem.sock")
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	sock, _ := ipitest.Serve(t, 4<<20, 4, ipi.ServerConfig{Vectors: 1, MaxPeers: 4})
 	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan struct{})
-	go func() { srv.Serve(ctx, ln); close(served) }()
 	agents := make(chan error, 2)
 	for _, name := range []string{"alpha", "beta"} {
 		go func() {
@@ -53,7 +37,6 @@ func TestKernelToKernelTTY(t *testing.T) {
 		for range 2 {
 			<-agents
 		}
-		<-served
 	}()
 
 	// Wait until alpha's local socket answers and beta is on the window.

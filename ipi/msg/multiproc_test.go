@@ -6,17 +6,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
-	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/popvmm/popvmm/ipi"
+	"github.com/popvmm/popvmm/ipi/ipitest"
 	"github.com/popvmm/popvmm/ipi/msg"
 )
 
@@ -154,32 +152,7 @@ func startRole(t *testing.T, sock, role string, subscribe bool) *peerProc {
 // ivshmem server; ordering across processes, multicast to subscribers
 // only, and a killed peer announced and refused.
 func TestMultiProcess(t *testing.T) {
-	win, err := ipi.NewWindow("mp", 8<<20)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer win.Close()
-	mem, err := win.Map()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ipi.Unmap(mem)
-	if _, err := msg.Format(mem, 8); err != nil {
-		t.Fatal(err)
-	}
-	srv, err := ipi.NewServer(win, ipi.ServerConfig{Vectors: 1, FirstID: 0, MaxPeers: 8}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	sock := filepath.Join(t.TempDir(), "ivshmem.sock")
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sctx, stop := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(sctx, ln) }()
-	defer func() { stop(); <-served }() // before the window closes
+	sock, _ := ipitest.Serve(t, 8<<20, 8, ipi.ServerConfig{Vectors: 1, FirstID: 0, MaxPeers: 8})
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

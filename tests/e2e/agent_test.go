@@ -3,21 +3,14 @@ package e2e
 import (
 	"context"
 	"io"
-	"log/slog"
-	"net"
-	"net/netip"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/popvmm/popvmm/cluster"
-	"github.com/popvmm/popvmm/guest"
 	"github.com/popvmm/popvmm/ipi"
 	"github.com/popvmm/popvmm/ipi/agent"
+	"github.com/popvmm/popvmm/ipi/ipitest"
 	"github.com/popvmm/popvmm/ipi/msg"
 )
 
@@ -29,37 +22,9 @@ import (
 // for its kernel's info over the window. Under popvmm's own VMM the same
 // agent meets popvmm's window device instead.
 func TestAgentInGuestQEMU(t *testing.T) {
-	vmlinux, base := requireImages(t, "full")
-	dir := t.TempDir()
-
-	win, err := ipi.NewWindow("e2e", 16<<20)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer win.Close()
-	mem, err := win.Map()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ipi.Unmap(mem)
-	if _, err := msg.Format(mem, 8); err != nil {
-		t.Fatal(err)
-	}
-	srv, err := ipi.NewServer(win, ipi.ServerConfig{Vectors: 1, FirstID: 0, MaxPeers: 8}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	sock := filepath.Join(dir, "ivshmem.sock")
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sctx, stopSrv := context.WithCancel(context.Background())
-	served := make(chan struct{})
-	go func() { srv.Serve(sctx, ln); close(served) }()
-	defer func() { stopSrv(); <-served }()
-
-	host, err := ipi.Dial(sctx, sock, 1)
+	requireImages(t, "full")
+	sock, _ := ipitest.Serve(t, 16<<20, 8, ipi.ServerConfig{Vectors: 1, FirstID: 0, MaxPeers: 8})
+	host, err := ipi.Dial(context.Background(), sock, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,49 +38,14 @@ func TestAgentInGuestQEMU(t *testing.T) {
 	go func() { node.Run(rctx); close(ran) }()
 	defer func() { stopRun(); <-ran; host.Close() }()
 
-	k := &cluster.Kernel{Index: 1, Name: "e2e-agent", Flavour: cluster.FlavourFull, IP: netip.MustParseAddr("10.0.2.15"), Cmdline: "panic=-1"}
-	cl := &cluster.Cluster{Name: "e2e", Kernels: []*cluster.Kernel{{Name: "popvmm"}, k},
-		Network: cluster.Network{Subnet: netip.MustParsePrefix("10.0.2.0/24"), Host: netip.MustParseAddr("10.0.2.2")}}
-	pub, err := guest.EnsureKey(filepath.Join(dir, "ssh"), "popvmm-e2e")
-	if err != nil {
-		t.Fatal(err)
-	}
-	overlay, err := guest.Overlay(cl, k, pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	baseData, err := os.ReadFile(base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	initrd := filepath.Join(dir, "initrd.cpio")
-	os.WriteFile(initrd, append(baseData, overlay...), 0o600)
-
+	g := prepareGuest(t, "full", "e2e-agent", 1)
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
-	args := []string{"-M", "pc", "-accel", "tcg", "-cpu", "kvm64,-cx16,-xsave,-popcnt", "-m", "256", "-smp", "1",
+	con := startQEMU(t, ctx, []string{"-M", "pc", "-accel", "tcg", "-cpu", "kvm64,-cx16,-xsave,-popcnt", "-m", "256", "-smp", "1",
 		"-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio",
-		"-kernel", vmlinux, "-initrd", initrd, "-append", guest.Cmdline(cl, k, true, nil),
+		"-kernel", g.vmlinux, "-initrd", g.initrd, "-append", g.cmdline(),
 		"-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0",
-		"-chardev", "socket,path=" + sock + ",id=ivs", "-device", "ivshmem-doorbell,chardev=ivs,vectors=1"}
-	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", args...)
-	out, _ := cmd.StdoutPipe()
-	cmd.Stderr = cmd.Stdout
-	t.Logf("qemu-system-x86_64 %s", strings.Join(args, " "))
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	con := newConsole(out)
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		<-con.done
-		if t.Failed() {
-			log := filepath.Join(os.TempDir(), "popvmm-e2e-agent.console.log")
-			os.WriteFile(log, []byte(con.text()), 0o644)
-			t.Logf("console kept in %s", log)
-		}
-	})
+		"-chardev", "socket,path=" + sock + ",id=ivs", "-device", "ivshmem-doorbell,chardev=ivs,vectors=1"})
 	con.waitFor(t, "popvmm-init: e2e-agent up", 5*time.Minute)
 
 	// Wait for the guest's agent to check in on the window.

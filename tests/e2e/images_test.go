@@ -113,24 +113,31 @@ func freePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// TestImagesUnderQEMU boots each flavour and checks /init; the full one is
-// then reached over SSH with the cluster key.
-func TestImagesUnderQEMU(t *testing.T) {
-	for _, flavour := range []string{"light", "full"} {
-		t.Run(flavour, func(t *testing.T) { bootFlavour(t, flavour) })
-	}
+// guestBoot is what popvmm would hand one kernel booted under QEMU on its
+// user-mode network (guest 10.0.2.15, host 10.0.2.2): the cluster facts,
+// the cluster key and an initrd of the flavour's base plus the overlay.
+type guestBoot struct {
+	k       *cluster.Kernel
+	cl      *cluster.Cluster
+	vmlinux string
+	initrd  string
+	keyDir  string
 }
 
-func bootFlavour(t *testing.T, flavour string) {
+func prepareGuest(t *testing.T, flavour, name string, index int) guestBoot {
+	t.Helper()
 	vmlinux, base := requireImages(t, flavour)
 	dir := t.TempDir()
-
-	// A cluster on QEMU's user-mode network (guest 10.0.2.15, host 10.0.2.2).
-	k := &cluster.Kernel{Index: 0, Name: "e2e-" + flavour, Flavour: cluster.Flavour(flavour), IP: netip.MustParseAddr("10.0.2.15"),
-		Cmdline: "panic=-1"}
-	cl := &cluster.Cluster{Name: "e2e", Kernels: []*cluster.Kernel{k},
+	k := &cluster.Kernel{Index: index, Name: name, Flavour: cluster.Flavour(flavour), IP: netip.MustParseAddr("10.0.2.15"), Cmdline: "panic=-1"}
+	kernels := make([]*cluster.Kernel, index+1)
+	for i := range index {
+		kernels[i] = &cluster.Kernel{Index: i, Name: fmt.Sprintf("peer%d", i)}
+	}
+	kernels[index] = k
+	cl := &cluster.Cluster{Name: "e2e", Kernels: kernels,
 		Network: cluster.Network{Subnet: netip.MustParsePrefix("10.0.2.0/24"), Host: netip.MustParseAddr("10.0.2.2")}}
-	pub, err := guest.EnsureKey(filepath.Join(dir, "ssh"), "popvmm-e2e")
+	g := guestBoot{k: k, cl: cl, vmlinux: vmlinux, initrd: filepath.Join(dir, "initrd.cpio"), keyDir: filepath.Join(dir, "ssh")}
+	pub, err := guest.EnsureKey(g.keyDir, "popvmm-e2e")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,24 +149,21 @@ func bootFlavour(t *testing.T, flavour string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	initrd := filepath.Join(dir, "initrd.cpio")
-	if err := os.WriteFile(initrd, append(baseData, overlay...), 0o600); err != nil {
+	if err := os.WriteFile(g.initrd, append(baseData, overlay...), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	// Under TCG the nested-backend flags are not needed, but popvmm adds
-	// them on the project's machines; boot with them to test what it uses.
-	cmdline := guest.Cmdline(cl, k, true, nil)
-	port := freePort(t)
+	return g
+}
 
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
-	defer cancel()
-	args := []string{"-M", "microvm,acpi=off", "-accel", "tcg", "-cpu", "kvm64,-cx16,-xsave,-popcnt",
-		"-m", "256", "-smp", "1", "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio",
-		"-kernel", vmlinux, "-initrd", initrd, "-append", cmdline}
-	if flavour == "full" {
-		args = append(args, "-netdev", fmt.Sprintf("user,id=n0,hostfwd=tcp:127.0.0.1:%d-:22", port),
-			"-device", "virtio-net-device,netdev=n0")
-	}
+// cmdline is popvmm's command line for the guest. Under TCG the
+// nested-backend flags are not needed, but popvmm adds them on the
+// project's machines; boot with them to test what it uses.
+func (g guestBoot) cmdline() string { return guest.Cmdline(g.cl, g.k, true, nil) }
+
+// startQEMU runs qemu-system-x86_64 with args until the test ends and
+// returns its console; on failure the console is kept in a file.
+func startQEMU(t *testing.T, ctx context.Context, args []string) *console {
+	t.Helper()
 	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", args...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -176,22 +180,46 @@ func bootFlavour(t *testing.T, flavour string) {
 		cmd.Wait()
 		<-con.done
 		if t.Failed() {
-			log := filepath.Join(os.TempDir(), "popvmm-e2e-"+flavour+".console.log")
+			log := filepath.Join(os.TempDir(), "popvmm-"+strings.ReplaceAll(t.Name(), "/", "-")+".console.log")
 			os.WriteFile(log, []byte(con.text()), 0o644)
 			t.Logf("console kept in %s", log)
 		}
 	})
+	return con
+}
+
+// TestImagesUnderQEMU boots each flavour and checks /init; the full one is
+// then reached over SSH with the cluster key.
+func TestImagesUnderQEMU(t *testing.T) {
+	for _, flavour := range []string{"light", "full"} {
+		t.Run(flavour, func(t *testing.T) { bootFlavour(t, flavour) })
+	}
+}
+
+func bootFlavour(t *testing.T, flavour string) {
+	g := prepareGuest(t, flavour, "e2e-"+flavour, 0)
+	port := freePort(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	args := []string{"-M", "microvm,acpi=off", "-accel", "tcg", "-cpu", "kvm64,-cx16,-xsave,-popcnt",
+		"-m", "256", "-smp", "1", "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio",
+		"-kernel", g.vmlinux, "-initrd", g.initrd, "-append", g.cmdline()}
+	if flavour == "full" {
+		args = append(args, "-netdev", fmt.Sprintf("user,id=n0,hostfwd=tcp:127.0.0.1:%d-:22", port),
+			"-device", "virtio-net-device,netdev=n0")
+	}
+	con := startQEMU(t, ctx, args)
 
 	d := con.waitFor(t, "Run /init as init process", 5*time.Minute)
 	t.Logf("%s: Run /init after %v (TCG)", flavour, d.Round(time.Millisecond))
-	con.waitFor(t, "popvmm-init: "+k.Name+" up", time.Minute)
+	con.waitFor(t, "popvmm-init: "+g.k.Name+" up", time.Minute)
 	if flavour != "full" {
 		return
 	}
 	con.waitFor(t, "dropbear listening on port 22", time.Minute)
-	out2 := sshRun(t, filepath.Join(dir, "ssh", guest.PrivateKeyName), port, "hostname; . /etc/popvmm/cluster.env; echo peer=$POPVMM_PEER_ID cluster=$POPVMM_CLUSTER")
-	if want := k.Name + "\npeer=0 cluster=e2e"; strings.TrimSpace(out2) != want {
-		t.Errorf("ssh output %q, want %q", out2, want)
+	out := sshRun(t, filepath.Join(g.keyDir, guest.PrivateKeyName), port, "hostname; . /etc/popvmm/cluster.env; echo peer=$POPVMM_PEER_ID cluster=$POPVMM_CLUSTER")
+	if want := g.k.Name + "\npeer=0 cluster=e2e"; strings.TrimSpace(out) != want {
+		t.Errorf("ssh output %q, want %q", out, want)
 	}
 }
 
