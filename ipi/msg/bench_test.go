@@ -13,6 +13,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/popvmm/popvmm/ipi"
+	"github.com/popvmm/popvmm/ipi/ipitest"
 	"github.com/popvmm/popvmm/ipi/msg"
 )
 
@@ -96,11 +98,23 @@ func BenchmarkLatencyDoorbell(b *testing.B) { doorbellLatency(b, msg.Options{Lin
 func BenchmarkLatencyLinger(b *testing.B) { doorbellLatency(b, msg.Options{}) }
 
 func doorbellLatency(b *testing.B, opt msg.Options) {
-	ab, eb := eventfdBells(b)
-	mem := make([]byte, 8<<20)
-	msg.Format(mem, 2)
-	a, _ := msg.Join(mem, 0, "a", ab, opt)
-	e, _ := msg.Join(mem, 1, "b", eb, opt)
+	// The production doorbell: host peers of an ivshmem server, ringing
+	// each other's eventfds (ipi.Bell).
+	sock, _ := ipitest.Serve(b, 8<<20, 2, ipi.ServerConfig{Vectors: 1, MaxPeers: 2})
+	ca, err := ipi.Dial(context.Background(), sock, 1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ce, err := ipi.Dial(context.Background(), sock, 1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for len(ca.Peers()) == 0 { // ce's announcement reaches ca asynchronously
+		runtime.Gosched()
+	}
+	a, _ := msg.Join(ca.Mem, ca.ID, "a", ipi.Bell{C: ca}, opt)
+	e, _ := msg.Join(ce.Mem, ce.ID, "b", ipi.Bell{C: ce}, opt)
+	defer func() { ca.Close(); ce.Close() }()
 	reply := make(chan struct{}, 1)
 	a.Register(1, func(int, []byte) { reply <- struct{}{} })
 	e.Register(1, func(from int, p []byte) { sendRetry(e, from, p) })
@@ -113,7 +127,7 @@ func doorbellLatency(b *testing.B, opt msg.Options) {
 	b.ResetTimer()
 	for b.Loop() {
 		t0 := time.Now()
-		sendRetry(a, 1, payload)
+		sendRetry(a, e.ID(), payload)
 		<-reply
 		rtts = append(rtts, time.Since(t0))
 	}
@@ -123,54 +137,6 @@ func doorbellLatency(b *testing.B, opt msg.Options) {
 	reportLatency(b, rtts)
 	s := a.Stats()
 	b.ReportMetric(float64(s.DoorbellsRung)/float64(s.Sent), "doorbells/msg")
-}
-
-// eventfdBells makes two doorbells over real eventfds, as host peers have.
-func eventfdBells(b *testing.B) (efBell, efBell) {
-	var fds [2]int
-	for i := range fds {
-		fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
-		if err != nil {
-			b.Fatal(err)
-		}
-		fds[i] = fd
-		b.Cleanup(func() { unix.Close(fd) })
-	}
-	return efBell{fds: fds, id: 0}, efBell{fds: fds, id: 1}
-}
-
-// efBell rings by writing the peer's eventfd and waits by polling its own
-// with a timeout derived from ctx (poll(2) in the calling thread).
-type efBell struct {
-	fds [2]int
-	id  int
-}
-
-func (e efBell) Ring(peer int) error {
-	one := []byte{1, 0, 0, 0, 0, 0, 0, 0}
-	_, err := unix.Write(e.fds[peer], one)
-	return err
-}
-
-func (e efBell) Wait(ctx context.Context) error {
-	ms := 100
-	if dl, ok := ctx.Deadline(); ok {
-		ms = max(0, int(time.Until(dl)/time.Millisecond))
-	}
-	fds := []unix.PollFd{{Fd: int32(e.fds[e.id]), Events: unix.POLLIN}}
-	n, err := unix.Poll(fds, ms)
-	if err != nil && !errors.Is(err, unix.EINTR) {
-		return err
-	}
-	if n == 0 {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		return context.DeadlineExceeded
-	}
-	var buf [8]byte
-	unix.Read(e.fds[e.id], buf[:])
-	return nil
 }
 
 // BenchmarkLatencyUnixSocket and BenchmarkLatencyPipe: the same ping-pong
