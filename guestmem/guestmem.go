@@ -1,0 +1,138 @@
+// Package guestmem is guest-physical memory as device models and the boot
+// code see it: a set of regions (RAM slots, passthrough, the window), every
+// access bounds-checked. An address outside every region, or a range that
+// crosses a region's end, is an error — never a panic — so a guest's
+// garbage descriptor costs at most the device that followed it.
+package guestmem
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"slices"
+)
+
+// Errors.
+var (
+	ErrOutOfRange = errors.New("guest address out of range")
+	ErrReadOnly   = errors.New("guest memory is read-only")
+	ErrOverlap    = errors.New("guest memory regions overlap")
+)
+
+// Region is host memory mapped at a guest-physical address.
+type Region struct {
+	GPA      uint64
+	Mem      []byte
+	ReadOnly bool
+}
+
+func (r Region) end() uint64 { return r.GPA + uint64(len(r.Mem)) }
+
+// Memory is a guest's physical memory.
+type Memory struct {
+	regions []Region // sorted by GPA, disjoint
+}
+
+// New makes a Memory from regions, which must not overlap or wrap.
+func New(regions ...Region) (*Memory, error) {
+	rs := slices.Clone(regions)
+	slices.SortFunc(rs, func(a, b Region) int {
+		switch {
+		case a.GPA < b.GPA:
+			return -1
+		case a.GPA > b.GPA:
+			return 1
+		}
+		return 0
+	})
+	for i, r := range rs {
+		if len(r.Mem) == 0 || r.end() < r.GPA {
+			return nil, fmt.Errorf("region at %#x: empty or wrapping", r.GPA)
+		}
+		if i > 0 && rs[i-1].end() > r.GPA {
+			return nil, fmt.Errorf("%w: %#x and %#x", ErrOverlap, rs[i-1].GPA, r.GPA)
+		}
+	}
+	return &Memory{regions: rs}, nil
+}
+
+// Slice returns the host bytes of [gpa, gpa+n), which must lie in one region.
+func (m *Memory) Slice(gpa, n uint64) ([]byte, error) {
+	r, err := m.region(gpa, n)
+	if err != nil {
+		return nil, err
+	}
+	off := gpa - r.GPA
+	return r.Mem[off : off+n : off+n], nil
+}
+
+func (m *Memory) region(gpa, n uint64) (Region, error) {
+	i, found := slices.BinarySearchFunc(m.regions, gpa, func(r Region, t uint64) int {
+		switch {
+		case r.end() <= t:
+			return -1
+		case r.GPA > t:
+			return 1
+		}
+		return 0
+	})
+	if !found || gpa+n < gpa || gpa+n > m.regions[i].end() {
+		return Region{}, fmt.Errorf("%w: %#x+%#x", ErrOutOfRange, gpa, n)
+	}
+	return m.regions[i], nil
+}
+
+// Read copies len(p) bytes from gpa.
+func (m *Memory) Read(gpa uint64, p []byte) error {
+	s, err := m.Slice(gpa, uint64(len(p)))
+	if err != nil {
+		return err
+	}
+	copy(p, s)
+	return nil
+}
+
+// Write copies p to gpa.
+func (m *Memory) Write(gpa uint64, p []byte) error {
+	r, err := m.region(gpa, uint64(len(p)))
+	if err != nil {
+		return err
+	}
+	if r.ReadOnly {
+		return fmt.Errorf("%w: %#x", ErrReadOnly, gpa)
+	}
+	copy(r.Mem[gpa-r.GPA:], p)
+	return nil
+}
+
+// ReadU16, ReadU32, ReadU64 read little-endian values.
+func (m *Memory) ReadU16(gpa uint64) (uint16, error) {
+	var b [2]byte
+	err := m.Read(gpa, b[:])
+	return binary.LittleEndian.Uint16(b[:]), err
+}
+
+func (m *Memory) ReadU32(gpa uint64) (uint32, error) {
+	var b [4]byte
+	err := m.Read(gpa, b[:])
+	return binary.LittleEndian.Uint32(b[:]), err
+}
+
+func (m *Memory) ReadU64(gpa uint64) (uint64, error) {
+	var b [8]byte
+	err := m.Read(gpa, b[:])
+	return binary.LittleEndian.Uint64(b[:]), err
+}
+
+// WriteU16, WriteU32, WriteU64 write little-endian values.
+func (m *Memory) WriteU16(gpa uint64, v uint16) error {
+	return m.Write(gpa, binary.LittleEndian.AppendUint16(nil, v))
+}
+
+func (m *Memory) WriteU32(gpa uint64, v uint32) error {
+	return m.Write(gpa, binary.LittleEndian.AppendUint32(nil, v))
+}
+
+func (m *Memory) WriteU64(gpa uint64, v uint64) error {
+	return m.Write(gpa, binary.LittleEndian.AppendUint64(nil, v))
+}
