@@ -1,0 +1,286 @@
+package vtty
+
+import (
+	"io"
+	"sync"
+
+	"github.com/popvmm/popvmm/bus"
+)
+
+// 16550A register offsets and bits (National Semiconductor PC16550D data
+// sheet; the subset Linux's 8250 driver uses).
+const (
+	regData = 0 // RBR (read) / THR (write); DLL with DLAB
+	regIER  = 1 // interrupt enable; DLM with DLAB
+	regIIR  = 2 // interrupt identification (read) / FCR (write)
+	regLCR  = 3
+	regMCR  = 4
+	regLSR  = 5
+	regMSR  = 6
+	regSCR  = 7
+
+	ierRx    = 1 << 0 // received data available
+	ierTHRE  = 1 << 1 // transmitter holding register empty
+	ierLine  = 1 << 2 // receiver line status
+	ierModem = 1 << 3 // modem status
+
+	iirNone  = 0x01
+	iirModem = 0x00
+	iirTHRE  = 0x02
+	iirRx    = 0x04
+	iirFIFO  = 0xc0 // FIFOs enabled
+
+	fcrEnable  = 1 << 0
+	fcrClearRx = 1 << 1
+
+	lcrDLAB = 1 << 7
+
+	mcrDTR  = 1 << 0
+	mcrRTS  = 1 << 1
+	mcrOUT1 = 1 << 2
+	mcrOUT2 = 1 << 3 // on a PC, gates the interrupt line
+	mcrLoop = 1 << 4
+
+	lsrDR   = 1 << 0 // data ready
+	lsrOE   = 1 << 1 // overrun
+	lsrTHRE = 1 << 5
+	lsrTEMT = 1 << 6
+
+	msrDCTS = 1 << 0
+	msrDDSR = 1 << 1
+	msrDDCD = 1 << 3
+	msrCTS  = 1 << 4
+	msrDSR  = 1 << 5
+	msrRI   = 1 << 6
+	msrDCD  = 1 << 7
+)
+
+// RxCapacity bounds the receive queue. A real 16550A holds 16 bytes; a
+// deeper queue loses nothing when the host pastes into the console faster
+// than the guest drains it, and overflow is reported as an overrun.
+const RxCapacity = 4096
+
+// UART is a 16550A on the port-I/O bus (COM1 at 0x3f8, 8 ports). Bytes the
+// guest transmits go to out; bytes given to Receive reach the guest with a
+// receive interrupt. It is safe for a vCPU thread and a host goroutine.
+type UART struct {
+	out io.Writer
+	irq bus.IRQ
+
+	mu      sync.Mutex
+	rx      []byte
+	ier     byte
+	lcr     byte
+	mcr     byte
+	lsr     byte // only the sticky error bits; DR/THRE are computed
+	msr     byte
+	scr     byte
+	dll     byte
+	dlm     byte
+	fifo    bool
+	thrIntr bool // a THR-empty interrupt is pending until IIR read or THR write
+	level   bool // current interrupt line level
+}
+
+// NewUART makes a UART writing to out and raising irq. The modem lines
+// show a connected terminal (CTS, DSR, DCD).
+func NewUART(out io.Writer, irq bus.IRQ) *UART {
+	return &UART{out: out, irq: irq, msr: msrCTS | msrDSR | msrDCD, dll: 12} // 9600 baud
+}
+
+var _ bus.Device = (*UART)(nil)
+
+// Read implements bus.Device.
+func (u *UART) Read(off uint64, data []byte) {
+	for i := range data {
+		data[i] = 0xff
+	}
+	if len(data) == 0 {
+		return
+	}
+	u.mu.Lock()
+	data[0] = u.read(off)
+	u.update()
+	u.mu.Unlock()
+}
+
+// Write implements bus.Device.
+func (u *UART) Write(off uint64, data []byte) {
+	if len(data) == 0 {
+		return
+	}
+	u.mu.Lock()
+	out := u.write(off, data[0])
+	u.update()
+	u.mu.Unlock()
+	if out >= 0 && u.out != nil {
+		u.out.Write([]byte{byte(out)}) // outside the lock: the sink may block
+	}
+}
+
+func (u *UART) dlab() bool { return u.lcr&lcrDLAB != 0 }
+
+func (u *UART) read(off uint64) byte {
+	switch off {
+	case regData:
+		if u.dlab() {
+			return u.dll
+		}
+		if len(u.rx) == 0 {
+			return 0
+		}
+		b := u.rx[0]
+		u.rx = u.rx[1:]
+		return b
+	case regIER:
+		if u.dlab() {
+			return u.dlm
+		}
+		return u.ier
+	case regIIR:
+		id := u.iir()
+		if id == iirTHRE {
+			u.thrIntr = false // reading IIR clears a THR-empty interrupt
+		}
+		if u.fifo {
+			id |= iirFIFO
+		}
+		return id
+	case regLCR:
+		return u.lcr
+	case regMCR:
+		return u.mcr
+	case regLSR:
+		v := u.lsr | lsrTHRE | lsrTEMT // transmission is instantaneous
+		if len(u.rx) > 0 {
+			v |= lsrDR
+		}
+		u.lsr = 0 // error bits clear on read
+		return v
+	case regMSR:
+		v := u.msr
+		if u.mcr&mcrLoop != 0 {
+			// Loopback: the modem outputs feed the inputs.
+			v = u.msr & 0x0f
+			if u.mcr&mcrRTS != 0 {
+				v |= msrCTS
+			}
+			if u.mcr&mcrDTR != 0 {
+				v |= msrDSR
+			}
+			if u.mcr&mcrOUT1 != 0 {
+				v |= msrRI
+			}
+			if u.mcr&mcrOUT2 != 0 {
+				v |= msrDCD
+			}
+		}
+		u.msr &^= 0x0f // deltas clear on read
+		return v
+	case regSCR:
+		return u.scr
+	}
+	return 0xff
+}
+
+// write applies a register write; it returns the byte to transmit, or -1.
+func (u *UART) write(off uint64, v byte) int {
+	switch off {
+	case regData:
+		if u.dlab() {
+			u.dll = v
+			return -1
+		}
+		u.thrIntr = true // the holding register empties at once
+		if u.mcr&mcrLoop != 0 {
+			u.push(v)
+			return -1
+		}
+		return int(v)
+	case regIER:
+		if u.dlab() {
+			u.dlm = v
+			return -1
+		}
+		old := u.ier
+		u.ier = v & 0x0f
+		if u.ier&ierTHRE != 0 && old&ierTHRE == 0 {
+			u.thrIntr = true // enabling it with THR empty interrupts at once
+		}
+	case regIIR: // FCR
+		u.fifo = v&fcrEnable != 0
+		if v&fcrClearRx != 0 {
+			u.rx = u.rx[:0]
+		}
+	case regLCR:
+		u.lcr = v
+	case regMCR:
+		u.mcr = v & 0x1f
+	case regSCR:
+		u.scr = v
+	}
+	return -1
+}
+
+// iir computes the highest-priority pending interrupt (without FIFO bits).
+func (u *UART) iir() byte {
+	switch {
+	case u.ier&ierLine != 0 && u.lsr&lsrOE != 0:
+		return 0x06
+	case u.ier&ierRx != 0 && len(u.rx) > 0:
+		return iirRx
+	case u.ier&ierTHRE != 0 && u.thrIntr:
+		return iirTHRE
+	case u.ier&ierModem != 0 && u.msr&0x0f != 0:
+		return iirModem
+	}
+	return iirNone
+}
+
+// update drives the interrupt line: pending and gated by OUT2, as on a PC.
+func (u *UART) update() {
+	level := u.iir() != iirNone && u.mcr&mcrOUT2 != 0
+	if level != u.level && u.irq != nil {
+		u.irq.Set(level)
+	}
+	u.level = level
+}
+
+func (u *UART) push(b byte) {
+	if len(u.rx) >= RxCapacity {
+		u.lsr |= lsrOE
+		return
+	}
+	u.rx = append(u.rx, b)
+}
+
+// Receive queues bytes for the guest (console input) and returns how many
+// were taken; the rest would overrun the queue.
+func (u *UART) Receive(p []byte) int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	n := min(len(p), RxCapacity-len(u.rx))
+	u.rx = append(u.rx, p[:n]...)
+	u.update()
+	return n
+}
+
+// Pending reports, without side effects, whether an interrupt is pending
+// and whether the line is raised (pending and OUT2 set).
+func (u *UART) Pending() (pending, line bool) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.iir() != iirNone, u.level
+}
+
+// SetCarrier changes the DCD modem line (a terminal attached or gone),
+// with its delta bit for a modem-status interrupt.
+func (u *UART) SetCarrier(on bool) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if (u.msr&msrDCD != 0) != on {
+		u.msr ^= msrDCD
+		u.msr |= msrDDCD
+	}
+	u.update()
+}
