@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+
+	"github.com/popvmm/popvmm/internal/pvhnote"
 )
 
 // ImageFormat is the kind of kernel file popvmm can boot.
@@ -47,9 +49,6 @@ const (
 
 	minProtocol = 0x020c // 2.12: xloadflags, 64-bit entry
 	xlfKernel64 = 1 << 0
-
-	// Xen ELF note type for the 32-bit PVH entry point.
-	xenElfNotePhys32Entry = 18
 )
 
 // InspectKernel opens path and says which boot path can start it.
@@ -113,29 +112,9 @@ func inspectELF(r io.ReaderAt) (ImageInfo, error) {
 		if _, err := p.ReadAt(data, 0); err != nil {
 			return ImageInfo{}, fmt.Errorf("read ELF notes: %w", err)
 		}
-		if entry, ok := findPVHNote(data, ef.ByteOrder); ok {
+		if entry, ok := pvhnote.Find(data, ef.ByteOrder); ok {
 			return ImageInfo{Format: FormatELF, PVHEntry: entry}, nil
 		}
 	}
 	return ImageInfo{}, errors.New("ELF kernel has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY); build it with CONFIG_PVH=y")
-}
-
-// findPVHNote walks ELF notes (Elf64_Nhdr: namesz, descsz, type, then name
-// and desc each padded to 4 bytes) for Xen's PHYS32_ENTRY.
-func findPVHNote(b []byte, bo binary.ByteOrder) (uint32, bool) {
-	pad := func(n uint64) uint64 { return (n + 3) &^ 3 }
-	for len(b) >= 12 {
-		namesz, descsz, typ := uint64(bo.Uint32(b)), uint64(bo.Uint32(b[4:])), bo.Uint32(b[8:])
-		b = b[12:]
-		if pad(namesz)+pad(descsz) > uint64(len(b)) {
-			return 0, false
-		}
-		name := b[:namesz]
-		desc := b[pad(namesz) : pad(namesz)+descsz]
-		b = b[pad(namesz)+pad(descsz):]
-		if typ == xenElfNotePhys32Entry && string(bytes.TrimRight(name, "\x00")) == "Xen" && len(desc) >= 4 {
-			return bo.Uint32(desc), true
-		}
-	}
-	return 0, false
 }

@@ -83,3 +83,43 @@ func Images(t testing.TB, dir string) string {
 	}
 	return dir
 }
+
+// ELFLoadable returns an ELF64 x86-64 executable with a PVH note pointing
+// at entry and one PT_LOAD segment of content (plus bss bytes of zeros) at
+// physical address paddr.
+func ELFLoadable(entry uint32, paddr uint64, content []byte, bss uint64) []byte {
+	const ehsize, phsize = 64, 56
+	le := binary.LittleEndian
+	note := make([]byte, 20)
+	le.PutUint32(note[0:], 4)
+	le.PutUint32(note[4:], 4)
+	le.PutUint32(note[8:], 18)
+	copy(note[12:], "Xen\x00")
+	le.PutUint32(note[16:], entry)
+	dataOff := uint64(ehsize + 2*phsize)
+	b := make([]byte, int(dataOff)+len(note)+len(content))
+	copy(b, "\x7fELF")
+	b[4], b[5], b[6] = 2, 1, 1
+	le.PutUint16(b[16:], 2)
+	le.PutUint16(b[18:], 62)
+	le.PutUint32(b[20:], 1)
+	le.PutUint64(b[32:], ehsize)
+	le.PutUint16(b[52:], ehsize)
+	le.PutUint16(b[54:], phsize)
+	le.PutUint16(b[56:], 2)
+	ph := b[ehsize:]
+	le.PutUint32(ph[0:], 4) // PT_NOTE
+	le.PutUint64(ph[8:], dataOff)
+	le.PutUint64(ph[32:], uint64(len(note)))
+	le.PutUint64(ph[40:], uint64(len(note)))
+	ph = b[ehsize+phsize:]
+	le.PutUint32(ph[0:], 1) // PT_LOAD
+	le.PutUint64(ph[8:], dataOff+uint64(len(note)))
+	le.PutUint64(ph[16:], paddr) // vaddr
+	le.PutUint64(ph[24:], paddr) // paddr
+	le.PutUint64(ph[32:], uint64(len(content)))
+	le.PutUint64(ph[40:], uint64(len(content))+bss)
+	copy(b[dataOff:], note)
+	copy(b[dataOff+uint64(len(note)):], content)
+	return b
+}

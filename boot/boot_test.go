@@ -1,0 +1,257 @@
+package boot_test
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/popvmm/popvmm/boot"
+	"github.com/popvmm/popvmm/guestmem"
+	"github.com/popvmm/popvmm/internal/testkernel"
+	"github.com/popvmm/popvmm/memmap"
+)
+
+var le = binary.LittleEndian
+
+func guest(t *testing.T, ram uint64) (*guestmem.Memory, *memmap.Layout) {
+	t.Helper()
+	l, err := memmap.New(memmap.Spec{RAM: ram, RAMAlign: memmap.PageSize, WindowSize: memmap.MiB})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var regions []guestmem.Region
+	for _, r := range l.RAM {
+		regions = append(regions, guestmem.Region{GPA: r.Start, Mem: make([]byte, r.Size)})
+	}
+	m, err := guestmem.New(regions...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, l
+}
+
+// bzImage makes a bzImage: one setup sector, the header fields the loader
+// reads, then kernel bytes.
+func bzImage(relocatable bool, initSize uint32, kernel []byte) []byte {
+	b := make([]byte, 1024)
+	b[0x1f1] = 1
+	le.PutUint16(b[0x1fe:], 0xaa55)
+	b[0x200] = 0xeb
+	b[0x201] = 0x6a // header ends at 0x26c
+	copy(b[0x202:], "HdrS")
+	le.PutUint16(b[0x206:], 0x020f)
+	b[0x211] = 1
+	le.PutUint32(b[0x22c:], 0x7fffffff)
+	le.PutUint32(b[0x230:], 0x200000)
+	if relocatable {
+		b[0x234] = 1
+	}
+	le.PutUint16(b[0x236:], 1)
+	le.PutUint32(b[0x238:], 2047)
+	le.PutUint64(b[0x258:], 0x1000000)
+	le.PutUint32(b[0x260:], initSize)
+	return append(b, kernel...)
+}
+
+func read(t *testing.T, m *guestmem.Memory, gpa, n uint64) []byte {
+	t.Helper()
+	b := make([]byte, n)
+	if err := m.Read(gpa, b); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestLoadBzImage(t *testing.T) {
+	m, l := guest(t, 64*memmap.MiB)
+	kernel := []byte("64-bit kernel code")
+	initrd := bytes.Repeat([]byte("cpio"), 3000)
+	e, err := boot.LoadBzImage(m, l, bzImage(false, 0x200000, kernel), "console=ttyS0 quiet", initrd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.Mode != boot.Long64 || e.RIP != 0x1000200 || e.RSI != memmap.ZeroPageAddr || e.CR3 != memmap.PML4Addr {
+		t.Errorf("entry %+v", e)
+	}
+	if got := read(t, m, 0x1000000, uint64(len(kernel))); !bytes.Equal(got, kernel) {
+		t.Errorf("kernel at its preferred address: %q", got)
+	}
+	zp := read(t, m, memmap.ZeroPageAddr, 0x1000)
+	if string(zp[0x202:0x206]) != "HdrS" || zp[0x210] != 0xff || zp[0x211]&0x81 != 0x81 {
+		t.Errorf("zero page header: magic %q loader %#x loadflags %#x", zp[0x202:0x206], zp[0x210], zp[0x211])
+	}
+	if p := le.Uint32(zp[0x228:]); p != memmap.CmdlineAddr || string(read(t, m, uint64(p), 20)) != "console=ttyS0 quiet\x00" {
+		t.Errorf("command line at %#x", p)
+	}
+	img, size := uint64(le.Uint32(zp[0x218:])), le.Uint32(zp[0x21c:])
+	if size != uint32(len(initrd)) || img%memmap.PageSize != 0 || img < 0x1200000 || img+uint64(size) > 64*memmap.MiB {
+		t.Errorf("initrd at %#x size %d", img, size)
+	}
+	if got := read(t, m, img, uint64(size)); !bytes.Equal(got, initrd) {
+		t.Error("initrd bytes differ")
+	}
+	if n := int(zp[0x1e8]); n != len(l.E820) {
+		t.Fatalf("%d e820 entries, want %d", n, len(l.E820))
+	}
+	for i, want := range l.E820 {
+		off := 0x2d0 + i*20
+		if le.Uint64(zp[off:]) != want.Addr || le.Uint64(zp[off+8:]) != want.Size || le.Uint32(zp[off+16:]) != uint32(want.Type) {
+			t.Errorf("e820[%d] differs from the layout", i)
+		}
+	}
+	// Identity map: 3 GiB + 6 MiB is mapped to itself with a 2 MiB page.
+	va := uint64(3<<30 | 6<<20)
+	pml4, _ := m.ReadU64(memmap.PML4Addr)
+	pdpt, _ := m.ReadU64(pml4&^0xfff + (va>>30)*8)
+	pde, _ := m.ReadU64(pdpt&^0xfff + ((va>>21)&511)*8)
+	if pde&0x81 != 0x81 || pde&^0xfff != va {
+		t.Errorf("page tables map %#x to %#x (pde %#x)", va, pde&^0xfff, pde)
+	}
+	if code, _ := m.ReadU64(e.GDTBase + boot.SelectorCode); code>>53&1 != 1 || e.GDTLimit != 31 {
+		t.Errorf("GDT code descriptor %#x is not 64-bit, limit %d", code, e.GDTLimit)
+	}
+}
+
+func TestLoadBzImageRelocatable(t *testing.T) {
+	m, l := guest(t, 64*memmap.MiB)
+	e, err := boot.LoadBzImage(m, l, bzImage(true, 0x100000, []byte("k")), "", nil)
+	if err != nil || e.RIP != 0x200200 {
+		t.Errorf("relocatable kernel entry %#x, %v; want 2 MiB + 0x200", e.RIP, err)
+	}
+}
+
+func TestLoadBzImageErrors(t *testing.T) {
+	m, l := guest(t, 20*memmap.MiB)
+	tests := []struct {
+		name    string
+		image   []byte
+		cmdline string
+		initrd  []byte
+		want    string
+	}{
+		{"not a bzImage", make([]byte, 8192), "", nil, "no bzImage setup header"},
+		{"kernel does not fit", bzImage(false, 8<<20, []byte("k")), "", nil, "kernel needs 8 MiB"},
+		{"command line too long", bzImage(true, 0x1000, []byte("k")), strings.Repeat("x", 3000), nil, "longer than the kernel's 2047"},
+		{"initrd too big", bzImage(true, 0x1000, []byte("k")), "", make([]byte, 30<<20), "does not fit"},
+	}
+	for _, tt := range tests {
+		if _, err := boot.LoadBzImage(m, l, tt.image, tt.cmdline, tt.initrd); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: %v, want %q", tt.name, err, tt.want)
+		}
+	}
+}
+
+func TestLoadPVH(t *testing.T) {
+	m, l := guest(t, 64*memmap.MiB)
+	code := []byte("32-bit PVH entry code")
+	image := testkernel.ELFLoadable(0x1000040, 0x1000000, code, 0x1000)
+	m.Write(0x1000000+uint64(len(code)), []byte{1, 2, 3}) // stale bytes where bss goes
+	initrd := []byte("initramfs")
+	e, err := boot.LoadPVH(m, l, image, "console=ttyS0", initrd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.Mode != boot.Protected32 || e.RIP != 0x1000040 || e.RBX != memmap.PVHInfoAddr {
+		t.Errorf("entry %+v", e)
+	}
+	if got := read(t, m, 0x1000000, uint64(len(code))+3); !bytes.Equal(got, append(code, 0, 0, 0)) {
+		t.Errorf("segment %q (bss must be zeroed)", got)
+	}
+	si := read(t, m, memmap.PVHInfoAddr, 56)
+	if le.Uint32(si) != 0x336ec578 || le.Uint32(si[4:]) != 1 || le.Uint32(si[12:]) != 1 || le.Uint64(si[24:]) != memmap.CmdlineAddr {
+		t.Errorf("hvm_start_info %x", si)
+	}
+	if le.Uint32(si[48:]) != uint32(len(l.E820)) || le.Uint64(si[40:]) != memmap.PVHMemmapAddr {
+		t.Errorf("memory map %d entries at %#x", le.Uint32(si[48:]), le.Uint64(si[40:]))
+	}
+	mod := read(t, m, le.Uint64(si[16:]), 16)
+	if got := read(t, m, le.Uint64(mod), le.Uint64(mod[8:])); !bytes.Equal(got, initrd) {
+		t.Errorf("initrd module %q", got)
+	}
+	if _, err := boot.LoadPVH(m, l, testkernel.ELF(false, 0), "", nil); !errors.Is(err, boot.ErrKernel) {
+		t.Errorf("ELF without PVH note: %v", err)
+	}
+	if _, err := boot.LoadPVH(m, l, testkernel.ELFLoadable(0x10, 0x7f000000, code, 0), "", nil); err == nil {
+		t.Error("a segment outside RAM was loaded")
+	}
+}
+
+func TestMPTable(t *testing.T) {
+	m, _ := guest(t, 8*memmap.MiB)
+	if err := boot.WriteMPTable(m, 2); err != nil {
+		t.Fatal(err)
+	}
+	mpf := read(t, m, memmap.MPTableAddr, 16)
+	if string(mpf[:4]) != "_MP_" || sum(mpf) != 0 {
+		t.Fatalf("floating pointer %x", mpf)
+	}
+	ptr := uint64(le.Uint32(mpf[4:]))
+	hdr := read(t, m, ptr, 44)
+	n := uint64(le.Uint16(hdr[4:]))
+	table := read(t, m, ptr, n)
+	if string(table[:4]) != "PCMP" || sum(table) != 0 || ptr+n > memmap.LowRAMEnd {
+		t.Fatalf("config table %q, checksum %d, ends %#x", table[:4], sum(table), ptr+n)
+	}
+	// Entries: 2 processors (first the BSP), ISA bus, IOAPIC, 16 + 2 interrupts.
+	if got := le.Uint16(table[34:]); got != 2+1+1+18 {
+		t.Errorf("%d entries", got)
+	}
+	if table[44] != 0 || table[44+3] != 3 || table[64] != 0 || table[64+1] != 1 || table[64+3] != 1 {
+		t.Errorf("processor entries %x", table[44:84])
+	}
+	if err := boot.WriteMPTable(m, boot.MaxCPUs+1); err == nil {
+		t.Error("too many vCPUs accepted")
+	}
+	if err := boot.WriteMPTable(m, boot.MaxCPUs); err != nil {
+		t.Errorf("MaxCPUs (%d): %v", boot.MaxCPUs, err)
+	}
+}
+
+func sum(b []byte) byte {
+	var s byte
+	for _, c := range b {
+		s += c
+	}
+	return s
+}
+
+// TestRealImages loads the built kernels, when there are, through both
+// entry paths.
+func TestRealImages(t *testing.T) {
+	for _, f := range []string{"light", "full"} {
+		bz, err1 := os.ReadFile("../images/out/" + f + "/bzImage")
+		vm, err2 := os.ReadFile("../images/out/" + f + "/vmlinux")
+		if err1 != nil || err2 != nil {
+			t.Skipf("%s image not built (make images)", f)
+		}
+		m, l := guest(t, 48*memmap.MiB)
+		e, err := boot.LoadBzImage(m, l, bz, "console=ttyS0", []byte("070701"))
+		if err != nil || e.RIP != 0x1000200 {
+			t.Errorf("%s bzImage: entry %#x, %v", f, e.RIP, err)
+		}
+		m, l = guest(t, 48*memmap.MiB)
+		e, err = boot.LoadPVH(m, l, vm, "console=ttyS0", []byte("070701"))
+		if err != nil || e.RIP == 0 {
+			t.Errorf("%s vmlinux: entry %#x, %v", f, e.RIP, err)
+		}
+	}
+}
+
+// FuzzLoad feeds arbitrary images to both loaders: an error or a load,
+// never a panic, whatever the headers claim.
+func FuzzLoad(f *testing.F) {
+	f.Add(bzImage(false, 0x1000, []byte("k")), false)
+	f.Add(bzImage(true, 0x7fffffff, nil), false)
+	f.Add(testkernel.ELFLoadable(0x1000, 0x1000000, []byte("x"), 16), true)
+	f.Fuzz(func(t *testing.T, image []byte, elf bool) {
+		m, l := guest(t, 32*memmap.MiB)
+		if elf {
+			boot.LoadPVH(m, l, image, "console=ttyS0", []byte("i"))
+		} else {
+			boot.LoadBzImage(m, l, image, "console=ttyS0", []byte("i"))
+		}
+	})
+}

@@ -1,0 +1,139 @@
+package boot
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	"github.com/popvmm/popvmm/guestmem"
+	"github.com/popvmm/popvmm/memmap"
+)
+
+// Setup header fields (Documentation/arch/x86/boot.rst), as offsets into
+// both the bzImage and the zero page (struct boot_params).
+const (
+	zpE820Entries   = 0x1e8
+	hdrSetupSects   = 0x1f1
+	hdrStart        = 0x1f1
+	hdrJumpEnd      = 0x201 // the byte here + 0x202 is the header's end
+	hdrTypeOfLoader = 0x210
+	hdrLoadFlags    = 0x211
+	hdrRamdiskImage = 0x218
+	hdrRamdiskSize  = 0x21c
+	hdrHeapEndPtr   = 0x224
+	hdrCmdLinePtr   = 0x228
+	hdrInitrdMax    = 0x22c
+	hdrKernelAlign  = 0x230
+	hdrRelocatable  = 0x234
+	hdrCmdlineSize  = 0x238
+	hdrPrefAddress  = 0x258
+	hdrInitSize     = 0x260
+	zpExtRamdiskImg = 0x0c0
+	zpExtRamdiskSz  = 0x0c4
+	zpExtCmdLinePtr = 0x0c8
+	zpE820Table     = 0x2d0
+	zpSize          = 0x1000
+
+	maxE820    = 128
+	loadedHigh = 1 << 0 // loadflags: protected-mode code at 0x100000
+	canUseHeap = 1 << 7
+	loaderID   = 0xff // "undefined" boot loader
+	entry64    = 0x200
+)
+
+// LoadBzImage loads a bzImage for the 64-bit boot protocol into mem, laid
+// out by l: the protected-mode kernel at its load address (2 MiB-aligned
+// for a relocatable kernel, its preferred address otherwise), the initrd as
+// high as it may go in low RAM, the command line, the zero page with the
+// e820 table, the page tables and GDT.
+func LoadBzImage(mem *guestmem.Memory, l *memmap.Layout, image []byte, cmdline string, initrd []byte) (Entry, error) {
+	le := binary.LittleEndian
+	if len(image) < hdrInitSize+4 || string(image[0x202:0x206]) != "HdrS" {
+		return Entry{}, fmt.Errorf("%w: no bzImage setup header", ErrKernel)
+	}
+	if v := le.Uint16(image[0x206:]); v < 0x020c {
+		return Entry{}, fmt.Errorf("%w: boot protocol %#x older than 2.12", ErrKernel, v)
+	}
+	setupSects := int(image[hdrSetupSects])
+	if setupSects == 0 {
+		setupSects = 4
+	}
+	pmOff := (setupSects + 1) * 512
+	if pmOff >= len(image) {
+		return Entry{}, fmt.Errorf("%w: setup of %d sectors leaves no kernel", ErrKernel, setupSects)
+	}
+	kernel := image[pmOff:]
+
+	load := le.Uint64(image[hdrPrefAddress:])
+	if image[hdrRelocatable] != 0 {
+		align := uint64(le.Uint32(image[hdrKernelAlign:]))
+		if align == 0 || align&(align-1) != 0 {
+			return Entry{}, fmt.Errorf("%w: kernel_alignment %#x", ErrKernel, align)
+		}
+		load = (memmap.KernelAddr + align - 1) &^ (align - 1)
+	}
+	initSize := max(uint64(le.Uint32(image[hdrInitSize:])), uint64(len(kernel)))
+	if err := mem.Write(load, kernel); err != nil {
+		return Entry{}, fmt.Errorf("load kernel at %#x: %w", load, err)
+	}
+	if _, err := mem.Slice(load, initSize); err != nil {
+		return Entry{}, fmt.Errorf("kernel needs %s from %#x: %w", memmap.FormatSize(initSize), load, err)
+	}
+
+	// The zero page starts as a copy of the image's setup header.
+	zp := make([]byte, zpSize)
+	hdrEnd := 0x202 + int(image[hdrJumpEnd])
+	if hdrEnd > hdrStart+0x80 || hdrEnd > len(image) {
+		return Entry{}, fmt.Errorf("%w: setup header end %#x", ErrKernel, hdrEnd)
+	}
+	copy(zp[hdrStart:hdrEnd], image[hdrStart:hdrEnd])
+	zp[hdrTypeOfLoader] = loaderID
+	zp[hdrLoadFlags] |= loadedHigh | canUseHeap
+	le.PutUint16(zp[hdrHeapEndPtr:], 0xfe00)
+
+	limit := int(le.Uint32(image[hdrCmdlineSize:]))
+	if limit == 0 {
+		limit = 255
+	}
+	if err := writeCmdline(mem, cmdline, min(limit, memmap.CmdlineMax-1)); err != nil {
+		return Entry{}, err
+	}
+	le.PutUint32(zp[hdrCmdLinePtr:], memmap.CmdlineAddr)
+
+	if len(initrd) > 0 {
+		maxAddr := uint64(le.Uint32(image[hdrInitrdMax:]))
+		addr, err := l.InitrdAddr(uint64(len(initrd)), load+initSize, maxAddr+1)
+		if err != nil {
+			return Entry{}, err
+		}
+		if err := mem.Write(addr, initrd); err != nil {
+			return Entry{}, fmt.Errorf("load initrd at %#x: %w", addr, err)
+		}
+		le.PutUint32(zp[hdrRamdiskImage:], uint32(addr))
+		le.PutUint32(zp[hdrRamdiskSize:], uint32(len(initrd)))
+		zp[zpExtRamdiskImg] = byte(addr >> 32)
+		le.PutUint32(zp[zpExtRamdiskSz:], uint32(uint64(len(initrd))>>32))
+	}
+
+	if len(l.E820) > maxE820 {
+		return Entry{}, fmt.Errorf("%d e820 entries, the zero page holds %d", len(l.E820), maxE820)
+	}
+	zp[zpE820Entries] = byte(len(l.E820))
+	for i, e := range l.E820 {
+		off := zpE820Table + i*20
+		le.PutUint64(zp[off:], e.Addr)
+		le.PutUint64(zp[off+8:], e.Size)
+		le.PutUint32(zp[off+16:], uint32(e.Type))
+	}
+	if err := mem.Write(memmap.ZeroPageAddr, zp); err != nil {
+		return Entry{}, fmt.Errorf("write zero page: %w", err)
+	}
+	if err := writePageTables(mem); err != nil {
+		return Entry{}, err
+	}
+	base, limitGDT, err := writeGDT(mem, gdt64)
+	if err != nil {
+		return Entry{}, err
+	}
+	return Entry{Mode: Long64, RIP: load + entry64, RSI: memmap.ZeroPageAddr, RSP: memmap.BootStackTop,
+		CR3: memmap.PML4Addr, GDTBase: base, GDTLimit: limitGDT}, nil
+}
