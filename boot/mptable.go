@@ -92,7 +92,7 @@ func WriteMPTable(mem *guestmem.Memory, cpus int) error {
 	mpf := make([]byte, mpfSize)
 	copy(mpf, "_MP_")
 	le.PutUint32(mpf[4:], memmap.MPTableAddr+mpfSize) // config table right after
-	mpf[8] = 1                                         // length in 16-byte units
+	mpf[8] = 1                                        // length in 16-byte units
 	mpf[9] = 4
 	mpf[10] = checksum(mpf)
 
