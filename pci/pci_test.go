@@ -1,0 +1,183 @@
+package pci_test
+
+import (
+	"encoding/binary"
+	"testing"
+
+	"github.com/popvmm/popvmm/pci"
+)
+
+// fn is a test function: 1af4:1110 with a 4 KiB BAR0 and a 64-bit
+// prefetchable 16 MiB BAR2, and one byte of capability space.
+type fn struct {
+	moved map[int]uint64
+	cap   byte
+}
+
+func (f *fn) Header() pci.Header {
+	return pci.Header{Vendor: 0x1af4, Device: 0x1110, Class: 0x050000, Revision: 1, CapPtr: 0x40, IntPin: 1}
+}
+func (f *fn) BARs() [pci.NumBARs]pci.BAR {
+	return [pci.NumBARs]pci.BAR{
+		0: {Size: 0x1000, Addr: 0xc0000000},
+		2: {Size: 16 << 20, Is64: true, Prefetchable: true, Addr: 0x100_0000_0000},
+	}
+}
+func (f *fn) ConfigRead(off int, data []byte) {
+	if off == 0x40 {
+		data[0] = f.cap
+	}
+}
+func (f *fn) ConfigWrite(off int, data []byte) {
+	if off == 0x40 {
+		f.cap = data[0]
+	}
+}
+func (f *fn) BARMoved(i int, addr uint64) { f.moved[i] = addr }
+
+func cfgAddr(dev, reg int) []byte {
+	return binary.LittleEndian.AppendUint32(nil, 1<<31|uint32(dev)<<11|uint32(reg))
+}
+
+func read32(p *pci.Ports, dev, reg int) uint32 {
+	p.Write(0, cfgAddr(dev, reg))
+	b := make([]byte, 4)
+	p.Read(4, b)
+	return binary.LittleEndian.Uint32(b)
+}
+
+func write32(p *pci.Ports, dev, reg int, v uint32) {
+	p.Write(0, cfgAddr(dev, reg))
+	p.Write(4, binary.LittleEndian.AppendUint32(nil, v))
+}
+
+func TestEnumerate(t *testing.T) {
+	b := pci.NewBus()
+	f := &fn{moved: map[int]uint64{}}
+	d, err := b.Add(f)
+	if err != nil || d != 1 {
+		t.Fatalf("Add = %d, %v", d, err)
+	}
+	p := b.ConfigPorts()
+	if v := read32(p, 0, 0); v != 0x0d578086 {
+		t.Errorf("host bridge id %#x", v)
+	}
+	if v := read32(p, 0, 8) >> 8; v != 0x060000 {
+		t.Errorf("host bridge class %#x", v)
+	}
+	if v := read32(p, 1, 0); v != 0x11101af4 {
+		t.Errorf("device id %#x", v)
+	}
+	if v := read32(p, 1, 8); v != 0x05000001 {
+		t.Errorf("class/revision %#x", v)
+	}
+	if v := read32(p, 5, 0); v != 0xffffffff {
+		t.Errorf("absent device reads %#x, want all ones", v)
+	}
+	p.Write(0, binary.LittleEndian.AppendUint32(nil, 1<<11)) // enable bit clear
+	buf := make([]byte, 4)
+	p.Read(4, buf)
+	if binary.LittleEndian.Uint32(buf) != 0xffffffff {
+		t.Error("config access without the enable bit answered")
+	}
+	// Byte read of the interrupt pin (0x3d) through the data window.
+	p.Write(0, cfgAddr(1, 0x3c))
+	one := make([]byte, 1)
+	p.Read(5, one)
+	if one[0] != 1 {
+		t.Errorf("interrupt pin %d, want INTA#", one[0])
+	}
+	// Status advertises the capability list.
+	if v := read32(p, 1, 4) >> 16; v&0x10 == 0 {
+		t.Errorf("status %#x lacks the capability bit", v)
+	}
+}
+
+func TestBARSizingAndMoving(t *testing.T) {
+	b := pci.NewBus()
+	f := &fn{moved: map[int]uint64{}}
+	b.Add(f)
+	p := b.ConfigPorts()
+	// 32-bit BAR0: size probe, then restore.
+	orig := read32(p, 1, 0x10)
+	if orig != 0xc0000000 {
+		t.Fatalf("BAR0 = %#x", orig)
+	}
+	write32(p, 1, 0x10, 0xffffffff)
+	if v := read32(p, 1, 0x10); v != 0xfffff000 {
+		t.Errorf("BAR0 size mask %#x, want 0xfffff000 (4 KiB)", v)
+	}
+	write32(p, 1, 0x10, orig)
+	if v := read32(p, 1, 0x10); v != orig {
+		t.Errorf("BAR0 after restore %#x", v)
+	}
+	// 64-bit BAR2: flags, size over both halves.
+	lo, hi := read32(p, 1, 0x18), read32(p, 1, 0x1c)
+	if lo != 0x0c || hi != 0x100 {
+		t.Fatalf("BAR2 = %#x:%#x, want 0x100:0x0000000c", hi, lo)
+	}
+	write32(p, 1, 0x18, 0xffffffff)
+	write32(p, 1, 0x1c, 0xffffffff)
+	if l, h := read32(p, 1, 0x18), read32(p, 1, 0x1c); l != 0xff00000c || h != 0xffffffff {
+		t.Errorf("BAR2 size mask %#x:%#x, want 16 MiB", h, l)
+	}
+	// The guest moves BAR2.
+	write32(p, 1, 0x18, 0x0000000c)
+	write32(p, 1, 0x1c, 0x200)
+	if got := f.moved[2]; got != 0x200_0000_0000 {
+		t.Errorf("BARMoved(2) = %#x", got)
+	}
+	if bars := b.BARs(1); bars[2].Addr != 0x200_0000_0000 {
+		t.Errorf("BARs()[2] = %#x", bars[2].Addr)
+	}
+	// An unaligned address keeps the BAR aligned.
+	write32(p, 1, 0x10, 0xc0000123)
+	if v := read32(p, 1, 0x10); v != 0xc0000000 {
+		t.Errorf("unaligned BAR write read back %#x", v)
+	}
+}
+
+func TestCommandAndCapabilities(t *testing.T) {
+	b := pci.NewBus()
+	f := &fn{moved: map[int]uint64{}}
+	b.Add(f)
+	p := b.ConfigPorts()
+	p.Write(0, cfgAddr(1, 4))
+	p.Write(4, []byte{0x06, 0x00}) // memory decode + bus master, 16-bit write
+	if c := b.Command(1); c != 0x06 {
+		t.Errorf("command %#x", c)
+	}
+	p.Write(5, []byte{0x04}) // INTx disable (bit 10), byte write to the high half
+	if c := b.Command(1); c != 0x0406 {
+		t.Errorf("command after byte write %#x", c)
+	}
+	write32(p, 1, 0x40, 0xaa)
+	if f.cap != 0xaa || read32(p, 1, 0x40)&0xff != 0xaa {
+		t.Errorf("capability byte %#x", f.cap)
+	}
+}
+
+// FuzzPorts: any sequence of accesses to 0xCF8-0xCFF is safe and never
+// changes the host bridge's identity.
+func FuzzPorts(f *testing.F) {
+	f.Add([]byte{0, 0, 0x80, 0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff, 1})
+	f.Fuzz(func(t *testing.T, ops []byte) {
+		b := pci.NewBus()
+		b.Add(&fn{moved: map[int]uint64{}})
+		p := b.ConfigPorts()
+		for len(ops) >= 6 {
+			off := uint64(ops[0] % 8)
+			size := []int{1, 2, 4}[ops[1]%3]
+			data := append([]byte(nil), ops[2:6][:size]...)
+			if ops[1]&0x80 != 0 {
+				p.Read(off, data)
+			} else {
+				p.Write(off, data)
+			}
+			ops = ops[6:]
+		}
+		if v := read32(p, 0, 0); v != 0x0d578086 {
+			t.Fatalf("host bridge id became %#x", v)
+		}
+	})
+}
