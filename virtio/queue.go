@@ -1,0 +1,251 @@
+// Package virtio walks virtio 1.x split virtqueues in guest memory for
+// device models (virtio-net first). Every descriptor is validated before it
+// is used — index, chain length, loops, ordering of readable before
+// writable buffers, indirect tables, and guest addresses through guestmem —
+// and any violation is an error that marks the queue broken: a guest's
+// garbage costs it its device, never popvmm a panic.
+package virtio
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/popvmm/popvmm/guestmem"
+)
+
+// Descriptor flags.
+const (
+	DescNext     = 1
+	DescWrite    = 2
+	DescIndirect = 4
+)
+
+const (
+	descSize = 16
+	// MaxQueueSize is the largest split queue (virtio 1.x 2.7).
+	MaxQueueSize = 32768
+	// maxIndirect bounds an indirect table.
+	maxIndirect = 1024
+	// availFlagNoInterrupt is VRING_AVAIL_F_NO_INTERRUPT.
+	availFlagNoInterrupt = 1
+)
+
+// ErrBroken is wrapped by every error that breaks a queue.
+var ErrBroken = errors.New("virtqueue broken")
+
+// Buf is one guest buffer of a chain.
+type Buf struct {
+	Addr uint64
+	Len  uint32
+}
+
+// Chain is one request: readable buffers (driver → device) then writable
+// ones (device → driver).
+type Chain struct {
+	Head     uint16
+	Readable []Buf
+	Writable []Buf
+}
+
+// Queue is one split virtqueue as configured by the driver.
+type Queue struct {
+	Mem      *guestmem.Memory
+	Size     uint16 // a power of two
+	Desc     uint64 // descriptor table
+	Avail    uint64 // driver (available) ring
+	Used     uint64 // device (used) ring
+	EventIdx bool   // VIRTIO_F_EVENT_IDX negotiated
+
+	lastAvail uint16
+	usedIdx   uint16
+	broken    error
+}
+
+// Validate checks the queue's configuration; call it when the driver sets
+// the queue ready.
+func (q *Queue) Validate() error {
+	if q.Size == 0 || q.Size > MaxQueueSize || q.Size&(q.Size-1) != 0 {
+		return q.fail(fmt.Errorf("queue size %d is not a power of two up to %d", q.Size, MaxQueueSize))
+	}
+	n := uint64(q.Size)
+	for _, r := range []struct {
+		name      string
+		addr, len uint64
+		align     uint64
+	}{
+		{"descriptor table", q.Desc, n * descSize, 16},
+		{"available ring", q.Avail, 6 + 2*n, 2},
+		{"used ring", q.Used, 6 + 8*n, 4},
+	} {
+		if r.addr%r.align != 0 {
+			return q.fail(fmt.Errorf("%s at %#x not %d-byte aligned", r.name, r.addr, r.align))
+		}
+		if _, err := q.Mem.Slice(r.addr, r.len); err != nil {
+			return q.fail(fmt.Errorf("%s: %w", r.name, err))
+		}
+	}
+	return nil
+}
+
+func (q *Queue) fail(err error) error {
+	if q.broken == nil {
+		q.broken = fmt.Errorf("%w: %w", ErrBroken, err)
+	}
+	return q.broken
+}
+
+// Broken returns the error that broke the queue, or nil.
+func (q *Queue) Broken() error { return q.broken }
+
+// Pop returns the next available chain, or ok false when there is none.
+func (q *Queue) Pop() (c Chain, ok bool, err error) {
+	if q.broken != nil {
+		return Chain{}, false, q.broken
+	}
+	idx, err := q.Mem.ReadU16(q.Avail + 2)
+	if err != nil {
+		return Chain{}, false, q.fail(err)
+	}
+	pending := idx - q.lastAvail
+	if pending == 0 {
+		return Chain{}, false, nil
+	}
+	if pending > q.Size {
+		return Chain{}, false, q.fail(fmt.Errorf("available index %d is %d ahead of %d, more than the queue's %d", idx, pending, q.lastAvail, q.Size))
+	}
+	head, err := q.Mem.ReadU16(q.Avail + 4 + 2*uint64(q.lastAvail%q.Size))
+	if err != nil {
+		return Chain{}, false, q.fail(err)
+	}
+	c, err = q.walk(head)
+	if err != nil {
+		return Chain{}, false, q.fail(err)
+	}
+	q.lastAvail++
+	if q.EventIdx {
+		// avail_event: ask to be notified at the next new buffer.
+		if err := q.Mem.WriteU16(q.Used+4+8*uint64(q.Size), q.lastAvail); err != nil {
+			return Chain{}, false, q.fail(err)
+		}
+	}
+	return c, true, nil
+}
+
+type desc struct {
+	addr  uint64
+	len   uint32
+	flags uint16
+	next  uint16
+}
+
+func (q *Queue) readDesc(table uint64, i uint16) (desc, error) {
+	b := make([]byte, descSize)
+	if err := q.Mem.Read(table+uint64(i)*descSize, b); err != nil {
+		return desc{}, err
+	}
+	return desc{
+		addr:  uint64(b[0]) | uint64(b[1])<<8 | uint64(b[2])<<16 | uint64(b[3])<<24 | uint64(b[4])<<32 | uint64(b[5])<<40 | uint64(b[6])<<48 | uint64(b[7])<<56,
+		len:   uint32(b[8]) | uint32(b[9])<<8 | uint32(b[10])<<16 | uint32(b[11])<<24,
+		flags: uint16(b[12]) | uint16(b[13])<<8,
+		next:  uint16(b[14]) | uint16(b[15])<<8,
+	}, nil
+}
+
+// walk follows the chain at head, through at most one indirect table
+// (which must be the chain's only descriptor).
+func (q *Queue) walk(head uint16) (Chain, error) {
+	if head >= q.Size {
+		return Chain{}, fmt.Errorf("head descriptor %d beyond the queue's %d", head, q.Size)
+	}
+	return q.walkFrom(q.Desc, uint32(q.Size), head, head, false)
+}
+
+// walkTable walks a whole indirect table from its descriptor 0.
+func (q *Queue) walkTable(table uint64, size uint32, head uint16) (Chain, error) {
+	return q.walkFrom(table, size, 0, head, true)
+}
+
+func (q *Queue) walkFrom(table uint64, size uint32, i, head uint16, indirect bool) (Chain, error) {
+	c := Chain{Head: head}
+	for n := uint32(0); ; n++ {
+		if n >= size {
+			return Chain{}, fmt.Errorf("descriptor chain from %d longer than its table (a loop)", head)
+		}
+		d, err := q.readDesc(table, i)
+		if err != nil {
+			return Chain{}, err
+		}
+		if d.flags&DescIndirect != 0 {
+			if indirect {
+				return Chain{}, errors.New("nested indirect descriptor table")
+			}
+			if d.flags&DescNext != 0 || n != 0 {
+				return Chain{}, errors.New("indirect descriptor inside a chain")
+			}
+			if d.len == 0 || d.len%descSize != 0 || d.len/descSize > maxIndirect {
+				return Chain{}, fmt.Errorf("indirect table of %d bytes", d.len)
+			}
+			if _, err := q.Mem.Slice(d.addr, uint64(d.len)); err != nil {
+				return Chain{}, fmt.Errorf("indirect table: %w", err)
+			}
+			return q.walkTable(d.addr, d.len/descSize, head)
+		}
+		if _, err := q.Mem.Slice(d.addr, uint64(d.len)); err != nil {
+			return Chain{}, fmt.Errorf("descriptor %d buffer: %w", i, err)
+		}
+		b := Buf{Addr: d.addr, Len: d.len}
+		if d.flags&DescWrite != 0 {
+			c.Writable = append(c.Writable, b)
+		} else {
+			if len(c.Writable) > 0 {
+				return Chain{}, errors.New("readable buffer after a writable one")
+			}
+			c.Readable = append(c.Readable, b)
+		}
+		if d.flags&DescNext == 0 {
+			return c, nil
+		}
+		if uint32(d.next) >= size {
+			return Chain{}, fmt.Errorf("next descriptor %d beyond its table's %d", d.next, size)
+		}
+		i = d.next
+	}
+}
+
+// Push returns chain head to the driver with written bytes used, and
+// reports whether the driver wants an interrupt for it.
+func (q *Queue) Push(head uint16, written uint32) (notify bool, err error) {
+	if q.broken != nil {
+		return false, q.broken
+	}
+	old := q.usedIdx
+	slot := q.Used + 4 + 8*uint64(q.usedIdx%q.Size)
+	if err := q.Mem.WriteU32(slot, uint32(head)); err != nil {
+		return false, q.fail(err)
+	}
+	if err := q.Mem.WriteU32(slot+4, written); err != nil {
+		return false, q.fail(err)
+	}
+	q.usedIdx++
+	if err := q.Mem.WriteU16(q.Used+2, q.usedIdx); err != nil { // publish (the VMM orders stores)
+		return false, q.fail(err)
+	}
+	return q.needNotify(old)
+}
+
+// needNotify applies the driver's interrupt suppression: used_event with
+// EVENT_IDX (vring_need_event), the NO_INTERRUPT flag without.
+func (q *Queue) needNotify(old uint16) (bool, error) {
+	if q.EventIdx {
+		ev, err := q.Mem.ReadU16(q.Avail + 4 + 2*uint64(q.Size))
+		if err != nil {
+			return false, q.fail(err)
+		}
+		return q.usedIdx-ev-1 < q.usedIdx-old, nil
+	}
+	flags, err := q.Mem.ReadU16(q.Avail)
+	if err != nil {
+		return false, q.fail(err)
+	}
+	return flags&availFlagNoInterrupt == 0, nil
+}
