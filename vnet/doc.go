@@ -1,8 +1,12 @@
-// Package vnet will give every kernel a virtio-net device backed by a tap on
+// Package vnet gives every kernel a virtio-net device backed by a tap on
 // the cluster's Linux bridge, managed with github.com/vishvananda/netlink,
 // so the host and every kernel share one subnet and `popvmm ssh` reaches any
 // kernel.
 //
-// Not built yet: cluster.toml's [cluster.network] and per-kernel ip/mac are
-// parsed, checked and shown by `popvmm validate` and `popvmm status`.
+// Built so far: the host side — EnsureBridge (idempotent, checks that an
+// existing link of that name is a bridge, host address, up), non-persistent
+// taps with virtio-net headers attached to it (gone when their file closes,
+// so a killed popvmm leaves none), RemoveLink for a stale bridge. The
+// virtio-net device model (on packages virtio and pci) and the wiring into
+// `popvmm up` land with the VMM.
 package vnet
