@@ -6,6 +6,7 @@
 package bus
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -61,15 +62,7 @@ func (b *Bus) Insert(dev Device, name string, base, size uint64) error {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	i, _ := slices.BinarySearchFunc(b.entries, base, func(e entry, t uint64) int {
-		switch {
-		case e.base < t:
-			return -1
-		case e.base > t:
-			return 1
-		}
-		return 0
-	})
+	i, _ := slices.BinarySearchFunc(b.entries, base, func(e entry, t uint64) int { return cmp.Compare(e.base, t) })
 	if i > 0 && b.entries[i-1].base+b.entries[i-1].size > base {
 		p := b.entries[i-1]
 		return fmt.Errorf("%s bus: %s at %#x size %#x %w (%s at %#x size %#x)", b.name, name, base, size, ErrOverlap, p.name, p.base, p.size)

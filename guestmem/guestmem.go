@@ -6,6 +6,7 @@
 package guestmem
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -36,15 +37,7 @@ type Memory struct {
 // New makes a Memory from regions, which must not overlap or wrap.
 func New(regions ...Region) (*Memory, error) {
 	rs := slices.Clone(regions)
-	slices.SortFunc(rs, func(a, b Region) int {
-		switch {
-		case a.GPA < b.GPA:
-			return -1
-		case a.GPA > b.GPA:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(rs, func(a, b Region) int { return cmp.Compare(a.GPA, b.GPA) })
 	for i, r := range rs {
 		if len(r.Mem) == 0 || r.end() < r.GPA {
 			return nil, fmt.Errorf("region at %#x: empty or wrapping", r.GPA)

@@ -1,6 +1,7 @@
 package memmap
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 )
@@ -56,15 +57,7 @@ func (l *Layout) e820() []E820Entry {
 	for _, p := range l.Passthrough {
 		t = append(t, E820Entry{p.Start, p.Size, E820Reserved})
 	}
-	slices.SortFunc(t, func(a, b E820Entry) int {
-		switch {
-		case a.Addr < b.Addr:
-			return -1
-		case a.Addr > b.Addr:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(t, func(a, b E820Entry) int { return cmp.Compare(a.Addr, b.Addr) })
 	return t
 }
 

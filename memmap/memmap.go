@@ -8,6 +8,7 @@
 package memmap
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"slices"
@@ -309,15 +310,7 @@ func (l *Layout) Regions() []Region {
 	} else {
 		rs = append(rs, Region{Kind: KindPCI64, Name: "pci64", Range: l.PCI64})
 	}
-	slices.SortStableFunc(rs, func(a, b Region) int {
-		switch {
-		case a.Start < b.Start:
-			return -1
-		case a.Start > b.Start:
-			return 1
-		}
-		return 0
-	})
+	slices.SortStableFunc(rs, func(a, b Region) int { return cmp.Compare(a.Start, b.Start) })
 	return rs
 }
 
