@@ -5,6 +5,9 @@
 // and the port-I/O/MMIO bus devices attach to. It never imports a device
 // package; the supervisor wires them together.
 //
-// Not built yet: it lands with the VMM-core issue. Until then the
-// supervisor plans kernels and keeps them in state "defined".
+// Built so far: exit decoding and dispatch (HandleExit, a pure function of
+// the kvm_run page and the buses, tested with fabricated exits). The KVM
+// handles, memory slots, vCPU threads and run loop need /dev/kvm and land
+// with the VMM-core issue; until then the supervisor plans kernels and keeps
+// them in state "defined".
 package vmm
