@@ -190,16 +190,16 @@ func ttyClient(local, name string, stdin *os.File, stdout io.Writer) error {
 		defer term.Restore(int(stdin.Fd()), old)
 	}
 	go func() {
+		in := &agent.DetachReader{R: stdin}
 		buf := make([]byte, 1024)
 		for {
-			n, err := stdin.Read(buf)
-			if i := strings.IndexByte(string(buf[:n]), 0x1d); i >= 0 { // Ctrl-]
-				conn.Write(buf[:i])
-				conn.Close()
-				return
-			}
+			n, err := in.Read(buf)
 			if n > 0 {
 				conn.Write(buf[:n])
+			}
+			if errors.Is(err, agent.ErrDetached) {
+				conn.Close()
+				return
 			}
 			if err != nil {
 				conn.(*net.UnixConn).CloseWrite()

@@ -17,9 +17,6 @@ import (
 	"github.com/popvmm/popvmm/supervisor"
 )
 
-// detachKey ends a tty session from the user's side (Ctrl-]).
-const detachKey = 0x1d
-
 // tty joins the cluster's window as its own host peer and opens a shell on
 // the peer called name.
 func (c *cli) tty(ctx context.Context, st *supervisor.Status, name string, stdin *os.File) error {
@@ -56,7 +53,7 @@ func (c *cli) tty(ctx context.Context, st *supervisor.Status, name string, stdin
 		}
 		defer term.Restore(int(stdin.Fd()), old)
 		fmt.Fprintf(c.stderr, "popvmm: shell of %s (peer %d) over the window; Ctrl-] detaches\r\n", name, peer)
-		in = &detachReader{r: stdin}
+		in = &agent.DetachReader{R: stdin}
 	}
 	sctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM)
 	defer stop()
@@ -64,24 +61,4 @@ func (c *cli) tty(ctx context.Context, st *supervisor.Status, name string, stdin
 		return fmt.Errorf("tty %s: %w", name, err)
 	}
 	return nil
-}
-
-// detachReader ends at the detach key.
-type detachReader struct {
-	r    io.Reader
-	done bool
-}
-
-func (d *detachReader) Read(p []byte) (int, error) {
-	if d.done {
-		return 0, agent.ErrDetached
-	}
-	n, err := d.r.Read(p)
-	for i := range n {
-		if p[i] == detachKey {
-			d.done = true
-			return i, nil
-		}
-	}
-	return n, err
 }

@@ -99,10 +99,19 @@ func Serve(node *msg.Node, name, procRoot string) {
 }
 
 // reply sends, retrying briefly on a full ring (the requester is draining).
+// It runs in the receive loop, so it gives up after 100 ms.
 func reply(node *msg.Node, to int, svc uint8, p []byte) {
-	for range 1000 {
-		if err := node.Send(to, svc, p); !errors.Is(err, msg.ErrRingFull) {
-			return
+	sendWithin(node, to, svc, p, 100*time.Millisecond)
+}
+
+// sendWithin sends p, retrying while the destination ring is full, for at
+// most d.
+func sendWithin(node *msg.Node, to int, svc uint8, p []byte, d time.Duration) error {
+	deadline := time.Now().Add(d)
+	for {
+		err := node.Send(to, svc, p)
+		if !errors.Is(err, msg.ErrRingFull) || time.Now().After(deadline) {
+			return err
 		}
 		time.Sleep(100 * time.Microsecond)
 	}

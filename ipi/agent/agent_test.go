@@ -3,6 +3,7 @@ package agent_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
@@ -138,4 +139,16 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+func TestDetachReader(t *testing.T) {
+	d := &agent.DetachReader{R: strings.NewReader("ls\x1dafter")}
+	b := make([]byte, 16)
+	n, err := d.Read(b)
+	if err != nil || string(b[:n]) != "ls" {
+		t.Fatalf("Read = %q, %v; want what precedes Ctrl-]", b[:n], err)
+	}
+	if _, err := d.Read(b); !errors.Is(err, agent.ErrDetached) {
+		t.Errorf("Read after Ctrl-] = %v, want ErrDetached", err)
+	}
 }

@@ -148,14 +148,31 @@ func (s *ttyServer) pump(id uint32, sess *ttySession, sid [4]byte) {
 // sendAll sends, waiting out a full ring (the reader is slower than the
 // shell) for up to ten seconds.
 func sendAll(node *msg.Node, to int, svc uint8, p []byte) error {
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		err := node.Send(to, svc, p)
-		if !errors.Is(err, msg.ErrRingFull) || time.Now().After(deadline) {
-			return err
-		}
-		time.Sleep(200 * time.Microsecond)
+	return sendWithin(node, to, svc, p, 10*time.Second)
+}
+
+// DetachKey (Ctrl-]) ends a TTY session from the user's side.
+const DetachKey = 0x1d
+
+// DetachReader reads r until the detach key, after which it returns
+// ErrDetached (what is before the key is still delivered).
+type DetachReader struct {
+	R    io.Reader
+	done bool
+}
+
+func (d *DetachReader) Read(p []byte) (int, error) {
+	if d.done {
+		return 0, ErrDetached
 	}
+	n, err := d.R.Read(p)
+	for i := range n {
+		if p[i] == DetachKey {
+			d.done = true
+			return i, nil
+		}
+	}
+	return n, err
 }
 
 // TTYClient opens shells on other peers from one node; any number of
