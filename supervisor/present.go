@@ -30,8 +30,8 @@ func WriteStatus(w io.Writer, st *Status, now time.Time) error {
 func WriteWindowStat(w io.Writer, st *WindowStat) error {
 	fmt.Fprintf(w, "window %s\n", st.Socket)
 	n := st.Node
-	fmt.Fprintf(w, "popvmm node: sent %d, received %d, doorbells rung %d, saved %d, wake-ups %d, ring full %d, protocol errors %d\n\n",
-		n.Sent, n.Received, n.DoorbellsRung, n.DoorbellsSaved, n.Wakeups, n.RingFull, n.ProtocolErrors)
+	fmt.Fprintf(w, "popvmm node: sent %d, received %d, doorbells rung %d, saved %d, failed %d, wake-ups %d, ring full %d, protocol errors %d\n\n",
+		n.Sent, n.Received, n.DoorbellsRung, n.DoorbellsSaved, n.DoorbellErrors, n.Wakeups, n.RingFull, n.ProtocolErrors)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "PEER\tNAME\tSTATE\tGENERATION\tHEARTBEAT\tSENT\tRECEIVED")
 	for _, p := range st.Peers {

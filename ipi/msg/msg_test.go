@@ -422,3 +422,32 @@ func TestRejoinKeepsNewMessages(t *testing.T) {
 		t.Errorf("new incarnation of b received %d old messages", n)
 	}
 }
+
+// brokenBell cannot ring anyone.
+type brokenBell struct{ bell }
+
+func (brokenBell) Ring(int) error { return errors.New("no eventfd for that peer yet") }
+
+// TestDoorbellFailureDelivers: a send whose doorbell fails is still a
+// delivered message: no error, a counter, and the receiver finds it at its
+// next heartbeat.
+func TestDoorbellFailureDelivers(t *testing.T) {
+	mem := make([]byte, 4<<20)
+	msg.Format(mem, 2)
+	bells := newBells(2)
+	a, _ := msg.Join(mem, 0, "a", brokenBell{bell{bells, 0}}, msg.Options{})
+	b, _ := msg.Join(mem, 1, "b", bell{bells, 1}, msg.Options{Heartbeat: 20 * time.Millisecond})
+	c := newCollector()
+	b.Register(1, c.handle)
+	run(t, b)
+	waitArmed(t, b)
+	if err := a.Send(1, 1, []byte("late doorbell")); err != nil {
+		t.Fatalf("Send with a failing doorbell = %v, want nil (the message is published)", err)
+	}
+	if got := c.wait(t, 1); string(got[0]) != "late doorbell" {
+		t.Errorf("got %q", got[0])
+	}
+	if s := a.Stats(); s.DoorbellErrors != 1 {
+		t.Errorf("DoorbellErrors = %d, want 1", s.DoorbellErrors)
+	}
+}
