@@ -51,7 +51,7 @@ test-images: images
 
 ## fuzz: run every fuzz target for FUZZTIME each (default 60s)
 fuzz:
-	@for t in memmap:FuzzNew cluster:FuzzParseCheck cluster:FuzzParseSize cluster:FuzzParseCPUList initramfs:FuzzArchivePaths ipi/msg:FuzzReceiveGarbage bus:FuzzBus guestmem:FuzzAccess vtty:FuzzUART boot:FuzzLoad pci:FuzzPorts virtio:FuzzQueue vmm:FuzzHandleExit; do \
+	@for t in memmap:FuzzNew cluster:FuzzParseCheck cluster:FuzzParseSize cluster:FuzzParseCPUList initramfs:FuzzArchivePaths ipi/msg:FuzzReceiveGarbage vmm/bus:FuzzBus vmm/guestmem:FuzzAccess vtty:FuzzUART vmm/boot:FuzzLoad vmm/pci:FuzzPorts vmm/virtio:FuzzQueue vmm:FuzzHandleExit; do \
 	  pkg=$${t%%:*}; fn=$${t#*:}; \
 	  echo "==> fuzzing $$pkg $$fn for $(FUZZTIME)"; \
 	  $(GO) test ./$$pkg -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 10s || exit 1; \

@@ -4,7 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 
-	"github.com/popvmm/popvmm/bus"
+	"github.com/popvmm/popvmm/vmm/bus"
 )
 
 // Offsets into struct kvm_run (include/uapi/linux/kvm.h, x86-64): the

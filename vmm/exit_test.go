@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/popvmm/popvmm/bus"
+	"github.com/popvmm/popvmm/vmm/bus"
 	"github.com/popvmm/popvmm/vmm"
 )
 

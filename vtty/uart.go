@@ -4,7 +4,7 @@ import (
 	"io"
 	"sync"
 
-	"github.com/popvmm/popvmm/bus"
+	"github.com/popvmm/popvmm/vmm/bus"
 )
 
 // 16550A register offsets and bits (National Semiconductor PC16550D data

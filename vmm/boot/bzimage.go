@@ -4,7 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 
-	"github.com/popvmm/popvmm/guestmem"
+	"github.com/popvmm/popvmm/vmm/guestmem"
 	"github.com/popvmm/popvmm/memmap"
 )
 

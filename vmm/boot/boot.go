@@ -12,7 +12,7 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/popvmm/popvmm/guestmem"
+	"github.com/popvmm/popvmm/vmm/guestmem"
 	"github.com/popvmm/popvmm/memmap"
 )
 

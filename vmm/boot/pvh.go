@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/popvmm/popvmm/guestmem"
+	"github.com/popvmm/popvmm/vmm/guestmem"
 	"github.com/popvmm/popvmm/internal/pvhnote"
 	"github.com/popvmm/popvmm/memmap"
 )

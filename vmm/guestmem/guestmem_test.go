@@ -4,7 +4,7 @@ import (
 	"errors"
 	"testing"
 
-	"github.com/popvmm/popvmm/guestmem"
+	"github.com/popvmm/popvmm/vmm/guestmem"
 )
 
 func mem(t testing.TB) *guestmem.Memory {

@@ -4,7 +4,7 @@ import (
 	"encoding/binary"
 	"testing"
 
-	"github.com/popvmm/popvmm/pci"
+	"github.com/popvmm/popvmm/vmm/pci"
 )
 
 // fn is a test function: 1af4:1110 with a 4 KiB BAR0 and a 64-bit

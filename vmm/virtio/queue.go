@@ -10,7 +10,7 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/popvmm/popvmm/guestmem"
+	"github.com/popvmm/popvmm/vmm/guestmem"
 )
 
 // Descriptor flags.

@@ -6,7 +6,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/popvmm/popvmm/bus"
+	"github.com/popvmm/popvmm/vmm/bus"
 )
 
 // regs is a device with 16 byte-wide registers that records accesses.

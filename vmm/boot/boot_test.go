@@ -8,8 +8,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/popvmm/popvmm/boot"
-	"github.com/popvmm/popvmm/guestmem"
+	"github.com/popvmm/popvmm/vmm/boot"
+	"github.com/popvmm/popvmm/vmm/guestmem"
 	"github.com/popvmm/popvmm/internal/testkernel"
 	"github.com/popvmm/popvmm/memmap"
 )

@@ -4,8 +4,8 @@ import (
 	"errors"
 	"testing"
 
-	"github.com/popvmm/popvmm/guestmem"
-	"github.com/popvmm/popvmm/virtio"
+	"github.com/popvmm/popvmm/vmm/guestmem"
+	"github.com/popvmm/popvmm/vmm/virtio"
 )
 
 // Guest memory layout for the tests: 64 KiB of RAM with the queue's
