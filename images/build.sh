@@ -11,16 +11,15 @@ initramfs_pkgs=(busybox-static dropbear-bin libc6 libcrypt1 zlib1g libtomcrypt1 
 
 build_initramfs() {
   "$here/fetch.sh" "${initramfs_pkgs[@]}"
-  # The guest agent goes into the full flavour: a static, reproducible build.
+  # The guest agent goes into every flavour: a static, reproducible build.
   agent="$here/build/popagent"
   (cd "$top" && CGO_ENABLED=0 go build -trimpath -buildvcs=false -ldflags=-s -o "$agent" ./cmd/popagent)
   for f in "${flavours[@]}"; do
     out="$here/out/$f"
-    agent_flag=()
-    [ "$f" = full ] && agent_flag=(-agent "$agent")
+    agent_flag=(-agent "$agent")
     key=$( { for p in "${initramfs_pkgs[@]}"; do grep "^$p " "$here/packages.lock"; done
              cat "$here"/initramfs/* "$here"/mkinitramfs/*.go "$top"/initramfs/*.go "$top/go.sum"; echo "$f"
-             if [ "$f" = full ]; then cat "$agent"; fi; } | sha256sum | cut -d" " -f1)
+             cat "$agent"; } | sha256sum | cut -d" " -f1)
     if [ -f "$out/.initramfs-key" ] && [ "$(cat "$out/.initramfs-key")" = "$key" ] && [ -f "$out/initramfs.cpio" ]; then
       echo "==> $f initramfs is up to date"
       continue

@@ -2,10 +2,12 @@
 # fetch.sh NAME... — download the pinned .deb of each NAME listed in
 # images/packages.lock into images/build/debs, verify its sha256, and unpack
 # it into images/build/debs/NAME/. A verified, unpacked package is not
-# fetched again.
+# fetched again. Downloaded packages are kept in the cache outside the work
+# tree (images/cache.sh), so every clone on the machine downloads them once.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 debs="$here/build/debs"
+. "$here/cache.sh"
 mkdir -p "$debs"
 for name in "$@"; do
   line=$(awk -v n="$name" '$1 == n {print; exit}' "$here/packages.lock")
@@ -15,6 +17,10 @@ for name in "$@"; do
   stamp="$debs/$name/.sha256"
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$sha" ]; then
     continue
+  fi
+  cached="$POPVMM_CACHE/debs/$(basename "$deb")"
+  if [ ! -f "$deb" ] && [ -f "$cached" ]; then
+    cp "$cached" "$deb"
   fi
   if [ ! -f "$deb" ] || ! echo "$sha  $deb" | sha256sum -c --status; then
     if ! apt-cache show "$name=$version" >/dev/null 2>&1 && [ -z "${updated:-}" ]; then
@@ -29,6 +35,7 @@ for name in "$@"; do
     }
     got=$(ls "$debs"/"${name}"_*.deb | head -1)
     [ "$got" = "$deb" ] || mv "$got" "$deb"
+    mkdir -p "$POPVMM_CACHE/debs" && cp "$deb" "$cached.tmp" && mv "$cached.tmp" "$cached"
   fi
   if ! echo "$sha  $deb" | sha256sum -c --status; then
     echo "fetch: $deb: sha256 $(sha256sum "$deb" | cut -d' ' -f1), want $sha (images/packages.lock)" >&2

@@ -1,6 +1,6 @@
 // Command mkinitramfs builds a popvmm flavour's initramfs from unpacked
 // Debian packages (see images/fetch.sh): busybox from busybox-static for
-// both flavours, and for the full flavour dropbear from dropbear-bin with
+// both flavours, and for both flavours dropbear from dropbear-bin with
 // the shared libraries it needs, taken from the pinned library packages (not
 // from the host). The output is reproducible: the same inputs give the same
 // bytes.
@@ -30,7 +30,7 @@ func main() {
 	flavour := flag.String("flavour", "full", "full or light")
 	debs := flag.String("debs", "images/build/debs", "directory of unpacked packages, one subdirectory each")
 	src := flag.String("src", "images/initramfs", "directory with init, passwd, group, 50-popagent")
-	agent := flag.String("agent", "", "popagent binary to include (full flavour), started from /etc/popvmm/init.d")
+	agent := flag.String("agent", "", "popagent binary to include, started from /etc/popvmm/init.d")
 	out := flag.String("o", "", "output file")
 	list := flag.String("list", "", "print the contents of this archive and exit")
 	flag.Parse()
@@ -79,7 +79,7 @@ func build(flavour, debs, src, agent, out string) error {
 	if err := addBusybox(a, filepath.Join(debs, "busybox-static", "bin", "busybox")); err != nil {
 		return err
 	}
-	if flavour == "full" {
+	{ // dropbear in every flavour: Popcorn's secondaries are reached by ssh
 		var roots []string
 		for _, p := range append([]string{"dropbear-bin"}, libPackages...) {
 			roots = append(roots, filepath.Join(debs, p))
