@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -17,33 +18,180 @@ type Bridge struct {
 	link netlink.Link
 }
 
-// EnsureBridge creates the bridge name if it does not exist (tolerating a
-// concurrent creation), checks that what exists under that name really is a
-// bridge, gives it hostAddr (replacing what it had) and brings it up.
+// DefaultMTU is the bridge's MTU when its config names none: Ethernet's,
+// which is also what a new tap gets.
+const DefaultMTU = 1500
+
+// BridgeConfig is the state EnsureBridge converges a bridge to: whatever
+// the bridge had before (a killed popvmm's run with another subnet, a hand
+// edit) is replaced, not added to.
+type BridgeConfig struct {
+	Name string
+	// Addrs are the bridge's addresses, exactly: every other IPv4 address
+	// and every other IPv6 address but the kernel's own link-local ones is
+	// removed.
+	Addrs []netip.Prefix
+	// MTU is the bridge's MTU; 0 means DefaultMTU.
+	MTU int
+}
+
+// EnsureBridge converges the bridge name to one host address, hostAddr,
+// the default MTU and up: see BridgeConfig.Ensure.
 func EnsureBridge(name string, hostAddr netip.Prefix) (*Bridge, error) {
-	link, err := netlink.LinkByName(name)
+	return BridgeConfig{Name: name, Addrs: []netip.Prefix{hostAddr}}.Ensure()
+}
+
+// Ensure creates the bridge if it does not exist (tolerating a concurrent
+// creation), checks that what exists under that name really is a bridge,
+// and brings it to the config: exactly its addresses (stale ones removed,
+// and an address with another prefix length counts as stale), its MTU, up.
+// It then reads the bridge back and fails if it is not so.
+func (c BridgeConfig) Ensure() (b *Bridge, err error) {
+	if err := CheckLinkName(c.Name); err != nil {
+		return nil, fmt.Errorf("bridge: %w", err)
+	}
+	want, err := c.addrs()
+	if err != nil {
+		return nil, err
+	}
+	mtu := c.MTU
+	if mtu == 0 {
+		mtu = DefaultMTU
+	}
+	if mtu < 68 || mtu > 65535 {
+		return nil, fmt.Errorf("bridge %s: MTU %d is outside 68-65535", c.Name, c.MTU)
+	}
+
+	link, err := netlink.LinkByName(c.Name)
 	if errors.As(err, &netlink.LinkNotFoundError{}) {
-		err = netlink.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name}})
-		if err != nil && !errors.Is(err, unix.EEXIST) {
-			return nil, fmt.Errorf("create bridge %s: %w", name, err)
+		err = netlink.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: c.Name}})
+		switch {
+		case err == nil:
+			// A bridge this call made is gone again if the call fails.
+			defer func() {
+				if b == nil {
+					RemoveLink(c.Name)
+				}
+			}()
+		case !errors.Is(err, unix.EEXIST):
+			return nil, fmt.Errorf("create bridge %s: %w", c.Name, err)
 		}
-		link, err = netlink.LinkByName(name)
+		link, err = netlink.LinkByName(c.Name)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("bridge %s: %w", name, err)
+		return nil, fmt.Errorf("bridge %s: %w", c.Name, err)
+	}
+	if n := link.Attrs().Name; n != c.Name {
+		return nil, fmt.Errorf("bridge %s: that is an alternative name of the %s link %s", c.Name, link.Type(), n)
 	}
 	if _, ok := link.(*netlink.Bridge); !ok {
-		return nil, fmt.Errorf("bridge %s: a %s link of that name exists and is not a bridge", name, link.Type())
+		return nil, fmt.Errorf("bridge %s: a %s link of that name exists and is not a bridge", c.Name, link.Type())
 	}
-	b := &Bridge{Name: name, link: link}
-	addr := &netlink.Addr{IPNet: prefixToIPNet(hostAddr)}
-	if err := netlink.AddrReplace(link, addr); err != nil {
-		return nil, fmt.Errorf("bridge %s: address %s: %w", name, hostAddr, err)
+
+	// Stale addresses go first: deleting an IPv4 primary address deletes
+	// the secondaries of its subnet with it, which a wanted address added
+	// earlier could be.
+	have, err := bridgeAddrs(link)
+	if err != nil {
+		return nil, fmt.Errorf("bridge %s: %w", c.Name, err)
+	}
+	for p, a := range have {
+		if !slices.Contains(want, p) {
+			if err := netlink.AddrDel(link, a); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+				return nil, fmt.Errorf("bridge %s: remove stale address %s: %w", c.Name, p, err)
+			}
+		}
+	}
+	for _, p := range want {
+		if err := netlink.AddrReplace(link, &netlink.Addr{IPNet: prefixToIPNet(p)}); err != nil {
+			return nil, fmt.Errorf("bridge %s: address %s: %w", c.Name, p, err)
+		}
+	}
+	if link.Attrs().MTU != mtu {
+		if err := netlink.LinkSetMTU(link, mtu); err != nil {
+			return nil, fmt.Errorf("bridge %s: MTU %d: %w", c.Name, mtu, err)
+		}
 	}
 	if err := netlink.LinkSetUp(link); err != nil {
-		return nil, fmt.Errorf("bridge %s: up: %w", name, err)
+		return nil, fmt.Errorf("bridge %s: up: %w", c.Name, err)
 	}
-	return b, nil
+	if err := checkBridge(link.Attrs().Index, c.Name, want, mtu); err != nil {
+		return nil, err
+	}
+	return &Bridge{Name: c.Name, link: link}, nil
+}
+
+// addrs is the config's addresses, checked and without duplicates.
+func (c BridgeConfig) addrs() ([]netip.Prefix, error) {
+	var want []netip.Prefix
+	for _, p := range c.Addrs {
+		switch {
+		case !p.IsValid():
+			return nil, fmt.Errorf("bridge %s: address %s is not a valid prefix", c.Name, p)
+		case p.Addr().Is4In6():
+			return nil, fmt.Errorf("bridge %s: address %s: write an IPv4 address as such, not mapped into IPv6", c.Name, p)
+		case p.Addr().Is6() && p.Addr().IsLinkLocalUnicast():
+			return nil, fmt.Errorf("bridge %s: address %s: IPv6 link-local addresses are the kernel's", c.Name, p)
+		}
+		if !slices.Contains(want, p) {
+			want = append(want, p)
+		}
+	}
+	return want, nil
+}
+
+// bridgeAddrs is the bridge's addresses that its config governs: all but
+// the IPv6 link-local ones the kernel gives any link that is up.
+func bridgeAddrs(link netlink.Link) (map[netip.Prefix]*netlink.Addr, error) {
+	as, err := netlink.AddrList(link, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, fmt.Errorf("list addresses: %w", err)
+	}
+	m := map[netip.Prefix]*netlink.Addr{}
+	for i := range as {
+		a := &as[i]
+		ip, ok := netip.AddrFromSlice(a.IP)
+		if !ok {
+			continue
+		}
+		ip = ip.Unmap()
+		if ip.Is6() && ip.IsLinkLocalUnicast() {
+			continue
+		}
+		bits, _ := a.Mask.Size()
+		m[netip.PrefixFrom(ip, bits)] = a
+	}
+	return m, nil
+}
+
+// checkBridge reads the bridge back and says how it differs from what
+// Ensure made of it.
+func checkBridge(index int, name string, want []netip.Prefix, mtu int) error {
+	link, err := netlink.LinkByIndex(index)
+	if err != nil {
+		return fmt.Errorf("bridge %s: read back: %w", name, err)
+	}
+	have, err := bridgeAddrs(link)
+	if err != nil {
+		return fmt.Errorf("bridge %s: read back: %w", name, err)
+	}
+	var got []netip.Prefix
+	for p := range have {
+		got = append(got, p)
+	}
+	slices.SortFunc(got, netip.Prefix.Compare)
+	sorted := slices.SortedFunc(slices.Values(want), netip.Prefix.Compare)
+	switch a := link.Attrs(); {
+	case a.Name != name:
+		return fmt.Errorf("bridge %s: link %d is now called %s", name, index, a.Name)
+	case !slices.Equal(got, sorted):
+		return fmt.Errorf("bridge %s: has addresses %v, want exactly %v", name, got, sorted)
+	case a.MTU != mtu:
+		return fmt.Errorf("bridge %s: MTU %d, want %d", name, a.MTU, mtu)
+	case a.Flags&net.FlagUp == 0:
+		return fmt.Errorf("bridge %s: still down after setting it up", name)
+	}
+	return nil
 }
 
 // Remove deletes the bridge; a bridge already gone is not an error.
@@ -54,12 +202,18 @@ func (b *Bridge) Remove() error {
 // RemoveLink deletes the link called name, if there is one: how `up`
 // clears a stale bridge a killed popvmm left behind.
 func RemoveLink(name string) error {
+	if err := CheckLinkName(name); err != nil {
+		return err
+	}
 	link, err := netlink.LinkByName(name)
 	if errors.As(err, &netlink.LinkNotFoundError{}) {
 		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("look up %s: %w", name, err)
+	}
+	if n := link.Attrs().Name; n != name {
+		return fmt.Errorf("delete %s: that is an alternative name of the %s link %s, which is not deleted", name, link.Type(), n)
 	}
 	if err := netlink.LinkDel(link); err != nil && !errors.As(err, &netlink.LinkNotFoundError{}) {
 		return fmt.Errorf("delete %s: %w", name, err)
@@ -76,26 +230,35 @@ type Tap struct {
 	File *os.File
 }
 
+// tunDevice is the TUN/TAP clone device.
+const tunDevice = "/dev/net/tun"
+
 // OpenTap creates tap name, attaches it to the bridge and brings it up.
+// The tap must be new: a link of that name that already exists (a
+// persistent tap from `ip tuntap add`, another popvmm's tap, any other
+// link) is refused, never taken over, so that no tap popvmm uses outlives
+// it and no other program's tap is put on the cluster's bridge.
 func OpenTap(name string, b *Bridge) (*Tap, error) {
-	tt := &netlink.Tuntap{
-		LinkAttrs:  netlink.LinkAttrs{Name: name},
-		Mode:       netlink.TUNTAP_MODE_TAP,
-		Flags:      netlink.TUNTAP_NO_PI | netlink.TUNTAP_VNET_HDR | netlink.TUNTAP_ONE_QUEUE,
-		NonPersist: true,
-		Queues:     1,
+	if err := CheckLinkName(name); err != nil {
+		return nil, fmt.Errorf("tap: %w", err)
 	}
-	if err := netlink.LinkAdd(tt); err != nil {
-		return nil, fmt.Errorf("create tap %s: %w", name, err)
-	}
-	if len(tt.Fds) != 1 {
-		for _, f := range tt.Fds {
-			f.Close()
+	// The kernel refuses an existing name itself (IFF_TUN_EXCL, below); the
+	// look-up first names what is in the way.
+	if l, err := netlink.LinkByName(name); err == nil {
+		what := "a " + l.Type() + " link of that name"
+		if n := l.Attrs().Name; n != name {
+			what = fmt.Sprintf("the %s link %s, with that alternative name,", l.Type(), n)
 		}
-		return nil, fmt.Errorf("create tap %s: %d queues, want 1", name, len(tt.Fds))
+		return nil, fmt.Errorf("tap %s: %s already exists; popvmm makes its own taps and takes over none", name, what)
+	} else if !errors.As(err, &netlink.LinkNotFoundError{}) {
+		return nil, fmt.Errorf("tap %s: %w", name, err)
 	}
-	t := &Tap{Name: tt.Name, File: tt.Fds[0]}
-	link, err := netlink.LinkByName(t.Name)
+	f, err := createTap(name)
+	if err != nil {
+		return nil, err
+	}
+	t := &Tap{Name: name, File: f}
+	link, err := netlink.LinkByName(name)
 	if err == nil {
 		err = netlink.LinkSetMaster(link, b.link)
 	}
@@ -104,9 +267,43 @@ func OpenTap(name string, b *Bridge) (*Tap, error) {
 	}
 	if err != nil {
 		t.Close()
-		return nil, fmt.Errorf("tap %s on bridge %s: %w", t.Name, b.Name, err)
+		return nil, fmt.Errorf("tap %s on bridge %s: %w", name, b.Name, err)
 	}
 	return t, nil
+}
+
+// createTap makes the tap name with TUNSETIFF and returns its file,
+// non-blocking. IFF_TUN_EXCL makes the kernel fail with EBUSY rather than
+// attach to a device of that name that already exists, so the tap is new
+// even when another program creates the name between the look-up and
+// here. No TUNSETPERSIST: the tap goes when the file closes.
+func createTap(name string) (*os.File, error) {
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		return nil, fmt.Errorf("tap %s: %w", name, err)
+	}
+	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR | unix.IFF_ONE_QUEUE | unix.IFF_TUN_EXCL)
+	fd, err := unix.Open(tunDevice, unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("tap %s: %w", name, &os.PathError{Op: "open", Path: tunDevice, Err: err})
+	}
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		unix.Close(fd)
+		if errors.Is(err, unix.EBUSY) {
+			return nil, fmt.Errorf("tap %s: a link of that name already exists; popvmm makes its own taps and takes over none: %w", name, os.NewSyscallError("TUNSETIFF", err))
+		}
+		return nil, fmt.Errorf("create tap %s: %w", name, os.NewSyscallError("TUNSETIFF", err))
+	}
+	if got := ifr.Name(); got != name {
+		unix.Close(fd) // a non-persistent tap goes with its file
+		return nil, fmt.Errorf("create tap %s: the kernel named it %q", name, got)
+	}
+	// Non-blocking before os.NewFile, so the runtime poller takes the fd.
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("tap %s: %w", name, os.NewSyscallError("fcntl", err))
+	}
+	return os.NewFile(uintptr(fd), tunDevice), nil
 }
 
 // Close closes the tap's file, which removes the tap.
