@@ -24,14 +24,18 @@ const (
 	ierLine  = 1 << 2 // receiver line status
 	ierModem = 1 << 3 // modem status
 
-	iirNone  = 0x01
-	iirModem = 0x00
-	iirTHRE  = 0x02
-	iirRx    = 0x04
-	iirFIFO  = 0xc0 // FIFOs enabled
+	// IIR identifications, highest priority first.
+	iirLine    = 0x06 // receiver line status (OE)
+	iirRx      = 0x04 // received data at the FIFO trigger level
+	iirTimeout = 0x0c // received data below the trigger level
+	iirTHRE    = 0x02
+	iirModem   = 0x00
+	iirNone    = 0x01
+	iirFIFO    = 0xc0 // FIFOs enabled
 
 	fcrEnable  = 1 << 0
 	fcrClearRx = 1 << 1
+	fcrTrigger = 0xc0 // receive FIFO trigger level: 1, 4, 8, 14 bytes
 
 	lcrDLAB = 1 << 7
 
@@ -48,6 +52,7 @@ const (
 
 	msrDCTS = 1 << 0
 	msrDDSR = 1 << 1
+	msrTERI = 1 << 2 // RI went from on to off
 	msrDDCD = 1 << 3
 	msrCTS  = 1 << 4
 	msrDSR  = 1 << 5
@@ -59,6 +64,9 @@ const (
 // deeper queue loses nothing when the host pastes into the console faster
 // than the guest drains it, and overflow is reported as an overrun.
 const RxCapacity = 4096
+
+// triggers maps FCR bits 7:6 to the receive FIFO trigger level.
+var triggers = [4]int{1, 4, 8, 14}
 
 // UART is a 16550A on the port-I/O bus (COM1 at 0x3f8, 8 ports). Bytes the
 // guest transmits go to out; bytes given to Receive reach the guest with a
@@ -72,20 +80,23 @@ type UART struct {
 	ier     byte
 	lcr     byte
 	mcr     byte
-	lsr     byte // only the sticky error bits; DR/THRE are computed
-	msr     byte
+	lsr     byte // only the sticky error bit OE; DR/THRE/TEMT are computed
+	modem   byte // the modem status input lines (MSR bits 7:4) outside loopback
+	delta   byte // MSR bits 3:0: line changes since MSR was last read
 	scr     byte
 	dll     byte
 	dlm     byte
 	fifo    bool
+	trigger int  // receive FIFO trigger level, in bytes
 	thrIntr bool // a THR-empty interrupt is pending until IIR read or THR write
 	level   bool // current interrupt line level
 }
 
 // NewUART makes a UART writing to out and raising irq. The modem lines
-// show a connected terminal (CTS, DSR, DCD).
+// show a connected terminal (CTS, DSR, DCD). Write calls out on the
+// vCPU's thread, so out must not block: a Console queues.
 func NewUART(out io.Writer, irq bus.IRQ) *UART {
-	return &UART{out: out, irq: irq, msr: msrCTS | msrDSR | msrDCD, dll: 12} // 9600 baud
+	return &UART{out: out, irq: irq, modem: msrCTS | msrDSR | msrDCD, trigger: 1, dll: 12} // 9600 baud
 }
 
 var _ bus.Device = (*UART)(nil)
@@ -158,24 +169,8 @@ func (u *UART) read(off uint64) byte {
 		u.lsr = 0 // error bits clear on read
 		return v
 	case regMSR:
-		v := u.msr
-		if u.mcr&mcrLoop != 0 {
-			// Loopback: the modem outputs feed the inputs.
-			v = u.msr & 0x0f
-			if u.mcr&mcrRTS != 0 {
-				v |= msrCTS
-			}
-			if u.mcr&mcrDTR != 0 {
-				v |= msrDSR
-			}
-			if u.mcr&mcrOUT1 != 0 {
-				v |= msrRI
-			}
-			if u.mcr&mcrOUT2 != 0 {
-				v |= msrDCD
-			}
-		}
-		u.msr &^= 0x0f // deltas clear on read
+		v := u.lines() | u.delta
+		u.delta = 0 // deltas clear on read
 		return v
 	case regSCR:
 		return u.scr
@@ -208,30 +203,88 @@ func (u *UART) write(off uint64, v byte) int {
 			u.thrIntr = true // enabling it with THR empty interrupts at once
 		}
 	case regIIR: // FCR
-		u.fifo = v&fcrEnable != 0
+		if v&fcrEnable == 0 {
+			// Turning the FIFOs off empties them; the other bits are
+			// not programmed without FCR0.
+			if u.fifo {
+				u.rx = u.rx[:0]
+			}
+			u.fifo = false
+			break
+		}
+		u.fifo = true
+		u.trigger = triggers[v>>6]
 		if v&fcrClearRx != 0 {
 			u.rx = u.rx[:0]
 		}
 	case regLCR:
 		u.lcr = v
 	case regMCR:
+		old := u.lines()
 		u.mcr = v & 0x1f
+		u.track(old) // in loopback, MCR bits are the modem inputs
 	case regSCR:
 		u.scr = v
 	}
 	return -1
 }
 
+// lines returns the modem status inputs (MSR bits 7:4) as the chip sees
+// them: the external lines, or in loopback the modem control outputs.
+func (u *UART) lines() byte {
+	if u.mcr&mcrLoop == 0 {
+		return u.modem
+	}
+	var v byte
+	if u.mcr&mcrRTS != 0 {
+		v |= msrCTS
+	}
+	if u.mcr&mcrDTR != 0 {
+		v |= msrDSR
+	}
+	if u.mcr&mcrOUT1 != 0 {
+		v |= msrRI
+	}
+	if u.mcr&mcrOUT2 != 0 {
+		v |= msrDCD
+	}
+	return v
+}
+
+// track sets the MSR delta bits for what changed since the inputs were
+// old: any change of CTS, DSR or DCD, and RI turning off (TERI).
+func (u *UART) track(old byte) {
+	now := u.lines()
+	changed := old ^ now
+	if changed&msrCTS != 0 {
+		u.delta |= msrDCTS
+	}
+	if changed&msrDSR != 0 {
+		u.delta |= msrDDSR
+	}
+	if old&msrRI != 0 && now&msrRI == 0 {
+		u.delta |= msrTERI
+	}
+	if changed&msrDCD != 0 {
+		u.delta |= msrDDCD
+	}
+}
+
 // iir computes the highest-priority pending interrupt (without FIFO bits).
+// With the FIFOs on, data below the trigger level reports a character
+// timeout: transmission is instantaneous here, so the line is always idle.
 func (u *UART) iir() byte {
 	switch {
 	case u.ier&ierLine != 0 && u.lsr&lsrOE != 0:
-		return 0x06
+		return iirLine
 	case u.ier&ierRx != 0 && len(u.rx) > 0:
+		if u.fifo && len(u.rx) < u.trigger {
+			return iirTimeout
+		}
 		return iirRx
 	case u.ier&ierTHRE != 0 && u.thrIntr:
 		return iirTHRE
-	case u.ier&ierModem != 0 && u.msr&0x0f != 0:
+	case u.ier&ierModem != 0 && u.delta != 0:
 		return iirModem
 	}
 	return iirNone
@@ -255,12 +308,16 @@ func (u *UART) push(b byte) {
 }
 
 // Receive queues bytes for the guest (console input) and returns how many
-// were taken; the rest would overrun the queue.
+// were taken. The rest are lost, as on a real line, and the guest is told:
+// LSR.OE is set, with a line-status interrupt if IER enables one.
 func (u *UART) Receive(p []byte) int {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	n := min(len(p), RxCapacity-len(u.rx))
 	u.rx = append(u.rx, p[:n]...)
+	if n < len(p) {
+		u.lsr |= lsrOE
+	}
 	u.update()
 	return n
 }
@@ -278,9 +335,11 @@ func (u *UART) Pending() (pending, line bool) {
 func (u *UART) SetCarrier(on bool) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if (u.msr&msrDCD != 0) != on {
-		u.msr ^= msrDCD
-		u.msr |= msrDDCD
+	old := u.lines()
+	u.modem &^= msrDCD
+	if on {
+		u.modem |= msrDCD
 	}
+	u.track(old) // no change seen in loopback: the line is disconnected
 	u.update()
 }

@@ -160,32 +160,261 @@ func TestLoopbackAndModem(t *testing.T) {
 	}
 }
 
+// TestOverrun: input the receive queue cannot hold is lost as on a real
+// line, and the guest is told: LSR.OE, and a receiver-line-status
+// interrupt (IIR 0x06, above received data) while IER.ELSI is set. Reading
+// LSR clears both.
 func TestOverrun(t *testing.T) {
-	u, _, _ := newUART()
-	if n := u.Receive(make([]byte, vtty.RxCapacity+10)); n != vtty.RxCapacity {
-		t.Errorf("Receive took %d, want %d", n, vtty.RxCapacity)
+	for _, tc := range []struct {
+		name  string
+		fill  func(u *vtty.UART) // leaves the queue full, or not
+		taken int
+		oe    bool
+	}{
+		{"one burst too many", func(u *vtty.UART) { u.Receive(make([]byte, vtty.RxCapacity+10)) }, vtty.RxCapacity, true},
+		{"exactly full", func(u *vtty.UART) { u.Receive(make([]byte, vtty.RxCapacity)) }, vtty.RxCapacity, false},
+		{"byte by byte", func(u *vtty.UART) {
+			for range vtty.RxCapacity + 1 {
+				u.Receive([]byte{'x'})
+			}
+		}, vtty.RxCapacity, true},
+		{"the last byte of a burst", func(u *vtty.UART) {
+			u.Receive(make([]byte, vtty.RxCapacity-1))
+			if n := u.Receive([]byte("ab")); n != 1 {
+				t.Errorf("Receive(2 bytes, 1 free) took %d, want 1", n)
+			}
+		}, vtty.RxCapacity, true},
+		{"loopback", func(u *vtty.UART) {
+			u.Receive(make([]byte, vtty.RxCapacity))
+			wr(u, MCR, 0x18) // loopback, OUT2
+			wr(u, THR, 'z')
+		}, vtty.RxCapacity, true},
+		{"while DLAB is set", func(u *vtty.UART) {
+			wr(u, LCR, 0x83)
+			u.Receive(make([]byte, vtty.RxCapacity+1))
+			wr(u, LCR, 0x03)
+		}, vtty.RxCapacity, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			u, _, irq := newUART()
+			wr(u, MCR, 0x08)      // OUT2
+			wr(u, IER, 0x04|0x01) // line status and received data
+			tc.fill(u)
+			wantIIR := byte(0x04)
+			if tc.oe {
+				wantIIR = 0x06
+			}
+			if id := rd(u, IIR) & 0x0f; id != wantIIR || !irq.get() {
+				t.Errorf("IIR = %#x, line %v; want %#x, line high", id, irq.get(), wantIIR)
+			}
+			if lsr := rd(u, LSR); lsr&0x02 != 0 != tc.oe || lsr&0x01 == 0 {
+				t.Errorf("LSR = %#x, want OE %v and DR", lsr, tc.oe)
+			}
+			if lsr := rd(u, LSR); lsr&0x02 != 0 {
+				t.Errorf("second LSR = %#x: OE not cleared by reading LSR", lsr)
+			}
+			if id := rd(u, IIR) & 0x0f; id != 0x04 {
+				t.Errorf("IIR after reading LSR = %#x, want received data (0x04)", id)
+			}
+			taken := 0
+			for rd(u, LSR)&0x01 != 0 {
+				rd(u, RBR)
+				taken++
+			}
+			if taken != tc.taken || irq.get() {
+				t.Errorf("guest read %d bytes, want %d; line %v after", taken, tc.taken, irq.get())
+			}
+		})
 	}
 }
 
-// FuzzUART replays (offset, value, read/write) triples and host input:
-// nothing panics, and the interrupt line always equals "an interrupt is
-// pending (IIR bit 0 clear) and OUT2 is set".
+// TestOverrunInterruptMasked: with IER.ELSI clear, OE is still reported in
+// LSR, and enabling ELSI afterwards raises the interrupt it was owed.
+func TestOverrunInterruptMasked(t *testing.T) {
+	u, _, irq := newUART()
+	wr(u, MCR, 0x08)
+	u.Receive(make([]byte, vtty.RxCapacity+1))
+	if irq.get() {
+		t.Fatal("line high with IER = 0")
+	}
+	wr(u, IER, 0x04)
+	if !irq.get() || rd(u, IIR)&0x0f != 0x06 {
+		t.Fatal("no line-status interrupt once ELSI is enabled")
+	}
+	if rd(u, LSR)&0x02 == 0 || irq.get() {
+		t.Errorf("OE lost, or line %v after reading LSR", irq.get())
+	}
+}
+
+// TestIIRPriority: with several sources pending, IIR names the highest
+// (line status, received data, THR empty, modem status), and each clears
+// by its own action to reveal the next.
+func TestIIRPriority(t *testing.T) {
+	u, _, irq := newUART()
+	wr(u, MCR, 0x08)
+	u.Receive(make([]byte, vtty.RxCapacity+1)) // OE and data
+	u.SetCarrier(false)                        // modem status delta
+	wr(u, IER, 0x0f)                           // all four; THR empty too
+	for _, step := range []struct {
+		iir   byte
+		clear func()
+	}{
+		{0x06, func() { rd(u, LSR) }},
+		{0x04, func() { wr(u, FCR, 0x07) }},
+		{0x02, func() {}}, // reading IIR cleared it
+		{0x00, func() { rd(u, MSR) }},
+		{0x01, func() {}},
+	} {
+		id := rd(u, IIR)
+		if id&0x0f != step.iir {
+			t.Fatalf("IIR = %#x, want %#x", id, step.iir)
+		}
+		if want := step.iir != 0x01; irq.get() != want {
+			t.Errorf("IIR %#x: line %v, want %v", step.iir, irq.get(), want)
+		}
+		step.clear()
+	}
+}
+
+// TestFIFOTrigger: with the FIFOs on, received data interrupts as "data
+// available" (0x04) from the FCR trigger level up and as a character
+// timeout (0x0c) below it; without FIFOs any byte is "data available".
+func TestFIFOTrigger(t *testing.T) {
+	for _, tc := range []struct {
+		fcr  byte
+		n    int
+		want byte
+	}{
+		{0x00, 1, 0x04},
+		{0x01, 1, 0x04}, // trigger 1
+		{0x41, 3, 0x0c}, // trigger 4
+		{0x41, 4, 0x04},
+		{0x81, 7, 0x0c}, // trigger 8
+		{0x81, 8, 0x04},
+		{0xc1, 13, 0x0c}, // trigger 14
+		{0xc1, 14, 0x04},
+		{0xc1, 100, 0x04},
+		{0xc0, 1, 0x04}, // FCR0 clear: the trigger bits are not programmed
+	} {
+		u, _, irq := newUART()
+		wr(u, MCR, 0x08)
+		wr(u, FCR, tc.fcr)
+		wr(u, IER, 0x01)
+		u.Receive(make([]byte, tc.n))
+		if id := rd(u, IIR) & 0x0f; id != tc.want || !irq.get() {
+			t.Errorf("FCR %#x, %d bytes: IIR = %#x, line %v; want %#x, line high", tc.fcr, tc.n, id, irq.get(), tc.want)
+		}
+	}
+}
+
+// TestFCRClearsReceiver: clearing the receive FIFO, or turning the FIFOs
+// off, drops its bytes, DR and the receive interrupt with them.
+func TestFCRClearsReceiver(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		before byte // FCR before the input arrives
+		fcr    byte
+		clears bool
+	}{
+		{"clear receive FIFO", 0x01, 0x03, true},
+		{"clear transmit FIFO only", 0x01, 0x05, false},
+		{"FIFOs off", 0x01, 0x00, true},
+		{"FIFOs stay on", 0x01, 0xc1, false},
+		{"FIFOs were off", 0x00, 0x00, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			u, _, irq := newUART()
+			wr(u, MCR, 0x08)
+			wr(u, FCR, tc.before)
+			wr(u, IER, 0x01)
+			u.Receive([]byte("abc"))
+			wr(u, FCR, tc.fcr)
+			dr := rd(u, LSR)&0x01 != 0
+			if dr == tc.clears || irq.get() == tc.clears {
+				t.Errorf("FCR %#x after %#x: DR %v, line %v; want both %v", tc.fcr, tc.before, dr, irq.get(), !tc.clears)
+			}
+		})
+	}
+}
+
+// TestModemDeltas: every change of a modem status input sets its delta
+// bit (TERI only when RI turns off) and interrupts with IER.EDSSI; in
+// loopback the inputs are the MCR outputs and the external DCD is cut off.
+func TestModemDeltas(t *testing.T) {
+	u, _, irq := newUART()
+	wr(u, IER, 0x08)
+	steps := []struct {
+		name   string
+		do     func()
+		status byte // MSR bits 7:4
+		delta  byte // MSR bits 3:0
+	}{
+		{"loopback, all outputs off", func() { wr(u, MCR, 0x10) }, 0x00, 0x0b},
+		{"RTS", func() { wr(u, MCR, 0x12) }, 0x10, 0x01},
+		{"DTR", func() { wr(u, MCR, 0x13) }, 0x30, 0x02},
+		{"OUT1: RI on, no delta", func() { wr(u, MCR, 0x17) }, 0x70, 0x00},
+		{"OUT1 off: TERI", func() { wr(u, MCR, 0x13) }, 0x30, 0x04},
+		{"OUT2", func() { wr(u, MCR, 0x1b) }, 0xb0, 0x08},
+		{"carrier lost outside, unseen in loopback", func() { u.SetCarrier(false) }, 0xb0, 0x00},
+		{"loopback off: DCD low outside", func() { wr(u, MCR, 0x0b) }, 0x30, 0x08},
+		{"carrier back", func() { u.SetCarrier(true) }, 0xb0, 0x08},
+		{"carrier unchanged", func() { u.SetCarrier(true) }, 0xb0, 0x00},
+	}
+	for _, s := range steps {
+		s.do()
+		wantIIR := byte(0x01)
+		if s.delta != 0 {
+			wantIIR = 0x00
+		}
+		out2 := rd(u, MCR)&0x08 != 0 // the line follows OUT2, even in loopback
+		if id := rd(u, IIR) & 0x0f; id != wantIIR || irq.get() != (s.delta != 0 && out2) {
+			t.Errorf("%s: IIR = %#x, line %v; want %#x", s.name, id, irq.get(), wantIIR)
+		}
+		if m := rd(u, MSR); m != s.status|s.delta {
+			t.Errorf("%s: MSR = %#x, want %#x", s.name, m, s.status|s.delta)
+		}
+		if m := rd(u, MSR); m&0x0f != 0 || irq.get() {
+			t.Errorf("%s: MSR read again = %#x, line %v: deltas not cleared", s.name, m, irq.get())
+		}
+	}
+}
+
+// FuzzUART replays (offset, value, op) triples and host input: nothing
+// panics, the interrupt line always equals "an interrupt is pending (IIR
+// bit 0 clear) and OUT2 is set", and input the UART could not take is
+// reported as an overrun.
 func FuzzUART(f *testing.F) {
 	f.Add([]byte{4, 8, 1, 1, 15, 1, 0, 'a', 1, 2, 0, 0, 5, 0, 0})
+	// Overrun with the line-status interrupt on, read back through LSR.
+	f.Add([]byte{4, 8, 1, 1, 5, 1, 0, 255, 4, 2, 0, 0, 5, 0, 0, 2, 0, 0})
+	// Overrun through loopback, FIFOs on with trigger 14.
+	f.Add([]byte{2, 0xc1, 1, 1, 1, 1, 0, 200, 4, 4, 0x18, 1, 0, 'z', 1, 2, 0, 0, 5, 0, 0})
+	// Modem deltas from loopback MCR writes and the carrier.
+	f.Add([]byte{1, 8, 1, 4, 0x1f, 1, 2, 0, 0, 4, 0x1b, 1, 0, 0, 3, 4, 0x08, 1, 6, 0, 0, 0, 1, 3})
+	// FCR clears and disables with data queued.
+	f.Add([]byte{1, 1, 1, 4, 8, 1, 2, 1, 1, 0, 'a', 2, 0, 'b', 2, 2, 3, 1, 2, 0, 1, 5, 0, 0})
 	f.Fuzz(func(t *testing.T, ops []byte) {
 		u, _, irq := newUART()
 		for len(ops) >= 3 {
 			off, v, op := uint64(ops[0]%9), ops[1], ops[2]
 			ops = ops[3:]
-			switch op % 4 {
+			var in []byte
+			switch op % 5 {
 			case 0:
 				rd(u, off)
 			case 1:
 				wr(u, off, v)
 			case 2:
-				u.Receive([]byte{v})
+				in = []byte{v}
 			case 3:
 				u.SetCarrier(v&1 == 1)
+			case 4:
+				in = make([]byte, int(v)*64) // a paste, up to ~4 queues full
+			}
+			if in != nil {
+				if n := u.Receive(in); n < len(in) && rd(u, LSR)&0x02 == 0 {
+					t.Fatalf("Receive took %d of %d bytes, LSR.OE clear", n, len(in))
+				}
 			}
 			pending, level := u.Pending()
 			mcr := rd(u, MCR)
