@@ -26,6 +26,8 @@ type Console struct {
 	master *os.File
 	slave  *os.File
 
+	input chan struct{} // held by the one running Input
+
 	mu     sync.Mutex
 	replay []byte // ring of the newest output, at most ReplaySize
 	closed bool
@@ -58,7 +60,7 @@ func OpenConsole(logPath string) (*Console, error) {
 		slave.Close()
 		return nil, fmt.Errorf("console pty raw mode: %w", err)
 	}
-	return &Console{log: log, master: master, slave: slave}, nil
+	return &Console{log: log, master: master, slave: slave, input: make(chan struct{}, 1)}, nil
 }
 
 // pollable replaces f with a non-blocking duplicate the Go poller manages.
@@ -120,10 +122,31 @@ func (c *Console) Replay() []byte {
 }
 
 // Input copies what is typed on the PTY to sink (the UART's Receive) until
-// ctx ends or the console closes.
+// ctx ends or the console closes; ending that way is not an error. What
+// sink does not take is dropped. Input can be called again after it
+// returns, any number of times (one attach after another); a second Input
+// while one runs waits for it, as the PTY is one stream.
 func (c *Console) Input(ctx context.Context, sink func([]byte) int) error {
-	stop := context.AfterFunc(ctx, func() { c.master.SetReadDeadline(time.Now()) })
-	defer stop()
+	select {
+	case c.input <- struct{}{}:
+	case <-ctx.Done():
+		return nil
+	}
+	defer func() { <-c.input }()
+	// Cancellation interrupts the read with a deadline in the past. It is
+	// cleared before the next Input may read, and only once a cancellation
+	// that started has finished, so a late one cannot leave it behind.
+	fired := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		c.master.SetReadDeadline(time.Now())
+		close(fired)
+	})
+	defer func() {
+		if !stop() {
+			<-fired
+		}
+		c.master.SetReadDeadline(time.Time{})
+	}()
 	buf := make([]byte, 1024)
 	for {
 		n, err := c.master.Read(buf)
