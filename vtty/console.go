@@ -17,20 +17,39 @@ import (
 // ReplaySize is how much recent console output a new attach sees first.
 const ReplaySize = 64 << 10
 
+// QueueSize bounds the guest output waiting for the console's writer; what
+// arrives while the queue is full is dropped and counted (Dropped).
+const QueueSize = 256 << 10
+
+// chunk is the most the writer takes from the queue at once.
+const chunk = 32 << 10
+
 // Console is one kernel's serial console on the host: what the guest's
 // UART transmits goes to the console log and to a host PTY (whose other end
 // `popvmm attach` opens), and the last ReplaySize bytes are kept for
 // replay; what is typed on the PTY goes to the UART's receive side.
+//
+// Output is written by the console's own goroutine: Write only queues, so
+// a vCPU thread never waits on the log's disk or a PTY.
 type Console struct {
 	log    *os.File
 	master *os.File
 	slave  *os.File
 
 	input chan struct{} // held by the one running Input
+	done  chan struct{} // closed when the writer has stopped
 
-	mu     sync.Mutex
-	replay []byte // ring of the newest output, at most ReplaySize
-	closed bool
+	mu      sync.Mutex
+	queue   ring       // output the writer has not taken yet
+	more    *sync.Cond // queue not empty, or closed: for the writer
+	idle    *sync.Cond // queue empty and nothing being written: for Flush
+	busy    bool       // the writer is writing what it took
+	dropped uint64     // bytes lost to a full queue
+	logErr  error      // the first failed log write
+	closed  bool
+
+	rmu    sync.Mutex
+	replay ring // the newest ReplaySize bytes written
 }
 
 // OpenConsole creates the console log at logPath (appending) and a PTY.
@@ -60,7 +79,13 @@ func OpenConsole(logPath string) (*Console, error) {
 		slave.Close()
 		return nil, fmt.Errorf("console pty raw mode: %w", err)
 	}
-	return &Console{log: log, master: master, slave: slave, input: make(chan struct{}, 1)}, nil
+	c := &Console{log: log, master: master, slave: slave,
+		input: make(chan struct{}, 1), done: make(chan struct{}),
+		queue: newRing(QueueSize), replay: newRing(ReplaySize)}
+	c.more = sync.NewCond(&c.mu)
+	c.idle = sync.NewCond(&c.mu)
+	go c.writer()
+	return c, nil
 }
 
 // pollable replaces f with a non-blocking duplicate the Go poller manages.
@@ -81,28 +106,89 @@ func pollable(f *os.File) (*os.File, error) {
 // PTY is the path of the PTY's terminal end, for `popvmm attach`.
 func (c *Console) PTY() string { return c.slave.Name() }
 
-// Write takes guest output (the UART's transmit side): it is logged, kept
-// for replay and passed to the PTY. A PTY nobody reads fills up; output is
-// then dropped there, never blocking the guest, while the log keeps it.
+// Write takes guest output (the UART's transmit side) and never blocks: it
+// queues p for the console's writer, which logs it, keeps it for replay
+// and passes it to the PTY. What does not fit in the queue is dropped and
+// counted, like bytes on a line nobody is listening to; Write still
+// reports all of p as sent. It fails only once the console is closed.
 func (c *Console) Write(p []byte) (int, error) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.closed {
+		c.mu.Unlock()
 		return 0, os.ErrClosed
 	}
-	c.replay = append(c.replay, p...)
-	if over := len(c.replay) - ReplaySize; over > 0 {
-		c.replay = append(c.replay[:0], c.replay[over:]...)
+	k := c.queue.push(p)
+	c.dropped += uint64(len(p) - k)
+	c.mu.Unlock()
+	if k > 0 {
+		c.more.Signal()
 	}
-	if _, err := c.log.Write(p); err != nil {
-		return 0, fmt.Errorf("console log: %w", err)
-	}
-	c.ptyWrite(p)
 	return len(p), nil
 }
 
+// WriteByte is Write of one byte, without the slice: the UART's transmit
+// path, once per byte the guest sends.
+func (c *Console) WriteByte(b byte) error {
+	_, err := c.Write([]byte{b})
+	return err
+}
+
+// Dropped reports how many bytes of output were lost because the writer
+// fell a whole queue behind.
+func (c *Console) Dropped() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.dropped
+}
+
+// Flush waits until all output queued so far has been logged, kept for
+// replay and offered to the PTY.
+func (c *Console) Flush() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for c.queue.n > 0 || c.busy {
+		c.idle.Wait()
+	}
+}
+
+// writer moves queued output to the log, the replay ring and the PTY until
+// the console closes and the queue is empty.
+func (c *Console) writer() {
+	defer close(c.done)
+	buf := make([]byte, chunk)
+	c.mu.Lock()
+	for {
+		for c.queue.n == 0 && !c.closed {
+			c.more.Wait()
+		}
+		if c.queue.n == 0 {
+			c.mu.Unlock()
+			return
+		}
+		n := c.queue.pop(buf)
+		c.busy = true
+		c.mu.Unlock()
+
+		_, err := c.log.Write(buf[:n])
+		c.rmu.Lock()
+		c.replay.overwrite(buf[:n])
+		c.rmu.Unlock()
+		c.ptyWrite(buf[:n])
+
+		c.mu.Lock()
+		c.busy = false
+		if err != nil && c.logErr == nil {
+			c.logErr = fmt.Errorf("console log: %w", err)
+		}
+		if c.queue.n == 0 {
+			c.idle.Broadcast()
+		}
+	}
+}
+
 // ptyWrite makes one non-blocking attempt to pass p to the PTY: what does
-// not fit (nobody attached, reader too slow) is dropped there.
+// not fit (nobody attached, reader too slow) is dropped there, while the
+// log keeps it.
 func (c *Console) ptyWrite(p []byte) {
 	rc, err := c.master.SyscallConn()
 	if err != nil {
@@ -114,11 +200,12 @@ func (c *Console) ptyWrite(p []byte) {
 	})
 }
 
-// Replay returns a copy of the newest console output.
+// Replay returns a copy of the newest console output the writer has
+// written (Flush first to include everything written so far).
 func (c *Console) Replay() []byte {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return append([]byte(nil), c.replay...)
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	return c.replay.bytes()
 }
 
 // Input copies what is typed on the PTY to sink (the UART's Receive) until
@@ -166,15 +253,20 @@ func (c *Console) Input(ctx context.Context, sink func([]byte) int) error {
 	}
 }
 
-// Close closes the PTY and the log; safe to call twice.
+// Close stops taking output, waits for the writer to log what is queued,
+// and closes the PTY and the log; it reports the first failed log write.
+// It is safe to call twice.
 func (c *Console) Close() error {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.closed {
+		c.mu.Unlock()
 		return nil
 	}
 	c.closed = true
+	c.mu.Unlock()
+	c.more.Signal()
+	<-c.done
 	c.slave.Close()
 	c.master.Close()
-	return c.log.Close()
+	return errors.Join(c.logErr, c.log.Close())
 }

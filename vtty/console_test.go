@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/popvmm/popvmm/vtty"
 )
@@ -34,6 +37,7 @@ func TestConsole(t *testing.T) {
 	if err != nil || string(got[:n]) != "Linux version 6.1\r\n" {
 		t.Fatalf("pty read %q, %v", got[:n], err)
 	}
+	c.Flush()
 	if b, _ := os.ReadFile(logPath); string(b) != "Linux version 6.1\r\n" {
 		t.Errorf("log %q", b)
 	}
@@ -89,17 +93,21 @@ func TestConsoleNeverBlocks(t *testing.T) {
 	line := bytes.Repeat([]byte("x"), 1023)
 	line = append(line, '\n')
 	start := time.Now()
-	for range 1024 { // 1 MiB, far beyond any PTY buffer
+	for i := range 1024 { // 1 MiB, far beyond any PTY buffer
 		if _, err := c.Write(line); err != nil {
 			t.Fatal(err)
 		}
+		if i%64 == 63 {
+			c.Flush() // keep within the queue: this test is about the PTY
+		}
 	}
 	c.Write([]byte("the end\n"))
+	c.Flush()
 	if time.Since(start) > 5*time.Second {
 		t.Errorf("1 MiB of output took %v: writes block on the PTY", time.Since(start))
 	}
-	if st, _ := os.Stat(logPath); st.Size() != 1<<20+8 {
-		t.Errorf("log has %d bytes", st.Size())
+	if st, _ := os.Stat(logPath); st.Size() != 1<<20+8 || c.Dropped() != 0 {
+		t.Errorf("log has %d bytes, %d dropped", st.Size(), c.Dropped())
 	}
 	r := c.Replay()
 	if len(r) != vtty.ReplaySize || !bytes.HasSuffix(r, []byte("the end\n")) {
@@ -112,6 +120,112 @@ func TestConsoleNeverBlocks(t *testing.T) {
 	if _, err := c.Write([]byte("x")); err == nil {
 		t.Error("write after Close accepted")
 	}
+}
+
+// TestConsoleReplay: the replay holds exactly the newest ReplaySize bytes
+// (all of them before that much was written), whatever the write sizes.
+func TestConsoleReplay(t *testing.T) {
+	for _, tc := range []struct{ size, total int }{
+		{1, 100},
+		{1, vtty.ReplaySize + 3},
+		{7, vtty.ReplaySize - 5},
+		{1000, 3*vtty.ReplaySize + 17},
+		{vtty.ReplaySize - 1, 2 * vtty.ReplaySize},
+		{vtty.ReplaySize + 1, 3*vtty.ReplaySize + 3},
+	} {
+		c := openConsole(t)
+		out := make([]byte, tc.total)
+		for i := range out {
+			out[i] = byte(i*7 + i/251)
+		}
+		for p := out; len(p) > 0; {
+			n := min(tc.size, len(p))
+			c.Write(p[:n])
+			p = p[n:]
+			c.Flush()
+		}
+		want := out[max(0, len(out)-vtty.ReplaySize):]
+		if got := c.Replay(); !bytes.Equal(got, want) {
+			t.Errorf("writes of %d, %d in all: replay of %d bytes is not the newest %d", tc.size, tc.total, len(got), len(want))
+		}
+	}
+}
+
+// TestConsoleBlockedLog: a log that takes nothing (a FIFO nobody reads)
+// does not hold up the UART's transmit path; what the queue cannot hold
+// is dropped and counted, and the rest reaches the log in order.
+func TestConsoleBlockedLog(t *testing.T) {
+	logPath := filepath.Join(t.TempDir(), "k.console.log")
+	if err := unix.Mkfifo(logPath, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	logged, err := os.OpenFile(logPath, os.O_RDONLY|unix.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logged.Close()
+	c, err := vtty.OpenConsole(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	u := vtty.NewUART(c, nil)
+
+	out := make([]byte, 4*vtty.QueueSize)
+	for i := range out {
+		out[i] = byte('a' + i%26)
+	}
+	sent := make(chan struct{})
+	go func() {
+		for _, b := range out {
+			wr(u, THR, b)
+		}
+		close(sent)
+	}()
+	select {
+	case <-sent:
+	case <-time.After(30 * time.Second):
+		go io.Copy(io.Discard, logged) // let Close finish
+		t.Fatal("THR writes blocked behind the console log")
+	}
+	if c.Dropped() == 0 {
+		t.Errorf("%d bytes past a blocked log and a full queue, none dropped", len(out))
+	}
+
+	got := make(chan []byte)
+	go func() {
+		b, _ := io.ReadAll(logged)
+		got <- b
+	}()
+	if err := c.Close(); err != nil {
+		t.Errorf("Close = %v", err)
+	}
+	b := <-got
+	if uint64(len(b))+c.Dropped() != uint64(len(out)) || !bytes.HasPrefix(out, b[:min(len(b), vtty.QueueSize)]) {
+		t.Errorf("log has %d bytes, %d dropped, of %d sent; starts %q", len(b), c.Dropped(), len(out), b[:min(len(b), 30)])
+	}
+}
+
+// BenchmarkUARTTransmit: THR writes per second through the UART into a
+// console whose log is a file and whose PTY nobody reads, as a vCPU sees
+// them (without the VM exit).
+func BenchmarkUARTTransmit(b *testing.B) {
+	c, err := vtty.OpenConsole(filepath.Join(b.TempDir(), "k.console.log"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	u := vtty.NewUART(c, nil)
+	thr := []byte{0}
+	b.SetBytes(1)
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		thr[0] = byte('a' + i%26)
+		u.Write(THR, thr)
+	}
+	b.StopTimer()
+	c.Flush()
+	b.ReportMetric(float64(c.Dropped())/float64(b.N), "dropped/op")
 }
 
 // openConsole opens a console logging to a temporary file, closed with the

@@ -1,7 +1,7 @@
 // Package vtty connects each kernel's serial console to the host: the 16550A
-// UART model, the bridge to a host PTY, the console log on disk, and
-// `popvmm attach`. So far it holds the console log reader behind
-// `popvmm logs`; the UART and PTY bridge land with the VMM core.
+// UART model, the Console that carries it to a host PTY with a log on disk
+// and a replay of recent output, and the console log reader behind
+// `popvmm logs`.
 package vtty
 
 import (

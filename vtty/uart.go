@@ -72,8 +72,9 @@ var triggers = [4]int{1, 4, 8, 14}
 // guest transmits go to out; bytes given to Receive reach the guest with a
 // receive interrupt. It is safe for a vCPU thread and a host goroutine.
 type UART struct {
-	out io.Writer
-	irq bus.IRQ
+	out     io.Writer
+	outByte io.ByteWriter // out, when it takes a byte without a slice
+	irq     bus.IRQ
 
 	mu      sync.Mutex
 	rx      []byte
@@ -93,10 +94,13 @@ type UART struct {
 }
 
 // NewUART makes a UART writing to out and raising irq. The modem lines
-// show a connected terminal (CTS, DSR, DCD). Write calls out on the
-// vCPU's thread, so out must not block: a Console queues.
+// show a connected terminal (CTS, DSR, DCD). Each transmitted byte is
+// written to out on the vCPU's thread, so out must not block: a Console
+// only queues.
 func NewUART(out io.Writer, irq bus.IRQ) *UART {
-	return &UART{out: out, irq: irq, modem: msrCTS | msrDSR | msrDCD, trigger: 1, dll: 12} // 9600 baud
+	u := &UART{out: out, irq: irq, modem: msrCTS | msrDSR | msrDCD, trigger: 1, dll: 12} // 9600 baud
+	u.outByte, _ = out.(io.ByteWriter)
+	return u
 }
 
 var _ bus.Device = (*UART)(nil)
@@ -124,8 +128,13 @@ func (u *UART) Write(off uint64, data []byte) {
 	out := u.write(off, data[0])
 	u.update()
 	u.mu.Unlock()
-	if out >= 0 && u.out != nil {
-		u.out.Write([]byte{byte(out)}) // outside the lock: the sink may block
+	// Outside the lock, so the host's Receive never waits on the sink.
+	switch {
+	case out < 0 || u.out == nil:
+	case u.outByte != nil:
+		u.outByte.WriteByte(byte(out))
+	default:
+		u.out.Write([]byte{byte(out)})
 	}
 }
 
