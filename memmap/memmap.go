@@ -11,6 +11,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"math/bits"
 	"slices"
 )
 
@@ -108,27 +109,59 @@ func (k Kind) String() string {
 	return fmt.Sprintf("kind(%d)", int(k))
 }
 
+// End returns base+size, one past the last byte of [base, base+size), and
+// false when that sum does not fit in 64 bits. Every check of an address or
+// offset plus a length that came from outside (a config, a kernel image, a
+// guest) goes through End, so that a value near 2^64 cannot wrap around and
+// pass a bounds check.
+func End(base, size uint64) (uint64, bool) {
+	end, carry := bits.Add64(base, size, 0)
+	return end, carry == 0
+}
+
 // Range is a half-open guest-physical interval [Start, Start+Size).
 type Range struct {
 	Start, Size uint64
 }
 
-// End is one past the last byte.
+// End is one past the last byte. It wraps for a range that does not fit
+// below 2^64; Valid says whether it does.
 func (r Range) End() uint64 { return r.Start + r.Size }
 
-// Overlaps reports whether r and o share a byte.
-func (r Range) Overlaps(o Range) bool {
-	return r.Size > 0 && o.Size > 0 && r.Start < o.End() && o.Start < r.End()
+// Valid reports whether the range fits below 2^64, i.e. End does not wrap.
+func (r Range) Valid() bool {
+	_, ok := End(r.Start, r.Size)
+	return ok
 }
 
-// Contains reports whether o lies entirely within r.
+// Overlaps reports whether r and o share a byte. It is exact even for
+// ranges that do not fit below 2^64.
+func (r Range) Overlaps(o Range) bool {
+	if r.Size == 0 || o.Size == 0 {
+		return false
+	}
+	if r.Start <= o.Start {
+		return o.Start-r.Start < r.Size
+	}
+	return r.Start-o.Start < o.Size
+}
+
+// Contains reports whether o lies entirely within r. It is exact even for
+// ranges that do not fit below 2^64.
 func (r Range) Contains(o Range) bool {
-	return o.Start >= r.Start && o.End() <= r.End()
+	if o.Start < r.Start {
+		return false
+	}
+	off := o.Start - r.Start
+	return off <= r.Size && o.Size <= r.Size-off
 }
 
 func (r Range) String() string {
 	if r.Size == 0 {
 		return fmt.Sprintf("%#x (empty)", r.Start)
+	}
+	if !r.Valid() {
+		return fmt.Sprintf("%#012x+%#x (past 2^64)", r.Start, r.Size)
 	}
 	return fmt.Sprintf("%#012x-%#012x", r.Start, r.End()-1)
 }
@@ -184,6 +217,7 @@ var (
 	ErrTooHigh = errors.New("beyond the guest physical address limit")
 	ErrWindow  = errors.New("invalid window size")
 	ErrEmpty   = errors.New("empty region")
+	ErrNotRAM  = errors.New("not in the kernel's RAM below the PCI hole")
 )
 
 // PassthroughError names which passthrough region is at fault.
@@ -203,6 +237,9 @@ func New(spec Spec) (*Layout, error) {
 	if spec.WindowSize != 0 && (spec.WindowSize&(spec.WindowSize-1) != 0 || spec.WindowSize < PageSize) {
 		return nil, fmt.Errorf("%w: %d bytes is not a power of two of at least 4 KiB", ErrWindow, spec.WindowSize)
 	}
+	if spec.WindowSize > MaxGPA/2 {
+		return nil, fmt.Errorf("%w: %s cannot fit %w (%s)", ErrWindow, FormatSize(spec.WindowSize), ErrTooHigh, FormatSize(MaxGPA))
+	}
 	l := &Layout{
 		PCI32: Range{PCI32Start, PCI32End - PCI32Start},
 	}
@@ -221,8 +258,8 @@ func New(spec Spec) (*Layout, error) {
 			errs = append(errs, &PassthroughError{Index: i, Err: err})
 		}
 		l.Passthrough = append(l.Passthrough, r)
-		if r.End() > top && r.End() <= MaxGPA {
-			top = r.End()
+		if end, ok := End(r.Start, r.Size); ok && end > top && end <= MaxGPA {
+			top = end
 		}
 	}
 	if len(errs) > 0 {
@@ -236,7 +273,7 @@ func New(spec Spec) (*Layout, error) {
 	if spec.WindowSize != 0 {
 		l.Window = Range{start, spec.WindowSize}
 	}
-	if l.PCI64.End() > MaxGPA {
+	if end, ok := End(l.PCI64.Start, l.PCI64.Size); !ok || end > MaxGPA {
 		return nil, fmt.Errorf("pci64 window %v: %w (%#x)", l.PCI64, ErrTooHigh, uint64(MaxGPA))
 	}
 	l.E820 = l.e820()
@@ -253,7 +290,7 @@ func checkRAM(ram, align uint64) error {
 	if ram%align != 0 {
 		return fmt.Errorf("%w: %s is %w to %s", ErrRAMSize, FormatSize(ram), ErrAlign, FormatSize(align))
 	}
-	if ram > HoleStart && HighRAMStart+(ram-HoleStart) > MaxGPA {
+	if end, ok := End(HighRAMStart, ram-min(ram, HoleStart)); ram > HoleStart && (!ok || end > MaxGPA) {
 		return fmt.Errorf("%w: %s of RAM ends %w (%s)", ErrRAMSize, FormatSize(ram), ErrTooHigh, FormatSize(MaxGPA))
 	}
 	return nil
@@ -276,7 +313,7 @@ func checkPassthrough(r Region, fixed, earlier []Region) error {
 	if r.Start%PageSize != 0 || r.Size%PageSize != 0 {
 		return fmt.Errorf("passthrough %v: %w to 4 KiB", r.Range, ErrAlign)
 	}
-	if r.End() < r.Start || r.End() > MaxGPA {
+	if end, ok := End(r.Start, r.Size); !ok || end > MaxGPA {
 		return fmt.Errorf("passthrough at %#x size %s: %w (%s)", r.Start, FormatSize(r.Size), ErrTooHigh, FormatSize(MaxGPA))
 	}
 	for _, f := range fixed {
@@ -329,9 +366,50 @@ func BootRegions() []Region {
 	}
 }
 
+// KernelArea is where a kernel may be loaded: from KernelAddr (the first
+// megabyte holds the BIOS areas and every boot structure popvmm writes) to
+// the end of the RAM below the PCI hole. The initrd goes at its top.
+func (l *Layout) KernelArea() Range {
+	return Range{KernelAddr, l.RAM[0].End() - KernelAddr}
+}
+
+// CheckKernel checks that r, a range a kernel image occupies once loaded
+// (an ELF PT_LOAD segment, or a bzImage's load address and init_size), lies
+// where popvmm puts nothing else: inside KernelArea, clear of every boot
+// structure, of the first megabyte, of the PCI hole and of whatever lies
+// beyond the kernel's RAM. The boot loaders and config validation both call
+// it, so that they cannot disagree.
+func (l *Layout) CheckKernel(r Range) error {
+	if r.Size == 0 {
+		return nil
+	}
+	if !r.Valid() {
+		return fmt.Errorf("%v: %w", r, ErrTooHigh)
+	}
+	for _, b := range BootRegions() {
+		if r.Overlaps(b.Range) {
+			return fmt.Errorf("%v %w the %s %v; load the kernel at or above %#x", r, ErrOverlap, b.Name, b.Range, uint64(KernelAddr))
+		}
+	}
+	if r.Start < KernelAddr {
+		return fmt.Errorf("%v %w the first MiB (BIOS areas and boot structures); load the kernel at or above %#x",
+			r, ErrOverlap, uint64(KernelAddr))
+	}
+	area := l.KernelArea()
+	if area.Contains(r) {
+		return nil
+	}
+	for _, o := range l.Regions() {
+		if o.Kind != KindRAM && r.Overlaps(o.Range) {
+			return fmt.Errorf("%v %w %s %v (%w %v)", r, ErrOverlap, o.Name, o.Range, ErrNotRAM, area)
+		}
+	}
+	return fmt.Errorf("%v is %w %v", r, ErrNotRAM, area)
+}
+
 // InitrdAddr places an initrd of size bytes as high as possible in low RAM,
 // page aligned, below limit (the kernel's initrd_addr_max+1; 0 means no
-// limit) and above kernelEnd.
+// limit) and above kernelEnd and the first megabyte.
 func (l *Layout) InitrdAddr(size, kernelEnd, limit uint64) (uint64, error) {
 	top := l.RAM[0].End()
 	if limit != 0 && limit < top {
@@ -340,9 +418,12 @@ func (l *Layout) InitrdAddr(size, kernelEnd, limit uint64) (uint64, error) {
 	if size == 0 || size > top {
 		return 0, fmt.Errorf("initrd of %s does not fit below %#x", FormatSize(size), top)
 	}
+	floor := max(kernelEnd, KernelAddr)
+	// addr is page aligned, so addr >= floor means it is at or above floor
+	// rounded up to a page, without rounding (and wrapping) floor.
 	addr := alignDown(top-size, PageSize)
-	if addr < alignUp(kernelEnd, PageSize) {
-		return 0, fmt.Errorf("initrd of %s does not fit between the kernel end %#x and %#x", FormatSize(size), kernelEnd, top)
+	if addr < floor {
+		return 0, fmt.Errorf("initrd of %s does not fit between the kernel end %#x and %#x", FormatSize(size), floor, top)
 	}
 	return addr, nil
 }

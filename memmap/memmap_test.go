@@ -2,7 +2,9 @@ package memmap_test
 
 import (
 	"errors"
+	"fmt"
 	"math/rand/v2"
+	"strings"
 	"testing"
 
 	"github.com/popvmm/popvmm/memmap"
@@ -128,6 +130,13 @@ func TestNewErrors(t *testing.T) {
 			Passthrough: []memmap.PassthroughSpec{{GPA: 8*GiB + 1, Size: 4 * KiB}}}, memmap.ErrAlign, 0},
 		{"passthrough wraps", memmap.Spec{RAM: 64 * MiB, RAMAlign: 4 * KiB,
 			Passthrough: []memmap.PassthroughSpec{{GPA: 0xffff_ffff_ffff_f000, Size: 8 * KiB}}}, memmap.ErrTooHigh, 0},
+		{"passthrough ends at 2^64", memmap.Spec{RAM: 64 * MiB, RAMAlign: 4 * KiB,
+			Passthrough: []memmap.PassthroughSpec{{GPA: 0xffff_ffff_ffff_f000, Size: 4 * KiB}}}, memmap.ErrTooHigh, 0},
+		// RAM above the hole ends at 4 GiB + (RAM - 3 GiB): for RAM near
+		// 2^64 that sum wraps and used to pass the limit check.
+		{"RAM end wraps", memmap.Spec{RAM: 0xffff_ffff_ffff_f000, RAMAlign: 4 * KiB}, memmap.ErrTooHigh, -1},
+		{"RAM end wraps 1G pages", memmap.Spec{RAM: 0xffff_ffff_c000_0000, RAMAlign: 1 * GiB}, memmap.ErrTooHigh, -1},
+		{"window too large to place", memmap.Spec{RAM: 64 * MiB, RAMAlign: 4 * KiB, WindowSize: 1 << 63}, memmap.ErrWindow, -1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -162,6 +171,162 @@ func TestInitrdAddr(t *testing.T) {
 	if _, err := l.InitrdAddr(0, 8*MiB, 0); err == nil {
 		t.Error("InitrdAddr(0) succeeded, want error")
 	}
+}
+
+func TestInitrdAddrBounds(t *testing.T) {
+	l, err := memmap.New(memmap.Spec{RAM: 64 * MiB, RAMAlign: 4 * KiB})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name                   string
+		size, kernelEnd, limit uint64
+	}{
+		// Rounding a kernel end near 2^64 up to a page used to wrap to 0
+		// and put the initrd under the kernel.
+		{"kernel end near 2^64", 4 * KiB, ^uint64(0) - 10, 0},
+		{"kernel end at the RAM end", 4 * KiB, 64 * MiB, 0},
+		// With no kernel end and a tiny initrd_addr_max the initrd used to
+		// land over the boot structures in the first megabyte.
+		{"limit inside the first MiB", 4 * KiB, 0, 0x10000},
+		{"size near 2^64", ^uint64(0), 8 * MiB, 0},
+	}
+	for _, tt := range tests {
+		if addr, err := l.InitrdAddr(tt.size, tt.kernelEnd, tt.limit); err == nil {
+			t.Errorf("%s: InitrdAddr(%#x, %#x, %#x) = %#x, want an error", tt.name, tt.size, tt.kernelEnd, tt.limit, addr)
+		}
+	}
+}
+
+func TestEnd(t *testing.T) {
+	const top = ^uint64(0)
+	tests := []struct {
+		base, size uint64
+		want       uint64
+		wantOK     bool
+	}{
+		{0, 0, 0, true},
+		{0x1000, 0x2000, 0x3000, true},
+		{top, 0, top, true},
+		{top - 0xfff, 0xfff, top, true},
+		{top - 0xfff, 0x1000, 0, false}, // ends exactly at 2^64
+		{0xffff_ffff_ffff_f000, 0x2000, 0, false},
+		{1 << 63, 1 << 63, 0, false},
+		{top, top, 0, false},
+	}
+	for _, tt := range tests {
+		got, ok := memmap.End(tt.base, tt.size)
+		if ok != tt.wantOK || (ok && got != tt.want) {
+			t.Errorf("End(%#x, %#x) = %#x, %v, want %#x, %v", tt.base, tt.size, got, ok, tt.want, tt.wantOK)
+		}
+		if r := (memmap.Range{Start: tt.base, Size: tt.size}); r.Valid() != tt.wantOK {
+			t.Errorf("Range%v.Valid() = %v, want %v", r, r.Valid(), tt.wantOK)
+		}
+	}
+}
+
+// TestRangeNoWrap: Overlaps and Contains are exact for ranges that run
+// past 2^64; they used to compare wrapped ends.
+func TestRangeNoWrap(t *testing.T) {
+	high := memmap.Range{Start: 0xffff_ffff_ffff_f000, Size: 0x2000} // runs past 2^64
+	low := memmap.Range{Start: 0, Size: 0x1000}
+	ram := memmap.Range{Start: 0, Size: memmap.TiB}
+	tests := []struct {
+		a, b              memmap.Range
+		overlaps, contain bool
+	}{
+		{high, low, false, false},
+		{low, high, false, false},
+		{high, memmap.Range{Start: 0xffff_ffff_ffff_f800, Size: 1}, true, true},
+		{ram, memmap.Range{Start: memmap.GiB, Size: ^uint64(0)}, true, false},
+		{ram, memmap.Range{Start: memmap.TiB - 1, Size: 1}, true, true},
+		{ram, memmap.Range{Start: memmap.TiB, Size: 1}, false, false},
+		{memmap.Range{Start: memmap.GiB, Size: ^uint64(0)}, ram, true, false},
+	}
+	for _, tt := range tests {
+		if got := tt.a.Overlaps(tt.b); got != tt.overlaps {
+			t.Errorf("%v.Overlaps(%v) = %v, want %v", tt.a, tt.b, got, tt.overlaps)
+		}
+		if got := tt.a.Contains(tt.b); got != tt.contain {
+			t.Errorf("%v.Contains(%v) = %v, want %v", tt.a, tt.b, got, tt.contain)
+		}
+	}
+}
+
+func TestCheckKernel(t *testing.T) {
+	l, err := memmap.New(memmap.Spec{RAM: 64 * MiB, RAMAlign: 4 * KiB, WindowSize: 16 * MiB})
+	if err != nil {
+		t.Fatal(err)
+	}
+	big, err := memmap.New(memmap.Spec{RAM: 6 * GiB, RAMAlign: 2 * MiB, WindowSize: 16 * MiB})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		l    *memmap.Layout
+		r    memmap.Range
+		want error  // nil: accepted
+		msg  string // in the error
+	}{
+		{"at 1 MiB", l, memmap.Range{Start: memmap.KernelAddr, Size: 8 * MiB}, nil, ""},
+		{"at 16 MiB to the RAM end", l, memmap.Range{Start: 16 * MiB, Size: 48 * MiB}, nil, ""},
+		{"empty", l, memmap.Range{Start: 0x5000, Size: 0}, nil, ""},
+		{"over hvm_start_info", l, memmap.Range{Start: 0x5000, Size: 0x3000}, memmap.ErrOverlap, "pvh start info"},
+		{"over the gdt", l, memmap.Range{Start: 0, Size: 0x1000}, memmap.ErrOverlap, "gdt+idt"},
+		{"over the page tables", l, memmap.Range{Start: 0xa000, Size: 0x10}, memmap.ErrOverlap, "page tables"},
+		{"over the command line", l, memmap.Range{Start: 0x1f000, Size: 0x2000}, memmap.ErrOverlap, "cmdline"},
+		{"over the MP table", l, memmap.Range{Start: 0x9f000, Size: 0x1000}, memmap.ErrOverlap, "mp table"},
+		{"BIOS area", l, memmap.Range{Start: 0xf0000, Size: 0x10000}, memmap.ErrOverlap, "first MiB"},
+		{"crosses into 1 MiB", l, memmap.Range{Start: 0xff000, Size: 0x2000}, memmap.ErrOverlap, "first MiB"},
+		{"past the RAM end", l, memmap.Range{Start: 60 * MiB, Size: 8 * MiB}, memmap.ErrNotRAM, ""},
+		{"beyond RAM", l, memmap.Range{Start: 0x7f000000, Size: 0x1000}, memmap.ErrNotRAM, ""},
+		{"in the PCI hole", l, memmap.Range{Start: memmap.HoleStart, Size: 0x1000}, memmap.ErrOverlap, "pci32"},
+		{"in the IOAPIC", big, memmap.Range{Start: memmap.IOAPICBase, Size: 0x1000}, memmap.ErrOverlap, "ioapic"},
+		{"across the hole", big, memmap.Range{Start: 3*GiB - MiB, Size: 2 * MiB}, memmap.ErrOverlap, "pci32"},
+		{"in high RAM", big, memmap.Range{Start: 5 * GiB, Size: MiB}, memmap.ErrNotRAM, ""},
+		{"in the window", l, memmap.Range{Start: l.Window.Start, Size: 0x1000}, memmap.ErrOverlap, "window"},
+		{"wraps past 2^64", l, memmap.Range{Start: 0xffff_ffff_ffff_f000, Size: 0x2000}, memmap.ErrTooHigh, ""},
+		{"wraps onto 1 MiB", l, memmap.Range{Start: 0xffff_ffff_fff0_0000, Size: 0x20_0000}, memmap.ErrTooHigh, ""},
+	}
+	for _, tt := range tests {
+		err := tt.l.CheckKernel(tt.r)
+		if tt.want == nil {
+			if err != nil {
+				t.Errorf("%s: CheckKernel(%v) = %v, want nil", tt.name, tt.r, err)
+			}
+			continue
+		}
+		if !errors.Is(err, tt.want) || !strings.Contains(fmt.Sprint(err), tt.msg) {
+			t.Errorf("%s: CheckKernel(%v) = %v, want %v naming %q", tt.name, tt.r, err, tt.want, tt.msg)
+		}
+	}
+}
+
+// FuzzCheckKernel: whatever CheckKernel accepts lies in KernelArea, clear
+// of every boot structure and every region of the map that is not RAM.
+func FuzzCheckKernel(f *testing.F) {
+	f.Add(uint64(0x5000), uint64(0x3000), uint64(64*MiB))
+	f.Add(uint64(memmap.KernelAddr), uint64(8*MiB), uint64(64*MiB))
+	f.Add(uint64(0xffff_ffff_fff0_0000), uint64(0x20_0000), uint64(6*GiB))
+	f.Fuzz(func(t *testing.T, start, size, ram uint64) {
+		l, err := memmap.New(memmap.Spec{RAM: ram, RAMAlign: 4 * KiB, WindowSize: 16 * MiB})
+		if err != nil {
+			return
+		}
+		r := memmap.Range{Start: start, Size: size}
+		if l.CheckKernel(r) != nil || size == 0 {
+			return
+		}
+		if !r.Valid() || !l.KernelArea().Contains(r) {
+			t.Fatalf("CheckKernel accepted %v outside %v", r, l.KernelArea())
+		}
+		for _, b := range append(memmap.BootRegions(), l.Regions()...) {
+			if b.Kind != memmap.KindRAM && r.Overlaps(b.Range) {
+				t.Fatalf("CheckKernel accepted %v over %s %v", r, b.Name, b.Range)
+			}
+		}
+	})
 }
 
 // TestProperties checks the map's invariants over many random specs.
@@ -223,7 +388,7 @@ func checkInvariants(t *testing.T, spec memmap.Spec, l *memmap.Layout) {
 	// Regions: sorted, disjoint, below the limit.
 	rs := l.Regions()
 	for i, a := range rs {
-		if a.End() > memmap.MaxGPA {
+		if !a.Valid() || a.End() > memmap.MaxGPA {
 			t.Errorf("spec %+v: region %s %v above MaxGPA", spec, a.Name, a.Range)
 		}
 		if i > 0 && rs[i-1].End() > a.Start {
@@ -301,6 +466,9 @@ func FuzzNew(f *testing.F) {
 	f.Add(uint64(512*MiB), uint64(4*KiB), uint64(16*MiB), uint64(8*GiB), uint64(2*MiB))
 	f.Add(uint64(6*GiB), uint64(1*GiB), uint64(1*MiB), uint64(0), uint64(0))
 	f.Add(uint64(3*GiB), uint64(2*MiB), uint64(4*GiB), uint64(0xfec00000), uint64(4*KiB))
+	// Sums that wrap past 2^64: RAM above the hole, a passthrough end.
+	f.Add(uint64(0xffff_ffff_ffff_f000), uint64(4*KiB), uint64(1*MiB), uint64(0), uint64(0))
+	f.Add(uint64(64*MiB), uint64(4*KiB), uint64(1<<63), uint64(0xffff_ffff_ffff_f000), uint64(8*KiB))
 	f.Fuzz(func(t *testing.T, ram, align, win, gpa, size uint64) {
 		spec := memmap.Spec{RAM: ram, RAMAlign: align, WindowSize: win}
 		if size != 0 {
