@@ -11,53 +11,35 @@ import (
 )
 
 // BzImage returns a bzImage header with boot protocol version proto and the
-// 64-bit entry flag set when kernel64 is true.
+// 64-bit entry flag set when kernel64 is true: relocatable, 2 MiB-aligned,
+// with an init_size of 1 MiB, so that it loads at 2 MiB in any layout.
 func BzImage(proto uint16, kernel64 bool) []byte {
 	b := make([]byte, 0x1000)
 	le := binary.LittleEndian
 	le.PutUint16(b[0x1fe:], 0xaa55)
 	copy(b[0x202:], "HdrS")
 	le.PutUint16(b[0x206:], proto)
+	le.PutUint32(b[0x22c:], 0x7fffffff) // initrd_addr_max
+	le.PutUint32(b[0x230:], 0x200000)   // kernel_alignment
+	b[0x234] = 1                        // relocatable_kernel
 	if kernel64 {
 		le.PutUint16(b[0x236:], 1)
 	}
+	le.PutUint64(b[0x258:], 0x1000000) // pref_address
+	le.PutUint32(b[0x260:], 0x100000)  // init_size
 	return b
 }
 
-// ELF returns an ELF64 x86-64 executable with one PT_NOTE segment; with pvh
-// the note is Xen's PHYS32_ENTRY pointing at entry.
+// ELF returns an ELF64 x86-64 executable with one PT_LOAD segment holding
+// entry and a PT_NOTE segment; with pvh the note is Xen's PHYS32_ENTRY
+// pointing at entry.
 func ELF(pvh bool, entry uint32) []byte {
-	const ehsize, phsize = 64, 56
-	le := binary.LittleEndian
-	note := make([]byte, 12+4+4)
-	le.PutUint32(note[0:], 4) // namesz "Xen\0"
-	le.PutUint32(note[4:], 4) // descsz
 	typ := uint32(18)
 	if !pvh {
 		typ = 1
 	}
-	le.PutUint32(note[8:], typ)
-	copy(note[12:], "Xen\x00")
-	le.PutUint32(note[16:], entry)
-
-	b := make([]byte, ehsize+phsize+len(note))
-	copy(b, "\x7fELF")
-	b[4], b[5], b[6] = 2, 1, 1 // ELFCLASS64, little endian, version
-	le.PutUint16(b[16:], 2)    // ET_EXEC
-	le.PutUint16(b[18:], 62)   // EM_X86_64
-	le.PutUint32(b[20:], 1)
-	le.PutUint64(b[32:], ehsize) // phoff
-	le.PutUint16(b[52:], ehsize)
-	le.PutUint16(b[54:], phsize)
-	le.PutUint16(b[56:], 1) // phnum
-	ph := b[ehsize:]
-	le.PutUint32(ph[0:], 4) // PT_NOTE
-	le.PutUint64(ph[8:], ehsize+phsize)
-	le.PutUint64(ph[32:], uint64(len(note)))
-	le.PutUint64(ph[40:], uint64(len(note)))
-	le.PutUint64(ph[48:], 4)
-	copy(b[ehsize+phsize:], note)
-	return b
+	base := uint64(entry) &^ 0xfff
+	return elfFile(typ, entry, Segment{Paddr: base, Data: make([]byte, uint64(entry)-base+16)})
 }
 
 // Write writes data to name under dir and returns the path.
@@ -88,16 +70,44 @@ func Images(t testing.TB, dir string) string {
 // at entry and one PT_LOAD segment of content (plus bss bytes of zeros) at
 // physical address paddr.
 func ELFLoadable(entry uint32, paddr uint64, content []byte, bss uint64) []byte {
+	return ELFSegments(entry, Segment{Paddr: paddr, Data: content, BSS: bss})
+}
+
+// Segment is one PT_LOAD segment for ELFSegments: Data at physical address
+// Paddr, followed by BSS bytes of zeros. Memsz, when not zero, replaces
+// len(Data)+BSS as the segment's memory size, so that a test can write
+// headers no linker would.
+type Segment struct {
+	Paddr uint64
+	Data  []byte
+	BSS   uint64
+	Memsz uint64
+}
+
+// ELFSegments returns an ELF64 x86-64 executable with a PVH note pointing
+// at entry and one PT_LOAD per segment, in order.
+func ELFSegments(entry uint32, segs ...Segment) []byte {
+	return elfFile(18, entry, segs...)
+}
+
+// elfFile writes the ELF header, a PT_NOTE of type noteType ("Xen", entry)
+// and the segments' PT_LOADs.
+func elfFile(noteType, entry uint32, segs ...Segment) []byte {
 	const ehsize, phsize = 64, 56
 	le := binary.LittleEndian
 	note := make([]byte, 20)
 	le.PutUint32(note[0:], 4)
 	le.PutUint32(note[4:], 4)
-	le.PutUint32(note[8:], 18)
+	le.PutUint32(note[8:], noteType)
 	copy(note[12:], "Xen\x00")
 	le.PutUint32(note[16:], entry)
-	dataOff := uint64(ehsize + 2*phsize)
-	b := make([]byte, int(dataOff)+len(note)+len(content))
+	phnum := 1 + len(segs)
+	dataOff := uint64(ehsize + phnum*phsize)
+	size := int(dataOff) + len(note)
+	for _, s := range segs {
+		size += len(s.Data)
+	}
+	b := make([]byte, size)
 	copy(b, "\x7fELF")
 	b[4], b[5], b[6] = 2, 1, 1
 	le.PutUint16(b[16:], 2)
@@ -106,20 +116,28 @@ func ELFLoadable(entry uint32, paddr uint64, content []byte, bss uint64) []byte 
 	le.PutUint64(b[32:], ehsize)
 	le.PutUint16(b[52:], ehsize)
 	le.PutUint16(b[54:], phsize)
-	le.PutUint16(b[56:], 2)
+	le.PutUint16(b[56:], uint16(phnum))
 	ph := b[ehsize:]
 	le.PutUint32(ph[0:], 4) // PT_NOTE
 	le.PutUint64(ph[8:], dataOff)
 	le.PutUint64(ph[32:], uint64(len(note)))
 	le.PutUint64(ph[40:], uint64(len(note)))
-	ph = b[ehsize+phsize:]
-	le.PutUint32(ph[0:], 1) // PT_LOAD
-	le.PutUint64(ph[8:], dataOff+uint64(len(note)))
-	le.PutUint64(ph[16:], paddr) // vaddr
-	le.PutUint64(ph[24:], paddr) // paddr
-	le.PutUint64(ph[32:], uint64(len(content)))
-	le.PutUint64(ph[40:], uint64(len(content))+bss)
 	copy(b[dataOff:], note)
-	copy(b[dataOff+uint64(len(note)):], content)
+	off := dataOff + uint64(len(note))
+	for i, s := range segs {
+		ph := b[ehsize+(1+i)*phsize:]
+		memsz := s.Memsz
+		if memsz == 0 {
+			memsz = uint64(len(s.Data)) + s.BSS
+		}
+		le.PutUint32(ph[0:], 1) // PT_LOAD
+		le.PutUint64(ph[8:], off)
+		le.PutUint64(ph[16:], s.Paddr) // vaddr
+		le.PutUint64(ph[24:], s.Paddr) // paddr
+		le.PutUint64(ph[32:], uint64(len(s.Data)))
+		le.PutUint64(ph[40:], memsz)
+		copy(b[off:], s.Data)
+		off += uint64(len(s.Data))
+	}
 	return b
 }

@@ -12,8 +12,8 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/popvmm/popvmm/vmm/guestmem"
 	"github.com/popvmm/popvmm/memmap"
+	"github.com/popvmm/popvmm/vmm/guestmem"
 )
 
 // Mode is the CPU mode the first vCPU starts in.

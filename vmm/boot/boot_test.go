@@ -2,16 +2,18 @@ package boot_test
 
 import (
 	"bytes"
+	"debug/elf"
 	"encoding/binary"
 	"errors"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 
-	"github.com/popvmm/popvmm/vmm/boot"
-	"github.com/popvmm/popvmm/vmm/guestmem"
 	"github.com/popvmm/popvmm/internal/testkernel"
 	"github.com/popvmm/popvmm/memmap"
+	"github.com/popvmm/popvmm/vmm/boot"
+	"github.com/popvmm/popvmm/vmm/guestmem"
 )
 
 var le = binary.LittleEndian
@@ -133,7 +135,7 @@ func TestLoadBzImageErrors(t *testing.T) {
 		want    string
 	}{
 		{"not a bzImage", make([]byte, 8192), "", nil, "no bzImage setup header"},
-		{"kernel does not fit", bzImage(false, 8<<20, []byte("k")), "", nil, "kernel needs 8 MiB"},
+		{"kernel does not fit", bzImage(false, 8<<20, []byte("k")), "", nil, "0x000001000000-0x0000017fffff is not in the kernel's RAM"},
 		{"command line too long", bzImage(true, 0x1000, []byte("k")), strings.Repeat("x", 3000), nil, "longer than the kernel's 2047"},
 		{"initrd too big", bzImage(true, 0x1000, []byte("k")), "", make([]byte, 30<<20), "does not fit"},
 	}
@@ -176,6 +178,127 @@ func TestLoadPVH(t *testing.T) {
 	}
 	if _, err := boot.LoadPVH(m, l, testkernel.ELFLoadable(0x10, 0x7f000000, code, 0), "", nil); err == nil {
 		t.Error("a segment outside RAM was loaded")
+	}
+}
+
+// TestLoadPVHRefusesMisplacedSegments: a PT_LOAD segment over anything
+// popvmm places in guest memory, or outside the kernel's RAM, is refused
+// before anything is written. A segment at 0x5000 used to be loaded and
+// then overwritten by hvm_start_info.
+func TestLoadPVHRefusesMisplacedSegments(t *testing.T) {
+	code := bytes.Repeat([]byte{0x90}, 0x3000)
+	seg := func(paddr uint64) testkernel.Segment { return testkernel.Segment{Paddr: paddr, Data: code} }
+	tests := []struct {
+		name  string
+		entry uint32
+		segs  []testkernel.Segment
+		want  string
+	}{
+		{"over hvm_start_info", 0x5000, []testkernel.Segment{seg(0x5000)}, "pvh start info"},
+		{"over the GDT", 0x1000, []testkernel.Segment{seg(0)}, "gdt+idt"},
+		{"over the page tables", 0x9000, []testkernel.Segment{seg(0x9000)}, "page tables"},
+		{"over the command line", 0x20000, []testkernel.Segment{seg(0x20000)}, "cmdline"},
+		{"over the MP table", 0x9e000, []testkernel.Segment{seg(0x9e000)}, "mp table"},
+		{"in the BIOS area", 0xf0000, []testkernel.Segment{seg(0xf0000)}, "first MiB"},
+		{"bss over the first MiB", 0x80000, []testkernel.Segment{{Paddr: 0x80000, Data: code, BSS: 0x100000}}, "mp table"},
+		{"second segment low", 0x1000000, []testkernel.Segment{seg(0x1000000), seg(0x7000)}, "zero page"},
+		{"past the RAM end", 0x3fff000, []testkernel.Segment{seg(0x3fff000)}, "is not in the kernel's RAM"},
+		{"bss past the RAM end", 0x1000000, []testkernel.Segment{{Paddr: 0x1000000, Data: code, BSS: 64 << 20}}, "is not in the kernel's RAM"},
+		{"in the PCI hole", 0xc0000000, []testkernel.Segment{seg(0xc0000000)}, "pci32"},
+		{"wraps past 2^64", 0x1000000, []testkernel.Segment{seg(0x1000000), {Paddr: 0xffff_ffff_ffff_f000, Data: code}}, "past 2^64"},
+		{"memsz wraps onto RAM", 0x1000000, []testkernel.Segment{{Paddr: 0x1000000, Data: code, Memsz: ^uint64(0) - 0xfff}}, "past 2^64"},
+		{"segments overlap", 0x1000000, []testkernel.Segment{seg(0x1000000), seg(0x1001000)}, "overlap"},
+		{"entry outside the segments", 0x2000000, []testkernel.Segment{seg(0x1000000)}, "not inside a loaded segment"},
+		{"no segment", 0x1000000, nil, "no loadable"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m, l := guest(t, 64*memmap.MiB)
+			image := testkernel.ELFSegments(tt.entry, tt.segs...)
+			_, err := boot.LoadPVH(m, l, image, "console=ttyS0", []byte("initrd"))
+			if !errors.Is(err, boot.ErrKernel) || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("LoadPVH = %v, want ErrKernel naming %q", err, tt.want)
+			}
+			if low := read(t, m, 0, memmap.ConvMemLimit); !bytes.Equal(low, make([]byte, len(low))) {
+				t.Error("a refused kernel left bytes in the first MiB")
+			}
+		})
+	}
+}
+
+// TestLoadBzImageRefusesMisplacedKernel: a bzImage whose load range
+// (preferred address or aligned 1 MiB, and init_size) overlaps the boot
+// structures or leaves RAM is refused before anything is written.
+func TestLoadBzImageRefusesMisplacedKernel(t *testing.T) {
+	tests := []struct {
+		name string
+		img  func() []byte
+		want string
+	}{
+		{"preferred address over the zero page", func() []byte {
+			img := bzImage(false, 0x1000, []byte("k"))
+			le.PutUint64(img[0x258:], 0x7000)
+			return img
+		}, "zero page"},
+		{"preferred address in the first MiB", func() []byte {
+			img := bzImage(false, 0x1000, []byte("k"))
+			le.PutUint64(img[0x258:], 0xf0000)
+			return img
+		}, "first MiB"},
+		{"init_size past the RAM end", func() []byte { return bzImage(false, 64<<20, []byte("k")) }, "is not in the kernel's RAM"},
+		{"preferred address in the PCI hole", func() []byte {
+			img := bzImage(false, 0x1000, []byte("k"))
+			le.PutUint64(img[0x258:], 0xc0000000)
+			return img
+		}, "pci32"},
+		{"preferred address wraps", func() []byte {
+			img := bzImage(false, 0x100000, []byte("k"))
+			le.PutUint64(img[0x258:], 0xffff_ffff_fff8_0000)
+			return img
+		}, "past 2^64"},
+		{"no 64-bit entry", func() []byte {
+			img := bzImage(true, 0x1000, []byte("k"))
+			le.PutUint16(img[0x236:], 0)
+			return img
+		}, "XLF_KERNEL_64"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m, l := guest(t, 64*memmap.MiB)
+			_, err := boot.LoadBzImage(m, l, tt.img(), "console=ttyS0", []byte("initrd"))
+			if !errors.Is(err, boot.ErrKernel) || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("LoadBzImage = %v, want ErrKernel naming %q", err, tt.want)
+			}
+			if low := read(t, m, 0, memmap.ConvMemLimit); !bytes.Equal(low, make([]byte, len(low))) {
+				t.Error("a refused kernel left bytes in the first MiB")
+			}
+		})
+	}
+}
+
+// TestPlacementMatchesLoad: what the loaders write lies inside the ranges
+// their Placement reports (the ranges config validation checks).
+func TestPlacementMatchesLoad(t *testing.T) {
+	m, l := guest(t, 64*memmap.MiB)
+	img := bzImage(false, 0x200000, []byte("kernel"))
+	p, err := boot.BzImagePlacement(img, uint64(len(img)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := boot.LoadBzImage(m, l, img, "", nil)
+	if err != nil || len(p.Kernel) != 1 || p.Kernel[0] != (memmap.Range{Start: 0x1000000, Size: 0x200000}) || e.RIP != p.Entry {
+		t.Errorf("bzImage placement %+v, entry %#x, %v; want [0x1000000, +2 MiB), entry %#x", p, e.RIP, err, p.Entry)
+	}
+	elfImg := testkernel.ELFSegments(0x1000010, testkernel.Segment{Paddr: 0x1000000, Data: []byte("text"), BSS: 0x1000},
+		testkernel.Segment{Paddr: 0x2000000, Data: []byte("data")})
+	f, err := elf.NewFile(bytes.NewReader(elfImg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err = boot.PVHPlacement(f)
+	want := []memmap.Range{{Start: 0x1000000, Size: 0x1004}, {Start: 0x2000000, Size: 4}}
+	if err != nil || !slices.Equal(p.Kernel, want) || p.Entry != 0x1000010 || p.End() != 0x2000004 {
+		t.Errorf("PVH placement %+v, %v; want %v entry 0x1000010", p, err, want)
 	}
 }
 
@@ -246,6 +369,8 @@ func FuzzLoad(f *testing.F) {
 	f.Add(bzImage(false, 0x1000, []byte("k")), false)
 	f.Add(bzImage(true, 0x7fffffff, nil), false)
 	f.Add(testkernel.ELFLoadable(0x1000, 0x1000000, []byte("x"), 16), true)
+	f.Add(testkernel.ELFLoadable(0x5000, 0x5000, bytes.Repeat([]byte{0x90}, 0x3000), 0), true)
+	f.Add(testkernel.ELFSegments(0x1000000, testkernel.Segment{Paddr: 0x1000000, Data: []byte("x"), Memsz: ^uint64(0) - 0xfff}), true)
 	f.Fuzz(func(t *testing.T, image []byte, elf bool) {
 		m, l := guest(t, 32*memmap.MiB)
 		if elf {

@@ -4,8 +4,8 @@ import (
 	"encoding/binary"
 	"fmt"
 
-	"github.com/popvmm/popvmm/vmm/guestmem"
 	"github.com/popvmm/popvmm/memmap"
+	"github.com/popvmm/popvmm/vmm/guestmem"
 )
 
 // Setup header fields (Documentation/arch/x86/boot.rst), as offsets into
@@ -47,44 +47,38 @@ const (
 // e820 table, the page tables and GDT.
 func LoadBzImage(mem *guestmem.Memory, l *memmap.Layout, image []byte, cmdline string, initrd []byte) (Entry, error) {
 	le := binary.LittleEndian
-	if len(image) < hdrInitSize+4 || string(image[0x202:0x206]) != "HdrS" {
-		return Entry{}, fmt.Errorf("%w: no bzImage setup header", ErrKernel)
+	pl, err := BzImagePlacement(image, uint64(len(image)))
+	if err != nil {
+		return Entry{}, err
 	}
-	if v := le.Uint16(image[0x206:]); v < 0x020c {
-		return Entry{}, fmt.Errorf("%w: boot protocol %#x older than 2.12", ErrKernel, v)
+	hdrEnd := 0x202 + int(image[hdrJumpEnd])
+	if hdrEnd > hdrStart+0x80 || hdrEnd > len(image) {
+		return Entry{}, fmt.Errorf("%w: setup header end %#x", ErrKernel, hdrEnd)
+	}
+	if err := pl.Fits(l); err != nil {
+		return Entry{}, fmt.Errorf("%w: %w", ErrKernel, err)
+	}
+	var initrdAddr uint64
+	if len(initrd) > 0 {
+		if initrdAddr, err = pl.InitrdAddr(l, uint64(len(initrd))); err != nil {
+			return Entry{}, err
+		}
 	}
 	setupSects := int(image[hdrSetupSects])
 	if setupSects == 0 {
 		setupSects = 4
 	}
-	pmOff := (setupSects + 1) * 512
-	if pmOff >= len(image) {
-		return Entry{}, fmt.Errorf("%w: setup of %d sectors leaves no kernel", ErrKernel, setupSects)
+	k := pl.Kernel[0]
+	kernel := image[(setupSects+1)*512:]
+	if err := mem.Write(k.Start, kernel); err != nil {
+		return Entry{}, fmt.Errorf("load kernel at %#x: %w", k.Start, err)
 	}
-	kernel := image[pmOff:]
-
-	load := le.Uint64(image[hdrPrefAddress:])
-	if image[hdrRelocatable] != 0 {
-		align := uint64(le.Uint32(image[hdrKernelAlign:]))
-		if align == 0 || align&(align-1) != 0 {
-			return Entry{}, fmt.Errorf("%w: kernel_alignment %#x", ErrKernel, align)
-		}
-		load = (memmap.KernelAddr + align - 1) &^ (align - 1)
-	}
-	initSize := max(uint64(le.Uint32(image[hdrInitSize:])), uint64(len(kernel)))
-	if err := mem.Write(load, kernel); err != nil {
-		return Entry{}, fmt.Errorf("load kernel at %#x: %w", load, err)
-	}
-	if _, err := mem.Slice(load, initSize); err != nil {
-		return Entry{}, fmt.Errorf("kernel needs %s from %#x: %w", memmap.FormatSize(initSize), load, err)
+	if _, err := mem.Slice(k.Start, k.Size); err != nil {
+		return Entry{}, fmt.Errorf("kernel needs %s from %#x: %w", memmap.FormatSize(k.Size), k.Start, err)
 	}
 
 	// The zero page starts as a copy of the image's setup header.
 	zp := make([]byte, zpSize)
-	hdrEnd := 0x202 + int(image[hdrJumpEnd])
-	if hdrEnd > hdrStart+0x80 || hdrEnd > len(image) {
-		return Entry{}, fmt.Errorf("%w: setup header end %#x", ErrKernel, hdrEnd)
-	}
 	copy(zp[hdrStart:hdrEnd], image[hdrStart:hdrEnd])
 	zp[hdrTypeOfLoader] = loaderID
 	zp[hdrLoadFlags] |= loadedHigh | canUseHeap
@@ -100,17 +94,12 @@ func LoadBzImage(mem *guestmem.Memory, l *memmap.Layout, image []byte, cmdline s
 	le.PutUint32(zp[hdrCmdLinePtr:], memmap.CmdlineAddr)
 
 	if len(initrd) > 0 {
-		maxAddr := uint64(le.Uint32(image[hdrInitrdMax:]))
-		addr, err := l.InitrdAddr(uint64(len(initrd)), load+initSize, maxAddr+1)
-		if err != nil {
-			return Entry{}, err
+		if err := mem.Write(initrdAddr, initrd); err != nil {
+			return Entry{}, fmt.Errorf("load initrd at %#x: %w", initrdAddr, err)
 		}
-		if err := mem.Write(addr, initrd); err != nil {
-			return Entry{}, fmt.Errorf("load initrd at %#x: %w", addr, err)
-		}
-		le.PutUint32(zp[hdrRamdiskImage:], uint32(addr))
+		le.PutUint32(zp[hdrRamdiskImage:], uint32(initrdAddr))
 		le.PutUint32(zp[hdrRamdiskSize:], uint32(len(initrd)))
-		zp[zpExtRamdiskImg] = byte(addr >> 32)
+		zp[zpExtRamdiskImg] = byte(initrdAddr >> 32)
 		le.PutUint32(zp[zpExtRamdiskSz:], uint32(uint64(len(initrd))>>32))
 	}
 
@@ -134,6 +123,6 @@ func LoadBzImage(mem *guestmem.Memory, l *memmap.Layout, image []byte, cmdline s
 	if err != nil {
 		return Entry{}, err
 	}
-	return Entry{Mode: Long64, RIP: load + entry64, RSI: memmap.ZeroPageAddr, RSP: memmap.BootStackTop,
+	return Entry{Mode: Long64, RIP: pl.Entry, RSI: memmap.ZeroPageAddr, RSP: memmap.BootStackTop,
 		CR3: memmap.PML4Addr, GDTBase: base, GDTLimit: limitGDT}, nil
 }

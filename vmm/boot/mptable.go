@@ -4,8 +4,8 @@ import (
 	"encoding/binary"
 	"fmt"
 
-	"github.com/popvmm/popvmm/vmm/guestmem"
 	"github.com/popvmm/popvmm/memmap"
+	"github.com/popvmm/popvmm/vmm/guestmem"
 )
 
 // MP table (Intel MultiProcessor Specification 1.4): a floating pointer

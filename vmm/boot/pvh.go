@@ -7,9 +7,8 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/popvmm/popvmm/vmm/guestmem"
-	"github.com/popvmm/popvmm/internal/pvhnote"
 	"github.com/popvmm/popvmm/memmap"
+	"github.com/popvmm/popvmm/vmm/guestmem"
 )
 
 // PVH boot (xen/include/public/arch-x86/hvm/start_info.h).
@@ -26,47 +25,39 @@ const (
 // LoadPVH loads an ELF vmlinux with a PVH entry note: its PT_LOAD segments
 // at their physical addresses, the initrd as a module, the command line,
 // and hvm_start_info with the memory map. The vCPU starts in 32-bit
-// protected mode, paging off, EBX pointing at hvm_start_info.
+// protected mode, paging off, EBX pointing at hvm_start_info. A kernel
+// whose segments do not fit l (PVHPlacement, Placement.Fits: over a boot
+// structure, below 1 MiB, beyond RAM) is refused before anything is written.
 func LoadPVH(mem *guestmem.Memory, l *memmap.Layout, image []byte, cmdline string, initrd []byte) (Entry, error) {
 	f, err := elf.NewFile(bytes.NewReader(image))
 	if err != nil {
 		return Entry{}, fmt.Errorf("%w: %w", ErrKernel, err)
 	}
-	if f.Class != elf.ELFCLASS64 || f.Machine != elf.EM_X86_64 {
-		return Entry{}, fmt.Errorf("%w: ELF %v %v", ErrKernel, f.Class, f.Machine)
+	pl, err := PVHPlacement(f)
+	if err != nil {
+		return Entry{}, err
 	}
-	var entry uint64
-	var kernelEnd uint64
-	for _, p := range f.Progs {
-		switch p.Type {
-		case elf.PT_LOAD:
-			if p.Filesz > p.Memsz {
-				return Entry{}, fmt.Errorf("%w: segment file size above memory size", ErrKernel)
-			}
-			seg, err := mem.Slice(p.Paddr, p.Memsz)
-			if err != nil {
-				return Entry{}, fmt.Errorf("kernel segment at %#x: %w", p.Paddr, err)
-			}
-			if _, err := io.ReadFull(p.Open(), seg[:p.Filesz]); err != nil {
-				return Entry{}, fmt.Errorf("read kernel segment: %w", err)
-			}
-			clear(seg[p.Filesz:])
-			kernelEnd = max(kernelEnd, p.Paddr+p.Memsz)
-		case elf.PT_NOTE:
-			if p.Filesz > 1<<20 {
-				continue
-			}
-			data := make([]byte, p.Filesz)
-			if _, err := p.ReadAt(data, 0); err != nil {
-				return Entry{}, fmt.Errorf("read ELF notes: %w", err)
-			}
-			if e, ok := pvhnote.Find(data, binary.LittleEndian); ok {
-				entry = uint64(e)
-			}
+	if err := pl.Fits(l); err != nil {
+		return Entry{}, fmt.Errorf("%w: %w", ErrKernel, err)
+	}
+	var initrdAddr uint64
+	if len(initrd) > 0 {
+		if initrdAddr, err = pl.InitrdAddr(l, uint64(len(initrd))); err != nil {
+			return Entry{}, err
 		}
 	}
-	if entry == 0 {
-		return Entry{}, fmt.Errorf("%w: no PVH entry note (build with CONFIG_PVH=y)", ErrKernel)
+	for _, p := range f.Progs {
+		if p.Type != elf.PT_LOAD || p.Memsz == 0 {
+			continue
+		}
+		seg, err := mem.Slice(p.Paddr, p.Memsz)
+		if err != nil {
+			return Entry{}, fmt.Errorf("kernel segment at %#x: %w", p.Paddr, err)
+		}
+		if _, err := io.ReadFull(p.Open(), seg[:p.Filesz]); err != nil {
+			return Entry{}, fmt.Errorf("read kernel segment: %w", err)
+		}
+		clear(seg[p.Filesz:])
 	}
 
 	if err := writeCmdline(mem, cmdline, memmap.CmdlineMax-1); err != nil {
@@ -78,15 +69,11 @@ func LoadPVH(mem *guestmem.Memory, l *memmap.Layout, image []byte, cmdline strin
 	le.PutUint32(si[4:], pvhVersion)
 	le.PutUint64(si[24:], memmap.CmdlineAddr)
 	if len(initrd) > 0 {
-		addr, err := l.InitrdAddr(uint64(len(initrd)), kernelEnd, 0)
-		if err != nil {
-			return Entry{}, err
-		}
-		if err := mem.Write(addr, initrd); err != nil {
-			return Entry{}, fmt.Errorf("load initrd at %#x: %w", addr, err)
+		if err := mem.Write(initrdAddr, initrd); err != nil {
+			return Entry{}, fmt.Errorf("load initrd at %#x: %w", initrdAddr, err)
 		}
 		mod := make([]byte, moduleEntrySize)
-		le.PutUint64(mod[0:], addr)
+		le.PutUint64(mod[0:], initrdAddr)
 		le.PutUint64(mod[8:], uint64(len(initrd)))
 		if err := mem.Write(pvhModuleAddr, mod); err != nil {
 			return Entry{}, fmt.Errorf("write PVH module list: %w", err)
@@ -115,6 +102,6 @@ func LoadPVH(mem *guestmem.Memory, l *memmap.Layout, image []byte, cmdline strin
 	if err != nil {
 		return Entry{}, err
 	}
-	return Entry{Mode: Protected32, RIP: entry, RBX: memmap.PVHInfoAddr, RSP: memmap.BootStackTop,
+	return Entry{Mode: Protected32, RIP: pl.Entry, RBX: memmap.PVHInfoAddr, RSP: memmap.BootStackTop,
 		GDTBase: base, GDTLimit: limit}, nil
 }
