@@ -11,6 +11,8 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+
+	"github.com/popvmm/popvmm/memmap"
 )
 
 // Errors.
@@ -27,6 +29,8 @@ type Region struct {
 	ReadOnly bool
 }
 
+// end is one past the region's last byte; New refuses a region for which
+// it would wrap.
 func (r Region) end() uint64 { return r.GPA + uint64(len(r.Mem)) }
 
 // Memory is a guest's physical memory.
@@ -39,7 +43,7 @@ func New(regions ...Region) (*Memory, error) {
 	rs := slices.Clone(regions)
 	slices.SortFunc(rs, func(a, b Region) int { return cmp.Compare(a.GPA, b.GPA) })
 	for i, r := range rs {
-		if len(r.Mem) == 0 || r.end() < r.GPA {
+		if _, ok := memmap.End(r.GPA, uint64(len(r.Mem))); len(r.Mem) == 0 || !ok {
 			return nil, fmt.Errorf("region at %#x: empty or wrapping", r.GPA)
 		}
 		if i > 0 && rs[i-1].end() > r.GPA {
@@ -69,7 +73,7 @@ func (m *Memory) region(gpa, n uint64) (Region, error) {
 		}
 		return 0
 	})
-	if !found || gpa+n < gpa || gpa+n > m.regions[i].end() {
+	if end, ok := memmap.End(gpa, n); !found || !ok || end > m.regions[i].end() {
 		return Region{}, fmt.Errorf("%w: %#x+%#x", ErrOutOfRange, gpa, n)
 	}
 	return m.regions[i], nil

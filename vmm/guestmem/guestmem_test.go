@@ -41,6 +41,9 @@ func TestAccess(t *testing.T) {
 		{"past the end", guestmem.ErrOutOfRange, func() error { _, err := m.ReadU64(0x100000ffc); return err }},
 		{"in a hole", guestmem.ErrOutOfRange, func() error { _, err := m.ReadU32(0x20000); return err }},
 		{"wrapping", guestmem.ErrOutOfRange, func() error { _, err := m.Slice(^uint64(0)-2, 8); return err }},
+		{"ending at 2^64", guestmem.ErrOutOfRange, func() error { _, err := m.Slice(^uint64(0)-7, 8); return err }},
+		{"wrapping onto RAM", guestmem.ErrOutOfRange, func() error { _, err := m.Slice(0x10, ^uint64(0)-7); return err }},
+		{"huge write", guestmem.ErrOutOfRange, func() error { _, err := m.Slice(0x100000000, 1<<63); return err }},
 		{"read-only", guestmem.ErrReadOnly, func() error { return m.WriteU32(0x200000000, 1) }},
 		{"crossing regions", guestmem.ErrOutOfRange, func() error { _, err := m.Slice(0xfff8, 0x10); return err }},
 	}
@@ -64,6 +67,12 @@ func TestNewErrors(t *testing.T) {
 	}
 	if _, err := guestmem.New(guestmem.Region{GPA: 0}); err == nil {
 		t.Error("empty region accepted")
+	}
+	// A region whose end would be 2^64 or beyond wraps; refused.
+	for _, gpa := range []uint64{^uint64(0) - 0xfff, ^uint64(0) - 0x7ff} {
+		if _, err := guestmem.New(guestmem.Region{GPA: gpa, Mem: make([]byte, 0x1000)}); err == nil {
+			t.Errorf("region at %#x of 4 KiB (past 2^64) accepted", gpa)
+		}
 	}
 }
 

@@ -3,13 +3,15 @@
 // configuration spaces with BARs the guest can size. The VMM places BARs in
 // the windows package memmap reserves and maps them on its MMIO bus; device
 // models (the shared-window device, virtio-net) plug in a Function. It
-// depends on nothing but package bus.
+// depends on nothing but memmap's address arithmetic.
 package pci
 
 import (
 	"encoding/binary"
 	"fmt"
 	"sync"
+
+	"github.com/popvmm/popvmm/memmap"
 )
 
 // Config space offsets (PCI Local Bus Specification 3.0, 6.1).
@@ -50,6 +52,44 @@ type BAR struct {
 	Addr         uint64 // assigned by the VMM, may be moved by the guest
 }
 
+// End is one past the BAR's last byte, and false when Addr+Size does not
+// fit in 64 bits: the guest may put a 64-bit BAR at the very top of the
+// address space, where the range cannot be mapped.
+func (b BAR) End() (uint64, bool) { return memmap.End(b.Addr, b.Size) }
+
+// checkBARs checks a function's BARs as Add receives them: sizes powers of
+// two of at least 16 bytes, a 32-bit BAR of at most 2 GiB under 4 GiB, a
+// 64-bit BAR with a
+// free slot after it, every address aligned to its size and every range
+// below 2^64.
+func checkBARs(bars [NumBARs]BAR) error {
+	for i, b := range bars {
+		if i > 0 && bars[i-1].Is64 {
+			if b.Size != 0 {
+				return fmt.Errorf("BAR%d: the upper half of 64-bit BAR%d cannot be a BAR of its own", i, i-1)
+			}
+			continue
+		}
+		if b.Size == 0 {
+			continue
+		}
+		end, ok := b.End()
+		switch {
+		case b.Size < 16 || b.Size&(b.Size-1) != 0:
+			return fmt.Errorf("BAR%d: size %#x is not a power of two of at least 16", i, b.Size)
+		case b.Is64 && i == NumBARs-1:
+			return fmt.Errorf("BAR%d: a 64-bit BAR needs the next slot for its upper half", i)
+		case b.Addr%b.Size != 0:
+			return fmt.Errorf("BAR%d: address %#x is not aligned to its size %#x", i, b.Addr, b.Size)
+		case !ok:
+			return fmt.Errorf("BAR%d: %#x+%#x runs past 2^64", i, b.Addr, b.Size)
+		case !b.Is64 && (b.Size > 1<<31 || end > 1<<32):
+			return fmt.Errorf("BAR%d: 32-bit BAR %#x+%#x is over 2 GiB or ends above 4 GiB", i, b.Addr, b.Size)
+		}
+	}
+	return nil
+}
+
 // Function is one PCI function: its identity, BARs and device-specific
 // configuration registers (beyond the standard header, e.g. capabilities).
 type Function interface {
@@ -62,7 +102,10 @@ type Function interface {
 	// (capabilities at 0x40 and up). They see the offset and access width.
 	ConfigRead(off int, data []byte)
 	ConfigWrite(off int, data []byte)
-	// BARMoved tells the function the guest moved BAR slot i to addr.
+	// BARMoved tells the function the guest moved BAR slot i to addr. The
+	// guest may choose any size-aligned addr, up to a 64-bit BAR whose end
+	// is 2^64: check BAR.End before mapping it (bus.Insert refuses a
+	// wrapping range).
 	BARMoved(i int, addr uint64)
 }
 
@@ -220,8 +263,12 @@ func NewBus() *Bus {
 	return b
 }
 
-// Add puts fn at the first free device number and returns it.
+// Add puts fn at the first free device number and returns it. It refuses a
+// function whose BARs are malformed (see checkBARs).
 func (b *Bus) Add(fn Function) (int, error) {
+	if err := checkBARs(fn.BARs()); err != nil {
+		return 0, fmt.Errorf("pci: %04x:%04x: %w", fn.Header().Vendor, fn.Header().Device, err)
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for d := 1; d < len(b.devs); d++ {
@@ -294,7 +341,7 @@ func (p *Ports) Write(off uint64, data []byte) {
 	switch {
 	case off == 0 && len(data) == 4:
 		p.b.address = v
-	case off >= 4 && off+uint64(len(data)) <= 8:
+	case off >= 4 && off <= 8 && uint64(len(data)) <= 8-off: // off+len could wrap
 		if c, reg, ok := p.b.target(); ok {
 			shift := 8 * (off - 4)
 			mask := uint32((uint64(1)<<(8*len(data)))-1) << shift

@@ -157,6 +157,69 @@ func TestCommandAndCapabilities(t *testing.T) {
 	}
 }
 
+// bars is a function with the given BARs.
+type bars [pci.NumBARs]pci.BAR
+
+func (b bars) Header() pci.Header              { return pci.Header{Vendor: 0x1af4, Device: 0x1110} }
+func (b bars) BARs() [pci.NumBARs]pci.BAR      { return b }
+func (b bars) ConfigRead(off int, data []byte) {}
+func (b bars) ConfigWrite(int, []byte)         {}
+func (b bars) BARMoved(int, uint64)            {}
+
+// TestAddChecksBARs: malformed BARs (a range past 2^64 or above 4 GiB for
+// a 32-bit BAR, sizes that break the sizing math) are refused at Add.
+func TestAddChecksBARs(t *testing.T) {
+	tests := []struct {
+		name string
+		bars bars
+		ok   bool
+	}{
+		{"good", bars{0: {Size: 0x1000, Addr: 0xc0000000}, 2: {Size: 1 << 30, Is64: true, Addr: 1 << 40}}, true},
+		{"64-bit at the top", bars{0: {Size: 0x1000, Is64: true, Addr: 0xffff_ffff_ffff_e000}}, true},
+		{"64-bit ending at 2^64", bars{0: {Size: 0x1000, Is64: true, Addr: 0xffff_ffff_ffff_f000}}, false},
+		{"32-bit past 4 GiB", bars{0: {Size: 0x1000, Addr: 0x1_0000_0000}}, false},
+		{"32-bit too large", bars{0: {Size: 1 << 32}}, false},
+		{"32-bit of 2 GiB", bars{0: {Size: 1 << 31, Addr: 1 << 31}}, true},
+		{"size not a power of two", bars{0: {Size: 0x3000, Addr: 0xc0000000}}, false},
+		{"size below 16", bars{0: {Size: 8, Addr: 0xc0000000}}, false},
+		{"unaligned", bars{0: {Size: 0x2000, Addr: 0xc0001000}}, false},
+		{"64-bit in the last slot", bars{5: {Size: 0x1000, Is64: true, Addr: 1 << 40}}, false},
+		{"upper half reused", bars{0: {Size: 0x1000, Is64: true, Addr: 1 << 40}, 1: {Size: 0x1000, Addr: 0xc0000000}}, false},
+	}
+	for _, tt := range tests {
+		_, err := pci.NewBus().Add(tt.bars)
+		if (err == nil) != tt.ok {
+			t.Errorf("%s: Add = %v, want success %v", tt.name, err, tt.ok)
+		}
+	}
+}
+
+// TestBAREnd: a guest may move a 64-bit BAR to the top of the address
+// space; End says its range does not fit rather than wrapping to 0.
+func TestBAREnd(t *testing.T) {
+	b := pci.NewBus()
+	if _, err := b.Add(bars{0: {Size: 0x1000, Addr: 0xc0000000}, 2: {Size: 8 << 30, Is64: true, Addr: 1 << 40}}); err != nil {
+		t.Fatal(err)
+	}
+	p := b.ConfigPorts()
+	write32(p, 1, 0x18, 0x0000000c)
+	write32(p, 1, 0x1c, 0xfffffffe) // all ones would be a size probe
+	bar := b.BARs(1)[2]
+	if end, ok := bar.End(); ok || bar.Addr != 0xffff_fffe_0000_0000 {
+		t.Errorf("BAR2 at %#x: End = %#x, %v; want it not to fit below 2^64", bar.Addr, end, ok)
+	}
+	if end, ok := b.BARs(1)[0].End(); !ok || end != 0xc0001000 {
+		t.Errorf("BAR0 End = %#x, %v", end, ok)
+	}
+	// A data-window write at an offset whose end wraps changes nothing.
+	before := b.Command(1)
+	p.Write(0, cfgAddr(1, 4))
+	p.Write(^uint64(0)-1, []byte{0xff, 0xff, 0xff, 0xff})
+	if c := b.Command(1); c != before {
+		t.Errorf("command %#x after a write at offset 2^64-2, want %#x", c, before)
+	}
+}
+
 // FuzzPorts: any sequence of accesses to 0xCF8-0xCFF is safe and never
 // changes the host bridge's identity.
 func FuzzPorts(f *testing.F) {

@@ -58,12 +58,16 @@ type Queue struct {
 
 	lastAvail uint16
 	usedIdx   uint16
+	valid     bool // Validate passed: every ring address below lies in guest memory
 	broken    error
 }
 
 // Validate checks the queue's configuration; call it when the driver sets
-// the queue ready.
+// the queue ready. Pop and Push call it themselves on first use: every ring
+// address they compute (Avail+4+2*i, Used+4+8*i, ...) is only safe from
+// wrapping past 2^64 because the rings were found whole in guest memory.
 func (q *Queue) Validate() error {
+	q.valid = false
 	if q.Size == 0 || q.Size > MaxQueueSize || q.Size&(q.Size-1) != 0 {
 		return q.fail(fmt.Errorf("queue size %d is not a power of two up to %d", q.Size, MaxQueueSize))
 	}
@@ -84,6 +88,18 @@ func (q *Queue) Validate() error {
 			return q.fail(fmt.Errorf("%s: %w", r.name, err))
 		}
 	}
+	q.valid = true
+	return nil
+}
+
+// ready validates the queue once, before its first use.
+func (q *Queue) ready() error {
+	if q.broken != nil {
+		return q.broken
+	}
+	if !q.valid {
+		return q.Validate()
+	}
 	return nil
 }
 
@@ -99,8 +115,8 @@ func (q *Queue) Broken() error { return q.broken }
 
 // Pop returns the next available chain, or ok false when there is none.
 func (q *Queue) Pop() (c Chain, ok bool, err error) {
-	if q.broken != nil {
-		return Chain{}, false, q.broken
+	if err := q.ready(); err != nil {
+		return Chain{}, false, err
 	}
 	idx, err := q.Mem.ReadU16(q.Avail + 2)
 	if err != nil {
@@ -215,8 +231,8 @@ func (q *Queue) walkFrom(table uint64, size uint32, i, head uint16, indirect boo
 // Push returns chain head to the driver with written bytes used, and
 // reports whether the driver wants an interrupt for it.
 func (q *Queue) Push(head uint16, written uint32) (notify bool, err error) {
-	if q.broken != nil {
-		return false, q.broken
+	if err := q.ready(); err != nil {
+		return false, err
 	}
 	old := q.usedIdx
 	slot := q.Used + 4 + 8*uint64(q.usedIdx%q.Size)

@@ -190,6 +190,31 @@ func TestValidate(t *testing.T) {
 	}
 }
 
+// TestUnvalidatedQueue: Pop and Push validate a queue the driver never
+// set ready before computing ring addresses, which would otherwise wrap
+// past 2^64 onto guest memory the rings do not occupy.
+func TestUnvalidatedQueue(t *testing.T) {
+	m, _ := guestmem.New(guestmem.Region{GPA: 0, Mem: make([]byte, 0x10000)})
+	m.WriteU16(0, 1) // what Avail+2 wrapped onto would read as an index
+	for _, q := range []*virtio.Queue{
+		{Mem: m, Size: qsize, Desc: descAt, Avail: ^uint64(0) - 1, Used: usedAt},
+		{Mem: m, Size: qsize, Desc: descAt, Avail: availAt, Used: ^uint64(0) - 3},
+		{Mem: m, Size: qsize, Desc: ^uint64(0) - 15, Avail: availAt, Used: usedAt},
+		{Mem: m, Size: 0, Desc: descAt, Avail: availAt, Used: usedAt},
+	} {
+		if _, ok, err := q.Pop(); ok || !errors.Is(err, virtio.ErrBroken) {
+			t.Errorf("Pop on unvalidated %+v = %v, %v; want ErrBroken", q, ok, err)
+		}
+		if _, err := q.Push(0, 0); !errors.Is(err, virtio.ErrBroken) {
+			t.Errorf("Push on unvalidated %+v = %v; want ErrBroken", q, err)
+		}
+	}
+	q := &virtio.Queue{Mem: m, Size: qsize, Desc: descAt, Avail: availAt, Used: usedAt}
+	if _, ok, err := q.Pop(); ok || err != nil {
+		t.Errorf("Pop on a good queue never validated = %v, %v; want nothing pending", ok, err)
+	}
+}
+
 // FuzzQueue treats arbitrary bytes as the guest's descriptor table and
 // rings: Pop and Push return chains or errors, never panic, and every
 // returned buffer lies in guest memory.
