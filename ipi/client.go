@@ -5,8 +5,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
+	"strconv"
 	"sync"
 	"time"
 
@@ -17,6 +19,11 @@ import (
 type PeerEvent struct {
 	ID     int
 	Joined bool // false: left
+	// Incarnation tells the stays of one id apart: every join gets a new,
+	// larger number (counted by this client), and the departure carries
+	// its join's. A consumer that acts on a departure later checks it
+	// still concerns the incarnation it knows under that id.
+	Incarnation uint64
 }
 
 // Client is a host peer of a window: its id, the window mapped, its own
@@ -28,27 +35,75 @@ type Client struct {
 	conn    *net.UnixConn
 	own     []*os.File // own eventfds, one per vector
 
+	// The message loop's state: a peer whose eventfds are arriving, and
+	// the peer the last message was about.
+	assembling, last int
+
 	mu     sync.Mutex
-	peers  map[int][]int // peer id → eventfds, complete once len == vectors
+	peers  map[int]*clientPeer
+	incs   uint64 // incarnations handed out
 	events chan PeerEvent
 	done   chan struct{}
 	err    error
 }
 
+type clientPeer struct {
+	fds []int // complete once len == vectors
+	inc uint64
+}
+
+// handshakeTimeout bounds Dial's greeting when its context allows longer:
+// a server that accepts and says nothing cannot hang Dial.
+const handshakeTimeout = 10 * time.Second
+
+// greetGap bounds the silence inside a greeting: once the server has sent
+// the window it sends the rest at once, so a gap this long means it sent
+// all it will.
+const greetGap = time.Second
+
 // Dial joins the window served at socket as a host peer with vectors
-// interrupt vectors (as the server was configured).
+// interrupt vectors (as the server was configured; a server with another
+// count is a protocol error naming both). The greeting ends with ctx, or
+// handshakeTimeout, whichever comes first.
 func Dial(ctx context.Context, socket string, vectors int) (*Client, error) {
+	if vectors < 1 || vectors > MaxVectors {
+		return nil, fmt.Errorf("join window at %s: %d vectors, want 1-%d", socket, vectors, MaxVectors)
+	}
 	var d net.Dialer
 	nc, err := d.DialContext(ctx, "unix", socket)
 	if err != nil {
 		return nil, fmt.Errorf("join window at %s: %w", socket, err)
 	}
-	c := &Client{conn: nc.(*net.UnixConn), vectors: vectors, peers: map[int][]int{},
-		events: make(chan PeerEvent, 64), done: make(chan struct{})}
-	if dl, ok := ctx.Deadline(); ok {
-		c.conn.SetReadDeadline(dl)
+	c := &Client{conn: nc.(*net.UnixConn), vectors: vectors, peers: map[int]*clientPeer{},
+		assembling: -1, last: -1, events: make(chan PeerEvent, 64), done: make(chan struct{})}
+	deadline := time.Now().Add(handshakeTimeout)
+	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
+		deadline = dl
 	}
-	if err := c.greet(); err != nil {
+	// Cancellation cuts a read short through the read deadline; the mutex
+	// keeps the greeting from setting a later deadline over it.
+	var cancel struct {
+		sync.Mutex
+		done bool
+	}
+	stop := context.AfterFunc(ctx, func() {
+		cancel.Lock()
+		defer cancel.Unlock()
+		cancel.done = true
+		c.conn.SetReadDeadline(time.Now())
+	})
+	err = c.greet(func(dl time.Time) bool {
+		cancel.Lock()
+		defer cancel.Unlock()
+		if !cancel.done {
+			c.conn.SetReadDeadline(minTime(dl, deadline))
+		}
+		return !cancel.done
+	})
+	if !stop() {
+		err = ctx.Err()
+	}
+	if err != nil {
 		c.closeAll()
 		return nil, fmt.Errorf("join window at %s: %w", socket, err)
 	}
@@ -58,34 +113,66 @@ func Dial(ctx context.Context, socket string, vectors int) (*Client, error) {
 }
 
 // greet reads the server's opening: version, own id, window, the other
-// peers' eventfds, then this client's own.
-func (c *Client) greet() error {
-	v, fd, err := recvMsg(c.conn)
+// peers' eventfds, then this client's own. Every read has a deadline, set
+// through setDeadline (which caps it at the handshake's and reports false
+// once the handshake was cancelled).
+func (c *Client) greet(setDeadline func(time.Time) bool) error {
+	var gap time.Time // set once the window came: the rest follows at once
+	read := func() (int64, int, error) {
+		var dl time.Time // none of its own: the handshake's
+		if !gap.IsZero() {
+			gap = time.Now().Add(greetGap)
+			dl = gap
+		}
+		if !setDeadline(dl) {
+			return 0, -1, context.Canceled // Dial reports the context's error
+		}
+		v, fd, err := recvMsg(c.conn)
+		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded) && !gap.IsZero() && !time.Now().Before(gap):
+			return 0, -1, errGap
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			return 0, -1, fmt.Errorf("server's greeting incomplete at the handshake's deadline: %w", err)
+		case errors.Is(err, io.EOF):
+			return 0, -1, fmt.Errorf("%w: server closed the connection during the greeting", ErrProtocol)
+		}
+		return v, fd, err
+	}
+	v, fd, err := read()
 	if err != nil {
 		return err
 	}
-	if v != ProtocolVersion || fd >= 0 {
-		closeFd(fd)
-		return fmt.Errorf("%w: version %d, want %d", errProtocol, v, ProtocolVersion)
+	if fd >= 0 {
+		unix.Close(fd)
+		return fmt.Errorf("%w: version message carries an fd", ErrProtocol)
 	}
-	id, fd, err := recvMsg(c.conn)
+	if v != ProtocolVersion {
+		return fmt.Errorf("%w: version %d, want %d", ErrProtocol, v, ProtocolVersion)
+	}
+	id, fd, err := read()
 	if err != nil {
 		return err
 	}
-	if id < 0 || id >= 1<<16 || fd >= 0 {
-		closeFd(fd)
-		return fmt.Errorf("%w: bad own id %d", errProtocol, id)
+	if fd >= 0 {
+		unix.Close(fd)
+		return fmt.Errorf("%w: own id message carries an fd", ErrProtocol)
+	}
+	if id < 0 || id > maxPeerID {
+		return fmt.Errorf("%w: own id %d out of range 0-%d", ErrProtocol, id, maxPeerID)
 	}
 	c.ID = int(id)
-	m, shm, err := recvMsg(c.conn)
+	m, shm, err := read()
 	if err != nil {
 		return err
 	}
 	if m != shmID || shm < 0 {
 		closeFd(shm)
-		return fmt.Errorf("%w: expected the window fd, got message %d", errProtocol, m)
+		return fmt.Errorf("%w: expected the window fd, got message %d (fd %v)", ErrProtocol, m, shm >= 0)
 	}
 	size, err := fdSize(shm)
+	if err == nil && size <= 0 {
+		err = fmt.Errorf("%w: window of %d bytes", ErrProtocol, size)
+	}
 	if err == nil {
 		c.Mem, err = MapFd(shm, size)
 	}
@@ -93,45 +180,171 @@ func (c *Client) greet() error {
 	if err != nil {
 		return err
 	}
+	gap = time.Now()
 	for len(c.own) < c.vectors {
-		pid, fd, err := recvMsg(c.conn)
+		pid, fd, err := read()
+		if errors.Is(err, errGap) {
+			if n := len(c.own); n > 0 {
+				return c.mismatch(n, false, fmt.Sprintf("%d eventfds for this client, then nothing for %v", n, greetGap))
+			}
+			if c.assembling >= 0 {
+				n := len(c.peers[c.assembling].fds)
+				return c.mismatch(n, false, fmt.Sprintf("%d eventfds for peer %d, then nothing for %v", n, c.assembling, greetGap))
+			}
+			return fmt.Errorf("%w: server stopped in the greeting, before this client's eventfds", ErrProtocol)
+		}
 		if err != nil {
 			return err
 		}
 		if fd < 0 {
-			return fmt.Errorf("%w: peer %d message without eventfd during greeting", errProtocol, pid)
+			return fmt.Errorf("%w: peer %d message without eventfd during the greeting", ErrProtocol, pid)
 		}
-		if pid == int64(c.ID) {
-			unix.SetNonblock(fd, true)
-			c.own = append(c.own, os.NewFile(uintptr(fd), fmt.Sprintf("eventfd-%d-%d", c.ID, len(c.own))))
+		if pid != int64(c.ID) {
+			if len(c.own) > 0 {
+				unix.Close(fd)
+				return fmt.Errorf("%w: eventfd of peer %d after this client's own, which come last", ErrProtocol, pid)
+			}
+			if err := c.handle(pid, fd, false); err != nil {
+				return err
+			}
 			continue
 		}
-		if err := c.addPeerFd(pid, fd, false); err != nil {
+		if c.assembling >= 0 {
+			unix.Close(fd)
+			n := len(c.peers[c.assembling].fds)
+			return c.mismatch(n, false, fmt.Sprintf("%d eventfds for peer %d, then this client's own", n, c.assembling))
+		}
+		if err := checkEventfd(fd); err != nil {
+			unix.Close(fd)
 			return err
 		}
+		unix.SetNonblock(fd, true)
+		c.own = append(c.own, os.NewFile(uintptr(fd), fmt.Sprintf("eventfd-%d-%d", c.ID, len(c.own))))
+		c.last = c.ID
+	}
+	// More eventfds for this client's own id, already waiting, mean the
+	// server has more vectors. (One that comes later is the message
+	// loop's protocol error.)
+	extra := 0
+	for {
+		v, ok := peekValue(c.conn)
+		if !ok || v != int64(c.ID) {
+			break
+		}
+		if !setDeadline(time.Now().Add(greetGap)) {
+			return context.Canceled
+		}
+		_, fd, err := recvMsg(c.conn)
+		closeFd(fd)
+		if err != nil {
+			return err
+		}
+		extra++
+	}
+	if extra > 0 {
+		n := c.vectors + extra
+		return c.mismatch(n, true, fmt.Sprintf("%d eventfds for this client", n))
 	}
 	return nil
 }
 
-// addPeerFd records one eventfd of peer pid; the peer counts as joined
-// once all its vectors arrived.
-func (c *Client) addPeerFd(pid int64, fd int, announce bool) error {
-	if pid < 0 || pid >= 1<<16 {
-		unix.Close(fd)
-		return fmt.Errorf("%w: peer id %d", errProtocol, pid)
+// errGap is a greeting that stopped half-way (see greetGap).
+var errGap = errors.New("greeting stopped")
+
+// mismatch is the error for a server whose vector count is not this
+// client's: it sent n eventfds for one peer (at least n: more may follow).
+func (c *Client) mismatch(n int, atLeast bool, what string) error {
+	has := strconv.Itoa(n)
+	if atLeast {
+		has = "at least " + has
+	}
+	return fmt.Errorf("%w: vectors mismatch: the server has %s vectors, this client %d (it sent %s)",
+		ErrProtocol, has, c.vectors, what)
+}
+
+// minTime is the earlier of a and b; the zero time counts as none.
+func minTime(a, b time.Time) time.Time {
+	if a.IsZero() || (!b.IsZero() && b.Before(a)) {
+		return b
+	}
+	return a
+}
+
+// handle takes one message about another peer: one of its eventfds (fd >=
+// 0) or its departure. A peer's eventfds come together, all c.vectors of
+// them, and a peer is announced once until it leaves; anything else is a
+// protocol error. Joins and departures are emitted when announce is set.
+func (c *Client) handle(pid int64, fd int, announce bool) error {
+	last := c.last
+	c.last = int(pid)
+	fail := func(err error) error {
+		closeFd(fd)
+		return err
+	}
+	if pid < 0 || pid > maxPeerID {
+		return fail(fmt.Errorf("%w: peer id %d out of range 0-%d", ErrProtocol, pid, maxPeerID))
+	}
+	id := int(pid)
+	if id == c.ID {
+		if fd >= 0 {
+			return fail(c.mismatch(c.vectors+1, true, fmt.Sprintf(
+				"eventfd %d for this client's own id %d after the greeting, or announces this client as a peer", c.vectors+1, id)))
+		}
+		return fail(fmt.Errorf("%w: departure of this client's own id %d", ErrProtocol, id))
+	}
+	if c.assembling >= 0 && c.assembling != id {
+		n := len(c.peers[c.assembling].fds)
+		then := "an eventfd"
+		if fd < 0 {
+			then = "the departure"
+		}
+		return fail(c.mismatch(n, false, fmt.Sprintf("%d eventfds for peer %d, then %s of peer %d", n, c.assembling, then, id)))
 	}
 	c.mu.Lock()
-	fds := c.peers[int(pid)]
-	if len(fds) >= c.vectors {
-		c.mu.Unlock()
-		unix.Close(fd)
-		return fmt.Errorf("%w: peer %d has more than %d vectors", errProtocol, pid, c.vectors)
-	}
-	c.peers[int(pid)] = append(fds, fd)
-	complete := len(fds)+1 == c.vectors
+	p := c.peers[id]
 	c.mu.Unlock()
-	if complete && announce {
-		c.emit(PeerEvent{ID: int(pid), Joined: true})
+	if fd < 0 {
+		switch {
+		case p == nil:
+			return fmt.Errorf("%w: departure of unknown peer %d", ErrProtocol, id)
+		case c.assembling == id:
+			return c.mismatch(len(p.fds), false, fmt.Sprintf("%d eventfds for peer %d, then its departure", len(p.fds), id))
+		}
+		c.mu.Lock()
+		delete(c.peers, id)
+		c.mu.Unlock()
+		for _, f := range p.fds {
+			unix.Close(f)
+		}
+		if announce {
+			c.emit(PeerEvent{ID: id, Joined: false, Incarnation: p.inc})
+		}
+		return nil
+	}
+	if p != nil && len(p.fds) == c.vectors {
+		if last == id {
+			return fail(c.mismatch(c.vectors+1, true, fmt.Sprintf("eventfd %d for peer %d", c.vectors+1, id)))
+		}
+		return fail(fmt.Errorf("%w: peer %d announced again without leaving", ErrProtocol, id))
+	}
+	if err := checkEventfd(fd); err != nil {
+		return fail(err)
+	}
+	c.mu.Lock()
+	if p == nil {
+		c.incs++
+		p = &clientPeer{inc: c.incs}
+		c.peers[id] = p
+	}
+	p.fds = append(p.fds, fd)
+	complete := len(p.fds) == c.vectors
+	c.mu.Unlock()
+	c.assembling = id
+	if complete {
+		c.assembling = -1
+		if announce {
+			c.emit(PeerEvent{ID: id, Joined: true, Incarnation: p.inc})
+		}
 	}
 	return nil
 }
@@ -143,34 +356,24 @@ func (c *Client) emit(e PeerEvent) {
 	}
 }
 
-// listen follows joins and departures until the server goes.
+// listen follows joins and departures until the server goes or Close. A
+// protocol error ends it too: Err reports it, and the peers are forgotten,
+// since what the server says can no longer be followed.
 func (c *Client) listen() {
 	defer close(c.done)
 	defer close(c.events)
 	for {
 		pid, fd, err := recvMsg(c.conn)
+		if err == nil {
+			err = c.handle(pid, fd, true)
+		}
 		if err != nil {
-			if !errors.Is(err, os.ErrClosed) && !errors.Is(err, net.ErrClosed) {
+			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 				c.setErr(err)
+				c.conn.Close()
+				c.forgetPeers()
 			}
 			return
-		}
-		if fd >= 0 {
-			if err := c.addPeerFd(pid, fd, true); err != nil {
-				c.setErr(err)
-				return
-			}
-			continue
-		}
-		c.mu.Lock()
-		fds, ok := c.peers[int(pid)]
-		delete(c.peers, int(pid))
-		c.mu.Unlock()
-		for _, f := range fds {
-			unix.Close(f)
-		}
-		if ok {
-			c.emit(PeerEvent{ID: int(pid), Joined: false})
 		}
 	}
 }
@@ -179,6 +382,14 @@ func (c *Client) setErr(err error) {
 	c.mu.Lock()
 	c.err = err
 	c.mu.Unlock()
+}
+
+// Err is why the connection to the server ended (a protocol error), or nil
+// while it lasts and when the server or Close ended it.
+func (c *Client) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
 }
 
 // Events delivers peer joins and departures; it is closed when the server
@@ -190,8 +401,8 @@ func (c *Client) Peers() []int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var ids []int
-	for id, fds := range c.peers {
-		if len(fds) == c.vectors {
+	for id, p := range c.peers {
+		if len(p.fds) == c.vectors {
 			ids = append(ids, id)
 		}
 	}
@@ -204,7 +415,10 @@ var ErrNoPeer = errors.New("no such peer")
 // Ring interrupts peer on vector: one eventfd write, no server involved.
 func (c *Client) Ring(peer, vector int) error {
 	c.mu.Lock()
-	fds := c.peers[peer]
+	var fds []int
+	if p := c.peers[peer]; p != nil {
+		fds = p.fds
+	}
 	if vector < 0 || vector >= len(fds) || len(fds) != c.vectors {
 		c.mu.Unlock()
 		return fmt.Errorf("ring %d/%d: %w", peer, vector, ErrNoPeer)
@@ -266,14 +480,7 @@ func (c *Client) Close() error {
 
 func (c *Client) closeAll() {
 	c.conn.Close()
-	c.mu.Lock()
-	for id, fds := range c.peers {
-		for _, f := range fds {
-			unix.Close(f)
-		}
-		delete(c.peers, id)
-	}
-	c.mu.Unlock()
+	c.forgetPeers()
 	for _, f := range c.own {
 		f.Close()
 	}
@@ -281,6 +488,17 @@ func (c *Client) closeAll() {
 	if c.Mem != nil {
 		Unmap(c.Mem)
 		c.Mem = nil
+	}
+}
+
+func (c *Client) forgetPeers() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for id, p := range c.peers {
+		for _, f := range p.fds {
+			unix.Close(f)
+		}
+		delete(c.peers, id)
 	}
 }
 

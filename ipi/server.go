@@ -9,17 +9,25 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
 
 // Server hands the window and every peer's eventfds to host peers that
 // connect to its Unix socket (the ivshmem-server protocol).
+//
+// No peer's socket is ever written under the server's lock: every peer has
+// a bounded outbound queue that one writer goroutine empties. A peer whose
+// queue overflows, or whose socket takes a message for longer than
+// sendTimeout, is disconnected; the others never wait for it.
 type Server struct {
 	win      *Window
 	vectors  int
 	firstID  int // ids below it are reserved (the cluster's kernels)
 	maxPeers int
+	onLeave  func(id int)
 	log      *slog.Logger
 
 	mu    sync.Mutex
@@ -29,34 +37,145 @@ type Server struct {
 type serverPeer struct {
 	id   int
 	conn *net.UnixConn
-	fds  []int // one eventfd per vector
+	fds  []*eventfd // one per vector
+	out  outbox
 }
+
+// eventfd is one of a peer's eventfds, shared by the peer and the queued
+// messages that hand it to others: the last of them to let go closes it.
+type eventfd struct {
+	fd   int
+	refs atomic.Int32
+}
+
+func (e *eventfd) hold() *eventfd { e.refs.Add(1); return e }
+
+func (e *eventfd) release() {
+	if e.refs.Add(-1) == 0 {
+		unix.Close(e.fd)
+	}
+}
+
+// outMsg is one queued protocol message: a value and at most one fd, either
+// a peer's eventfd (held until sent or dropped) or the window's.
+type outMsg struct {
+	v   int64
+	efd *eventfd
+	shm bool // carries the window's fd
+}
+
+func (m outMsg) release() {
+	if m.efd != nil {
+		m.efd.release()
+	}
+}
+
+// outbox is a peer's bounded queue of outbound messages.
+type outbox struct {
+	mu     sync.Mutex
+	msgs   []outMsg
+	limit  int
+	closed bool
+	ready  chan struct{} // one token: messages waiting; closed with the outbox
+}
+
+// push queues msgs, all or none; it fails when the outbox is closed or
+// would hold more than its limit. Either way msgs are the outbox's.
+func (o *outbox) push(msgs ...outMsg) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.closed || len(o.msgs)+len(msgs) > o.limit {
+		for _, m := range msgs {
+			m.release()
+		}
+		return false
+	}
+	o.msgs = append(o.msgs, msgs...)
+	select {
+	case o.ready <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+// next waits for the next message; false once the outbox is closed.
+func (o *outbox) next() (outMsg, bool) {
+	for {
+		o.mu.Lock()
+		if o.closed {
+			o.mu.Unlock()
+			return outMsg{}, false
+		}
+		if len(o.msgs) > 0 {
+			m := o.msgs[0]
+			o.msgs[0] = outMsg{}
+			o.msgs = o.msgs[1:]
+			o.mu.Unlock()
+			return m, true
+		}
+		o.mu.Unlock()
+		<-o.ready
+	}
+}
+
+// close drops what is still queued; later pushes fail.
+func (o *outbox) close() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.closed {
+		return
+	}
+	o.closed = true
+	for _, m := range o.msgs {
+		m.release()
+	}
+	o.msgs = nil
+	close(o.ready)
+}
+
+// outboxSlack is how many messages beyond a full greeting a peer's queue
+// holds while its socket is full: joins and departures of others. The
+// socket buffer holds a few hundred more; a peer that lets both fill up is
+// not reading and is dropped.
+const outboxSlack = 256
 
 // ServerConfig configures a Server.
 type ServerConfig struct {
-	// Vectors is the number of interrupt vectors (eventfds) per peer, 1-64.
+	// Vectors is the number of interrupt vectors (eventfds) per peer,
+	// 1-MaxVectors.
 	Vectors int
 	// FirstID is the lowest id given to a host peer; the ids below are the
 	// kernels' (their index in cluster.toml).
 	FirstID int
 	// MaxPeers bounds the number of host peers connected at once.
 	MaxPeers int
+	// OnLeave, when set, is called with the id of every peer that has gone
+	// (disconnected or dropped), after its connection is closed and before
+	// its id can be given to a new peer: what it records about the peer
+	// cannot reach the id's next holder. It runs on that peer's goroutine,
+	// must not block, and must not call the Server.
+	OnLeave func(id int)
 }
 
 // NewServer makes a server for win.
 func NewServer(win *Window, cfg ServerConfig, log *slog.Logger) (*Server, error) {
-	if cfg.Vectors < 1 || cfg.Vectors > 64 {
-		return nil, fmt.Errorf("ivshmem server: %d vectors, want 1-64", cfg.Vectors)
+	if cfg.Vectors < 1 || cfg.Vectors > MaxVectors {
+		return nil, fmt.Errorf("ivshmem server: %d vectors, want 1-%d", cfg.Vectors, MaxVectors)
 	}
-	if cfg.MaxPeers < 1 || cfg.FirstID < 0 || cfg.FirstID+cfg.MaxPeers > 1<<16 {
+	if cfg.MaxPeers < 1 || cfg.FirstID < 0 || cfg.FirstID+cfg.MaxPeers > maxPeerID+1 {
 		return nil, fmt.Errorf("ivshmem server: peer ids %d+%d out of range", cfg.FirstID, cfg.MaxPeers)
 	}
 	return &Server{win: win, vectors: cfg.Vectors, firstID: cfg.FirstID, maxPeers: cfg.MaxPeers,
-		log: log, peers: map[int]*serverPeer{}}, nil
+		onLeave: cfg.OnLeave, log: log, peers: map[int]*serverPeer{}}, nil
 }
 
+// acceptRetry is how long Serve waits after a failed accept that may pass
+// (out of file descriptors or memory) before it accepts again.
+const acceptRetry = 100 * time.Millisecond
+
 // Serve accepts peers on ln until ctx ends, then disconnects them all and
-// closes every eventfd it made.
+// closes every eventfd it made. Accepting never waits for a peer: a new
+// peer's greeting goes through its queue like every other message.
 func (s *Server) Serve(ctx context.Context, ln *net.UnixListener) error {
 	var wg sync.WaitGroup
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
@@ -75,6 +194,15 @@ func (s *Server) Serve(ctx context.Context, ln *net.UnixListener) error {
 			if ctx.Err() != nil {
 				return nil
 			}
+			if temporaryAcceptError(err) {
+				s.log.Warn("ivshmem server accept", "err", err)
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-time.After(acceptRetry):
+				}
+				continue
+			}
 			return fmt.Errorf("ivshmem server accept: %w", err)
 		}
 		p, err := s.join(c)
@@ -83,16 +211,23 @@ func (s *Server) Serve(ctx context.Context, ln *net.UnixListener) error {
 			c.Close()
 			continue
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			s.watch(p)
-		}()
+		wg.Go(func() { s.write(p) })
+		wg.Go(func() { s.watch(p) })
 	}
 }
 
-// join gives the new client its id, the window, every peer's eventfds and
-// its own, and announces it to the others.
+func temporaryAcceptError(err error) bool {
+	for _, e := range []error{unix.EMFILE, unix.ENFILE, unix.ENOBUFS, unix.ENOMEM, unix.ECONNABORTED, unix.EINTR} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// join gives the new client an id and queues its greeting: the window,
+// every peer's eventfds and its own; it queues the new peer's eventfds to
+// the others.
 func (s *Server) join(c *net.UnixConn) (*serverPeer, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -106,54 +241,90 @@ func (s *Server) join(c *net.UnixConn) (*serverPeer, error) {
 	if id < 0 {
 		return nil, fmt.Errorf("all %d host peer ids are in use", s.maxPeers)
 	}
-	p := &serverPeer{id: id, conn: c}
+	greeting := 3 + s.maxPeers*s.vectors
+	p := &serverPeer{id: id, conn: c, out: outbox{limit: greeting + outboxSlack, ready: make(chan struct{}, 1)}}
 	for range s.vectors {
 		fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
 		if err != nil {
-			p.closeFds()
+			p.releaseFds()
 			return nil, os.NewSyscallError("eventfd", err)
 		}
-		p.fds = append(p.fds, fd)
+		e := &eventfd{fd: fd}
+		e.refs.Store(1)
+		p.fds = append(p.fds, e)
 	}
-	err := func() error {
-		if err := sendMsg(c, ProtocolVersion, -1); err != nil {
-			return err
+	msgs := []outMsg{{v: ProtocolVersion}, {v: int64(id)}, {v: shmID, shm: true}}
+	for _, o := range s.peers {
+		for _, e := range o.fds {
+			msgs = append(msgs, outMsg{v: int64(o.id), efd: e.hold()})
 		}
-		if err := sendMsg(c, int64(id), -1); err != nil {
-			return err
-		}
-		if err := sendMsg(c, shmID, s.win.Fd()); err != nil {
-			return err
-		}
-		for _, o := range s.peers {
-			for _, fd := range o.fds {
-				if err := sendMsg(c, int64(o.id), fd); err != nil {
-					return err
-				}
-			}
-		}
-		for _, fd := range p.fds {
-			if err := sendMsg(c, int64(id), fd); err != nil {
-				return err
-			}
-		}
-		return nil
-	}()
-	if err != nil {
-		p.closeFds()
-		return nil, fmt.Errorf("greet peer %d: %w", id, err)
+	}
+	for _, e := range p.fds {
+		msgs = append(msgs, outMsg{v: int64(id), efd: e.hold()})
+	}
+	if !p.out.push(msgs...) {
+		p.releaseFds()
+		return nil, fmt.Errorf("greeting for peer %d: %d messages overflow its queue", id, len(msgs))
 	}
 	for _, o := range s.peers {
-		for _, fd := range p.fds {
-			if err := sendMsg(o.conn, int64(id), fd); err != nil {
-				s.log.Debug("announce failed; that peer is going", "to", o.id, "err", err)
-				break
-			}
-		}
+		s.sendLocked(o, p.announcement()...)
 	}
 	s.peers[id] = p
 	s.log.Info("host peer joined", "peer", id)
 	return p, nil
+}
+
+// announcement is what the others are told when p joins: its id with each
+// of its eventfds.
+func (p *serverPeer) announcement() []outMsg {
+	msgs := make([]outMsg, 0, len(p.fds))
+	for _, e := range p.fds {
+		msgs = append(msgs, outMsg{v: int64(p.id), efd: e.hold()})
+	}
+	return msgs
+}
+
+// sendLocked queues msgs for o; an o that cannot take them is not reading
+// and is disconnected (its watch goroutine removes it). s.mu is held, so
+// every peer's messages stay in one order.
+func (s *Server) sendLocked(o *serverPeer, msgs ...outMsg) {
+	if !o.out.push(msgs...) {
+		s.log.Warn("host peer does not read its socket; disconnecting it", "peer", o.id)
+		o.drop()
+	}
+}
+
+// drop disconnects p; its watch goroutine then removes it.
+func (p *serverPeer) drop() {
+	p.out.close()
+	p.conn.Close()
+}
+
+// write sends p's queued messages in order until the queue is closed or a
+// send fails or times out, which drops p.
+func (s *Server) write(p *serverPeer) {
+	for {
+		m, ok := p.out.next()
+		if !ok {
+			return
+		}
+		fd := -1
+		switch {
+		case m.efd != nil:
+			fd = m.efd.fd
+		case m.shm:
+			fd = s.win.Fd()
+		}
+		err := sendMsg(p.conn, m.v, fd)
+		m.release()
+		if err != nil {
+			if !errors.Is(err, net.ErrClosed) {
+				s.log.Warn("host peer did not take a message; disconnecting it", "peer", p.id, "err", err)
+			}
+			p.drop()
+			return
+		}
+	}
 }
 
 // watch waits for the peer to go (clients send nothing; anything they send
@@ -168,22 +339,23 @@ func (s *Server) watch(p *serverPeer) {
 	case err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed):
 		s.log.Debug("host peer connection error", "peer", p.id, "err", err)
 	}
-	p.conn.Close()
+	p.drop()
+	if s.onLeave != nil {
+		s.onLeave(p.id) // while the id is still taken
+	}
 	s.mu.Lock()
 	delete(s.peers, p.id)
 	for _, o := range s.peers {
-		if err := sendMsg(o.conn, int64(p.id), -1); err != nil {
-			s.log.Debug("departure notice failed", "to", o.id, "err", err)
-		}
+		s.sendLocked(o, outMsg{v: int64(p.id)})
 	}
 	s.mu.Unlock()
-	p.closeFds()
+	p.releaseFds()
 	s.log.Info("host peer left", "peer", p.id)
 }
 
-func (p *serverPeer) closeFds() {
-	for _, fd := range p.fds {
-		unix.Close(fd)
+func (p *serverPeer) releaseFds() {
+	for _, e := range p.fds {
+		e.release()
 	}
 	p.fds = nil
 }
