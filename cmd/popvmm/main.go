@@ -25,7 +25,12 @@ type exitError struct {
 	err  error
 }
 
-func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Error() string {
+	if e.err == nil {
+		return fmt.Sprintf("exit status %d", e.code)
+	}
+	return e.err.Error()
+}
 func (e *exitError) Unwrap() error { return e.err }
 
 func usageErr(format string, args ...any) error {
@@ -48,8 +53,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if err == nil {
 		return exitOK
 	}
-	fmt.Fprintf(stderr, "popvmm: %v\n", err)
 	var ee *exitError
+	if errors.As(err, &ee) && ee.err == nil { // a status passed on, said already
+		return ee.code
+	}
+	fmt.Fprintf(stderr, "popvmm: %v\n", err)
 	if errors.As(err, &ee) {
 		return ee.code
 	}

@@ -1,0 +1,211 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/popvmm/popvmm/cluster"
+	"github.com/popvmm/popvmm/lab"
+)
+
+// labFlags are the flags every lab command shares.
+type labFlags struct {
+	cpus   int
+	memory string
+	shares []string
+	image  string
+}
+
+func (f *labFlags) add(cmd *cobra.Command) {
+	cmd.Flags().IntVar(&f.cpus, "cpus", 2, "emulated CPUs of the lab host")
+	cmd.Flags().StringVar(&f.memory, "memory", "4G", "memory of the lab host (512M, 4G, ...)")
+	cmd.Flags().StringArrayVar(&f.shares, "share", nil, "directory shared read-write at the same path (repeatable; the current directory always is)")
+	cmd.Flags().StringVar(&f.image, "image", lab.DefaultImage().Dir, "lab image directory (built by `make lab`)")
+}
+
+func (f *labFlags) config(c *cli) (lab.Config, error) {
+	mem, err := cluster.ParseSize(f.memory)
+	if err != nil {
+		return lab.Config{}, usageErr("--memory %q: %v", f.memory, err)
+	}
+	if f.cpus < 1 || f.cpus > 64 {
+		return lab.Config{}, usageErr("--cpus %d: want 1 to 64", f.cpus)
+	}
+	var shares []string
+	for _, s := range f.shares {
+		abs, err := filepath.Abs(s)
+		if err != nil {
+			return lab.Config{}, usageErr("--share %q: %v", s, err)
+		}
+		shares = append(shares, abs)
+	}
+	return lab.Config{
+		Image: lab.Image{Dir: f.image}, CPUs: f.cpus, Memory: mem, Shares: shares,
+		Env: os.Environ(), Stdout: c.stdout, Stderr: c.stderr, Progress: c.stderr,
+	}, nil
+}
+
+func (c *cli) labCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "lab",
+		Short: "An emulated KVM host (QEMU TCG with kvm_amd inside) for machines without /dev/kvm",
+		Long: `The lab boots Debian's kernel under QEMU's software emulator with an emulated
+AMD CPU, loads kvm_amd in it, and runs commands there as root with /dev/kvm.
+The machine's / is visible read-only, /tmp and /run are fresh, the current
+directory and each --share are read-write at the same path. Exit status: the
+command's own, or 125 when the lab itself failed. See docs/lab.md.`,
+	}
+	root.AddCommand(c.labRunCmd(), c.labShellCmd(), c.labUpCmd(), c.labBuildCmd())
+	return root
+}
+
+func (c *cli) labRunCmd() *cobra.Command {
+	var f labFlags
+	cmd := &cobra.Command{
+		Use:   "run [flags] -- CMD [ARG...]",
+		Short: "Run CMD as root in the lab, with /dev/kvm; exit with its status",
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return usageErr("lab run wants a command: popvmm lab run -- CMD [ARG...]")
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, err := f.config(c)
+			if err != nil {
+				return err
+			}
+			cfg.Args = args
+			return c.runLab(cfg)
+		},
+	}
+	f.add(cmd)
+	return cmd
+}
+
+func (c *cli) labShellCmd() *cobra.Command {
+	var f labFlags
+	cmd := &cobra.Command{
+		Use:   "shell",
+		Short: "An interactive root shell in the lab",
+		Args:  exactArgs(),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, err := f.config(c)
+			if err != nil {
+				return err
+			}
+			cfg.Args = []string{"/bin/sh", "-i"}
+			return c.runLabInteractive(cfg)
+		},
+	}
+	f.add(cmd)
+	return cmd
+}
+
+func (c *cli) labUpCmd() *cobra.Command {
+	var f labFlags
+	cmd := &cobra.Command{
+		Use:   "up CONFIG",
+		Short: "Bring a cluster up inside the lab, then a shell there; leaving the shell brings it down",
+		Args:  exactArgs("CONFIG"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, err := f.config(c)
+			if err != nil {
+				return err
+			}
+			exe, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			config, err := filepath.Abs(args[0])
+			if err != nil {
+				return err
+			}
+			cfg.Shares = append(cfg.Shares, filepath.Dir(config))
+			script := `set -u
+exe=$1 config=$2
+export PATH="$(dirname "$exe"):$PATH"
+"$exe" up -d "$config" || exit $?
+echo "popvmm: cluster up in the lab; popvmm status, attach, ssh and msg work here. Leave the shell to bring it down."
+sh -i
+"$exe" down
+`
+			cfg.Args = []string{"/bin/sh", "-c", script, "lab-up", exe, config}
+			return c.runLabInteractive(cfg)
+		},
+	}
+	f.add(cmd)
+	return cmd
+}
+
+func (c *cli) labBuildCmd() *cobra.Command {
+	var debs, dir string
+	cmd := &cobra.Command{
+		Use:   "build",
+		Short: "Build the lab image from fetched Debian packages (make lab does this)",
+		Args:  exactArgs(),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			im := lab.Image{Dir: dir}
+			rebuilt, err := im.Build(debs)
+			if err != nil {
+				return fmt.Errorf("lab image: %w", err)
+			}
+			if rebuilt {
+				fmt.Fprintf(c.stdout, "==> lab image built in %s\n", dir)
+			} else {
+				fmt.Fprintf(c.stdout, "==> lab image is up to date (%s)\n", dir)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&debs, "debs", "images/build/debs", "unpacked Debian packages (images/fetch.sh)")
+	cmd.Flags().StringVar(&dir, "image", lab.DefaultImage().Dir, "where to write the lab image")
+	return cmd
+}
+
+func (c *cli) runLabInteractive(cfg lab.Config) error {
+	cfg.Interactive = true
+	cfg.Stdin = os.Stdin
+	if fd := int(os.Stdin.Fd()); term.IsTerminal(fd) {
+		old, err := term.MakeRaw(fd)
+		if err != nil {
+			return err
+		}
+		defer term.Restore(fd, old)
+		// The guest's terminal speaks \n; the raw host terminal needs \r\n
+		// from the guest's own line discipline, which it has (sane mode).
+	}
+	return c.runLab(cfg)
+}
+
+// runLab runs cfg and turns its outcome into popvmm's exit status: the
+// command's own, 125 for a lab failure, 130/143 when interrupted.
+func (c *cli) runLab(cfg lab.Config) error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	defer stop()
+	res, err := lab.Run(ctx, cfg)
+	var le *lab.Error
+	switch {
+	case errors.As(err, &le):
+		if le.Console != "" && c.verbose {
+			fmt.Fprintf(c.stderr, "lab host console (last lines):\n%s\n", le.Console)
+		}
+		return &exitError{lab.ExitLabFailure, le}
+	case errors.Is(err, context.Canceled):
+		return &exitError{130, errors.New("lab: interrupted; the lab host was stopped")}
+	case err != nil:
+		return &exitError{lab.ExitLabFailure, err}
+	}
+	if res.ExitCode != 0 {
+		return &exitError{res.ExitCode, nil}
+	}
+	return nil
+}

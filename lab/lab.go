@@ -1,0 +1,420 @@
+// Package lab runs commands on an emulated KVM host: QEMU's software
+// emulator (TCG) with `-cpu max` emulates AMD SVM with nested paging, and
+// Debian's kernel loads kvm_amd inside it, so /dev/kvm works there on any
+// Linux machine. The machine's / is shared read-only over virtio-9p with
+// tmpfs on /tmp and /run, the working directory and each share read-write at
+// the same path, and the command runs as root in a chroot of it with its
+// stdout on ttyS1 and stderr on ttyS2 (ttyS0 carries the kernel console and
+// /init's progress markers). docs/lab.md has the numbers and the limits.
+package lab
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// ExitLabFailure is the exit status `popvmm lab run` gives when the lab
+// itself failed (QEMU missing, image not built, boot timeout, a module that
+// did not load), as distinct from the command's own status (docker run's
+// convention).
+const ExitLabFailure = 125
+
+// Config is one lab run.
+type Config struct {
+	Image       Image
+	QEMU        string        // emulator binary; "" is qemu-system-x86_64
+	CPUs        int           // emulated CPUs; 0 is 2
+	Memory      uint64        // bytes; 0 is 4 GiB
+	Dir         string        // the command's working directory, shared read-write
+	Shares      []string      // more directories shared read-write at the same path
+	Args        []string      // the command and its arguments
+	Env         []string      // its environment, KEY=VALUE
+	Interactive bool          // ttyS1 is the command's controlling terminal; Stdin is forwarded
+	Stdin       io.Reader     // used when Interactive
+	Stdout      io.Writer     // the command's stdout (and stderr when Interactive)
+	Stderr      io.Writer     // the command's stderr
+	Progress    io.Writer     // "lab: ..." lines; nil for none
+	BootTimeout time.Duration // until /init says ready; 0 is 3 minutes
+}
+
+// Timing splits a run: QEMU started, the lab kernel ran /init, the modules
+// loaded, the mounts were done (ready), the command ended. Each is measured
+// on the host from the start of Run.
+type Timing struct {
+	Kernel, Modules, Ready, Done time.Duration
+}
+
+// Result is a finished run: the command's exit status and where the time went.
+type Result struct {
+	ExitCode int
+	Timing   Timing
+	Console  string // the lab host's console log (ttyS0), kept on failure
+}
+
+// Error is a failure of the lab itself, with a one-line reason.
+type Error struct {
+	Reason  string
+	Console string // tail of the lab host's console, when there was one
+	Err     error
+}
+
+func (e *Error) Error() string {
+	if e.Err != nil {
+		return fmt.Sprintf("lab: %s: %v", e.Reason, e.Err)
+	}
+	return "lab: " + e.Reason
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+func labErr(err error, format string, args ...any) *Error {
+	return &Error{Reason: fmt.Sprintf(format, args...), Err: err}
+}
+
+func (c *Config) defaults() error {
+	if c.QEMU == "" {
+		c.QEMU = "qemu-system-x86_64"
+	}
+	if c.CPUs == 0 {
+		c.CPUs = 2
+	}
+	if c.Memory == 0 {
+		c.Memory = 4 << 30
+	}
+	if c.BootTimeout == 0 {
+		c.BootTimeout = 3 * time.Minute
+	}
+	if c.Dir == "" {
+		wd, err := os.Getwd()
+		if err != nil {
+			return err
+		}
+		c.Dir = wd
+	}
+	if len(c.Args) == 0 {
+		return errors.New("no command")
+	}
+	for _, d := range append([]string{c.Dir}, c.Shares...) {
+		if !filepath.IsAbs(d) {
+			return fmt.Errorf("share %q: not an absolute path", d)
+		}
+		if st, err := os.Stat(d); err != nil || !st.IsDir() {
+			return fmt.Errorf("share %q: not a directory", d)
+		}
+		if strings.ContainsAny(d, ",\n") {
+			return fmt.Errorf("share %q: QEMU's -virtfs cannot take a path with a comma or newline", d)
+		}
+	}
+	for _, w := range []*io.Writer{&c.Stdout, &c.Stderr, &c.Progress} {
+		if *w == nil {
+			*w = io.Discard
+		}
+	}
+	return nil
+}
+
+// shares lists the read-write shares, the working directory first, without
+// repeats and without a share inside another one.
+func (c *Config) shares() []string {
+	var out []string
+	for _, d := range append([]string{c.Dir}, c.Shares...) {
+		d = filepath.Clean(d)
+		dup := false
+		for _, o := range out {
+			if d == o || strings.HasPrefix(d, o+"/") {
+				dup = true
+			}
+		}
+		if !dup && d != "/" {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// QEMUArgs is the emulator's command line for a run whose job directory is
+// job and whose three serial ports connect to the Unix sockets in sock.
+func (c *Config) QEMUArgs(job string, sock [3]string) []string {
+	args := []string{
+		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		"-M", "pc", "-accel", "tcg,thread=multi", "-cpu", "max",
+		"-smp", strconv.Itoa(c.CPUs), "-m", strconv.FormatUint(c.Memory>>20, 10) + "M",
+		"-kernel", c.Image.Kernel(), "-initrd", c.Image.Initrd(),
+		"-append", "console=ttyS0 quiet loglevel=3 panic=-1 8250.nr_uarts=4 tsc=reliable",
+	}
+	for i, s := range sock {
+		args = append(args, "-chardev", fmt.Sprintf("socket,id=ser%d,path=%s", i, s), "-serial", fmt.Sprintf("chardev:ser%d", i))
+	}
+	virtfs := func(tag, path string, ro bool) {
+		v := fmt.Sprintf("local,path=%s,mount_tag=%s,security_model=passthrough,multidevs=remap,id=%s", path, tag, tag)
+		if ro {
+			v += ",readonly=on"
+		}
+		args = append(args, "-virtfs", v)
+	}
+	virtfs("root", "/", true)
+	virtfs("ctl", job, false)
+	for i, d := range c.shares() {
+		virtfs("s"+strconv.Itoa(i), d, false)
+	}
+	return args
+}
+
+// shellQuote quotes s for sh.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// JobScript is the script the lab's /init runs in the chroot.
+func (c *Config) JobScript() string {
+	var b strings.Builder
+	b.WriteString("# written by popvmm lab\n")
+	for _, kv := range c.Env {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || !validEnvName(k) {
+			continue
+		}
+		fmt.Fprintf(&b, "export %s=%s\n", k, shellQuote(v))
+	}
+	b.WriteString("export POPVMM_IN_LAB=1\n")
+	fmt.Fprintf(&b, "cd %s || exit 125\n", shellQuote(c.Dir))
+	b.WriteString("exec")
+	for _, a := range c.Args {
+		b.WriteString(" " + shellQuote(a))
+	}
+	b.WriteString("\n")
+	return b.String()
+}
+
+func validEnvName(k string) bool {
+	if k == "" || (k[0] >= '0' && k[0] <= '9') {
+		return false
+	}
+	for _, r := range k {
+		if !(r == '_' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9') {
+			return false
+		}
+	}
+	return true
+}
+
+// Run boots the lab host, runs the command in it and returns its exit
+// status. A failure of the lab itself is an *Error. Cancelling ctx kills
+// the emulator; it is also killed if this process dies (PR_SET_PDEATHSIG).
+func Run(ctx context.Context, c Config) (Result, error) {
+	start := time.Now()
+	var res Result
+	if err := c.defaults(); err != nil {
+		return res, labErr(err, "bad lab request")
+	}
+	if err := c.Image.Check(); err != nil {
+		return res, labErr(err, "no lab image")
+	}
+	qemu, err := exec.LookPath(c.QEMU)
+	if err != nil {
+		return res, labErr(err, "%s not found (make deps installs qemu-system-x86)", c.QEMU)
+	}
+	tmp, err := os.MkdirTemp("", "popvmm-lab-")
+	if err != nil {
+		return res, labErr(err, "job directory")
+	}
+	defer os.RemoveAll(tmp)
+	job := filepath.Join(tmp, "job")
+	if err := os.Mkdir(job, 0o755); err != nil {
+		return res, labErr(err, "job directory")
+	}
+	files := map[string]string{"job.sh": c.JobScript(), "shares": strings.Join(c.shares(), "\n") + "\n"}
+	if c.Interactive {
+		files["interactive"] = ""
+	}
+	for name, data := range files {
+		if err := os.WriteFile(filepath.Join(job, name), []byte(data), 0o644); err != nil {
+			return res, labErr(err, "job directory")
+		}
+	}
+	var sock [3]string
+	var ln [3]*net.UnixListener
+	for i := range sock {
+		sock[i] = filepath.Join(tmp, fmt.Sprintf("ttyS%d.sock", i))
+		l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock[i], Net: "unix"})
+		if err != nil {
+			return res, labErr(err, "serial socket")
+		}
+		defer l.Close()
+		ln[i] = l
+	}
+
+	fmt.Fprintf(c.Progress, "lab: booting emulated KVM host (%d CPUs, %d MiB)…\n", c.CPUs, c.Memory>>20)
+	var qemuErr strings.Builder
+	cmd := exec.Command(qemu, c.QEMUArgs(job, sock)...)
+	cmd.Stderr = &qemuErr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	exited := make(chan error, 1)
+	started := make(chan error, 1)
+	go func() {
+		// PR_SET_PDEATHSIG fires when the creating thread exits: keep it
+		// alive for as long as the emulator runs.
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		exited <- cmd.Wait()
+	}()
+	if err := <-started; err != nil {
+		return res, labErr(err, "start %s", qemu)
+	}
+	kill := func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	defer kill()
+
+	// Accept the three serial connections QEMU makes at start-up.
+	var conns [3]*net.UnixConn
+	for i, l := range ln {
+		l.SetDeadline(time.Now().Add(30 * time.Second))
+		conn, err := l.AcceptUnix()
+		if err != nil {
+			kill()
+			<-exited
+			return res, labErr(err, "QEMU did not connect its serial ports: %s", lastLine(qemuErr.String()))
+		}
+		defer conn.Close()
+		conns[i] = conn
+	}
+
+	var console strings.Builder
+	var consoleMu sync.Mutex
+	markers := make(chan string, 16)
+	var wg sync.WaitGroup
+	wg.Add(3)
+	go func() { // ttyS0: console log and /init's markers
+		defer wg.Done()
+		defer close(markers)
+		sc := bufio.NewScanner(conns[0])
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			line := strings.TrimRight(sc.Text(), "\r")
+			consoleMu.Lock()
+			console.WriteString(line + "\n")
+			consoleMu.Unlock()
+			if m, ok := strings.CutPrefix(line, "popvmm-lab: "); ok {
+				markers <- m
+			}
+		}
+	}()
+	go func() { defer wg.Done(); io.Copy(c.Stdout, conns[1]) }()
+	go func() { defer wg.Done(); io.Copy(c.Stderr, conns[2]) }()
+	if c.Interactive && c.Stdin != nil {
+		go io.Copy(conns[1], c.Stdin)
+	}
+	consoleText := func() string {
+		consoleMu.Lock()
+		defer consoleMu.Unlock()
+		return console.String()
+	}
+
+	boot := time.NewTimer(c.BootTimeout)
+	defer boot.Stop()
+	var failure *Error
+	ready := false
+wait:
+	for {
+		select {
+		case m, ok := <-markers:
+			if !ok {
+				markers = nil
+				continue
+			}
+			step, rest, _ := strings.Cut(m, " ")
+			at := time.Since(start)
+			switch step {
+			case "kernel":
+				res.Timing.Kernel = at
+			case "modules":
+				res.Timing.Modules = at
+			case "ready":
+				res.Timing.Ready = at
+				ready = true
+				boot.Stop()
+				fmt.Fprintf(c.Progress, "lab: ready in %.1f s (kernel to /init %.1f s, modules %.1f s, mounts %.1f s)\n",
+					at.Seconds(), res.Timing.Kernel.Seconds(), (res.Timing.Modules - res.Timing.Kernel).Seconds(), (at - res.Timing.Modules).Seconds())
+			case "done":
+				res.Timing.Done = at
+			case "fail":
+				failure = labErr(nil, "%s", rest)
+			}
+		case err := <-exited:
+			exited = nil
+			_ = err
+			break wait
+		case <-boot.C:
+			failure = labErr(nil, "the lab host was not ready within %s", c.BootTimeout)
+			kill()
+		case <-ctx.Done():
+			kill()
+			<-exited
+			return res, ctx.Err()
+		}
+	}
+	// The emulator is gone: its sockets are closed, the copies end.
+	wg.Wait()
+	if markers != nil {
+		for m := range markers { // seen after the emulator exited
+			if step, _, _ := strings.Cut(m, " "); step == "done" {
+				res.Timing.Done = time.Since(start)
+			}
+		}
+	}
+	res.Console = consoleText()
+	if failure == nil {
+		st, err := os.ReadFile(filepath.Join(job, "status"))
+		switch {
+		case err == nil:
+			code, perr := strconv.Atoi(strings.TrimSpace(string(st)))
+			if perr == nil {
+				res.ExitCode = code
+				return res, nil
+			}
+			failure = labErr(perr, "bad exit status %q from the lab host", st)
+		case !ready:
+			failure = labErr(nil, "the lab host stopped while booting (QEMU: %s)", lastLine(qemuErr.String()))
+		default:
+			failure = labErr(nil, "the lab host stopped before the command finished (QEMU: %s)", lastLine(qemuErr.String()))
+		}
+	}
+	failure.Console = tail(res.Console, 20)
+	return res, failure
+}
+
+func lastLine(s string) string {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return "no message"
+	}
+	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
+		return s[i+1:]
+	}
+	return s
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}

@@ -1,0 +1,114 @@
+package lab
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func TestLoadOrder(t *testing.T) {
+	idx := map[string]string{"kvm_amd": "a", "kvm": "k", "ccp": "c", "irqbypass": "i", "9p": "9", "netfs": "n", "loop_a": "la", "loop_b": "lb"}
+	deps := map[string][]string{"a": {"kvm", "ccp"}, "k": {"irqbypass"}, "9": {"netfs"}, "la": {"loop_b"}, "lb": {"loop_a"}}
+	dep := func(ko string) ([]string, error) { return deps[ko], nil }
+	for _, tc := range []struct {
+		want    []string
+		order   []string
+		errText string
+	}{
+		{[]string{"kvm-amd"}, []string{"ccp", "irqbypass", "kvm", "kvm_amd"}, ""},
+		{[]string{"kvm_amd", "kvm", "9p"}, []string{"ccp", "irqbypass", "kvm", "kvm_amd", "netfs", "9p"}, ""},
+		{[]string{"nosuch"}, nil, "module nosuch (needed by lab) is not in"},
+		{[]string{"loop_a"}, nil, "cycle: lab -> loop_a -> loop_b -> loop_a"},
+	} {
+		got, err := LoadOrder(idx, tc.want, dep)
+		if tc.errText != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.errText) {
+				t.Errorf("LoadOrder(%v) = %v, %v; want error containing %q", tc.want, got, err, tc.errText)
+			}
+			continue
+		}
+		if err != nil || !slices.Equal(got, tc.order) {
+			t.Errorf("LoadOrder(%v) = %v, %v; want %v", tc.want, got, err, tc.order)
+		}
+	}
+}
+
+func TestJobScriptQuotes(t *testing.T) {
+	dir := t.TempDir()
+	c := Config{Dir: "/work/it's here", Args: []string{"printf", "%s|", "a b", "it's", "$HOME", "`x`"},
+		Env: []string{"A=1", "B=it's $x", "1BAD=x", "BAD-NAME=y", "NOEQUALS"}}
+	script := c.JobScript()
+	for _, bad := range []string{"1BAD", "BAD-NAME", "NOEQUALS"} {
+		if strings.Contains(script, bad) {
+			t.Errorf("job script exports %s:\n%s", bad, script)
+		}
+	}
+	// Run it with the host's sh in a directory of the same shape.
+	c.Dir = filepath.Join(dir, "it's here")
+	os.Mkdir(c.Dir, 0o755)
+	script = strings.Replace(c.JobScript(), "exec 'printf'", `printf "%s|" "$A" "$B" "$POPVMM_IN_LAB" "$(pwd)"; exec 'printf'`, 1)
+	out, err := exec.Command("sh", "-c", script).CombinedOutput()
+	if err != nil {
+		t.Fatalf("sh: %v: %s", err, out)
+	}
+	want := "1|it's $x|1|" + c.Dir + "|a b|it's|$HOME|`x`|"
+	if string(out) != want {
+		t.Errorf("job script ran as %q, want %q", out, want)
+	}
+}
+
+func TestQEMUArgs(t *testing.T) {
+	c := Config{Image: Image{"/img"}, CPUs: 3, Memory: 2 << 30, Dir: "/work/a", Shares: []string{"/work/a/sub", "/data", "/data", "/"}}
+	args := strings.Join(c.QEMUArgs("/tmp/job", [3]string{"/s0", "/s1", "/s2"}), " ")
+	for _, want := range []string{
+		"-accel tcg,thread=multi -cpu max -smp 3 -m 2048M",
+		"-kernel /img/vmlinuz -initrd /img/lab.cpio",
+		"-chardev socket,id=ser1,path=/s1 -serial chardev:ser1",
+		"path=/,mount_tag=root,security_model=passthrough,multidevs=remap,id=root,readonly=on",
+		"path=/tmp/job,mount_tag=ctl,",
+		"path=/work/a,mount_tag=s0,", "path=/data,mount_tag=s1,",
+	} {
+		if !strings.Contains(args, want) {
+			t.Errorf("QEMU args lack %q:\n%s", want, args)
+		}
+	}
+	for _, bad := range []string{"mount_tag=s2", "path=/work/a/sub"} {
+		if strings.Contains(args, bad) {
+			t.Errorf("QEMU args have %q (a share inside another, a repeat, or /):\n%s", bad, args)
+		}
+	}
+}
+
+func TestConfigRefused(t *testing.T) {
+	for _, c := range []Config{
+		{Dir: "/", Args: nil},
+		{Dir: "relative", Args: []string{"true"}},
+		{Dir: "/nonexistent-popvmm", Args: []string{"true"}},
+		{Dir: "/", Shares: []string{"/tmp/a,b"}, Args: []string{"true"}},
+	} {
+		if err := c.defaults(); err == nil {
+			t.Errorf("defaults(%+v) = nil, want an error", c)
+		}
+	}
+}
+
+func TestImageCheck(t *testing.T) {
+	im := Image{t.TempDir()}
+	if err := im.Check(); err == nil {
+		t.Fatal("Check of an empty directory = nil")
+	}
+	for _, f := range []string{"vmlinuz", "lab.cpio"} {
+		os.WriteFile(filepath.Join(im.Dir, f), nil, 0o644)
+	}
+	os.WriteFile(filepath.Join(im.Dir, "key"), []byte("stale\n"), 0o644)
+	if err := im.Check(); err == nil || !strings.Contains(err.Error(), "another version") {
+		t.Errorf("Check with a stale key = %v", err)
+	}
+	os.WriteFile(filepath.Join(im.Dir, "key"), []byte(key()+"\n"), 0o644)
+	if err := im.Check(); err != nil {
+		t.Errorf("Check = %v", err)
+	}
+}
