@@ -256,6 +256,11 @@ func TestLoadBzImageRefusesMisplacedKernel(t *testing.T) {
 			le.PutUint64(img[0x258:], 0xffff_ffff_fff8_0000)
 			return img
 		}, "past 2^64"},
+		{"no boot flag", func() []byte {
+			img := bzImage(true, 0x1000, []byte("k"))
+			le.PutUint16(img[0x1fe:], 0)
+			return img
+		}, "boot flag"},
 		{"no 64-bit entry", func() []byte {
 			img := bzImage(true, 0x1000, []byte("k"))
 			le.PutUint16(img[0x236:], 0)

@@ -79,6 +79,9 @@ func BzImagePlacement(hdr []byte, imageLen uint64) (Placement, error) {
 	if len(hdr) < minHeader || string(hdr[hdrMagic:hdrMagic+4]) != "HdrS" {
 		return Placement{}, fmt.Errorf("%w: no bzImage setup header", ErrKernel)
 	}
+	if le.Uint16(hdr[hdrBootFlag:]) != 0xaa55 {
+		return Placement{}, fmt.Errorf("%w: bzImage header without boot flag 0xAA55", ErrKernel)
+	}
 	if v := le.Uint16(hdr[hdrVersion:]); v < minProtocol {
 		return Placement{}, fmt.Errorf("%w: boot protocol %#x older than 2.12", ErrKernel, v)
 	}
