@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"math"
 	"net"
 	"net/netip"
 	"os"
@@ -97,6 +98,7 @@ func (c *checker) checkCluster(cl *Cluster) {
 	if st, err := os.Stat(cl.RunDir); err == nil && !st.IsDir() {
 		c.errf("cluster.run_dir", "%s exists and is not a directory", cl.RunDir)
 	}
+	c.checkSocketPaths(cl.RunDir)
 
 	cl.ImagesDir = c.abs(s.Images)
 	if s.Images == "" {
@@ -120,6 +122,27 @@ func (c *checker) checkCluster(cl *Cluster) {
 		}
 	}
 	c.checkNetwork(cl)
+}
+
+// checkSocketPaths checks that every socket popvmm binds in the run
+// directory fits a Unix socket address; binding a longer path fails with
+// EINVAL only when the cluster comes up.
+func (c *checker) checkSocketPaths(runDir string) {
+	longest := ""
+	for _, name := range runDirSockets {
+		if p := filepath.Join(runDir, name); len(p) > len(longest) {
+			longest = p
+		}
+	}
+	if len(longest) <= MaxSocketPath {
+		return
+	}
+	how := "choose a shorter cluster.run_dir"
+	if c.f.Cluster.RunDir == "" {
+		how = "the default run directory is the run root (--run-root, $POPVMM_RUN_ROOT) plus the cluster name; set a shorter cluster.run_dir"
+	}
+	c.errf("cluster.run_dir", "socket path %s is %d bytes, over the %d-byte limit of a Unix socket path (sun_path): %s, of at most %d bytes (this one is %d)",
+		longest, len(longest), MaxSocketPath, how, MaxSocketPath-(len(longest)-len(runDir)), len(runDir))
 }
 
 func (c *checker) checkNetwork(cl *Cluster) {
@@ -259,7 +282,7 @@ func (c *checker) checkKernel(cl *Cluster, i int) *Kernel {
 	}
 
 	memOK := c.checkMemory(k, ks, at)
-	c.checkBootFiles(cl, k, ks, at)
+	initrdSize := c.checkBootFiles(cl, k, ks, at)
 	if strings.ContainsAny(ks.Cmdline, "\x00\n\r") {
 		c.errf(at("cmdline"), "contains a NUL or newline")
 	} else if len(ks.Cmdline) > maxCmdline {
@@ -282,7 +305,29 @@ func (c *checker) checkKernel(cl *Cluster, i int) *Kernel {
 	if memOK && ptOK {
 		c.layout(cl, k, at)
 	}
+	c.checkPlacement(k, initrdSize, at)
 	return k
+}
+
+// checkPlacement checks where the loader will put the kernel and initrd in
+// the kernel's layout, with the functions the loader itself calls: no
+// kernel byte over a boot structure, below 1 MiB, in the PCI hole or
+// beyond RAM, and room for the initrd above the kernel.
+func (c *checker) checkPlacement(k *Kernel, initrdSize uint64, at func(string) string) {
+	if k.Layout == nil || k.KernelInfo.Format == "" {
+		return // reported already, or a default image not built yet
+	}
+	p := k.KernelInfo.Placement
+	if err := p.Fits(k.Layout); err != nil {
+		c.errf(at("kernel"), "%s: %v", k.KernelPath, err)
+		return
+	}
+	if initrdSize == 0 {
+		return
+	}
+	if _, err := p.InitrdAddr(k.Layout, initrdSize); err != nil {
+		c.errf(at("initrd"), "%s: %v with this kernel in %s of memory", k.InitrdPath, err, memmap.FormatSize(k.Memory))
+	}
 }
 
 func defaultStr(s, def string) string {
@@ -323,7 +368,9 @@ func (c *checker) checkMemory(k *Kernel, ks KernelSection, at func(string) strin
 	return true
 }
 
-func (c *checker) checkBootFiles(cl *Cluster, k *Kernel, ks KernelSection, at func(string) string) {
+// checkBootFiles resolves and inspects the kernel and initrd; it returns
+// the initrd's size (0 when it cannot be read).
+func (c *checker) checkBootFiles(cl *Cluster, k *Kernel, ks KernelSection, at func(string) string) uint64 {
 	defKernel, defInitrd := ImagePaths(cl.ImagesDir, k.Flavour)
 	k.KernelPath = c.abs(ks.Kernel)
 	if ks.Kernel == "" {
@@ -343,13 +390,15 @@ func (c *checker) checkBootFiles(cl *Cluster, k *Kernel, ks KernelSection, at fu
 	if ks.Initrd == "" {
 		k.InitrdPath = defInitrd
 	}
-	switch err := checkReadableFile(k.InitrdPath); {
+	size, err := checkReadableFile(k.InitrdPath)
+	switch {
 	case err == nil:
 	case ks.Initrd == "" && errors.Is(err, os.ErrNotExist):
 		c.warnf("kernel[%d].initrd: default %s initramfs %s is not built yet (run `make images`)", k.Index, k.Flavour, k.InitrdPath)
 	default:
 		c.errf(at("initrd"), "%s: %v", k.InitrdPath, unwrapPath(err))
 	}
+	return size
 }
 
 // unwrapPath drops the *PathError prefix (the path is printed already).
@@ -361,22 +410,24 @@ func unwrapPath(err error) error {
 	return err
 }
 
-func checkReadableFile(p string) error {
+// checkReadableFile checks that p is a non-empty regular file this user
+// can open, and returns its size.
+func checkReadableFile(p string) (uint64, error) {
 	f, err := openNonBlock(p)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	switch {
 	case err != nil:
-		return err
+		return 0, err
 	case !st.Mode().IsRegular():
-		return errors.New("not a regular file")
+		return 0, errors.New("not a regular file")
 	case st.Size() == 0:
-		return errors.New("empty file")
+		return 0, errors.New("empty file")
 	}
-	return nil
+	return uint64(st.Size()), nil
 }
 
 func (c *checker) checkPassthrough(ps PassthroughSection, at func(string) string) (Passthrough, bool) {
@@ -407,6 +458,14 @@ func (c *checker) checkPassthrough(ps PassthroughSection, at func(string) string
 		fail("path", "required: the host file or device to map")
 		return p, ok
 	}
+	// The mapping is [offset, offset+size) of the file: its end must not
+	// wrap past 2^64 (it would pass the end-of-file check below) and must
+	// be a valid mmap offset (off_t, signed 64 bits).
+	end, fits := memmap.End(p.Offset, p.Size)
+	if !fits || end > math.MaxInt64 {
+		fail("offset", "offset %#x + size %s overflows a 64-bit file offset", p.Offset, memmap.FormatSize(p.Size))
+		return p, ok
+	}
 	mode := uint32(unix.R_OK)
 	if !ps.ReadOnly {
 		mode |= unix.W_OK
@@ -423,7 +482,7 @@ func (c *checker) checkPassthrough(ps PassthroughSection, at func(string) string
 			want = "readable and writable (set read_only = true to map it read-only)"
 		}
 		fail("path", "%s is not %s", p.Path, want)
-	case st.Mode().IsRegular() && p.Offset+p.Size > uint64(st.Size()):
+	case st.Mode().IsRegular() && end > uint64(st.Size()):
 		fail("size", "offset %#x + size %s runs past the end of %s (%d bytes)", p.Offset, memmap.FormatSize(p.Size), p.Path, st.Size())
 	}
 	return p, ok
@@ -524,12 +583,12 @@ func (c *checker) checkHostMemory(cl *Cluster) {
 	need := map[Backing]uint64{}
 	var parts []string
 	for _, k := range cl.Kernels {
-		need[k.Backing] += k.Memory
+		need[k.Backing] = addSat(need[k.Backing], k.Memory)
 		if k.Backing == BackingMemfd && k.Memory > 0 {
 			parts = append(parts, fmt.Sprintf("%s %s", k.Name, memmap.FormatSize(k.Memory)))
 		}
 	}
-	total := need[BackingMemfd] + cl.Window.Size
+	total := addSat(need[BackingMemfd], cl.Window.Size)
 	parts = append(parts, "window "+memmap.FormatSize(cl.Window.Size))
 	if avail, err := c.host.MemAvailable(); err != nil {
 		c.warnf("cannot read the host's MemAvailable (%v); memory total not checked", err)
@@ -542,14 +601,28 @@ func (c *checker) checkHostMemory(cl *Cluster) {
 			continue
 		}
 		ps := b.PageSize()
+		pages := need[b] / ps // counted in pages: free*ps could wrap
+		if need[b]%ps != 0 {
+			pages++
+		}
 		free, err := c.host.FreeHugePages(ps)
 		if err != nil {
 			c.errf("kernel[*].backing", "%q: this host has no %s huge pages (%v)", b, memmap.FormatSize(ps), unwrapPath(err))
-		} else if need[b] > free*ps {
+		} else if pages > free {
 			c.errf("kernel[*].backing", "%q: kernels need %d huge pages of %s but %d are free (see /sys/kernel/mm/hugepages)",
-				b, need[b]/ps, memmap.FormatSize(ps), free)
+				b, pages, memmap.FormatSize(ps), free)
 		}
 	}
+}
+
+// addSat is a+b, or the largest uint64 when the sum does not fit: memory
+// sizes from a config may be anything up to 2^64-1, and a wrapped total
+// would pass the host's check.
+func addSat(a, b uint64) uint64 {
+	if s, ok := memmap.End(a, b); ok {
+		return s
+	}
+	return math.MaxUint64
 }
 
 // assignAddresses checks configured IPs and MACs and derives the missing

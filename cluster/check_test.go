@@ -1,8 +1,10 @@
 package cluster_test
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -70,6 +72,25 @@ func load(t *testing.T, text string, host cluster.Host) (*cluster.Cluster, error
 	testkernel.Images(t, filepath.Join(dir, "images"))
 	testkernel.Write(t, dir, "notakernel", []byte("hello\n"))
 	testkernel.Write(t, dir, "blob", make([]byte, 64<<10))
+	// Kernels the loaders would refuse: segments or load ranges over the
+	// boot structures, or beyond the 256 MiB of kernel[1].
+	testkernel.Write(t, dir, "pvh-low", testkernel.ELFLoadable(0x5000, 0x5000, make([]byte, 0x3000), 0))
+	testkernel.Write(t, dir, "pvh-cmdline", testkernel.ELFSegments(0x1000000,
+		testkernel.Segment{Paddr: 0x1000000, Data: []byte("text")}, testkernel.Segment{Paddr: 0x20000, Data: []byte("data")}))
+	testkernel.Write(t, dir, "pvh-bss-beyond-ram", testkernel.ELFLoadable(0x1000000, 0x1000000, []byte("text"), 1<<30))
+	testkernel.Write(t, dir, "pvh-hole", testkernel.ELFLoadable(0xc0000000, 0xc0000000, []byte("text"), 0))
+	testkernel.Write(t, dir, "pvh-ok", testkernel.ELFLoadable(0x1000000, 0x1000000, []byte("text"), 0x1000))
+	bz := testkernel.BzImage(0x020f, true)
+	bz[0x234] = 0                                     // not relocatable: loads at pref_address
+	binary.LittleEndian.PutUint64(bz[0x258:], 0x7000) // the zero page
+	testkernel.Write(t, dir, "bz-low", bz)
+	bz = testkernel.BzImage(0x020f, true)
+	binary.LittleEndian.PutUint32(bz[0x260:], 300<<20) // init_size over 256 MiB
+	testkernel.Write(t, dir, "bz-big", bz)
+	sparse := testkernel.Write(t, dir, "initrd-big", nil)
+	if err := os.Truncate(sparse, 300<<20); err != nil {
+		t.Fatal(err)
+	}
 	if err := unix.Mkfifo(filepath.Join(dir, "fifo"), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -251,6 +272,33 @@ func TestCheckErrors(t *testing.T) {
 			[]string{`kernel[1].passthrough[0].path: /nonexistent: no such file or directory`}},
 		{"passthrough no address", edit("", "[[kernel.passthrough]]\npath = \"/dev/zero\"\nsize = \"4K\"\n"),
 			[]string{`kernel[1].passthrough[0].guest_address: not set`}},
+		// offset + size wrapped past 2^64 and passed the end-of-file check.
+		{"passthrough offset wraps", edit("", "[[kernel.passthrough]]\npath = \"blob\"\noffset = \"0xfffffffffffff000\"\nsize = \"8K\"\nguest_address = \"0x200000000\"\nread_only = true\n"),
+			[]string{`kernel[1].passthrough[0].offset: offset 0xfffffffffffff000 + size 8 KiB overflows a 64-bit file offset`}},
+		{"passthrough offset wraps exactly", edit("", "[[kernel.passthrough]]\npath = \"blob\"\noffset = \"0xfffffffffffff000\"\nsize = \"4K\"\nguest_address = \"0x200000000\"\nread_only = true\n"),
+			[]string{`kernel[1].passthrough[0].offset: offset 0xfffffffffffff000 + size 4 KiB overflows`}},
+		{"passthrough device offset past off_t", edit("", "[[kernel.passthrough]]\npath = \"/dev/zero\"\noffset = \"0x7ffffffffffff000\"\nsize = \"8K\"\nguest_address = \"0x200000000\"\nread_only = true\n"),
+			[]string{`kernel[1].passthrough[0].offset: offset 0x7ffffffffffff000 + size 8 KiB overflows a 64-bit file offset`}},
+		// RAM near 2^64: the layout's end and the host total both wrapped.
+		{"memory wraps", edit(`memory = "256M"`, `memory = "0xfffffffffffff000"`),
+			[]string{`kernel[1].memory: `, `beyond the guest physical address limit`}},
+		{"passthrough guest address wraps", edit("", "[[kernel.passthrough]]\npath = \"blob\"\nsize = \"8K\"\nguest_address = \"0xfffffffffffff000\"\nread_only = true\n"),
+			[]string{`kernel[1].passthrough[0].guest_address: `, `beyond the guest physical address limit`}},
+		// Kernels placed over what popvmm writes, or outside their RAM.
+		{"pvh segment over boot structures", edit(secondaryCPUs, secondaryCPUs+"\nkernel = \"pvh-low\""),
+			[]string{`kernel[1].kernel: `, `pvh-low: kernel 0x000000005000-0x000000007fff overlaps the pvh start info`}},
+		{"pvh segment over the command line", edit(secondaryCPUs, secondaryCPUs+"\nkernel = \"pvh-cmdline\""),
+			[]string{`kernel[1].kernel: `, `overlaps the cmdline`}},
+		{"pvh bss beyond RAM", edit(secondaryCPUs, secondaryCPUs+"\nkernel = \"pvh-bss-beyond-ram\""),
+			[]string{`kernel[1].kernel: `, `is not in the kernel's RAM below the PCI hole`}},
+		{"pvh segment in the PCI hole", edit(secondaryCPUs, secondaryCPUs+"\nkernel = \"pvh-hole\""),
+			[]string{`kernel[1].kernel: `, `overlaps pci32`}},
+		{"bzImage over the zero page", edit(secondaryCPUs, secondaryCPUs+"\nkernel = \"bz-low\""),
+			[]string{`kernel[1].kernel: `, `overlaps the zero page`}},
+		{"bzImage init_size beyond RAM", edit(secondaryCPUs, secondaryCPUs+"\nkernel = \"bz-big\""),
+			[]string{`kernel[1].kernel: `, `is not in the kernel's RAM`}},
+		{"initrd does not fit above the kernel", edit(secondaryCPUs, secondaryCPUs+"\ninitrd = \"initrd-big\""),
+			[]string{`kernel[1].initrd: `, `initrd of 300 MiB does not fit`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -315,6 +363,95 @@ func TestParseErrors(t *testing.T) {
 	}
 }
 
+// TestParseKeysCaseSensitive: TOML keys are case-sensitive, but the
+// decoder matches struct fields case-insensitively, so "Memory" next to
+// "memory" was accepted and one of them won at random. Every key that is
+// not exactly a schema key is an unknown key, wherever it is, with its line.
+func TestParseKeysCaseSensitive(t *testing.T) {
+	tests := []struct {
+		name, text string
+		want       []string // each must be reported
+	}{
+		{"duplicate in kernel", baseConfig + "Memory = \"1G\"\n",
+			[]string{`line 22: unknown key "kernel.Memory" (did you mean "memory"? keys are case-sensitive)`}},
+		{"only the wrong case", strings.Replace(baseConfig, `memory = "512M"`, `MEMORY = "512M"`, 1),
+			[]string{`line 14: unknown key "kernel.MEMORY" (did you mean "memory"?`}},
+		{"in every kernel", strings.ReplaceAll(baseConfig, `cpus =`, `CPUs =`),
+			[]string{`line 13: unknown key "kernel.CPUs"`, `line 19: unknown key "kernel.CPUs"`}},
+		{"top level table", strings.Replace(baseConfig, "[cluster]\n", "[Cluster]\n", 1),
+			[]string{`line 2: unknown key "Cluster" (did you mean "cluster"?`}},
+		{"cluster key", strings.Replace(baseConfig, `run_dir = "run"`, `Run_Dir = "run"`, 1),
+			[]string{`line 4: unknown key "cluster.Run_Dir" (did you mean "run_dir"?`}},
+		{"sub-table header", strings.Replace(baseConfig, "[cluster.window]", "[cluster.Window]", 1),
+			[]string{`line 6: unknown key "cluster.Window" (did you mean "window"?`}},
+		{"sub-table key", strings.Replace(baseConfig, `size = "16M"`, `Size = "16M"`, 1),
+			[]string{`line 7: unknown key "cluster.window.Size" (did you mean "size"?`}},
+		{"network key", strings.Replace(baseConfig, `subnet =`, `SUBNET =`, 1),
+			[]string{`line 9: unknown key "cluster.network.SUBNET"`}},
+		{"array of tables", strings.Replace(baseConfig, "[[kernel]]", "[[Kernel]]", 1),
+			[]string{`line 11: unknown key "Kernel" (did you mean "kernel"?`}},
+		{"passthrough array", baseConfig + "[[kernel.Passthrough]]\npath = \"blob\"\n",
+			[]string{`line 22: unknown key "kernel.Passthrough" (did you mean "passthrough"?`}},
+		{"passthrough key", baseConfig + "[[kernel.passthrough]]\nPath = \"blob\"\npath = \"x\"\n",
+			[]string{`line 23: unknown key "kernel.passthrough.Path" (did you mean "path"?`}},
+		{"dotted key", "Cluster.name = \"x\"\n" + baseConfig, []string{`line 1: unknown key "Cluster"`}},
+		{"quoted key", strings.Replace(baseConfig, `name = "demo"`, "\"Name\" = \"demo\"", 1),
+			[]string{`line 3: unknown key "cluster.Name" (did you mean "name"?`}},
+		{"inline table key", strings.Replace(strings.Replace(baseConfig, "[cluster.window]\nsize = \"16M\"\n", "", 1),
+			`images = "images"`, "images = \"images\"\nwindow = { Size = \"16M\" }", 1),
+			[]string{`line 6: unknown key "cluster.window.Size" (did you mean "size"?`}},
+		{"inline array of tables", baseConfig + "passthrough = [{ Path = \"blob\" }]\n",
+			[]string{`line 22: unknown key "kernel.passthrough.Path"`}},
+		{"key below a value", strings.Replace(baseConfig, `memory = "256M"`, "memory.x = 1", 1),
+			[]string{`line 20: unknown key "kernel.memory.x" (kernel.memory is a value, not a table)`}},
+		{"numa", strings.Replace(baseConfig, `boot = "manual"`, "boot = \"manual\"\nNUMA_node = 0", 1),
+			[]string{`unknown key "kernel.NUMA_node" (did you mean "numa_node"?`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f, err := cluster.Parse([]byte(tt.text))
+			if f != nil || !errors.Is(err, cluster.ErrParse) {
+				t.Fatalf("Parse = %v, want ErrParse", err)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("Parse errors:\n%v\nwant one containing %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+// TestParseSchemaKeys: every key of every table in a full config is known
+// and decoded (the schema derived from the struct tags covers the structs).
+func TestParseSchemaKeys(t *testing.T) {
+	text := baseConfig + `numa_node = 0
+mlock = true
+backing = "memfd"
+kernel = "k"
+initrd = "i"
+cmdline = "quiet"
+ip = "10.199.0.9"
+mac = "02:00:00:00:00:09"
+console_log = "c.log"
+[[kernel.passthrough]]
+path = "blob"
+offset = 0
+size = "4K"
+guest_address = "0x200000000"
+read_only = true
+`
+	text = strings.Replace(text, "[cluster.network]\n", "[cluster.network]\nbridge = \"br\"\nhost_address = \"10.199.0.1\"\n", 1)
+	text = strings.Replace(text, `size = "16M"`, "size = \"16M\"\nprotect = true", 1)
+	f, err := cluster.Parse([]byte(text))
+	if err != nil {
+		t.Fatalf("Parse(every key) = %v", err)
+	}
+	if !f.Cluster.Window.Protect || f.Cluster.Network.Bridge != "br" || len(f.Kernels[1].Passthrough) != 1 || !f.Kernels[1].Passthrough[0].ReadOnly {
+		t.Errorf("Parse(every key) = %+v", f)
+	}
+}
+
 func TestLoadErrors(t *testing.T) {
 	if _, err := cluster.Load(filepath.Join(t.TempDir(), "none.toml")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("Load(missing) = %v, want ErrNotExist", err)
@@ -337,6 +474,77 @@ func TestPassthroughValid(t *testing.T) {
 	}
 	if k.Layout.PCI64.Start != 9*memmap.GiB {
 		t.Errorf("PCI64 = %v, want it above the passthrough region", k.Layout.PCI64)
+	}
+}
+
+func TestKernelPlacementValid(t *testing.T) {
+	cl, err := load(t, edit(secondaryCPUs, secondaryCPUs+"\nkernel = \"pvh-ok\""), fakeHost{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []memmap.Range{{Start: 0x1000000, Size: 0x1004}}
+	if p := cl.Kernels[1].KernelInfo.Placement; !slices.Equal(p.Kernel, want) || p.Entry != 0x1000000 {
+		t.Errorf("Placement = %+v, want %v entry 0x1000000", p, want)
+	}
+}
+
+// TestRunDirSocketPathLimit: every socket popvmm binds in the run
+// directory must fit sun_path; a longer one was accepted and `up` then
+// failed with "bind: invalid argument".
+func TestRunDirSocketPathLimit(t *testing.T) {
+	sock := len("/" + cluster.ControlSocketName)
+	tests := []struct {
+		name   string
+		runDir string
+		want   string // "" for no error
+	}{
+		{"fits exactly", "/" + strings.Repeat("d", cluster.MaxSocketPath-sock-1), ""},
+		{"one byte over", "/" + strings.Repeat("d", cluster.MaxSocketPath-sock),
+			fmt.Sprintf("cluster.run_dir: socket path /%s/control.sock is 108 bytes, over the 107-byte limit of a Unix socket path (sun_path): choose a shorter cluster.run_dir, of at most 94 bytes (this one is 95)",
+				strings.Repeat("d", cluster.MaxSocketPath-sock))},
+		{"far over", "/tmp/" + strings.Repeat("d", 200), "is 218 bytes, over the 107-byte limit"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := load(t, edit(`run_dir = "run"`, fmt.Sprintf("run_dir = %q", tt.runDir)), fakeHost{})
+			switch {
+			case tt.want == "" && err != nil:
+				t.Errorf("run_dir of %d bytes: Check = %v, want success", len(tt.runDir), err)
+			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+				t.Errorf("run_dir of %d bytes: Check = %v, want %q", len(tt.runDir), err, tt.want)
+			}
+		})
+	}
+	// The default run directory (run root + name) is checked the same way.
+	t.Setenv("POPVMM_RUN_ROOT", "/"+strings.Repeat("r", 100))
+	_, err := load(t, edit(`run_dir = "run"`, ""), fakeHost{})
+	if err == nil || !strings.Contains(err.Error(), "cluster.run_dir: socket path /rrr") || !strings.Contains(err.Error(), "the default run directory") {
+		t.Errorf("Check(default run dir under a long run root) = %v, want a cluster.run_dir error naming the default", err)
+	}
+}
+
+// TestMaxSocketPath: MaxSocketPath is what the kernel (through Go's net
+// package) accepts: a socket path of exactly that many bytes binds, one
+// byte more does not.
+func TestMaxSocketPath(t *testing.T) {
+	for _, n := range []int{cluster.MaxSocketPath, cluster.MaxSocketPath + 1} {
+		dir := t.TempDir()
+		pad := n - len(dir) - 2 - len(cluster.ControlSocketName)
+		if pad < 1 {
+			t.Skipf("temporary directory %s is too long for this test", dir)
+		}
+		dir = filepath.Join(dir, strings.Repeat("p", pad))
+		if err := os.Mkdir(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(dir, cluster.ControlSocketName)
+		ln, err := net.Listen("unix", p)
+		if ln != nil {
+			ln.Close()
+		}
+		if ok := n <= cluster.MaxSocketPath; (err == nil) != ok {
+			t.Errorf("Listen(unix, %d-byte path) = %v, want success %v", len(p), err, ok)
+		}
 	}
 }
 

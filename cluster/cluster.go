@@ -190,8 +190,27 @@ func (c *Cluster) Kernel(name string) *Kernel {
 	return nil
 }
 
+// Sockets popvmm creates in a cluster's run directory. Package supervisor
+// binds them under these names, and Check makes sure each fits a Unix
+// socket address in the configured run directory.
+const (
+	// ControlSocketName is the supervisor's control socket.
+	ControlSocketName = "control.sock"
+	// WindowSocketName is the shared window's ivshmem server: host
+	// processes (popagent, any ivshmem client) join the window there.
+	WindowSocketName = "ivshmem.sock"
+)
+
+// runDirSockets lists every socket name above; a new socket in the run
+// directory belongs here, so that Check sees it.
+var runDirSockets = []string{ControlSocketName, WindowSocketName}
+
+// MaxSocketPath is the longest path a Unix socket can be bound at on Linux:
+// sockaddr_un's sun_path holds 108 bytes including the terminating NUL.
+const MaxSocketPath = 107
+
 // SocketPath is the control socket of the cluster's supervisor.
-func (c *Cluster) SocketPath() string { return filepath.Join(c.RunDir, "control.sock") }
+func (c *Cluster) SocketPath() string { return filepath.Join(c.RunDir, ControlSocketName) }
 
 func errorf(path, format string, args ...any) *FieldError {
 	return &FieldError{Path: path, Msg: fmt.Sprintf(format, args...)}

@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
-	"slices"
 	"strings"
 
 	"github.com/BurntSushi/toml"
@@ -150,8 +149,10 @@ func Load(path string) (*File, error) {
 	return file, nil
 }
 
-// Parse decodes TOML text. Unknown keys are errors, named with the closest
-// known key, so that a typo never silently drops a setting.
+// Parse decodes TOML text. A key that is not exactly one of the schema's
+// (wherever it appears, in whatever case) is an error naming its line and
+// the closest known key, so that a typo never silently drops a setting and
+// a key spelled twice in different case never wins at random.
 func Parse(data []byte) (*File, error) {
 	var f File
 	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&f)
@@ -162,46 +163,10 @@ func Parse(data []byte) (*File, error) {
 		}
 		return nil, fmt.Errorf("%w: %s", ErrParse, strings.TrimPrefix(err.Error(), "toml: "))
 	}
-	var errs []error
-	for _, k := range md.Undecoded() {
-		errs = append(errs, fmt.Errorf("%w: unknown key %q%s", ErrParse, k.String(), suggest(k)))
-	}
-	if len(errs) > 0 {
+	if errs := unknownKeyErrors(data, unknownKeys(md.Keys())); len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
 	return &f, nil
-}
-
-// knownKeys lists the valid keys per table, for suggestions.
-var knownKeys = map[string][]string{
-	"":                   {"cluster", "kernel"},
-	"cluster":            {"name", "run_dir", "images", "window", "network"},
-	"cluster.window":     {"size", "protect"},
-	"cluster.network":    {"bridge", "subnet", "host_address"},
-	"kernel":             {"name", "flavour", "cpus", "memory", "backing", "numa_node", "mlock", "kernel", "initrd", "cmdline", "boot", "ip", "mac", "console_log", "passthrough"},
-	"kernel.passthrough": {"path", "offset", "size", "guest_address", "read_only"},
-}
-
-func suggest(k toml.Key) string {
-	if len(k) == 0 {
-		return ""
-	}
-	table := strings.Join(k[:len(k)-1], ".")
-	known, ok := knownKeys[table]
-	if !ok {
-		return ""
-	}
-	last := k[len(k)-1]
-	best, bestD := "", 3
-	for _, c := range known {
-		if d := editDistance(last, c); d < bestD {
-			best, bestD = c, d
-		}
-	}
-	if best != "" {
-		return fmt.Sprintf(" (did you mean %q?)", best)
-	}
-	return fmt.Sprintf(" (known keys: %s)", strings.Join(slices.Sorted(slices.Values(known)), ", "))
 }
 
 // editDistance is the Levenshtein distance between two short strings.

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -71,6 +72,9 @@ func (h SysHost) MemAvailable() (uint64, error) {
 			continue
 		}
 		kb, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+		if err == nil && kb > math.MaxUint64/1024 {
+			err = strconv.ErrRange
+		}
 		if err != nil {
 			return 0, fmt.Errorf("parse /proc/meminfo MemAvailable %q: %w", rest, err)
 		}

@@ -9,6 +9,7 @@ import (
 	"io"
 
 	"github.com/popvmm/popvmm/internal/pvhnote"
+	"github.com/popvmm/popvmm/vmm/boot"
 )
 
 // ImageFormat is the kind of kernel file popvmm can boot.
@@ -27,6 +28,10 @@ type ImageInfo struct {
 	Protocol uint16 `json:"protocol,omitempty"`
 	// PVHEntry is the 32-bit PVH entry point of an ELF kernel.
 	PVHEntry uint32 `json:"pvh_entry,omitempty"`
+	// Placement is where the loader puts the kernel in guest memory;
+	// Check checks it against the kernel's layout with the same
+	// functions the loader calls.
+	Placement boot.Placement `json:"placement"`
 }
 
 func (i ImageInfo) String() string {
@@ -75,12 +80,12 @@ func InspectKernel(path string) (ImageInfo, error) {
 	case bytes.HasPrefix(head, []byte(elf.ELFMAG)):
 		return inspectELF(f)
 	case len(head) >= hdrEnd && string(head[hdrMagic:hdrMagic+4]) == "HdrS":
-		return inspectBzImage(head)
+		return inspectBzImage(head, uint64(st.Size()))
 	}
 	return ImageInfo{}, ErrNotKernel
 }
 
-func inspectBzImage(h []byte) (ImageInfo, error) {
+func inspectBzImage(h []byte, size uint64) (ImageInfo, error) {
 	le := binary.LittleEndian
 	if le.Uint16(h[hdrBootFlag:]) != 0xaa55 {
 		return ImageInfo{}, fmt.Errorf("%w: bzImage header without boot flag 0xAA55", ErrNotKernel)
@@ -93,6 +98,11 @@ func inspectBzImage(h []byte) (ImageInfo, error) {
 	if le.Uint16(h[hdrXLoadFlags:])&xlfKernel64 == 0 {
 		return info, errors.New("bzImage has no 64-bit entry point (XLF_KERNEL_64 clear)")
 	}
+	p, err := boot.BzImagePlacement(h, size)
+	if err != nil {
+		return info, err
+	}
+	info.Placement = p
 	return info, nil
 }
 
@@ -113,7 +123,11 @@ func inspectELF(r io.ReaderAt) (ImageInfo, error) {
 			return ImageInfo{}, fmt.Errorf("read ELF notes: %w", err)
 		}
 		if entry, ok := pvhnote.Find(data, ef.ByteOrder); ok {
-			return ImageInfo{Format: FormatELF, PVHEntry: entry}, nil
+			p, err := boot.PVHPlacement(ef)
+			if err != nil {
+				return ImageInfo{}, err
+			}
+			return ImageInfo{Format: FormatELF, PVHEntry: entry, Placement: p}, nil
 		}
 	}
 	return ImageInfo{}, errors.New("ELF kernel has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY); build it with CONFIG_PVH=y")

@@ -17,13 +17,16 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/popvmm/popvmm/cluster"
 )
 
-// Names inside a run directory.
+// Names inside a run directory. Socket names come from package cluster,
+// which checks that they fit a Unix socket address in the run directory.
 const (
 	lockName   = "lock"
 	pidName    = "pid"
-	SocketName = "control.sock"
+	SocketName = cluster.ControlSocketName
 	LogName    = "supervisor.log"
 )
 

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sync"
 
+	"github.com/popvmm/popvmm/cluster"
 	"github.com/popvmm/popvmm/ipi"
 	"github.com/popvmm/popvmm/ipi/agent"
 	"github.com/popvmm/popvmm/ipi/msg"
@@ -16,7 +17,7 @@ import (
 
 // WindowSocketName is the ivshmem server's socket in the run directory:
 // host processes (popagent, any ivshmem client) join the window there.
-const WindowSocketName = "ivshmem.sock"
+const WindowSocketName = cluster.WindowSocketName
 
 // hostPeers is how many host processes may join the window at once.
 const hostPeers = 8
