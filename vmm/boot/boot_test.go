@@ -256,6 +256,7 @@ func TestLoadBzImageRefusesMisplacedKernel(t *testing.T) {
 			le.PutUint64(img[0x258:], 0xffff_ffff_fff8_0000)
 			return img
 		}, "past 2^64"},
+		{"entry beyond the kernel", func() []byte { return bzImage(true, 0x100, []byte("k")) }, "ends before its 64-bit entry"},
 		{"no boot flag", func() []byte {
 			img := bzImage(true, 0x1000, []byte("k"))
 			le.PutUint16(img[0x1fe:], 0)
@@ -350,8 +351,8 @@ func sum(b []byte) byte {
 // entry paths.
 func TestRealImages(t *testing.T) {
 	for _, f := range []string{"light", "full"} {
-		bz, err1 := os.ReadFile("../images/out/" + f + "/bzImage")
-		vm, err2 := os.ReadFile("../images/out/" + f + "/vmlinux")
+		bz, err1 := os.ReadFile("../../images/out/" + f + "/bzImage")
+		vm, err2 := os.ReadFile("../../images/out/" + f + "/vmlinux")
 		if err1 != nil || err2 != nil {
 			t.Skipf("%s image not built (make images)", f)
 		}

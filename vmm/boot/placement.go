@@ -109,6 +109,9 @@ func BzImagePlacement(hdr []byte, imageLen uint64) (Placement, error) {
 	if _, ok := memmap.End(load, size); !ok {
 		return Placement{}, fmt.Errorf("%w: kernel of %s at %#x runs past 2^64", ErrKernel, memmap.FormatSize(size), load)
 	}
+	if size <= entry64 {
+		return Placement{}, fmt.Errorf("%w: kernel of %d bytes ends before its 64-bit entry at +%#x", ErrKernel, size, entry64)
+	}
 	return Placement{
 		Kernel:      []memmap.Range{k},
 		Entry:       load + entry64,
