@@ -7,7 +7,7 @@ CLUSTER  ?= examples/cluster.toml
 VERSION  := $(shell git describe --always --dirty 2>/dev/null || echo unknown)
 FUZZTIME ?= 60s
 
-.PHONY: all deps build images initramfs up test test-images vet fuzz bench bench-boot clean
+.PHONY: all deps build images initramfs lab up test test-kvm test-images vet fuzz bench bench-boot clean
 
 all: build
 
@@ -28,6 +28,12 @@ images: deps
 initramfs:
 	@images/build.sh initramfs
 
+## lab: the lab image (Debian's kernel + kvm_amd, 9p, ...) for machines without /dev/kvm
+LAB_DEBS := $(shell awk '/^linux-image-/ {print $$1}' images/packages.lock) busybox-static
+lab: build
+	@images/fetch.sh $(LAB_DEBS)
+	@$(BIN) lab build --debs images/build/debs
+
 ## up: install, build and bring the example cluster up in the foreground
 up: deps build images
 	@echo "==> $(BIN) up $(CLUSTER)"
@@ -40,10 +46,15 @@ vet:
 	  if [ -n "$$bad" ]; then echo "gofmt would change: $$bad"; exit 1; fi
 	$(GO) vet ./...
 
-## test: the whole suite (tier 1 now; KVM tiers skip or, with POPVMM_REQUIRE_KVM=1, fail)
-test: vet initramfs
-	@echo "==> go test (race detector on; fuzz targets run their seed corpus)"
-	$(GO) test -race -count=1 ./...
+## test: the whole suite: tier 1 here, then the KVM tiers directly or in the lab
+test: vet initramfs lab
+	@echo "==> go test, tier 1 (race detector on; fuzz targets run their seed corpus; KVM tiers next)"
+	POPVMM_KVM_LATER=1 $(GO) test -race -count=1 ./...
+	@scripts/test-kvm.sh
+
+## test-kvm: only the KVM tiers (tests named *KVM*), directly or in the lab
+test-kvm: build lab
+	@scripts/test-kvm.sh
 
 ## test-images: the end-to-end image tests, required to run (needs make images)
 test-images: images

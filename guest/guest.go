@@ -23,6 +23,7 @@ import (
 
 	"github.com/popvmm/popvmm/cluster"
 	"github.com/popvmm/popvmm/initramfs"
+	"github.com/popvmm/popvmm/internal/kvmhost"
 )
 
 // NestedFlags are the guest kernel parameters the nested software KVM
@@ -30,15 +31,12 @@ import (
 // (../shared/notes/kvm-here.md; docs/kernel-images.md).
 const NestedFlags = "noxsave nosmap clearcpuid=cx16,smap,umip,popcnt"
 
-// nestedModule exists when the host's KVM is the pagetable-based nested
-// backend.
-const nestedModule = "/sys/module/kvm_pvm"
-
-// NestedBackend reports whether this host's KVM is the nested software
-// backend that needs NestedFlags.
+// NestedBackend reports whether the KVM serving this host's /dev/kvm is the
+// nested software backend (kvm_pvm) that needs NestedFlags; a kvm_pvm
+// module that serves nothing does not count.
 func NestedBackend() bool {
-	_, err := os.Stat(nestedModule)
-	return err == nil
+	s := kvmhost.Probe(kvmhost.SysHost{})
+	return s.Usable && s.Backend == kvmhost.PVM
 }
 
 var warnOnce sync.Once

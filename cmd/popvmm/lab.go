@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/popvmm/popvmm/cluster"
+	"github.com/popvmm/popvmm/internal/kvmhost"
 	"github.com/popvmm/popvmm/lab"
 )
 
@@ -208,4 +210,42 @@ func (c *cli) runLab(cfg lab.Config) error {
 		return &exitError{res.ExitCode, nil}
 	}
 	return nil
+}
+
+func (c *cli) checkKVMCmd() *cobra.Command {
+	var asJSON, quiet bool
+	cmd := &cobra.Command{
+		Use:   "check-kvm",
+		Short: "Say whether this machine's /dev/kvm can run popvmm's kernels, and what to do if not",
+		Long: `Exit status 0 when /dev/kvm opens and its backend runs guest user processes
+(kvm_intel, kvm_amd); 1 otherwise, with the reason and the way out (loading a
+module, enabling nested virtualisation, or popvmm lab).`,
+		Args: exactArgs(),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s := kvmhost.Probe(kvmhost.SysHost{})
+			if asJSON {
+				problem := ""
+				if s.Problem != nil {
+					problem = s.Problem.Error()
+				}
+				enc := json.NewEncoder(c.stdout)
+				enc.SetIndent("", "  ")
+				enc.Encode(map[string]any{"backend": s.Backend, "usable": s.Usable, "userspace": s.Userspace, "problem": problem, "advice": s.Advice})
+			} else if !quiet {
+				switch {
+				case s.Full():
+					fmt.Fprintf(c.stdout, "KVM: usable (%s serves %s)\n", s.Backend, kvmhost.Device)
+				default:
+					fmt.Fprintf(c.stdout, "KVM: %v\n  what to do: %s\n", s.Problem, s.Advice)
+				}
+			}
+			if !s.Full() {
+				return &exitError{exitFailure, nil}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the verdict as JSON")
+	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print nothing; the exit status says")
+	return cmd
 }

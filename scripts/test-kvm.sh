@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# test-kvm.sh — the KVM-tier pass of `make test`: every test whose name
+# contains KVM, in every package whose tests call testenv.RequireKVM, built
+# here (go test -c) and run directly where /dev/kvm works, in the lab
+# (popvmm lab run) elsewhere, with POPVMM_REQUIRE_KVM=1 so none can skip.
+# Ends with one summary line saying where the tests ran.
+#
+#   scripts/test-kvm.sh            build, then run (directly or in the lab)
+#   scripts/test-kvm.sh --run      run what is built, here (the lab calls this)
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+out=bin/kvmtests
+run_filter=${KVM_RUN:-KVM}
+
+if [ "${1:-}" = --run ]; then
+  export POPVMM_REQUIRE_KVM=1
+  pass=0 fail=0 skip=0 failed=()
+  for bin in "$out"/*.test; do
+    [ -e "$bin" ] || continue
+    pkg=$(cat "$bin.pkg")
+    echo "==> $pkg (KVM tier)"
+    set +e
+    (cd "$pkg" && "$top/$bin" -test.run "$run_filter" -test.v -test.count=1 -test.timeout 30m) 2>&1 | tee "$bin.log"
+    rc=${PIPESTATUS[0]}
+    set -e
+    p=$(grep -c '^--- PASS' "$bin.log" || true); f=$(grep -c '^--- FAIL' "$bin.log" || true); s=$(grep -c '^--- SKIP' "$bin.log" || true)
+    pass=$((pass + p)) fail=$((fail + f)) skip=$((skip + s))
+    if [ "$rc" != 0 ]; then
+      failed+=("$pkg")
+      [ "$f" != 0 ] || fail=$((fail + 1)) # a crash or timeout outside any test
+    fi
+  done
+  echo "$pass $fail $skip ${failed[*]:-}" > "$out/summary"
+  [ ${#failed[@]} = 0 ]
+  exit
+fi
+
+rm -rf "$out"
+mkdir -p "$out"
+pkgs=$(grep -rl --include='*_test.go' 'testenv.RequireKVM(' . | grep -v '^./internal/testenv/' | xargs -r -n1 dirname | sort -u)
+echo "==> KVM tier: building test binaries for $(echo $pkgs | wc -w) packages"
+for p in $pkgs; do
+  p=${p#./}
+  name=$(echo "$p" | tr / _)
+  go test -c -o "$out/$name.test" "./$p"
+  echo "$p" > "$out/$name.test.pkg"
+done
+
+popvmm=${POPVMM:-bin/popvmm}
+if "$popvmm" check-kvm --quiet; then
+  where="directly on this machine's /dev/kvm ($("$popvmm" check-kvm))"
+  set +e; scripts/test-kvm.sh --run; rc=$?; set -e
+else
+  where="in the lab (kvm_amd under QEMU TCG; here: $("$popvmm" check-kvm | head -1 || true))"
+  set +e; "$popvmm" lab run --cpus "${LAB_CPUS:-2}" --memory "${LAB_MEMORY:-4G}" -- scripts/test-kvm.sh --run; rc=$?; set -e
+fi
+if [ -f "$out/summary" ]; then
+  read -r pass fail skip failed < "$out/summary" || true
+  echo "==> KVM tiers: $pass passed, $fail failed, $skip skipped, $where${failed:+; failing: $failed}"
+else
+  echo "==> KVM tiers: did not run $where (exit status $rc)"
+fi
+exit "$rc"
