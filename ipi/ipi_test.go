@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -535,6 +536,49 @@ func TestSilentClientsDoNotStallJoins(t *testing.T) {
 	}
 	if n, err := b.Wait(ctxT(t), ipi.MaxVectors-1); err != nil || n != 1 {
 		t.Errorf("b.Wait = %d, %v", n, err)
+	}
+}
+
+// TestOnLeaveBeforeIDReuse: the server reports a departure while the id
+// is still the leaver's, so what is recorded about it then (popvmm marks
+// it gone in the peer table) cannot reach the id's next holder.
+func TestOnLeaveBeforeIDReuse(t *testing.T) {
+	var once atomic.Bool
+	reporting := make(chan int)
+	release := make(chan struct{})
+	cfg := ipi.ServerConfig{Vectors: 1, FirstID: 2, MaxPeers: 1, OnLeave: func(id int) {
+		if once.CompareAndSwap(false, true) {
+			reporting <- id
+			<-release
+		}
+	}}
+	sock, _ := ipitest.Serve(t, 1<<20, 0, cfg)
+	a := dial(t, sock, 1)
+	a.Close()
+	select {
+	case id := <-reporting:
+		if id != a.ID {
+			t.Errorf("OnLeave(%d), want %d", id, a.ID)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("departure not reported within 10s")
+	}
+	// While the departure is being reported, the only id is still taken.
+	if c, err := ipi.Dial(ctxT(t), sock, 1); err == nil {
+		c.Close()
+		t.Errorf("peer %d joined while the departure of its id's holder was being reported", c.ID)
+	}
+	close(release)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := ipi.Dial(ctxT(t), sock, 1)
+		if err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("id not free 10s after the departure was reported: %v", err)
+		}
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 
 	"github.com/popvmm/popvmm/cluster"
 	"github.com/popvmm/popvmm/ipi"
@@ -54,7 +55,17 @@ func (s *Supervisor) startWindow(ctx context.Context, runDir string) (_ *windowH
 	if _, err = msg.Format(w.mem, maxPeers); err != nil {
 		return nil, err
 	}
-	srv, err := ipi.NewServer(w.win, ipi.ServerConfig{Vectors: 1, FirstID: kernels, MaxPeers: maxPeers - kernels}, s.log)
+	// A host peer that disconnects is gone, whatever its own section
+	// says; only popvmm writes this for it. The server reports the
+	// departure before it can give the id to a new peer, so the mark is for
+	// the incarnation that left (its generation now), never the next one.
+	var node atomic.Pointer[msg.Node]
+	onLeave := func(id int) {
+		if n := node.Load(); n != nil {
+			n.MarkGone(id, n.Generation(id), false)
+		}
+	}
+	srv, err := ipi.NewServer(w.win, ipi.ServerConfig{Vectors: 1, FirstID: kernels, MaxPeers: maxPeers - kernels, OnLeave: onLeave}, s.log)
 	if err != nil {
 		return nil, err
 	}
@@ -82,26 +93,11 @@ func (s *Supervisor) startWindow(ctx context.Context, runDir string) (_ *windowH
 	if w.node, err = msg.Join(w.client.Mem, w.client.ID, "popvmm", ipi.Bell{C: w.client}, msg.Options{}); err != nil {
 		return nil, err
 	}
+	node.Store(w.node)
 	w.caller = agent.NewCaller(w.node)
-	nodeDone := make(chan struct{})
 	w.wg.Go(func() {
-		defer close(nodeDone)
 		if err := w.node.Run(sctx); err != nil {
 			s.log.Error("popvmm's window node stopped", "err", err)
-		}
-	})
-	w.wg.Go(func() {
-		for e := range w.client.Events() {
-			s.log.Info("window peer", "peer", e.ID, "joined", e.Joined)
-			if !e.Joined {
-				// A host peer that disconnects is gone, whatever its
-				// own section says. Only popvmm writes this for it.
-				select {
-				case <-nodeDone:
-				default:
-					w.node.MarkGone(e.ID, false)
-				}
-			}
 		}
 	})
 	s.log.Info("shared window ready", "size", s.cl.Window.Size, "peers", maxPeers, "socket", w.socket)

@@ -81,3 +81,70 @@ func TestWindowMessaging(t *testing.T) {
 		time.Sleep(10 * time.Millisecond) // the departure notice travels through the server
 	}
 }
+
+// TestWindowHostPeerIDReuse: a host peer leaves and the next one joins
+// under the same id at once, round after round. popvmm records each
+// departure for the incarnation that left only, so every new holder of
+// the id stays online in the peer table and answers pings.
+func TestWindowHostPeerIDReuse(t *testing.T) {
+	cl := testCluster(t, t.TempDir(), "demo")
+	c, _ := start(t, cl)
+	sock := filepath.Join(cl.RunDir, supervisor.WindowSocketName)
+
+	// A bystander host peer hears each departure once the server has
+	// freed the id, so the next join gets that id again.
+	bystander, err := ipi.Dial(ctxT(t), sock, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bystander.Close()
+	lastID := -1
+	for i := range 20 {
+		client, err := ipi.Dial(ctxT(t), sock, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		node, err := msg.Join(client.Mem, client.ID, "primary", ipi.Bell{C: client}, msg.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		agent.Serve(node, "primary", "")
+		ctx, cancel := context.WithCancel(context.Background())
+		ran := make(chan struct{})
+		go func() { node.Run(ctx); close(ran) }()
+
+		if i > 0 && client.ID != lastID {
+			t.Fatalf("round %d: id %d, not the freed %d", i, client.ID, lastID)
+		}
+		resp, err := c.Call(ctxT(t), supervisor.Request{Op: supervisor.OpMsg, Action: supervisor.MsgPing, Name: "primary"})
+		if err != nil || resp.Msg.Peer != client.ID {
+			t.Errorf("round %d: ping the new holder of id %d = %+v, %v", i, client.ID, resp, err)
+		}
+		if st := node.PeerState(client.ID); st != msg.StateOnline {
+			t.Errorf("round %d: peer %d is %v in the peer table, want online", i, client.ID, st)
+		}
+		lastID = client.ID
+		cancel()
+		<-ran
+		client.Close()
+		waitDeparture(t, bystander, lastID)
+	}
+}
+
+func waitDeparture(t *testing.T, c *ipi.Client, id int) {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case e, ok := <-c.Events():
+			if !ok {
+				t.Fatalf("bystander's connection ended: %v", c.Err())
+			}
+			if e.ID == id && !e.Joined {
+				return
+			}
+		case <-deadline:
+			t.Fatalf("departure of peer %d not heard within 10s", id)
+		}
+	}
+}

@@ -64,7 +64,7 @@ const (
 // Section header (at the start of each peer's section): the peer's entry in
 // the peer table, its subscriptions and its receive heads.
 const (
-	secState      = 0  // uint32 State
+	secState      = 0  // uint32 State; with the generation one 64-bit word (setGone)
 	secGeneration = 4  // uint32, bumped at every check-in
 	secHeartbeat  = 8  // uint64, bumped while alive
 	secName       = 24 // [32]byte

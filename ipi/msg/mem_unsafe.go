@@ -26,3 +26,7 @@ func store32(b []byte, off int, v uint32) { atomic.StoreUint32((*uint32)(word(b,
 func cas32(b []byte, off int, old, v uint32) bool {
 	return atomic.CompareAndSwapUint32((*uint32)(word(b, off, 4)), old, v)
 }
+
+func cas64(b []byte, off int, old, v uint64) bool {
+	return atomic.CompareAndSwapUint64((*uint64)(word(b, off, 8)), old, v)
+}

@@ -311,18 +311,78 @@ func TestPeerEvents(t *testing.T) {
 	_, nodes := cluster(t, 4<<20, 4, 2, msg.Options{Heartbeat: 10 * time.Millisecond, PeerTimeout: 200 * time.Millisecond})
 	a, b := nodes[0], nodes[1]
 	run(t, a)
-	waitPeerEvent(t, a, msg.PeerEvent{Peer: 1, Name: "node1", State: msg.StateOnline})
+	waitPeerEvent(t, a, msg.PeerEvent{Peer: 1, Name: "node1", State: msg.StateOnline, Generation: 1})
 	// b never runs, so its heartbeat stands still: reported offline.
-	waitPeerEvent(t, a, msg.PeerEvent{Peer: 1, Name: "node1", State: msg.StateOffline})
+	waitPeerEvent(t, a, msg.PeerEvent{Peer: 1, Name: "node1", State: msg.StateOffline, Generation: 1})
 	// b comes alive: online again. Then popvmm reports it crashed.
 	run(t, b)
-	waitPeerEvent(t, a, msg.PeerEvent{Peer: 1, Name: "node1", State: msg.StateOnline})
-	a.MarkGone(1, true)
-	waitPeerEvent(t, a, msg.PeerEvent{Peer: 1, Name: "node1", State: msg.StateCrashed})
+	waitPeerEvent(t, a, msg.PeerEvent{Peer: 1, Name: "node1", State: msg.StateOnline, Generation: 1})
+	if !a.MarkGone(1, 1, true) {
+		t.Error("MarkGone(1, generation 1) = false for the incarnation in the table")
+	}
+	waitPeerEvent(t, a, msg.PeerEvent{Peer: 1, Name: "node1", State: msg.StateCrashed, Generation: 1})
 	if err := a.Send(1, 1, nil); !errors.Is(err, msg.ErrPeerOffline) {
 		t.Errorf("Send to a crashed peer = %v, want ErrPeerOffline", err)
 	}
 }
+
+// TestDepartureTouchesOnlyItsIncarnation: peer 1 leaves and its id is
+// checked in again at once. The old incarnation's departure, however late
+// it is recorded (popvmm's MarkGone, the old node's own Run returning),
+// leaves the new incarnation online.
+func TestDepartureTouchesOnlyItsIncarnation(t *testing.T) {
+	mem, nodes := cluster(t, 4<<20, 4, 2, msg.Options{})
+	a, old := nodes[0], nodes[1]
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- old.Run(ctx) }()
+	oldGen := a.Generation(1)
+
+	if _, err := msg.Join(mem, 1, "node1-next", newBells(4).bell(1), msg.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	newGen := a.Generation(1)
+	if newGen == oldGen {
+		t.Fatalf("generation %d after a check-in, want a new one", newGen)
+	}
+	cancel()
+	if err := <-ran; err != nil {
+		t.Fatal(err)
+	}
+	if st := a.PeerState(1); st != msg.StateOnline {
+		t.Errorf("after the old incarnation's Run returned, peer 1 is %v, want online", st)
+	}
+	if a.MarkGone(1, oldGen, false) {
+		t.Errorf("MarkGone(1, old generation %d) = true", oldGen)
+	}
+	if st := a.PeerState(1); st != msg.StateOnline {
+		t.Errorf("after the old incarnation's MarkGone, peer 1 is %v, want online", st)
+	}
+	if err := a.Send(1, 1, []byte("to the new incarnation")); err != nil {
+		t.Errorf("Send to the new incarnation = %v", err)
+	}
+	if !a.MarkGone(1, newGen, true) || a.PeerState(1) != msg.StateCrashed {
+		t.Errorf("MarkGone(1, generation %d) did not mark the incarnation in the table: %v", newGen, a.PeerState(1))
+	}
+}
+
+// TestPeerEventsAcrossRejoin: a peer that checks in again between two
+// scans is reported gone (its old generation) and online (its new one),
+// not left online as if nothing happened.
+func TestPeerEventsAcrossRejoin(t *testing.T) {
+	opt := msg.Options{Heartbeat: 10 * time.Millisecond, PeerTimeout: time.Minute}
+	mem, nodes := cluster(t, 4<<20, 4, 2, opt)
+	a := nodes[0]
+	run(t, a)
+	waitPeerEvent(t, a, msg.PeerEvent{Peer: 1, Name: "node1", State: msg.StateOnline, Generation: 1})
+	if _, err := msg.Join(mem, 1, "node1-next", newBells(4).bell(1), opt); err != nil {
+		t.Fatal(err)
+	}
+	waitPeerEvent(t, a, msg.PeerEvent{Peer: 1, Name: "node1", State: msg.StateOffline, Generation: 1})
+	waitPeerEvent(t, a, msg.PeerEvent{Peer: 1, Name: "node1-next", State: msg.StateOnline, Generation: 2})
+}
+
+func (b *chanBells) bell(id int) bell { return bell{b, id} }
 
 func waitPeerEvent(t *testing.T, n *msg.Node, want msg.PeerEvent) {
 	t.Helper()

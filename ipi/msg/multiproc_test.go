@@ -258,7 +258,7 @@ func TestMultiProcess(t *testing.T) {
 		select {
 		case e := <-me.Events():
 			if e.ID == p3.id && !e.Joined {
-				node.MarkGone(p3.id, true)
+				node.MarkGone(p3.id, node.Generation(p3.id), true) // p3 is dead: its generation stays
 				if err := node.Send(p3.id, svcEcho, []byte("x")); !errors.Is(err, msg.ErrPeerOffline) {
 					t.Errorf("send to killed peer = %v, want ErrPeerOffline", err)
 				}

@@ -28,6 +28,9 @@ type PeerEvent struct {
 	Peer  int
 	Name  string
 	State State // StateOnline, StateOffline or StateCrashed
+	// Generation is the incarnation the event concerns: the peer's
+	// generation when it checked in (see Node.Generation).
+	Generation uint32
 }
 
 // Options tune a node.
@@ -81,6 +84,7 @@ type Node struct {
 	mem  []byte
 	l    layout
 	id   int
+	gen  uint32 // this incarnation's generation
 	bell Doorbell
 	opt  Options
 
@@ -95,7 +99,9 @@ type Node struct {
 	partial  []byte
 	lastBeat []uint64
 	lastSeen []time.Time
-	known    []State
+	known    []State  // the state last reported for each peer…
+	knownGen []uint32 // …for this incarnation of it…
+	names    []string // …under this name
 
 	events  chan PeerEvent
 	perPeer []struct{ sent, received atomic.Uint64 }
@@ -138,6 +144,7 @@ func Join(mem []byte, id int, name string, bell Doorbell, opt Options) (*Node, e
 	n := &Node{mem: mem, l: l, id: id, bell: bell, opt: opt,
 		sendMu: make([]sync.Mutex, l.maxPeers), headCache: make([]uint64, l.maxPeers), broken: make([]bool, l.maxPeers), gens: make([]uint32, l.maxPeers),
 		lastBeat: make([]uint64, l.maxPeers), lastSeen: make([]time.Time, l.maxPeers), known: make([]State, l.maxPeers),
+		knownGen: make([]uint32, l.maxPeers), names: make([]string, l.maxPeers),
 		events: make(chan PeerEvent, 4*l.maxPeers), perPeer: make([]struct{ sent, received atomic.Uint64 }, l.maxPeers)}
 
 	sec := l.section(id)
@@ -153,7 +160,8 @@ func Join(mem []byte, id int, name string, bell Doorbell, opt Options) (*Node, e
 		store64(mem, r+ringBase, load64(mem, r))
 	}
 	store32(mem, armedOff(id), 0)
-	store32(mem, sec+secGeneration, load32(mem, sec+secGeneration)+1)
+	n.gen = load32(mem, sec+secGeneration) + 1
+	store32(mem, sec+secGeneration, n.gen)
 	store32(mem, sec+secState, uint32(StateOnline))
 	return n, nil
 }
@@ -311,12 +319,13 @@ func (n *Node) Stats() Stats {
 // doorbells disarmed, keeps polling while there is work, and when the rings
 // are empty arms doorbells, checks once more, and sleeps on the doorbell.
 // It also bumps this node's heartbeat and watches the peer table. When it
-// returns the node is offline.
+// returns the node is offline, unless a newer incarnation of its id has
+// checked in meanwhile: that one's entry is left alone.
 func (n *Node) Run(ctx context.Context) error {
-	sec := n.l.section(n.id)
 	defer func() {
-		store32(n.mem, armedOff(n.id), 0)
-		store32(n.mem, sec+secState, uint32(StateOffline))
+		if n.setGone(n.id, n.gen, StateOffline) {
+			store32(n.mem, armedOff(n.id), 0)
+		}
 	}()
 	next := time.Now()
 	var lastWork time.Time
@@ -497,8 +506,19 @@ func (n *Node) maintain(now time.Time) {
 		if p == n.id {
 			continue
 		}
+		gen := n.Generation(p)
 		st := n.PeerState(p)
 		beat := load64(n.mem, n.l.section(p)+secHeartbeat)
+		if gen != n.knownGen[p] {
+			// A new incarnation checked in: the one reported online
+			// has gone, whatever the table says now, and the new one's
+			// heartbeat is watched from now on.
+			if n.known[p] == StateOnline {
+				n.emit(PeerEvent{Peer: p, Name: n.names[p], State: StateOffline, Generation: n.knownGen[p]})
+			}
+			n.known[p], n.knownGen[p] = StateOffline, gen
+			n.lastBeat[p], n.lastSeen[p] = beat, now
+		}
 		if beat != n.lastBeat[p] || (st == StateOnline && n.lastSeen[p].IsZero()) {
 			n.lastBeat[p], n.lastSeen[p] = beat, now
 		}
@@ -509,7 +529,10 @@ func (n *Node) maintain(now time.Time) {
 			continue
 		}
 		if st != n.known[p] && (st == StateOnline || n.known[p] == StateOnline) {
-			n.emit(PeerEvent{Peer: p, Name: n.peerName(p), State: st})
+			if st == StateOnline {
+				n.names[p] = n.peerName(p)
+			}
+			n.emit(PeerEvent{Peer: p, Name: n.names[p], State: st, Generation: gen})
 		}
 		n.known[p] = st
 	}
@@ -554,17 +577,50 @@ func (n *Node) PeerByName(name string) (int, bool) {
 	return 0, false
 }
 
-// MarkGone records that popvmm saw peer leave or crash (its VM stopped, its
-// host process disconnected): the peer table says so from now on.
-func (n *Node) MarkGone(peer int, crashed bool) {
+// Generation is peer's generation in the peer table: bumped at every
+// check-in, so it names one incarnation of the peer.
+func (n *Node) Generation(peer int) uint32 {
+	if peer < 0 || peer >= n.l.maxPeers {
+		return 0
+	}
+	return load32(n.mem, n.l.section(peer)+secGeneration)
+}
+
+// MarkGone records that popvmm saw incarnation gen of peer leave or crash
+// (its VM stopped, its host process disconnected): the peer table says so
+// from now on. gen is the peer's Generation read when it was known to have
+// gone (before its id could be given to anyone else); a departure noticed
+// late then cannot touch a newer incarnation that has checked in under the
+// same id: MarkGone leaves that one alone and reports false.
+func (n *Node) MarkGone(peer int, gen uint32, crashed bool) bool {
 	if peer < 0 || peer >= n.l.maxPeers || peer == n.id {
-		return
+		return false
 	}
 	st := StateOffline
 	if crashed {
 		st = StateCrashed
 	}
-	store32(n.mem, n.l.section(peer)+secState, uint32(st))
+	return n.setGone(peer, gen, st)
+}
+
+// setGone sets peer's state to st if its generation is still gen. State
+// and generation share one 64-bit word (state low, generation high, the
+// window being little-endian), so the check and the store are one atomic
+// step: a check-in bumps the generation before it goes online, and either
+// comes first. A peer rewriting its own entry without end only makes this
+// give up.
+func (n *Node) setGone(peer int, gen uint32, st State) bool {
+	off := n.l.section(peer) + secState
+	for range 64 {
+		w := load64(n.mem, off)
+		if uint32(w>>32) != gen {
+			return false
+		}
+		if cas64(n.mem, off, w, uint64(gen)<<32|uint64(st)) {
+			return true
+		}
+	}
+	return false
 }
 
 func (n *Node) emit(e PeerEvent) {
