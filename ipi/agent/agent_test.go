@@ -7,10 +7,13 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/popvmm/popvmm/ipi/agent"
 	"github.com/popvmm/popvmm/ipi/msg"
@@ -150,5 +153,119 @@ func TestDetachReader(t *testing.T) {
 	}
 	if _, err := d.Read(b); !errors.Is(err, agent.ErrDetached) {
 		t.Errorf("Read after Ctrl-] = %v, want ErrDetached", err)
+	}
+}
+
+// TestTTYSessionIsOneIncarnations: a TTY session belongs to the
+// incarnations of the two peers that opened it. When the requester's id
+// checks in anew, the shell is ended (the new holder neither sees its
+// output nor types into it); when the serving agent's id checks in anew,
+// the requester's session ends with an error instead of waiting forever.
+func TestTTYSessionIsOneIncarnations(t *testing.T) {
+	if _, err := os.Stat("/bin/sh"); err != nil {
+		t.Skip("no /bin/sh")
+	}
+	// The shell records its pid, so the test can tell when it is gone.
+	dir := t.TempDir()
+	pidFile := filepath.Join(dir, "pid")
+	shell := filepath.Join(dir, "shell")
+	script := "#!/bin/sh\necho $$ > " + pidFile + "\nexec /bin/sh \"$@\"\n"
+	if err := os.WriteFile(shell, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	open := func(t *testing.T, a, b *msg.Node) (int, <-chan error) {
+		t.Helper()
+		os.Remove(pidFile)
+		agent.ServeTTY(a, shell)
+		in, inW := io.Pipe()
+		t.Cleanup(func() { inW.Close() })
+		var out syncBuffer
+		done := make(chan error, 1)
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		t.Cleanup(cancel)
+		go func() { done <- agent.TTY(ctx, b, 0, in, &out) }()
+		io.WriteString(inW, "echo ready-$((6*7))\n")
+		waitFor(t, "the shell's answer", func() bool { return strings.Contains(out.String(), "ready-42") })
+		raw, err := os.ReadFile(pidFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(string(raw)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { unix.Kill(pid, unix.SIGKILL) })
+		return pid, done
+	}
+
+	t.Run("requester checks in anew", func(t *testing.T) {
+		mem, nodes := window(t)
+		a, b := nodes[0], nodes[1]
+		start(t, a)
+		stopB := start(t, b)
+		pid, _ := open(t, a, b)
+		stopB()
+		if _, err := msg.Join(mem, 1, "client-next", nil, msg.Options{}); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the old requester's shell to end", func() bool {
+			return errors.Is(unix.Kill(pid, 0), unix.ESRCH)
+		})
+	})
+	t.Run("agent checks in anew", func(t *testing.T) {
+		mem, nodes := window(t)
+		a, b := nodes[0], nodes[1]
+		stopA := start(t, a)
+		start(t, b)
+		_, done := open(t, a, b)
+		stopA()
+		if _, err := msg.Join(mem, 0, "agent-next", nil, msg.Options{}); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-done:
+			if err == nil || !strings.Contains(err.Error(), "went away") {
+				t.Errorf("TTY = %v, want the peer went away", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("TTY still open 10s after the agent's incarnation went")
+		}
+	})
+}
+
+// window formats a window for two peers and joins agent 0 and client 1.
+func window(t *testing.T) ([]byte, []*msg.Node) {
+	t.Helper()
+	mem := make([]byte, 4<<20)
+	if _, err := msg.Format(mem, 2); err != nil {
+		t.Fatal(err)
+	}
+	ch := [2]chan struct{}{make(chan struct{}, 1), make(chan struct{}, 1)}
+	a, _ := msg.Join(mem, 0, "agent", chanBell{ch, 0}, msg.Options{})
+	b, _ := msg.Join(mem, 1, "client", chanBell{ch, 1}, msg.Options{})
+	return mem, []*msg.Node{a, b}
+}
+
+// start runs n until the returned function (or the test's end) stops it.
+func start(t *testing.T, n *msg.Node) func() {
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan struct{})
+	go func() { n.Run(ctx); close(ran) }()
+	var once sync.Once
+	stop := func() { once.Do(func() { cancel(); <-ran }) }
+	t.Cleanup(stop)
+	return stop
+}
+
+// waitFor polls cond (state another goroutine or process changes) for up
+// to 10 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("waiting for %s: not within 10s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

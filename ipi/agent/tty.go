@@ -55,8 +55,18 @@ type ttyServer struct {
 
 type ttySession struct {
 	peer int
+	gen  uint32 // the requester's incarnation: the session is its alone
 	pty  *os.File
 	cmd  *exec.Cmd
+}
+
+// peerCheck is how often a session checks that the incarnation of the peer
+// on its other side is still there: a session outlives neither.
+const peerCheck = time.Second
+
+// present reports whether incarnation gen of peer is still on the window.
+func present(node *msg.Node, peer int, gen uint32) bool {
+	return node.PeerState(peer) == msg.StateOnline && node.Generation(peer) == gen
 }
 
 // ServeTTY registers the TTY services on node: each open request gets a new
@@ -83,8 +93,8 @@ func (s *ttyServer) session(from int, p []byte) *ttySession {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	sess := s.open[binary.LittleEndian.Uint32(p)]
-	if sess == nil || sess.peer != from {
-		return nil // another peer's session is not yours to type into
+	if sess == nil || sess.peer != from || s.node.Generation(from) != sess.gen {
+		return nil // another peer's session (or an earlier incarnation's under your id) is not yours to type into
 	}
 	return sess
 }
@@ -105,6 +115,7 @@ func (s *ttyServer) openSession(from int, p []byte) {
 	s.next++
 	id := s.next
 	s.mu.Unlock()
+	gen := s.node.Generation(from)
 
 	cmd := exec.Command(s.shell, "-l")
 	cmd.Env = append(os.Environ(), "TERM=vt100")
@@ -113,7 +124,7 @@ func (s *ttyServer) openSession(from int, p []byte) {
 		refuse(err.Error())
 		return
 	}
-	sess := &ttySession{peer: from, pty: f, cmd: cmd}
+	sess := &ttySession{peer: from, gen: gen, pty: f, cmd: cmd}
 	s.mu.Lock()
 	s.open[id] = sess
 	s.mu.Unlock()
@@ -123,12 +134,31 @@ func (s *ttyServer) openSession(from int, p []byte) {
 	go s.pump(id, sess, sid)
 }
 
-// pump copies the shell's output to the peer until the shell ends, then
-// closes the session on both sides.
+// pump copies the shell's output to the peer until the shell ends or the
+// peer's incarnation goes, then closes the session on both sides.
 func (s *ttyServer) pump(id uint32, sess *ttySession, sid [4]byte) {
+	ended := make(chan struct{})
+	go func() { // an idle shell notices its peer's departure too
+		t := time.NewTicker(peerCheck)
+		defer t.Stop()
+		for {
+			select {
+			case <-ended:
+				return
+			case <-t.C:
+				if !present(s.node, sess.peer, sess.gen) {
+					sess.cmd.Process.Kill()
+					return
+				}
+			}
+		}
+	}()
 	buf := make([]byte, ttyChunk)
 	for {
 		n, err := sess.pty.Read(buf)
+		if !present(s.node, sess.peer, sess.gen) {
+			break // its output is not for whoever holds the id now
+		}
 		if n > 0 && sendAll(s.node, sess.peer, SvcTTYOutput, append(sid[:], buf[:n]...)) != nil {
 			break
 		}
@@ -136,13 +166,16 @@ func (s *ttyServer) pump(id uint32, sess *ttySession, sid [4]byte) {
 			break
 		}
 	}
+	close(ended)
 	sess.cmd.Process.Kill()
 	sess.cmd.Wait()
 	sess.pty.Close()
 	s.mu.Lock()
 	delete(s.open, id)
 	s.mu.Unlock()
-	s.node.Send(sess.peer, SvcTTYClosed, sid[:])
+	if present(s.node, sess.peer, sess.gen) {
+		s.node.Send(sess.peer, SvcTTYClosed, sid[:])
+	}
 }
 
 // sendAll sends, waiting out a full ring (the reader is slower than the
@@ -191,6 +224,7 @@ type ttyKey struct {
 }
 
 type clientSession struct {
+	gen    uint32 // the serving peer's incarnation
 	out    io.Writer
 	closed chan struct{}
 	once   sync.Once
@@ -232,13 +266,19 @@ func (c *TTYClient) session(from int, p []byte) *clientSession {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.sess[ttyKey{from, binary.LittleEndian.Uint32(p)}]
+	s := c.sess[ttyKey{from, binary.LittleEndian.Uint32(p)}]
+	if s == nil || c.node.Generation(from) != s.gen {
+		return nil
+	}
+	return s
 }
 
 // Open runs a shell on peer connected to in and out until the shell ends,
 // in fails or returns ErrDetached, or ctx ends. End of input (io.EOF) is
-// passed to the shell as ^D. The node must be running (Run).
+// passed to the shell as ^D. It also ends, with an error, when the peer's
+// incarnation that opened the shell goes. The node must be running (Run).
 func (c *TTYClient) Open(ctx context.Context, peer int, in io.Reader, out io.Writer) error {
+	gen := c.node.Generation(peer)
 	c.mu.Lock()
 	c.next++
 	id := c.next
@@ -272,7 +312,7 @@ func (c *TTYClient) Open(ctx context.Context, peer int, in io.Reader, out io.Wri
 		return fmt.Errorf("open tty on peer %d: refused: %s", peer, r[6:])
 	}
 	key := ttyKey{peer, binary.LittleEndian.Uint32(sid[:])}
-	s := &clientSession{out: out, closed: make(chan struct{})}
+	s := &clientSession{gen: gen, out: out, closed: make(chan struct{})}
 	c.mu.Lock()
 	c.sess[key] = s
 	c.mu.Unlock()
@@ -305,18 +345,26 @@ func (c *TTYClient) Open(ctx context.Context, peer int, in io.Reader, out io.Wri
 			}
 		}
 	}()
-	select {
-	case <-s.closed:
-		return nil
-	case err := <-inDone:
-		c.node.Send(peer, SvcTTYClose, sid[:])
-		if errors.Is(err, ErrDetached) {
+	check := time.NewTicker(peerCheck)
+	defer check.Stop()
+	for {
+		select {
+		case <-s.closed:
 			return nil
+		case err := <-inDone:
+			c.node.Send(peer, SvcTTYClose, sid[:])
+			if errors.Is(err, ErrDetached) {
+				return nil
+			}
+			return err
+		case <-ctx.Done():
+			c.node.Send(peer, SvcTTYClose, sid[:])
+			return nil
+		case <-check.C:
+			if !present(c.node, peer, gen) {
+				return fmt.Errorf("tty on peer %d: the peer went away", peer)
+			}
 		}
-		return err
-	case <-ctx.Done():
-		c.node.Send(peer, SvcTTYClose, sid[:])
-		return nil
 	}
 }
 
