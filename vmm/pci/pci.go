@@ -1,9 +1,12 @@
 // Package pci is the PCI bus every popvmm kernel gets: a host bridge at
 // 00:00.0, configuration mechanism #1 (ports 0xCF8/0xCFC), and type-0
-// configuration spaces with BARs the guest can size. The VMM places BARs in
-// the windows package memmap reserves and maps them on its MMIO bus; device
-// models (the shared-window device, virtio-net) plug in a Function. It
-// depends on nothing but memmap's address arithmetic.
+// configuration spaces with BARs the guest can size, a capability list
+// (CapList), MSI-X (MSIX: capability, table and PBA, delivered through an
+// MSIRouter the VMM implements with KVM GSI routes and irqfds) and a
+// level-triggered INTx pin (INTx). Allocator places BARs in the windows
+// memmap reserves; the VMM maps them on its MMIO bus. Device models (the
+// shared-window device, virtio-net) plug in a Function. It depends only on
+// memmap's address arithmetic and bus's Device and IRQ interfaces.
 package pci
 
 import (
@@ -38,7 +41,8 @@ const (
 	CommandMaster  = 1 << 2
 	CommandIntxOff = 1 << 10
 
-	StatusCapList = 1 << 4
+	StatusInterrupt = 1 << 3 // INTx asserted by the function
+	StatusCapList   = 1 << 4
 
 	barMem64        = 0x4
 	barPrefetchable = 0x8
@@ -146,6 +150,9 @@ func (c *config) read32(off int) uint32 {
 		if h.CapPtr != 0 {
 			status |= StatusCapList
 		}
+		if x := c.intx(); x != nil && x.Asserted() {
+			status |= StatusInterrupt
+		}
 		return status<<16 | uint32(c.command)
 	case off == OffRevision:
 		return h.Class<<8 | uint32(h.Revision)
@@ -200,6 +207,9 @@ func (c *config) write32(off int, v, mask uint32) {
 	case off == OffCommand:
 		keep := uint32(c.command) &^ mask
 		c.command = uint16((v & mask & 0xffff) | keep&0xffff)
+		if x := c.intx(); x != nil {
+			x.setDisabled(c.command&CommandIntxOff != 0)
+		}
 	case off >= OffBAR0 && off < OffBAR0+4*NumBARs:
 		if mask != 0xffffffff {
 			return // BARs are written whole
