@@ -1,5 +1,5 @@
 // Package msg is popvmm's messaging layer on the shared window (protocol
-// v1, docs/window-protocol.md): every kernel and host peer checks in to a
+// v2, docs/window-protocol.md): every kernel and host peer checks in to a
 // peer table, sends on single-producer/single-consumer rings it owns (one
 // per destination, in its own section of the window), subscribes to
 // services, and takes doorbells NAPI-style — a receiver drains with
@@ -16,7 +16,7 @@ import (
 // Protocol constants (docs/window-protocol.md).
 const (
 	Magic   = 0x31304753_4D504F50 // "POPMSG01" little-endian
-	Version = 1
+	Version = 2
 
 	pageSize   = 4096
 	lineSize   = 64 // a cache line: slot size, and the stride of hot fields
@@ -35,7 +35,9 @@ const (
 	Services = 256
 )
 
-// Window header (offset 0).
+// Window header (page 0). Only popvmm writes it (Format), before any peer
+// joins: with window.protect every kernel maps this page read-only, so a
+// kernel cannot change the geometry a rebooted peer reads when it rejoins.
 const (
 	hdrMagic       = 0
 	hdrVersion     = 8
@@ -46,12 +48,19 @@ const (
 	hdrSlotSize    = 36
 )
 
-// Common area after the header: one "interrupts armed" word per peer, a
-// cache line each. A receiver sets its own to 1 when it goes idle; the first
-// sender to swap it back to 0 rings the doorbell (one-shot, like NAPI
-// masking the interrupt at its first firing), so a burst costs one doorbell.
-// It lives in the common area because senders write it.
-const commonArmed = lineSize
+// Common area (page 1): one "interrupts armed" word per peer, a cache line
+// each (MaxPeers lines fit the page). A receiver sets its own to 1 when it
+// goes idle; the first sender to swap it back to 0 rings the doorbell
+// (one-shot, like NAPI masking the interrupt at its first firing), so a
+// burst costs one doorbell. It lives in the common area, the one page every
+// peer may write, because senders write it.
+const (
+	commonOffset = pageSize
+	commonArmed  = commonOffset
+	// sectionsOffset is where section 0 begins: after the header page and
+	// the common page.
+	sectionsOffset = 2 * pageSize
+)
 
 func armedOff(p int) int { return commonArmed + p*lineSize }
 
@@ -117,32 +126,62 @@ func newLayout(maxPeers, slots int) layout {
 	ringBytes := lineSize + slots*SlotSize
 	sec := pageSize + maxPeers*ringBytes
 	sec = (sec + pageSize - 1) &^ (pageSize - 1)
-	return layout{maxPeers: maxPeers, sectionSize: sec, sections: pageSize, slots: slots, ringBytes: ringBytes}
+	return layout{maxPeers: maxPeers, sectionSize: sec, sections: sectionsOffset, slots: slots, ringBytes: ringBytes}
 }
 
 func (l layout) size() int { return l.sections + l.maxPeers*l.sectionSize }
 
 // ErrFormat marks a window that is not (or not validly) formatted.
-var ErrFormat = errors.New("window not formatted for protocol v1")
+var ErrFormat = errors.New("window not formatted for protocol v2")
 
-// Format lays protocol v1 out on a window of len(mem) bytes for maxPeers
-// peers, with the largest power-of-two ring (16 to 4096 slots) that fits,
-// and returns the slot count. Every peer starts offline. Only the window's
-// owner (popvmm) formats, before any peer joins.
-func Format(mem []byte, maxPeers int) (int, error) {
+// Geometry says where the parts of a window formatted for MaxPeers peers
+// lie, in bytes from the window's start: the header page, the common page
+// and one section per peer, all page-aligned. It is what window.protect
+// maps: every kernel writes the common page and its own section only.
+type Geometry struct {
+	MaxPeers    int
+	Slots       int // per ring
+	HeaderSize  int // page 0, at offset 0
+	Common      int // offset of the common page
+	CommonSize  int
+	Sections    int // offset of section 0
+	SectionSize int
+	// Size is the bytes the layout uses; the window's rest is unused.
+	Size int
+}
+
+// Section returns the offset of peer p's section.
+func (g Geometry) Section(p int) int { return g.Sections + p*g.SectionSize }
+
+// PageSize is the granularity of the geometry: every part starts and ends
+// on a multiple of it.
+const PageSize = pageSize
+
+// GeometryFor returns the geometry Format gives a window of size bytes for
+// maxPeers peers: the largest power-of-two ring (16 to 4096 slots) that
+// fits.
+func GeometryFor(size, maxPeers int) (Geometry, error) {
 	if maxPeers < 2 || maxPeers > MaxPeers {
-		return 0, fmt.Errorf("format window: %d peers, want 2-%d", maxPeers, MaxPeers)
+		return Geometry{}, fmt.Errorf("format window: %d peers, want 2-%d", maxPeers, MaxPeers)
 	}
-	slots := 0
 	for s := 4096; s >= 16; s /= 2 {
-		if newLayout(maxPeers, s).size() <= len(mem) {
-			slots = s
-			break
+		if l := newLayout(maxPeers, s); l.size() <= size {
+			return Geometry{MaxPeers: maxPeers, Slots: s, HeaderSize: pageSize, Common: commonOffset, CommonSize: pageSize,
+				Sections: l.sections, SectionSize: l.sectionSize, Size: l.size()}, nil
 		}
 	}
-	if slots == 0 {
-		return 0, fmt.Errorf("format window: %d bytes is too small for %d peers (need %d)", len(mem), maxPeers, newLayout(maxPeers, 16).size())
+	return Geometry{}, fmt.Errorf("format window: %d bytes is too small for %d peers (need %d)", size, maxPeers, newLayout(maxPeers, 16).size())
+}
+
+// Format lays protocol v2 out on a window of len(mem) bytes for maxPeers
+// peers (see GeometryFor) and returns the slot count. Every peer starts
+// offline. Only the window's owner (popvmm) formats, before any peer joins.
+func Format(mem []byte, maxPeers int) (int, error) {
+	g, err := GeometryFor(len(mem), maxPeers)
+	if err != nil {
+		return 0, err
 	}
+	slots := g.Slots
 	l := newLayout(maxPeers, slots)
 	clear(mem[:l.size()])
 	le := binary.LittleEndian
