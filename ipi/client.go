@@ -358,14 +358,27 @@ func (c *Client) emit(e PeerEvent) {
 
 // listen follows joins and departures until the server goes or Close. A
 // protocol error ends it too: Err reports it, and the peers are forgotten,
-// since what the server says can no longer be followed.
+// since what the server says can no longer be followed. Between joins it
+// waits as long as the server is quiet; a join's eventfds come together,
+// so inside one a silence of greetGap is an error (a vectors mismatch).
 func (c *Client) listen() {
 	defer close(c.done)
 	defer close(c.events)
 	for {
+		var dl time.Time
+		if c.assembling >= 0 {
+			dl = time.Now().Add(greetGap)
+		}
+		c.conn.SetReadDeadline(dl)
 		pid, fd, err := recvMsg(c.conn)
-		if err == nil {
+		switch {
+		case err == nil:
 			err = c.handle(pid, fd, true)
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			c.mu.Lock()
+			n := len(c.peers[c.assembling].fds)
+			c.mu.Unlock()
+			err = c.mismatch(n, false, fmt.Sprintf("%d eventfds for peer %d, then nothing for %v", n, c.assembling, greetGap))
 		}
 		if err != nil {
 			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {

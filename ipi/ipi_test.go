@@ -359,6 +359,8 @@ func TestClientRejectsMalformedMessages(t *testing.T) {
 			"vectors mismatch: the server has at least 2 vectors, this client 1 (it sent eventfd 2 for peer 5)"},
 		{"server fewer vectors", 2, []fakeMsg{{5, eventFd}, {6, eventFd}},
 			"vectors mismatch: the server has 1 vectors, this client 2 (it sent 1 eventfds for peer 5, then an eventfd of peer 6)"},
+		{"server fewer vectors, silence", 2, []fakeMsg{{5, eventFd}},
+			"vectors mismatch: the server has 1 vectors, this client 2 (it sent 1 eventfds for peer 5, then nothing for 1s)"},
 		{"server fewer vectors, departure", 2, []fakeMsg{{5, eventFd}, {5, noFd}},
 			"vectors mismatch: the server has 1 vectors, this client 2 (it sent 1 eventfds for peer 5, then its departure)"},
 	}
