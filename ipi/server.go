@@ -79,24 +79,37 @@ type outbox struct {
 	ready  chan struct{} // one token: messages waiting; closed with the outbox
 }
 
-// push queues msgs, all or none; it fails when the outbox is closed or
-// would hold more than its limit. Either way msgs are the outbox's.
-func (o *outbox) push(msgs ...outMsg) bool {
+// push queues msgs, all or none; it fails when the outbox is closed
+// (errOutboxClosed) or would hold more than its limit (errOutboxFull).
+// Either way msgs are the outbox's.
+func (o *outbox) push(msgs ...outMsg) error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if o.closed || len(o.msgs)+len(msgs) > o.limit {
+	var err error
+	switch {
+	case o.closed:
+		err = errOutboxClosed
+	case len(o.msgs)+len(msgs) > o.limit:
+		err = errOutboxFull
+	}
+	if err != nil {
 		for _, m := range msgs {
 			m.release()
 		}
-		return false
+		return err
 	}
 	o.msgs = append(o.msgs, msgs...)
 	select {
 	case o.ready <- struct{}{}:
 	default:
 	}
-	return true
+	return nil
 }
+
+var (
+	errOutboxClosed = errors.New("peer disconnected")
+	errOutboxFull   = errors.New("outbound queue full")
+)
 
 // next waits for the next message; false once the outbox is closed.
 func (o *outbox) next() (outMsg, bool) {
@@ -262,9 +275,9 @@ func (s *Server) join(c *net.UnixConn) (*serverPeer, error) {
 	for _, e := range p.fds {
 		msgs = append(msgs, outMsg{v: int64(id), efd: e.hold()})
 	}
-	if !p.out.push(msgs...) {
+	if err := p.out.push(msgs...); err != nil {
 		p.releaseFds()
-		return nil, fmt.Errorf("greeting for peer %d: %d messages overflow its queue", id, len(msgs))
+		return nil, fmt.Errorf("greeting for peer %d (%d messages): %w", id, len(msgs), err)
 	}
 	for _, o := range s.peers {
 		s.sendLocked(o, p.announcement()...)
@@ -284,11 +297,12 @@ func (p *serverPeer) announcement() []outMsg {
 	return msgs
 }
 
-// sendLocked queues msgs for o; an o that cannot take them is not reading
-// and is disconnected (its watch goroutine removes it). s.mu is held, so
-// every peer's messages stay in one order.
+// sendLocked queues msgs for o; an o whose queue is full is not reading
+// and is disconnected (its watch goroutine removes it), and one already
+// disconnected needs nothing more. s.mu is held, so every peer's messages
+// stay in one order.
 func (s *Server) sendLocked(o *serverPeer, msgs ...outMsg) {
-	if !o.out.push(msgs...) {
+	if err := o.out.push(msgs...); errors.Is(err, errOutboxFull) {
 		s.log.Warn("host peer does not read its socket; disconnecting it", "peer", o.id)
 		o.drop()
 	}
@@ -318,8 +332,13 @@ func (s *Server) write(p *serverPeer) {
 		err := sendMsg(p.conn, m.v, fd)
 		m.release()
 		if err != nil {
-			if !errors.Is(err, net.ErrClosed) {
-				s.log.Warn("host peer did not take a message; disconnecting it", "peer", p.id, "err", err)
+			switch {
+			case errors.Is(err, os.ErrDeadlineExceeded):
+				s.log.Warn("host peer does not read its socket; disconnecting it", "peer", p.id, "waited", sendTimeout)
+			case errors.Is(err, net.ErrClosed), errors.Is(err, unix.EPIPE), errors.Is(err, unix.ECONNRESET):
+				// the peer is going: its watch goroutine tells
+			default:
+				s.log.Warn("host peer connection failed; disconnecting it", "peer", p.id, "err", err)
 			}
 			p.drop()
 			return
