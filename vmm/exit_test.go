@@ -5,8 +5,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/popvmm/popvmm/vmm/bus"
 	"github.com/popvmm/popvmm/vmm"
+	"github.com/popvmm/popvmm/vmm/bus"
 )
 
 var le = binary.LittleEndian

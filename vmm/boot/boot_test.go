@@ -386,3 +386,21 @@ func FuzzLoad(f *testing.F) {
 		}
 	})
 }
+
+func TestLoadFlat(t *testing.T) {
+	m, l := guest(t, 4*memmap.MiB)
+	img := []byte{0xf4, 0xeb, 0xfd}
+	e, err := boot.LoadFlat(m, l, img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.Mode != boot.Protected32 || e.RIP != boot.FlatAddr || e.RSP != memmap.BootStackTop {
+		t.Errorf("entry %+v", e)
+	}
+	if got := read(t, m, boot.FlatAddr, 3); string(got) != string(img) {
+		t.Errorf("image % x", got)
+	}
+	if _, err := boot.LoadFlat(m, l, make([]byte, 4*memmap.MiB)); err == nil {
+		t.Error("a flat binary past the RAM's end loaded")
+	}
+}
