@@ -13,10 +13,11 @@ import (
 
 // Ops a Request may carry.
 const (
-	OpStatus = "status" // the cluster's and every kernel's state
-	OpDown   = "down"   // stop the cluster; the reply comes before the stop
-	OpBoot   = "boot"   // boot a manual kernel (Name)
-	OpMsg    = "msg"    // window messaging: Action ping|info to Name, or stat
+	OpStatus  = "status"  // the cluster's and every kernel's state
+	OpDown    = "down"    // stop the cluster; the reply comes before the stop
+	OpBoot    = "boot"    // boot a manual kernel (Name)
+	OpMsg     = "msg"     // window messaging: Action ping|info to Name, or stat
+	OpConsole = "console" // a kernel's PTY and recent output (Name), for attach
 )
 
 // Msg actions.
@@ -30,8 +31,10 @@ const (
 const (
 	CodeBadRequest = "bad_request"
 	CodeNotFound   = "not_found"
-	CodeState      = "bad_state" // the kernel's state does not allow the op
-	CodeNotBuilt   = "not_built" // the capability behind the op is not built yet
+	CodeState      = "bad_state"   // the kernel's state does not allow the op
+	CodeNotBuilt   = "not_built"   // the capability behind the op is not built yet
+	CodeNoKVM      = "no_kvm"      // this supervisor runs no VMs (KVM unusable)
+	CodeBootFailed = "boot_failed" // the kernel's VM did not start
 )
 
 // Request is one control request.
@@ -43,11 +46,19 @@ type Request struct {
 
 // Response answers a Request.
 type Response struct {
-	OK     bool      `json:"ok"`
-	Error  string    `json:"error,omitempty"`
-	Code   string    `json:"code,omitempty"`
-	Status *Status   `json:"status,omitempty"`
-	Msg    *MsgReply `json:"msg,omitempty"`
+	OK      bool          `json:"ok"`
+	Error   string        `json:"error,omitempty"`
+	Code    string        `json:"code,omitempty"`
+	Status  *Status       `json:"status,omitempty"`
+	Msg     *MsgReply     `json:"msg,omitempty"`
+	Console *ConsoleReply `json:"console,omitempty"`
+}
+
+// ConsoleReply answers OpConsole.
+type ConsoleReply struct {
+	PTY    string `json:"pty"`
+	Replay []byte `json:"replay"`
+	State  State  `json:"state"`
 }
 
 // MsgReply answers an OpMsg request.
@@ -96,6 +107,13 @@ type KernelStatus struct {
 	MAC        string `json:"mac"`
 	Kernel     string `json:"kernel"`
 	ConsoleLog string `json:"console_log"`
+	// Run time: since when in State, how many boots, how the last run
+	// ended, the running VM's detail, its console PTY.
+	Since   time.Time    `json:"since"`
+	Boots   int          `json:"boots"`
+	Exit    *MachineExit `json:"exit,omitempty"`
+	Machine *MachineInfo `json:"machine,omitempty"`
+	PTY     string       `json:"pty,omitempty"`
 }
 
 // Kernel returns the named kernel's status, or nil.

@@ -19,10 +19,6 @@ import (
 	"github.com/popvmm/popvmm/ipi/msg"
 )
 
-// VMMNotBuilt is what the supervisor says about booting while popvmm has no
-// VMM: kernels are planned and shown but stay defined.
-const VMMNotBuilt = "not built yet: kernels stay defined (the VMM lands with the VMM-core issue)"
-
 // maxRequest bounds one request line.
 const maxRequest = 64 << 10
 
@@ -32,25 +28,38 @@ type Supervisor struct {
 	log     *slog.Logger
 	started time.Time
 
-	mu     sync.Mutex
-	states map[string]State
-	stop   context.CancelFunc
-	win    *windowHost
+	launcher Launcher // nil: no VMM here; kernels stay defined
+	nested   bool     // guest kernels get the nested-backend flags
+	noVMM    string   // why there is no launcher, for status and boot
+
+	mu       sync.Mutex
+	runs     map[string]*kernelRun
+	stop     context.CancelFunc
+	win      *windowHost
+	ctx      context.Context // Run's, for kernels booted later
+	watchers sync.WaitGroup
 }
 
 // New makes a supervisor for a checked cluster.
 func New(cl *cluster.Cluster, log *slog.Logger) *Supervisor {
-	s := &Supervisor{cl: cl, log: log.With("cluster", cl.Name), states: map[string]State{}}
+	s := &Supervisor{cl: cl, log: log.With("cluster", cl.Name), runs: map[string]*kernelRun{}}
 	for _, k := range cl.Kernels {
-		s.states[k.Name] = StateDefined
+		s.runs[k.Name] = &kernelRun{k: k, state: StateDefined, since: time.Now()}
 	}
 	return s
 }
 
 // Options tune Run.
 type Options struct {
-	// Ready, if set, is called once the control socket accepts requests.
+	// Ready, if set, is called once the control socket accepts requests
+	// and every `boot = "up"` kernel runs.
 	Ready func(socket string)
+	// Launcher boots kernels into VMs. Nil runs the cluster without VMs
+	// (the window and control socket only), NoVMM saying why.
+	Launcher Launcher
+	NoVMM    string
+	// Nested adds the kvm_pvm workaround flags to every command line.
+	Nested bool
 }
 
 // Run takes the cluster's run directory, serves the control socket and
@@ -90,13 +99,20 @@ func (s *Supervisor) Run(ctx context.Context, opt Options) error {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	s.launcher, s.noVMM, s.nested = opt.Launcher, opt.NoVMM, opt.Nested
 	s.mu.Lock()
 	s.stop = cancel
 	s.started = time.Now()
+	s.ctx = ctx
 	s.mu.Unlock()
+	defer s.stopAll()
 
 	s.log.Info("control socket ready", "socket", rd.Socket())
-	s.log.Warn("VMM " + VMMNotBuilt)
+	if s.launcher == nil {
+		s.log.Warn("no VMM: kernels stay defined", "why", s.noVMM)
+	} else if err := s.bootAll(ctx); err != nil {
+		return err
+	}
 	if opt.Ready != nil {
 		opt.Ready(rd.Socket())
 	}
@@ -201,6 +217,8 @@ func (s *Supervisor) handle(req Request) Response {
 		return Response{OK: true}
 	case OpBoot:
 		return s.boot(req.Name)
+	case OpConsole:
+		return s.consoleOf(req.Name)
 	case OpMsg:
 		return s.msg(req)
 	}
@@ -213,15 +231,19 @@ func (s *Supervisor) boot(name string) Response {
 		return Response{Error: fmt.Sprintf("cluster %q has no kernel %q (kernels: %s)", s.cl.Name, name, s.names()), Code: CodeNotFound}
 	}
 	s.mu.Lock()
-	st := s.states[name]
+	st := s.runs[name].state
+	ctx := s.ctx
 	s.mu.Unlock()
-	if k.Boot != cluster.BootManual {
-		return Response{Error: fmt.Sprintf("kernel %q has boot = \"up\": it boots with the cluster, not with `popvmm boot`", name), Code: CodeState}
-	}
 	if st != StateDefined && st != StateStopped && st != StateCrashed {
 		return Response{Error: fmt.Sprintf("kernel %q is %s", name, st), Code: CodeState}
 	}
-	return Response{Error: fmt.Sprintf("cannot boot %q: the VMM is %s", name, VMMNotBuilt), Code: CodeNotBuilt}
+	if s.launcher == nil {
+		return Response{Error: fmt.Sprintf("cannot boot %q: %s", name, s.noVMM), Code: CodeNoKVM}
+	}
+	if err := s.startKernel(ctx, k); err != nil {
+		return Response{Error: fmt.Sprintf("boot %q: %v", name, err), Code: CodeBootFailed}
+	}
+	return Response{OK: true}
 }
 
 // msgTimeout bounds a window request (ping, info).
@@ -297,7 +319,7 @@ func (s *Supervisor) Status() *Status {
 		RunDir:     s.cl.RunDir,
 		PID:        os.Getpid(),
 		Started:    s.started,
-		VMM:        VMMNotBuilt,
+		VMM:        s.vmmText(),
 		Bridge:     s.cl.Network.Bridge,
 		Subnet:     s.cl.Network.Subnet.String(),
 		HostIP:     s.cl.Network.Host.String(),
@@ -310,7 +332,7 @@ func (s *Supervisor) Status() *Status {
 		st.Kernels = append(st.Kernels, KernelStatus{
 			Name:       k.Name,
 			PeerID:     k.Index,
-			State:      s.states[k.Name],
+			State:      s.runs[k.Name].state,
 			Boot:       string(k.Boot),
 			Flavour:    string(k.Flavour),
 			CPUs:       k.CPUs,
@@ -321,6 +343,37 @@ func (s *Supervisor) Status() *Status {
 			Kernel:     k.KernelPath,
 			ConsoleLog: k.ConsoleLog,
 		})
+		r, ks := s.runs[k.Name], &st.Kernels[len(st.Kernels)-1]
+		ks.Since, ks.Boots, ks.Exit = r.since, r.boots, r.exit
+		if r.machine != nil {
+			info := r.machine.Info()
+			ks.Machine = &info
+		}
+		if r.console != nil {
+			ks.PTY = r.console.PTY()
+		}
 	}
 	return st
+}
+
+func (s *Supervisor) vmmText() string {
+	if s.launcher == nil {
+		return "none: " + s.noVMM
+	}
+	return "kvm"
+}
+
+// console answers OpConsole: the kernel's PTY and its recent output, for
+// `popvmm attach`.
+func (s *Supervisor) consoleOf(name string) Response {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, ok := s.runs[name]
+	if !ok {
+		return Response{Error: fmt.Sprintf("cluster %q has no kernel %q (kernels: %s)", s.cl.Name, name, s.names()), Code: CodeNotFound}
+	}
+	if r.console == nil {
+		return Response{Error: fmt.Sprintf("kernel %q is %s: it has no console until it boots (popvmm boot %s)", name, r.state, name), Code: CodeState}
+	}
+	return Response{OK: true, Console: &ConsoleReply{PTY: r.console.PTY(), Replay: r.console.Replay(), State: r.state}}
 }

@@ -41,12 +41,18 @@ func start(t *testing.T, cl *cluster.Cluster) (supervisor.Client, <-chan error) 
 
 func startB(t testing.TB, cl *cluster.Cluster) (supervisor.Client, <-chan error) {
 	t.Helper()
+	return startWith(t, cl, supervisor.Options{NoVMM: "no KVM in this test"})
+}
+
+func startWith(t testing.TB, cl *cluster.Cluster, opt supervisor.Options) (supervisor.Client, <-chan error) {
+	t.Helper()
 	ready := make(chan string, 1)
 	done := make(chan error, 1)
 	finished := make(chan struct{})
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() {
-		done <- supervisor.New(cl, quiet).Run(ctx, supervisor.Options{Ready: func(s string) { ready <- s }})
+		opt.Ready = func(s string) { ready <- s }
+		done <- supervisor.New(cl, quiet).Run(ctx, opt)
 		close(finished)
 	}()
 	t.Cleanup(func() {
@@ -110,8 +116,9 @@ func TestRunStatusBootDown(t *testing.T) {
 		wantMsg  string
 	}{
 		{supervisor.Request{Op: supervisor.OpBoot, Name: "nope"}, supervisor.CodeNotFound, `no kernel "nope" (kernels: primary, secondary)`},
-		{supervisor.Request{Op: supervisor.OpBoot, Name: "primary"}, supervisor.CodeState, `boots with the cluster`},
-		{supervisor.Request{Op: supervisor.OpBoot, Name: "secondary"}, supervisor.CodeNotBuilt, `the VMM is not built yet`},
+		{supervisor.Request{Op: supervisor.OpBoot, Name: "primary"}, supervisor.CodeNoKVM, `cannot boot "primary": no KVM in this test`},
+		{supervisor.Request{Op: supervisor.OpBoot, Name: "secondary"}, supervisor.CodeNoKVM, `no KVM in this test`},
+		{supervisor.Request{Op: supervisor.OpConsole, Name: "secondary"}, supervisor.CodeState, `has no console until it boots`},
 		{supervisor.Request{Op: "reboot-the-world"}, supervisor.CodeBadRequest, `unknown op`},
 	}
 	for _, tt := range tests {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/popvmm/popvmm/cluster"
 	"github.com/popvmm/popvmm/guest"
+	"github.com/popvmm/popvmm/internal/kvmhost"
 	"github.com/popvmm/popvmm/memmap"
 	"github.com/popvmm/popvmm/supervisor"
 	"github.com/popvmm/popvmm/vtty"
@@ -143,7 +144,7 @@ func (c *cli) validateCmd() *cobra.Command {
 }
 
 func (c *cli) upCmd() *cobra.Command {
-	var detach bool
+	var detach, noKernels bool
 	var notifyFD int
 	cmd := &cobra.Command{
 		Use:   "up FILE",
@@ -154,24 +155,36 @@ func (c *cli) upCmd() *cobra.Command {
 			if notifyFD > 0 {
 				notify = supervisor.NewNotifier(notifyFD)
 			}
-			err := c.up(cmd.Context(), args[0], detach, notify)
+			err := c.up(cmd.Context(), args[0], detach, noKernels, notify)
 			notify.Notify(err) // no-op once ready was sent
 			return err
 		},
 	}
 	cmd.Flags().BoolVarP(&detach, "detach", "d", false, "run the supervisor in the background and return once it is up")
+	cmd.Flags().BoolVar(&noKernels, "no-kernels", false, "bring up the shared window and control socket only; kernels stay defined (host peers, tests)")
 	cmd.Flags().IntVar(&notifyFD, "notify-fd", 0, "internal: report readiness on this fd")
 	cmd.Flags().MarkHidden("notify-fd")
 	return cmd
 }
 
-func (c *cli) up(ctx context.Context, path string, detach bool, notify *supervisor.Notifier) error {
+func (c *cli) up(ctx context.Context, path string, detach, noKernels bool, notify *supervisor.Notifier) error {
 	cl, err := c.load(path)
 	if err != nil {
 		return err
 	}
 	if err := supervisor.Conflicts(ctx, c.runRoot, cl); err != nil {
 		return configErr(path, err)
+	}
+	// Fail before anything is set up when this host cannot run the kernels.
+	opt := supervisor.Options{NoVMM: "the cluster was brought up with --no-kernels"}
+	if !noKernels {
+		kv := kvmhost.Probe(kvmhost.SysHost{})
+		if !kv.Full() {
+			return &exitError{exitNoKVM, fmt.Errorf("cannot run kernels on this machine: %v\n  what to do: %s", kv.Problem, kv.Advice)}
+		}
+		if opt.Launcher, err = supervisor.NewVMLauncher(c.logger()); err != nil {
+			return &exitError{exitNoKVM, err}
+		}
 	}
 	if detach {
 		exe, err := os.Executable()
@@ -182,22 +195,26 @@ func (c *cli) up(ctx context.Context, path string, detach bool, notify *supervis
 		if c.verbose {
 			args = append(args, "-v")
 		}
+		if noKernels {
+			args = append(args, "--no-kernels")
+		}
 		pid, err := supervisor.Detach(exe, args, cl.RunDir)
 		if err != nil {
 			return err
 		}
 		fmt.Fprintf(c.stdout, "cluster %s is up: supervisor pid %d, log %s/%s\n", cl.Name, pid, cl.RunDir, supervisor.LogName)
-		fmt.Fprintf(c.stdout, "kernels stay defined: the VMM is not built yet. `popvmm status -c %s`, `popvmm down -c %s`\n", cl.Name, cl.Name)
+		fmt.Fprintf(c.stdout, "`popvmm status -c %s` shows it, `popvmm down -c %s` stops it\n", cl.Name, cl.Name)
 		return nil
 	}
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	sup := supervisor.New(cl, c.logger())
-	err = sup.Run(ctx, supervisor.Options{Ready: func(sock string) {
+	opt.Ready = func(sock string) {
 		fmt.Fprintf(c.stdout, "cluster %s is up; control socket %s\n", cl.Name, sock)
-		fmt.Fprintf(c.stdout, "kernels stay defined: the VMM is not built yet. Ctrl-C or `popvmm down -c %s` stops it.\n", cl.Name)
+		fmt.Fprintf(c.stdout, "Ctrl-C or `popvmm down -c %s` stops it\n", cl.Name)
 		notify.Notify(nil)
-	}})
+	}
+	err = sup.Run(ctx, opt)
 	var ae *supervisor.AlreadyUpError
 	if errors.As(err, &ae) {
 		return fmt.Errorf("cluster %q is already up (supervisor pid %d, run directory %s); stop it first with `popvmm down -c %s`",
@@ -330,8 +347,8 @@ func opExit(err error) error {
 	var oe *supervisor.OpError
 	if errors.As(err, &oe) {
 		switch oe.Code {
-		case supervisor.CodeNotBuilt:
-			return &exitError{exitNotBuilt, err}
+		case supervisor.CodeNotBuilt, supervisor.CodeNoKVM:
+			return &exitError{exitNoKVM, err}
 		case supervisor.CodeNotFound, supervisor.CodeBadRequest:
 			return &exitError{exitUsage, err}
 		}
@@ -345,10 +362,11 @@ func (c *cli) attachCmd() *cobra.Command {
 		Short: "Attach the terminal to a kernel's serial console (Ctrl-] detaches)",
 		Args:  exactArgs("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return c.withKernel(cmd, args[0], func(k *supervisor.KernelStatus) error {
-				return notBuilt("attach %s: the console bridge to a host PTY (vtty) is not built yet; kernel %q is %s",
-					k.Name, k.Name, k.State)
-			})
+			cl, err := c.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return c.attach(cmd.Context(), cl, args[0], os.Stdin)
 		},
 	}
 	c.targetFlag(cmd)

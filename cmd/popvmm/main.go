@@ -16,7 +16,7 @@ const (
 	exitOK       = 0
 	exitFailure  = 1 // the command ran and failed
 	exitUsage    = 2 // bad command line or bad cluster config
-	exitNotBuilt = 3 // the capability behind the command is not built yet
+	exitNoKVM    = 3 // no kernel can run: KVM unusable here, or the cluster runs without kernels
 )
 
 // exitError carries an exit status with the error to print.
@@ -38,7 +38,7 @@ func usageErr(format string, args ...any) error {
 }
 
 func notBuilt(format string, args ...any) error {
-	return &exitError{exitNotBuilt, fmt.Errorf(format, args...)}
+	return &exitError{exitNoKVM, fmt.Errorf(format, args...)}
 }
 
 func main() {

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"os"
 	"os/exec"
@@ -15,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/popvmm/popvmm/internal/kvmhost"
 	"github.com/popvmm/popvmm/supervisor"
 )
 
@@ -121,7 +123,7 @@ func TestUpStatusDownInProcess(t *testing.T) {
 	t.Cleanup(cancel)
 	go func() {
 		c := newRoot(pw, io.Discard)
-		c.SetArgs([]string{"up", "--run-root", root, "../../examples/cluster.toml"})
+		c.SetArgs([]string{"up", "--no-kernels", "--run-root", root, "../../examples/cluster.toml"})
 		code := 0
 		if err := c.ExecuteContext(ctx); err != nil {
 			code = 1
@@ -142,13 +144,14 @@ func TestUpStatusDownInProcess(t *testing.T) {
 		code int
 		msg  string
 	}{
-		{[]string{"boot", rr, "secondary"}, exitNotBuilt, "the VMM is not built yet"},
+		{[]string{"boot", rr, "secondary"}, exitNoKVM, `cannot boot "secondary": the cluster was brought up with --no-kernels`},
 		{[]string{"boot", rr, "nope"}, exitUsage, `no kernel "nope"`},
-		{[]string{"attach", rr, "secondary"}, exitNotBuilt, "not built yet"},
-		{[]string{"ssh", rr, "secondary", "uname", "-a"}, exitNotBuilt, "will be at 10.199.0.3"},
+		{[]string{"attach", rr, "secondary"}, exitFailure, `kernel "secondary" is defined: it has no console until it boots`},
+		{[]string{"ssh", rr, "secondary", "uname", "-a"}, exitNoKVM, "will be at 10.199.0.3"},
 		{[]string{"logs", rr, "primary"}, exitFailure, "no console output yet"},
 		{[]string{"status", rr, "-c", "other"}, exitFailure, "cluster is not up"},
-		{[]string{"up", rr, "../../examples/cluster.toml"}, exitFailure, `cluster "demo" is already up`},
+		{[]string{"up", rr, "--no-kernels", "../../examples/cluster.toml"}, exitFailure, `cluster "demo" is already up`},
+		{[]string{"up", rr, "-c", "x", "../../examples/cluster.toml"}, exitUsage, "unknown shorthand flag"},
 	}
 	for _, c := range cases {
 		code, _, errs := popvmm(t, c.args...)
@@ -235,7 +238,7 @@ func TestBinary(t *testing.T) {
 		out, err := cmd.CombinedOutput()
 		return string(out), err
 	}
-	out, err := popvmmBin("up", "-d", "../../examples/cluster.toml")
+	out, err := popvmmBin("up", "-d", "--no-kernels", "../../examples/cluster.toml")
 	if err != nil || !strings.Contains(out, "cluster demo is up") {
 		t.Fatalf("up -d = %v\n%s", err, out)
 	}
@@ -250,7 +253,7 @@ func TestBinary(t *testing.T) {
 		t.Fatalf("pidfd_open(%d): %v", st.PID, err)
 	}
 	defer unix.Close(pidfd)
-	if out, err := popvmmBin("up", "-d", "../../examples/cluster.toml"); err == nil || !strings.Contains(out, "already up") {
+	if out, err := popvmmBin("up", "-d", "--no-kernels", "../../examples/cluster.toml"); err == nil || !strings.Contains(out, "already up") {
 		t.Errorf("second up -d = %v\n%s", err, out)
 	}
 	if out, err := popvmmBin("down"); err != nil || !strings.Contains(out, "is down") {
@@ -267,7 +270,7 @@ func TestBinary(t *testing.T) {
 
 	// A supervisor killed with SIGKILL leaves a stale socket but no lock:
 	// status says the cluster is not up and the next up takes over.
-	if out, err := popvmmBin("up", "-d", "../../examples/cluster.toml"); err != nil {
+	if out, err := popvmmBin("up", "-d", "--no-kernels", "../../examples/cluster.toml"); err != nil {
 		t.Fatalf("up -d again = %v\n%s", err, out)
 	}
 	out, _ = popvmmBin("status", "--json")
@@ -289,10 +292,32 @@ func TestBinary(t *testing.T) {
 	if out, err := popvmmBin("status", "-c", "demo"); err == nil || !strings.Contains(out, "cluster is not up") {
 		t.Errorf("status after kill = %v\n%s", err, out)
 	}
-	if out, err := popvmmBin("up", "-d", "../../examples/cluster.toml"); err != nil {
+	if out, err := popvmmBin("up", "-d", "--no-kernels", "../../examples/cluster.toml"); err != nil {
 		t.Fatalf("up -d after kill = %v\n%s", err, out)
 	}
 	if out, err := popvmmBin("down"); err != nil {
 		t.Fatalf("down after takeover = %v\n%s", err, out)
+	}
+}
+
+// TestUpWithoutKVMFailsFast: where KVM cannot run the kernels, up says why
+// and what to do, before setting anything up, with status 3.
+func TestUpWithoutKVMFailsFast(t *testing.T) {
+	kv := kvmhost.Probe(kvmhost.SysHost{})
+	if kv.Full() {
+		t.Skipf("KVM is usable here (%s): nothing to refuse", kv.Backend)
+	}
+	root := t.TempDir()
+	code, out, errs := popvmm(t, "up", "--run-root", root, "../../examples/cluster.toml")
+	if code != exitNoKVM || !strings.Contains(errs, "cannot run kernels on this machine") || !strings.Contains(errs, "what to do:") || !strings.Contains(errs, "popvmm lab up") {
+		t.Errorf("up without KVM = %d %q %q, want %d naming the problem and the way out", code, out, errs, exitNoKVM)
+	}
+	if _, err := os.Stat(filepath.Join(root, "demo")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("up without KVM left a run directory: %v", err)
+	}
+	for _, bad := range []string{"issue", "lands with", "VMM is not built", "is not built yet;"} {
+		if strings.Contains(errs, bad) {
+			t.Errorf("up's message speaks of plans (%q): %s", bad, errs)
+		}
 	}
 }

@@ -62,3 +62,44 @@ func (c *cli) tty(ctx context.Context, st *supervisor.Status, name string, stdin
 	}
 	return nil
 }
+
+// attach connects the terminal to kernel name's serial console: its recent
+// output first, then both directions through the console's PTY until
+// Ctrl-] (or the console goes away). Any number of attaches may follow.
+func (c *cli) attach(ctx context.Context, cl supervisor.Client, name string, stdin *os.File) error {
+	resp, err := cl.Call(ctx, supervisor.Request{Op: supervisor.OpConsole, Name: name})
+	if err != nil {
+		return opExit(err)
+	}
+	con := resp.Console
+	pty, err := os.OpenFile(con.PTY, os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		return fmt.Errorf("open %s's console: %w", name, err)
+	}
+	defer pty.Close()
+	if _, err := term.MakeRaw(int(pty.Fd())); err != nil {
+		return fmt.Errorf("console %s: %w", con.PTY, err)
+	}
+	var in io.Reader = stdin
+	if term.IsTerminal(int(stdin.Fd())) {
+		old, err := term.MakeRaw(int(stdin.Fd()))
+		if err != nil {
+			return err
+		}
+		defer term.Restore(int(stdin.Fd()), old)
+		fmt.Fprintf(c.stderr, "popvmm: %s's console (%s); Ctrl-] detaches\r\n", name, con.State)
+	}
+	in = &agent.DetachReader{R: in}
+	c.stdout.Write(con.Replay)
+	done := make(chan error, 2)
+	go func() { _, err := io.Copy(pty, in); done <- err }()
+	go func() { _, err := io.Copy(c.stdout, pty); done <- err }()
+	sctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGHUP)
+	defer stop()
+	select {
+	case <-done:
+	case <-sctx.Done():
+	}
+	fmt.Fprintf(c.stderr, "\r\npopvmm: detached from %s\r\n", name)
+	return nil
+}

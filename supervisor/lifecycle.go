@@ -1,0 +1,205 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/popvmm/popvmm/cluster"
+	"github.com/popvmm/popvmm/guest"
+	"github.com/popvmm/popvmm/vtty"
+)
+
+// kernelRun is one kernel's run-time state: its console (kept across
+// reboots, so the log and attach survive them) and its current machine.
+type kernelRun struct {
+	k       *cluster.Kernel
+	state   State
+	machine Machine
+	console *vtty.Console
+	exit    *MachineExit // how the last run ended
+	since   time.Time    // of the current state
+	boots   int
+	booted  chan struct{} // closed when a start attempt ends (running or failed)
+}
+
+// errNoLauncher is boot's answer when the supervisor has no VMM.
+var errNoLauncher = errors.New("this supervisor runs no VMM (KVM unusable here)")
+
+// startKernel boots k: console, initramfs with its overlay, command line,
+// launch. It returns once the VM runs (or failed to start); a goroutine
+// then watches it until it ends.
+func (s *Supervisor) startKernel(ctx context.Context, k *cluster.Kernel) error {
+	s.mu.Lock()
+	r := s.runs[k.Name]
+	if s.launcher == nil {
+		s.mu.Unlock()
+		return errNoLauncher
+	}
+	if r.state == StateBooting || r.state == StateRunning {
+		s.mu.Unlock()
+		return fmt.Errorf("kernel %q is %s", k.Name, r.state)
+	}
+	r.setState(StateBooting)
+	r.boots++
+	s.mu.Unlock()
+
+	m, err := s.launch(ctx, r)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err != nil {
+		r.exit = &MachineExit{Kind: ExitCrash, Reason: "did not start: " + err.Error()}
+		r.setState(StateCrashed)
+		s.log.Error("kernel did not start", "kernel", k.Name, "err", err)
+		return err
+	}
+	r.machine = m
+	r.exit = nil
+	r.setState(StateRunning)
+	s.log.Info("kernel running", "kernel", k.Name, "cpus", k.CPUs, "boot", r.boots)
+	s.watchers.Add(1)
+	go s.watch(ctx, r, m)
+	return nil
+}
+
+func (r *kernelRun) setState(st State) {
+	r.state = st
+	r.since = time.Now()
+}
+
+// launch opens the console (once per supervisor) and hands the kernel to
+// the launcher.
+func (s *Supervisor) launch(ctx context.Context, r *kernelRun) (Machine, error) {
+	k := r.k
+	if r.console == nil {
+		c, err := vtty.OpenConsole(k.ConsoleLog)
+		if err != nil {
+			return nil, fmt.Errorf("console: %w", err)
+		}
+		r.console = c
+	}
+	initrd, err := os.ReadFile(k.InitrdPath)
+	if err != nil {
+		return nil, fmt.Errorf("initrd: %w", err)
+	}
+	overlay, err := os.ReadFile(filepath.Join(s.cl.RunDir, k.Name+".overlay.cpio"))
+	if err != nil {
+		return nil, fmt.Errorf("initramfs overlay: %w", err)
+	}
+	// The kernel unpacks concatenated newc archives in order: the overlay's
+	// files land over the base image's.
+	boot := Boot{Initrd: append(initrd, overlay...), Cmdline: guest.Cmdline(s.cl, k, s.nested, s.log)}
+	return s.launcher.Launch(ctx, k, boot, r.console)
+}
+
+// watch waits for m to end and moves the kernel to its next state:
+// stopped for Stop and poweroff, crashed for a crash (the reason kept), and
+// for a reset a new boot unless the cluster is going down.
+func (s *Supervisor) watch(ctx context.Context, r *kernelRun, m Machine) {
+	defer s.watchers.Done()
+	<-m.Done()
+	m.Stop() // release what the VM held, whatever ended it
+	ex := m.Exit()
+	s.mu.Lock()
+	if r.machine == m {
+		r.machine = nil
+	}
+	r.exit = &ex
+	switch ex.Kind {
+	case ExitCrash:
+		r.setState(StateCrashed)
+	default:
+		r.setState(StateStopped)
+	}
+	s.mu.Unlock()
+	s.peerGone(r.k)
+	switch {
+	case ex.Kind == ExitCrash:
+		s.log.Error("kernel crashed; the others run on", "kernel", r.k.Name, "reason", ex.Reason, "console_log", r.k.ConsoleLog)
+	case ex.Kind == ExitReset && ctx.Err() == nil:
+		s.log.Info("kernel reset; booting it again", "kernel", r.k.Name)
+		if err := s.startKernel(ctx, r.k); err != nil {
+			s.log.Error("reboot after reset failed", "kernel", r.k.Name, "err", err)
+		}
+	default:
+		s.log.Info("kernel stopped", "kernel", r.k.Name, "how", ex.Kind, "reason", ex.Reason)
+	}
+}
+
+// peerGone tells the window at once that a kernel's VM is gone, rather
+// than after its heartbeat times out.
+func (s *Supervisor) peerGone(k *cluster.Kernel) {
+	s.mu.Lock()
+	w := s.win
+	s.mu.Unlock()
+	if w != nil {
+		w.kernelGone(k.Index)
+	}
+}
+
+// bootAll starts every `boot = "up"` kernel concurrently and waits for all
+// of them to run or fail.
+func (s *Supervisor) bootAll(ctx context.Context) error {
+	var wg sync.WaitGroup
+	errs := make([]error, len(s.cl.Kernels))
+	for i, k := range s.cl.Kernels {
+		if k.Boot != cluster.BootUp {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.startKernel(ctx, k); err != nil {
+				errs[i] = fmt.Errorf("kernel %q: %w", k.Name, err)
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// stopAll stops every machine concurrently, waits for the watchers, and
+// closes the consoles.
+func (s *Supervisor) stopAll() {
+	s.mu.Lock()
+	var ms []Machine
+	for _, r := range s.runs {
+		if r.machine != nil {
+			ms = append(ms, r.machine)
+		}
+	}
+	s.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, m := range ms {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := m.Stop(); err != nil {
+				s.log.Error("stop VM", "err", err)
+			}
+		}()
+	}
+	wg.Wait()
+	s.watchers.Wait()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, r := range s.runs {
+		if r.console != nil {
+			r.console.Close()
+			r.console = nil
+		}
+	}
+}
+
+// kernelGone marks kernel peer id gone in the window's peer table, for the
+// incarnation there now: its VM has just ended, so no newer one can have
+// checked in under its id yet.
+func (w *windowHost) kernelGone(id int) {
+	if w.node != nil {
+		w.node.MarkGone(id, w.node.Generation(id), true)
+	}
+}
