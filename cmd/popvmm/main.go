@@ -13,10 +13,10 @@ import (
 
 // Exit statuses (docs/cli.md).
 const (
-	exitOK       = 0
-	exitFailure  = 1 // the command ran and failed
-	exitUsage    = 2 // bad command line or bad cluster config
-	exitNoKVM    = 3 // no kernel can run: KVM unusable here, or the cluster runs without kernels
+	exitOK      = 0
+	exitFailure = 1 // the command ran and failed
+	exitUsage   = 2 // bad command line or bad cluster config
+	exitNoKVM   = 3 // no kernel can run: KVM unusable here, or the cluster runs without kernels
 )
 
 // exitError carries an exit status with the error to print.
