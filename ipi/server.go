@@ -28,10 +28,14 @@ type Server struct {
 	firstID  int // ids below it are reserved (the cluster's kernels)
 	maxPeers int
 	onLeave  func(id int)
+	bells    *Doorbells
 	log      *slog.Logger
 
 	mu    sync.Mutex
 	peers map[int]*serverPeer
+	// kernelsUp is what the host peers were told: kernel k's eventfds
+	// were announced (its VM runs) and not withdrawn since.
+	kernelsUp []bool
 }
 
 type serverPeer struct {
@@ -49,6 +53,21 @@ type eventfd struct {
 }
 
 func (e *eventfd) hold() *eventfd { e.refs.Add(1); return e }
+
+// tryHold takes a reference unless the last one is already gone (the fd
+// closed, its number free for reuse): for holders that found e in a
+// snapshot that may be stale.
+func (e *eventfd) tryHold() bool {
+	for {
+		n := e.refs.Load()
+		if n <= 0 {
+			return false
+		}
+		if e.refs.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
 
 func (e *eventfd) release() {
 	if e.refs.Add(-1) == 0 {
@@ -168,6 +187,15 @@ type ServerConfig struct {
 	// cannot reach the id's next holder. It runs on that peer's goroutine,
 	// must not block, and must not call the Server.
 	OnLeave func(id int)
+	// Doorbells, when set, are the cluster's doorbells: the server hands
+	// out the eventfds of the kernels whose VMs run as the eventfds of
+	// peers 0 to Kernels-1 (announcing a kernel's departure when its VM
+	// stops and its return when it starts again), and records every host
+	// peer's eventfds there, so that kernels ring host peers and host peers
+	// ring kernels through the same eventfds as the VMs' ioeventfds and
+	// irqfds. Its vectors must be Vectors, and FirstID at least its
+	// kernel count.
+	Doorbells *Doorbells
 }
 
 // NewServer makes a server for win.
@@ -178,8 +206,16 @@ func NewServer(win *Window, cfg ServerConfig, log *slog.Logger) (*Server, error)
 	if cfg.MaxPeers < 1 || cfg.FirstID < 0 || cfg.FirstID+cfg.MaxPeers > maxPeerID+1 {
 		return nil, fmt.Errorf("ivshmem server: peer ids %d+%d out of range", cfg.FirstID, cfg.MaxPeers)
 	}
-	return &Server{win: win, vectors: cfg.Vectors, firstID: cfg.FirstID, maxPeers: cfg.MaxPeers,
-		onLeave: cfg.OnLeave, log: log, peers: map[int]*serverPeer{}}, nil
+	if d := cfg.Doorbells; d != nil && (d.Vectors() != cfg.Vectors || cfg.FirstID < d.Kernels()) {
+		return nil, fmt.Errorf("ivshmem server: %d vectors from id %d, but the doorbells have %d vectors and %d kernels",
+			cfg.Vectors, cfg.FirstID, d.Vectors(), d.Kernels())
+	}
+	s := &Server{win: win, vectors: cfg.Vectors, firstID: cfg.FirstID, maxPeers: cfg.MaxPeers,
+		onLeave: cfg.OnLeave, bells: cfg.Doorbells, log: log, peers: map[int]*serverPeer{}}
+	if s.bells != nil {
+		s.kernelsUp = make([]bool, s.bells.Kernels())
+	}
+	return s, nil
 }
 
 // acceptRetry is how long Serve waits after a failed accept that may pass
@@ -193,6 +229,10 @@ func (s *Server) Serve(ctx context.Context, ln *net.UnixListener) error {
 	var wg sync.WaitGroup
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
+	if s.bells != nil {
+		defer s.bells.subscribe(s.syncKernels)()
+		s.syncKernels()
+	}
 	defer func() {
 		s.mu.Lock()
 		for _, p := range s.peers {
@@ -224,6 +264,12 @@ func (s *Server) Serve(ctx context.Context, ln *net.UnixListener) error {
 			c.Close()
 			continue
 		}
+		if s.bells != nil {
+			// Outside s.mu: the doorbells tell their subscribers, the
+			// server among them. Before watch starts, so before the
+			// peer's departure can be recorded.
+			s.bells.hostJoined(p.id, p.fds)
+		}
 		wg.Go(func() { s.write(p) })
 		wg.Go(func() { s.watch(p) })
 	}
@@ -254,7 +300,7 @@ func (s *Server) join(c *net.UnixConn) (*serverPeer, error) {
 	if id < 0 {
 		return nil, fmt.Errorf("all %d host peer ids are in use", s.maxPeers)
 	}
-	greeting := 3 + s.maxPeers*s.vectors
+	greeting := 3 + (len(s.kernelsUp)+s.maxPeers)*s.vectors
 	p := &serverPeer{id: id, conn: c, out: outbox{limit: greeting + outboxSlack, ready: make(chan struct{}, 1)}}
 	for range s.vectors {
 		fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
@@ -267,6 +313,11 @@ func (s *Server) join(c *net.UnixConn) (*serverPeer, error) {
 		p.fds = append(p.fds, e)
 	}
 	msgs := []outMsg{{v: ProtocolVersion}, {v: int64(id)}, {v: shmID, shm: true}}
+	for k, up := range s.kernelsUp {
+		if up {
+			msgs = append(msgs, s.kernelAnnouncement(k)...)
+		}
+	}
 	for _, o := range s.peers {
 		for _, e := range o.fds {
 			msgs = append(msgs, outMsg{v: int64(o.id), efd: e.hold()})
@@ -359,6 +410,9 @@ func (s *Server) watch(p *serverPeer) {
 		s.log.Debug("host peer connection error", "peer", p.id, "err", err)
 	}
 	p.drop()
+	if s.bells != nil {
+		s.bells.hostLeft(p.id) // the VMs' ioeventfds for it go first
+	}
 	if s.onLeave != nil {
 		s.onLeave(p.id) // while the id is still taken
 	}
@@ -377,6 +431,59 @@ func (p *serverPeer) releaseFds() {
 		e.release()
 	}
 	p.fds = nil
+}
+
+// kernelAnnouncement is kernel k's id with each of its eventfds, held for
+// the messages (none once the doorbells are closed).
+func (s *Server) kernelAnnouncement(k int) []outMsg {
+	msgs := make([]outMsg, 0, s.vectors)
+	for v := range s.vectors {
+		e := s.bells.hold(BellID{k, v})
+		if e == nil {
+			for _, m := range msgs {
+				m.release()
+			}
+			return nil
+		}
+		msgs = append(msgs, outMsg{v: int64(k), efd: e})
+	}
+	return msgs
+}
+
+// syncKernels tells the host peers about kernels whose VM started or
+// stopped since they were last told: a started kernel's eventfds, a
+// stopped kernel's departure (a client then closes its copies, and one
+// that rings it meanwhile rings an eventfd no VM reads).
+func (s *Server) syncKernels() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k, was := range s.kernelsUp {
+		up := s.bells.KernelUp(k)
+		if up == was {
+			continue
+		}
+		var msgs []outMsg
+		if up {
+			if msgs = s.kernelAnnouncement(k); msgs == nil {
+				continue
+			}
+		}
+		s.kernelsUp[k] = up
+		for _, o := range s.peers {
+			if up {
+				held := make([]outMsg, len(msgs))
+				for i, m := range msgs {
+					held[i] = outMsg{v: m.v, efd: m.efd.hold()}
+				}
+				s.sendLocked(o, held...)
+			} else {
+				s.sendLocked(o, outMsg{v: int64(k)})
+			}
+		}
+		for _, m := range msgs {
+			m.release()
+		}
+	}
 }
 
 // Peers lists the ids of the connected host peers.

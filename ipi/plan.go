@@ -1,0 +1,191 @@
+package ipi
+
+import (
+	"cmp"
+	"fmt"
+	"slices"
+
+	"github.com/popvmm/popvmm/ipi/msg"
+)
+
+// The window device's BARs (QEMU's ivshmem layout).
+const (
+	RegsBAR   = 0   // BAR0: the registers
+	MSIXBAR   = 1   // BAR1: MSI-X table and PBA
+	WindowBAR = 2   // BAR2: the window, 64-bit prefetchable
+	RegsSize  = 256 // BAR0's size
+	// MSIXBARSize is BAR1's size: the table (16 bytes a vector, at most
+	// MaxVectors) at 0 and the PBA at MSIXPBAOffset, as QEMU's
+	// msix_init_exclusive_bar lays them out.
+	MSIXBARSize   = 4096
+	MSIXPBAOffset = MSIXBARSize / 2
+)
+
+// Ioeventfd is one KVM_IOEVENTFD: in VM (a kernel's peer id), a Len-byte
+// MMIO write of Data at GPA signals the eventfd of Bell, inside KVM.
+type Ioeventfd struct {
+	VM   int
+	GPA  uint64
+	Len  uint32
+	Data uint64
+	Bell BellID
+}
+
+// Irqfd is one KVM irqfd: in VM, the eventfd of Bell injects MSI-X vector
+// Vector of the window device (a GSI the VMM routes to that vector's
+// message). While the vector is masked or MSI-X is off, the VMM deassigns
+// it (pci.MSIRouter's contract), and with MSI-X off the device's INTx
+// watcher reads the eventfd instead.
+type Irqfd struct {
+	VM     int
+	Bell   BellID
+	Vector int
+}
+
+// DoorbellPlan is the KVM wiring of a cluster's doorbells.
+type DoorbellPlan struct {
+	Ioeventfds []Ioeventfd
+	Irqfds     []Irqfd
+}
+
+// VMRegs is what the doorbell plan needs of one VM: its kernel's peer id and
+// where its window device's BAR0 is.
+type VMRegs struct {
+	VM   int
+	Regs uint64 // BAR0's guest-physical address
+}
+
+// PlanIoeventfds is VM vm's ioeventfds with its BAR0 at regs: one per bell
+// (every peer in peers, every vector), on the Doorbell register with the
+// bell's doorbell value as datamatch, in peer then vector order. A peer id
+// the register cannot name (over 16 bits) gets none.
+func PlanIoeventfds(vm int, regs uint64, peers []int, vectors int) []Ioeventfd {
+	out := make([]Ioeventfd, 0, len(peers)*vectors)
+	for _, p := range sortedPeers(peers) {
+		if p < 0 || p > maxPeerID {
+			continue
+		}
+		for v := range vectors {
+			out = append(out, Ioeventfd{VM: vm, GPA: regs + RegDoorbell, Len: 4,
+				Data: uint64(DoorbellValue(p, v)), Bell: BellID{p, v}})
+		}
+	}
+	return out
+}
+
+// PlanIrqfds is VM vm's irqfds: its own bells, vector v injecting MSI-X
+// vector v.
+func PlanIrqfds(vm, vectors int) []Irqfd {
+	out := make([]Irqfd, vectors)
+	for v := range vectors {
+		out[v] = Irqfd{VM: vm, Bell: BellID{vm, v}, Vector: v}
+	}
+	return out
+}
+
+// PlanDoorbells is the whole cluster's wiring: for every VM, an ioeventfd
+// per bell of every peer (kernels and host peers alike), and an irqfd per
+// vector of its own. A doorbell from any VM to any peer then never leaves
+// KVM: the writer's ioeventfd signals the eventfd that is the target's
+// irqfd (or a host peer's eventfd, which it waits on).
+func PlanDoorbells(vms []VMRegs, peers []int, vectors int) DoorbellPlan {
+	var p DoorbellPlan
+	for _, vm := range vms {
+		p.Ioeventfds = append(p.Ioeventfds, PlanIoeventfds(vm.VM, vm.Regs, peers, vectors)...)
+		p.Irqfds = append(p.Irqfds, PlanIrqfds(vm.VM, vectors)...)
+	}
+	return p
+}
+
+func sortedPeers(peers []int) []int {
+	s := slices.Clone(peers)
+	slices.Sort(s)
+	return slices.Compact(s)
+}
+
+// Slot is one KVM memory slot of the window BAR: Size bytes of the window
+// from Offset, at BAR2's address + Offset, read-only (KVM_MEM_READONLY:
+// a guest write exits to popvmm as MMIO and is dropped) or writable.
+type Slot struct {
+	Offset, Size uint64
+	ReadOnly     bool
+}
+
+// WindowSlots is how kernel peer maps the window: with protect off, one
+// writable slot for the whole window; with protect on, the messaging
+// layer's geometry for maxPeers peers (msg.GeometryFor), with writable
+// only the common page and the kernel's own section, and read-only the
+// header page, the other peers' sections and the unused rest. Adjacent
+// slots of one kind are merged; every slot is page-aligned, and the slots
+// cover the window exactly, in order.
+func WindowSlots(windowSize uint64, maxPeers, peer int, protect bool) ([]Slot, error) {
+	if windowSize == 0 || windowSize%msg.PageSize != 0 {
+		return nil, fmt.Errorf("window slots: %d bytes is not a positive multiple of the page size", windowSize)
+	}
+	if !protect {
+		return []Slot{{0, windowSize, false}}, nil
+	}
+	if windowSize > 1<<62 {
+		return nil, fmt.Errorf("window slots: %d bytes is too large", windowSize)
+	}
+	g, err := msg.GeometryFor(int(windowSize), maxPeers)
+	if err != nil {
+		return nil, fmt.Errorf("window slots: %w", err)
+	}
+	if peer < 0 || peer >= g.MaxPeers {
+		return nil, fmt.Errorf("window slots: peer %d has no section (%d peers)", peer, g.MaxPeers)
+	}
+	u := func(n int) uint64 { return uint64(n) }
+	own := u(g.Section(peer))
+	parts := []Slot{
+		{0, u(g.HeaderSize), true},
+		{u(g.Common), u(g.CommonSize), false},
+		{u(g.Sections), own - u(g.Sections), true},
+		{own, u(g.SectionSize), false},
+		{own + u(g.SectionSize), windowSize - own - u(g.SectionSize), true},
+	}
+	var out []Slot
+	for _, s := range parts {
+		if s.Size == 0 {
+			continue
+		}
+		if n := len(out); n > 0 && out[n-1].ReadOnly == s.ReadOnly && out[n-1].Offset+out[n-1].Size == s.Offset {
+			out[n-1].Size += s.Size
+			continue
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+// VMSlot is one slot of the window in one VM, at its guest-physical
+// address.
+type VMSlot struct {
+	VM  int
+	GPA uint64
+	Slot
+}
+
+// VMWindow is what the slot plan needs of one VM: its kernel's peer id and
+// where its window BAR is.
+type VMWindow struct {
+	VM     int
+	Window uint64 // BAR2's guest-physical address
+}
+
+// PlanWindow is the cluster's window slots: WindowSlots for every VM,
+// placed at its BAR2, in VM then address order.
+func PlanWindow(vms []VMWindow, windowSize uint64, maxPeers int, protect bool) ([]VMSlot, error) {
+	var out []VMSlot
+	for _, vm := range vms {
+		slots, err := WindowSlots(windowSize, maxPeers, vm.VM, protect)
+		if err != nil {
+			return nil, fmt.Errorf("kernel %d: %w", vm.VM, err)
+		}
+		for _, s := range slots {
+			out = append(out, VMSlot{VM: vm.VM, GPA: vm.Window + s.Offset, Slot: s})
+		}
+	}
+	slices.SortStableFunc(out, func(a, b VMSlot) int { return cmp.Compare(a.VM, b.VM) })
+	return out, nil
+}
