@@ -1,5 +1,8 @@
-// Package virtio walks virtio 1.x split virtqueues in guest memory for
-// device models (virtio-net first). Every descriptor is validated before it
+// Package virtio is the virtio 1.x device side popvmm's device models
+// (virtio-net first) sit on: the modern PCI transport (PCI: capabilities,
+// feature negotiation, device status, queue setup, notifications by MMIO
+// or ioeventfd, interrupts by MSI-X or INTx and ISR) and the split
+// virtqueue walker (Queue). Every descriptor is validated before it
 // is used — index, chain length, loops, ordering of readable before
 // writable buffers, indirect tables, and guest addresses through guestmem —
 // and any violation is an error that marks the queue broken: a guest's
@@ -7,8 +10,10 @@
 package virtio
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync/atomic"
 
 	"github.com/popvmm/popvmm/vmm/guestmem"
 )
@@ -58,6 +63,8 @@ type Queue struct {
 
 	lastAvail uint16
 	usedIdx   uint16
+	published uint16 // usedIdx at the last PublishUsed
+	fenceWord uint64
 	valid     bool // Validate passed: every ring address below lies in guest memory
 	broken    error
 }
@@ -115,36 +122,68 @@ func (q *Queue) Broken() error { return q.broken }
 
 // Pop returns the next available chain, or ok false when there is none.
 func (q *Queue) Pop() (c Chain, ok bool, err error) {
+	ok, err = q.PopInto(&c)
+	return c, ok, err
+}
+
+// PopInto is Pop into c, reusing the capacity of c's Readable and Writable
+// slices, so that a device's steady state allocates nothing.
+func (q *Queue) PopInto(c *Chain) (ok bool, err error) {
+	c.Head, c.Readable, c.Writable = 0, c.Readable[:0], c.Writable[:0]
 	if err := q.ready(); err != nil {
-		return Chain{}, false, err
+		return false, err
 	}
 	idx, err := q.Mem.ReadU16(q.Avail + 2)
 	if err != nil {
-		return Chain{}, false, q.fail(err)
+		return false, q.fail(err)
 	}
 	pending := idx - q.lastAvail
+	if pending == 0 && q.EventIdx {
+		// The driver may have added a chain after reading an avail_event
+		// that our last store had not reached yet: order that store before
+		// this load (x86 reorders a load before an older store), then look
+		// again, so that no notification is lost.
+		fence(&q.fenceWord)
+		if idx, err = q.Mem.ReadU16(q.Avail + 2); err != nil {
+			return false, q.fail(err)
+		}
+		pending = idx - q.lastAvail
+	}
 	if pending == 0 {
-		return Chain{}, false, nil
+		return false, nil
 	}
 	if pending > q.Size {
-		return Chain{}, false, q.fail(fmt.Errorf("available index %d is %d ahead of %d, more than the queue's %d", idx, pending, q.lastAvail, q.Size))
+		return false, q.fail(fmt.Errorf("available index %d is %d ahead of %d, more than the queue's %d", idx, pending, q.lastAvail, q.Size))
 	}
 	head, err := q.Mem.ReadU16(q.Avail + 4 + 2*uint64(q.lastAvail%q.Size))
 	if err != nil {
-		return Chain{}, false, q.fail(err)
+		return false, q.fail(err)
 	}
-	c, err = q.walk(head)
-	if err != nil {
-		return Chain{}, false, q.fail(err)
+	if err := q.walk(c, head); err != nil {
+		c.Readable, c.Writable = c.Readable[:0], c.Writable[:0]
+		return false, q.fail(err)
 	}
 	q.lastAvail++
 	if q.EventIdx {
 		// avail_event: ask to be notified at the next new buffer.
 		if err := q.Mem.WriteU16(q.Used+4+8*uint64(q.Size), q.lastAvail); err != nil {
-			return Chain{}, false, q.fail(err)
+			return false, q.fail(err)
 		}
 	}
-	return c, true, nil
+	return true, nil
+}
+
+// Pending reports whether the driver has made chains available that Pop
+// has not returned yet.
+func (q *Queue) Pending() (bool, error) {
+	if err := q.ready(); err != nil {
+		return false, err
+	}
+	idx, err := q.Mem.ReadU16(q.Avail + 2)
+	if err != nil {
+		return false, q.fail(err)
+	}
+	return idx != q.lastAvail, nil
 }
 
 type desc struct {
@@ -155,74 +194,71 @@ type desc struct {
 }
 
 func (q *Queue) readDesc(table uint64, i uint16) (desc, error) {
-	b := make([]byte, descSize)
-	if err := q.Mem.Read(table+uint64(i)*descSize, b); err != nil {
+	b, err := q.Mem.Slice(table+uint64(i)*descSize, descSize)
+	if err != nil {
 		return desc{}, err
 	}
 	return desc{
-		addr:  uint64(b[0]) | uint64(b[1])<<8 | uint64(b[2])<<16 | uint64(b[3])<<24 | uint64(b[4])<<32 | uint64(b[5])<<40 | uint64(b[6])<<48 | uint64(b[7])<<56,
-		len:   uint32(b[8]) | uint32(b[9])<<8 | uint32(b[10])<<16 | uint32(b[11])<<24,
-		flags: uint16(b[12]) | uint16(b[13])<<8,
-		next:  uint16(b[14]) | uint16(b[15])<<8,
+		addr:  binary.LittleEndian.Uint64(b[0:]),
+		len:   binary.LittleEndian.Uint32(b[8:]),
+		flags: binary.LittleEndian.Uint16(b[12:]),
+		next:  binary.LittleEndian.Uint16(b[14:]),
 	}, nil
 }
 
-// walk follows the chain at head, through at most one indirect table
-// (which must be the chain's only descriptor).
-func (q *Queue) walk(head uint16) (Chain, error) {
+// walk follows the chain at head into c, through at most one indirect
+// table (which must be the chain's only descriptor).
+func (q *Queue) walk(c *Chain, head uint16) error {
 	if head >= q.Size {
-		return Chain{}, fmt.Errorf("head descriptor %d beyond the queue's %d", head, q.Size)
+		return fmt.Errorf("head descriptor %d beyond the queue's %d", head, q.Size)
 	}
-	return q.walkFrom(q.Desc, uint32(q.Size), head, head, false)
+	c.Head = head
+	return q.walkFrom(c, q.Desc, uint32(q.Size), head, false)
 }
 
-// walkTable walks a whole indirect table from its descriptor 0.
-func (q *Queue) walkTable(table uint64, size uint32, head uint16) (Chain, error) {
-	return q.walkFrom(table, size, 0, head, true)
-}
-
-func (q *Queue) walkFrom(table uint64, size uint32, i, head uint16, indirect bool) (Chain, error) {
-	c := Chain{Head: head}
+func (q *Queue) walkFrom(c *Chain, table uint64, size uint32, i uint16, indirect bool) error {
+	head := c.Head
 	for n := uint32(0); ; n++ {
 		if n >= size {
-			return Chain{}, fmt.Errorf("descriptor chain from %d longer than its table (a loop)", head)
+			return fmt.Errorf("descriptor chain from %d longer than its table (a loop)", head)
 		}
 		d, err := q.readDesc(table, i)
 		if err != nil {
-			return Chain{}, err
+			return err
 		}
 		if d.flags&DescIndirect != 0 {
 			if indirect {
-				return Chain{}, errors.New("nested indirect descriptor table")
+				return errors.New("nested indirect descriptor table")
 			}
 			if d.flags&DescNext != 0 || n != 0 {
-				return Chain{}, errors.New("indirect descriptor inside a chain")
+				return errors.New("indirect descriptor inside a chain")
 			}
 			if d.len == 0 || d.len%descSize != 0 || d.len/descSize > maxIndirect {
-				return Chain{}, fmt.Errorf("indirect table of %d bytes", d.len)
+				return fmt.Errorf("indirect table of %d bytes", d.len)
 			}
 			if _, err := q.Mem.Slice(d.addr, uint64(d.len)); err != nil {
-				return Chain{}, fmt.Errorf("indirect table: %w", err)
+				return fmt.Errorf("indirect table: %w", err)
 			}
-			return q.walkTable(d.addr, d.len/descSize, head)
+			// The whole indirect table from its descriptor 0.
+			return q.walkFrom(c, d.addr, d.len/descSize, 0, true)
 		}
 		if _, err := q.Mem.Slice(d.addr, uint64(d.len)); err != nil {
-			return Chain{}, fmt.Errorf("descriptor %d buffer: %w", i, err)
+			return fmt.Errorf("descriptor %d buffer: %w", i, err)
 		}
 		b := Buf{Addr: d.addr, Len: d.len}
 		if d.flags&DescWrite != 0 {
 			c.Writable = append(c.Writable, b)
 		} else {
 			if len(c.Writable) > 0 {
-				return Chain{}, errors.New("readable buffer after a writable one")
+				return errors.New("readable buffer after a writable one")
 			}
 			c.Readable = append(c.Readable, b)
 		}
 		if d.flags&DescNext == 0 {
-			return c, nil
+			return nil
 		}
 		if uint32(d.next) >= size {
-			return Chain{}, fmt.Errorf("next descriptor %d beyond its table's %d", d.next, size)
+			return fmt.Errorf("next descriptor %d beyond its table's %d", d.next, size)
 		}
 		i = d.next
 	}
@@ -231,21 +267,48 @@ func (q *Queue) walkFrom(table uint64, size uint32, i, head uint16, indirect boo
 // Push returns chain head to the driver with written bytes used, and
 // reports whether the driver wants an interrupt for it.
 func (q *Queue) Push(head uint16, written uint32) (notify bool, err error) {
+	if err := q.AddUsed(head, written); err != nil {
+		return false, err
+	}
+	return q.PublishUsed()
+}
+
+// AddUsed writes a used element for chain head without showing it to the
+// driver: PublishUsed shows every element added since the last one at
+// once (a merged receive buffer's chains must appear together).
+func (q *Queue) AddUsed(head uint16, written uint32) error {
+	if err := q.ready(); err != nil {
+		return err
+	}
+	slot := q.Used + 4 + 8*uint64(q.usedIdx%q.Size)
+	if err := q.Mem.WriteU32(slot, uint32(head)); err != nil {
+		return q.fail(err)
+	}
+	if err := q.Mem.WriteU32(slot+4, written); err != nil {
+		return q.fail(err)
+	}
+	q.usedIdx++
+	return nil
+}
+
+// PublishUsed publishes the used index and reports whether the driver
+// wants an interrupt for the elements added since the last publication.
+func (q *Queue) PublishUsed() (notify bool, err error) {
 	if err := q.ready(); err != nil {
 		return false, err
 	}
-	old := q.usedIdx
-	slot := q.Used + 4 + 8*uint64(q.usedIdx%q.Size)
-	if err := q.Mem.WriteU32(slot, uint32(head)); err != nil {
+	old := q.published
+	if old == q.usedIdx {
+		return false, nil
+	}
+	if err := q.Mem.WriteU16(q.Used+2, q.usedIdx); err != nil { // x86 keeps stores in order
 		return false, q.fail(err)
 	}
-	if err := q.Mem.WriteU32(slot+4, written); err != nil {
-		return false, q.fail(err)
-	}
-	q.usedIdx++
-	if err := q.Mem.WriteU16(q.Used+2, q.usedIdx); err != nil { // publish (the VMM orders stores)
-		return false, q.fail(err)
-	}
+	q.published = q.usedIdx
+	// The store of the index must be visible before used_event (or the
+	// flags) is read, or an interrupt the driver asked for after reading
+	// the old index is lost.
+	fence(&q.fenceWord)
 	return q.needNotify(old)
 }
 
@@ -265,3 +328,7 @@ func (q *Queue) needNotify(old uint16) (bool, error) {
 	}
 	return flags&availFlagNoInterrupt == 0, nil
 }
+
+// fence is a full memory barrier: an atomic read-modify-write is a locked
+// instruction on amd64, which orders earlier stores before later loads.
+func fence(w *uint64) { atomic.AddUint64(w, 0) }
