@@ -33,6 +33,11 @@ var ErrOverlap = errors.New("overlaps an existing device range")
 
 // Bus is one address space: port I/O or MMIO. Lookups may run on several
 // vCPU threads while devices are inserted or removed.
+//
+// Lock order: an access holds the bus's read lock while the device runs,
+// so that Remove (write lock) waits for accesses in flight. A device must
+// therefore never Insert into or Remove from the bus it is being accessed
+// through (another bus is fine: the PIO bus before the MMIO bus).
 type Bus struct {
 	name string
 	log  *slog.Logger
@@ -75,7 +80,9 @@ func (b *Bus) Insert(dev Device, name string, base, size uint64) error {
 	return nil
 }
 
-// Remove unmaps the device at base; it reports whether there was one.
+// Remove unmaps the device at base; it reports whether there was one. It
+// returns only after every access to any device of this bus that was in
+// flight has finished, so a removed device is never called again.
 func (b *Bus) Remove(base uint64) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -88,10 +95,9 @@ func (b *Bus) Remove(base uint64) bool {
 	return false
 }
 
-// find returns the device whose range holds the whole access.
+// find returns the device whose range holds the whole access; the caller
+// holds b.mu (read).
 func (b *Bus) find(addr uint64, n int) (entry, bool) {
-	b.mu.RLock()
-	defer b.mu.RUnlock()
 	i, found := slices.BinarySearchFunc(b.entries, addr, func(e entry, t uint64) int {
 		switch {
 		case e.base+e.size <= t:
@@ -114,6 +120,8 @@ func (b *Bus) find(addr uint64, n int) (entry, bool) {
 // Read performs a guest read of len(data) bytes at addr. It reports whether
 // a device claimed it; unclaimed reads return all ones.
 func (b *Bus) Read(addr uint64, data []byte) bool {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
 	e, ok := b.find(addr, len(data))
 	if !ok {
 		for i := range data {
@@ -128,6 +136,8 @@ func (b *Bus) Read(addr uint64, data []byte) bool {
 
 // Write performs a guest write at addr and reports whether a device claimed it.
 func (b *Bus) Write(addr uint64, data []byte) bool {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
 	e, ok := b.find(addr, len(data))
 	if !ok {
 		b.log.Debug("unclaimed write", "bus", b.name, "addr", fmt.Sprintf("%#x", addr), "len", len(data))

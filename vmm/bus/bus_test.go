@@ -144,3 +144,48 @@ func FuzzBus(f *testing.F) {
 		}
 	})
 }
+
+// slowDev blocks in Write until released, and records whether Remove had
+// already returned when the access finished.
+type slowDev struct {
+	entered, release, removed chan struct{}
+	removedEarly              bool
+}
+
+func (d *slowDev) Read(uint64, []byte) {}
+func (d *slowDev) Write(uint64, []byte) {
+	close(d.entered)
+	<-d.release
+	select {
+	case <-d.removed:
+		d.removedEarly = true
+	default:
+	}
+}
+
+func TestRemoveWaitsForAccess(t *testing.T) {
+	b := bus.New("pio", nil)
+	d := &slowDev{entered: make(chan struct{}), release: make(chan struct{}), removed: make(chan struct{})}
+	if err := b.Insert(d, "slow", 0x10, 1); err != nil {
+		t.Fatal(err)
+	}
+	accessed := make(chan struct{})
+	go func() {
+		b.Write(0x10, []byte{1})
+		close(accessed)
+	}()
+	<-d.entered
+	go func() {
+		b.Remove(0x10)
+		close(d.removed)
+	}()
+	close(d.release)
+	<-accessed
+	<-d.removed
+	if d.removedEarly {
+		t.Error("Remove returned while an access to the device was in flight")
+	}
+	if b.Write(0x10, []byte{1}) {
+		t.Error("removed device still claims writes")
+	}
+}
