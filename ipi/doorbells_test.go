@@ -220,4 +220,3 @@ func TestDoorbellsLimits(t *testing.T) {
 		t.Error("Ring after Close = true")
 	}
 }
-
