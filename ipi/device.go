@@ -94,6 +94,12 @@ func OpenGuestDevice(dir string) (*GuestDevice, error) {
 		g.Close()
 		return nil, err
 	}
+	if len(g.Regs) < RegDoorbell+4 {
+		g.Close()
+		return nil, fmt.Errorf("%s: BAR0 of %d bytes has no Doorbell register", dir, len(g.Regs))
+	}
+	// INTx mode: every source unmasked once and for all.
+	binary.LittleEndian.PutUint32(g.Regs[RegIntrMask:], 0xffffffff)
 	return g, nil
 }
 
@@ -124,12 +130,17 @@ func (g *GuestDevice) Ring(peer int) error {
 
 // Wait blocks until the device interrupts or ctx ends: it re-enables the
 // interrupt through uio (write 1), then waits for the uio event count.
+//
+// INTx (popvmm's window device, QEMU's ivshmem with msi=off) is level-
+// triggered: a doorbell sets IntrStatus, and reading IntrStatus clears it
+// and drops the line. uio_pci_generic masks the line (the command register's
+// interrupt-disable bit) at every interrupt until the next Wait unmasks it,
+// so a doorbell that comes between two Waits shows only in IntrStatus: Wait
+// returns at once for it instead of clearing it and sleeping past it.
 func (g *GuestDevice) Wait(ctx context.Context) error {
-	// INTx mode: unmask every source and acknowledge what is pending
-	// (reading IntrStatus clears it and drops the line), then let uio
-	// re-enable the interrupt.
-	binary.LittleEndian.PutUint32(g.Regs[RegIntrMask:], 0xffffffff)
-	_ = binary.LittleEndian.Uint32(g.Regs[RegIntrStatus:])
+	if binary.LittleEndian.Uint32(g.Regs[RegIntrStatus:]) != 0 {
+		return nil // a doorbell since the last wake-up
+	}
 	if g.NoIRQ {
 		t := time.NewTimer(noIRQPoll)
 		defer t.Stop()
@@ -164,6 +175,9 @@ func (g *GuestDevice) Wait(ctx context.Context) error {
 		if n > 0 {
 			var count [4]byte
 			_, err := unix.Read(fd, count[:])
+			// Acknowledge the doorbell that interrupted: the next Wait
+			// then sees only those that come after this wake-up.
+			_ = binary.LittleEndian.Uint32(g.Regs[RegIntrStatus:])
 			return err
 		}
 	}

@@ -1,15 +1,3 @@
-// Package ipi provides the shared inter-kernel window and its doorbells.
-//
-// The window is one memfd shared by every kernel of a cluster (as BAR2 of an
-// ivshmem-compatible PCI device, with the VMM) and by host processes that
-// join as peers. Host peers join through popvmm's ivshmem server (Server),
-// speaking QEMU's ivshmem-server protocol, so any ivshmem client works; the
-// Go Client here is one. Each peer owns one eventfd per interrupt vector;
-// ringing a peer is writing its eventfd.
-//
-// Built so far: the window memfd, the server and the client (host peers).
-// The PCI device, ioeventfd/irqfd doorbells and KVM-enforced protection need
-// the VMM and KVM (issue 6).
 package ipi
 
 import (
