@@ -22,7 +22,7 @@ import (
 // inNetns runs the test body on a locked thread in a fresh network
 // namespace, so it touches none of the host's links (vishvananda/netlink's
 // own tests do the same).
-func inNetns(t *testing.T) {
+func inNetns(t testing.TB) {
 	t.Helper()
 	testenv.RequireRoot(t)
 	runtime.LockOSThread()

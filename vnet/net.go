@@ -353,7 +353,7 @@ func (n *Net) txDrain(h virtio.Host, q *virtio.Queue, stop <-chan struct{}) bool
 			return false
 		}
 		if pending++; pending == txBatch {
-			if !n.publish(h, q, txQueue) {
+			if !n.publish(h, q, txQueue) || stopped(stop) {
 				return false
 			}
 			pending = 0

@@ -55,7 +55,7 @@ func (e *echo) Notify(q int) {
 		return
 	}
 	var c virtio.Chain
-	for {
+	for range e.queues[0].Size { // a bounded amount of work per kick
 		ok, err := e.queues[0].PopInto(&c)
 		if err != nil {
 			e.host.Fail(err)

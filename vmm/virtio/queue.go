@@ -79,7 +79,7 @@ func (q *Queue) Validate() error {
 		return q.fail(fmt.Errorf("queue size %d is not a power of two up to %d", q.Size, MaxQueueSize))
 	}
 	n := uint64(q.Size)
-	for _, r := range []struct {
+	rings := []struct {
 		name      string
 		addr, len uint64
 		align     uint64
@@ -87,12 +87,20 @@ func (q *Queue) Validate() error {
 		{"descriptor table", q.Desc, n * descSize, 16},
 		{"available ring", q.Avail, 6 + 2*n, 2},
 		{"used ring", q.Used, 6 + 8*n, 4},
-	} {
+	}
+	for i, r := range rings {
 		if r.addr%r.align != 0 {
 			return q.fail(fmt.Errorf("%s at %#x not %d-byte aligned", r.name, r.addr, r.align))
 		}
 		if _, err := q.Mem.Slice(r.addr, r.len); err != nil {
 			return q.fail(fmt.Errorf("%s: %w", r.name, err))
+		}
+		// The device writes the used ring: over the driver's rings it
+		// would feed itself chains without end.
+		for _, o := range rings[:i] {
+			if r.addr < o.addr+o.len && o.addr < r.addr+r.len {
+				return q.fail(fmt.Errorf("%s at %#x+%#x overlaps the %s at %#x+%#x", r.name, r.addr, r.len, o.name, o.addr, o.len))
+			}
 		}
 	}
 	q.valid = true
