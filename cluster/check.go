@@ -256,6 +256,10 @@ func (c *checker) checkKernel(cl *Cluster, i int) *Kernel {
 	if k.Flavour != FlavourFull && k.Flavour != FlavourLight {
 		c.errf(at("flavour"), "%q: want \"full\" or \"light\"", ks.Flavour)
 	}
+	k.Restart = Restart(defaultStr(ks.Restart, string(RestartAlways)))
+	if k.Restart != RestartAlways && k.Restart != RestartNever {
+		c.errf(at("restart"), "%q: want \"always\" (a reset reboots the kernel) or \"never\" (a reset ends it as crashed)", ks.Restart)
+	}
 	k.Boot = BootMode(defaultStr(ks.Boot, string(BootUp)))
 	if k.Boot != BootUp && k.Boot != BootManual {
 		c.errf(at("boot"), "%q: want \"up\" (boot with the cluster) or \"manual\" (boot later with `popvmm boot`)", ks.Boot)

@@ -76,6 +76,15 @@ func (b Backing) PageSize() uint64 {
 // BootMode says when a kernel boots.
 type BootMode string
 
+// Restart is what a kernel's reset (reboot) request does.
+type Restart string
+
+// Restart policies.
+const (
+	RestartAlways Restart = "always" // a reset reboots the kernel in its VM
+	RestartNever  Restart = "never"  // a reset ends the VM as crashed, console kept
+)
+
 // Boot modes.
 const (
 	BootUp     BootMode = "up"     // with the cluster
@@ -101,6 +110,7 @@ type Kernel struct {
 	InitrdPath  string           `json:"initrd"`
 	Cmdline     string           `json:"cmdline"`
 	Boot        BootMode         `json:"boot"`
+	Restart     Restart          `json:"restart"`
 	IP          netip.Addr       `json:"ip"`
 	MAC         net.HardwareAddr `json:"-"`
 	ConsoleLog  string           `json:"console_log"`

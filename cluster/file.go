@@ -69,6 +69,7 @@ type KernelSection struct {
 	Initrd      string               `toml:"initrd"`
 	Cmdline     string               `toml:"cmdline"`
 	Boot        string               `toml:"boot"`
+	Restart     string               `toml:"restart"`
 	IP          string               `toml:"ip"`
 	MAC         string               `toml:"mac"`
 	ConsoleLog  string               `toml:"console_log"`

@@ -114,7 +114,7 @@ func (im Image) Build(debs string) (rebuilt bool, err error) {
 	if err := a.HostFile("/bin/busybox", filepath.Join(debs, BusyboxPackage, "bin", "busybox")); err != nil {
 		return false, fmt.Errorf("busybox (fetch it: images/fetch.sh %s): %w", BusyboxPackage, err)
 	}
-	for _, applet := range []string{"sh", "mount", "insmod", "mkdir", "cat", "echo", "stty", "setsid", "chroot", "sync", "poweroff", "ip", "hostname", "dmesg", "grep", "tail", "sleep"} {
+	for _, applet := range []string{"sh", "mount", "insmod", "mkdir", "cat", "echo", "stty", "setsid", "chroot", "sync", "poweroff", "ip", "hostname", "dmesg", "grep", "tail", "sleep", "ln", "rm"} {
 		if err := a.Symlink("/bin/"+applet, "busybox"); err != nil {
 			return false, err
 		}

@@ -27,7 +27,8 @@ mount -t tmpfs -o mode=755 tmpfs $r/run || fail "tmpfs on /run"
 mount -t proc proc $r/proc
 mount -t sysfs sysfs $r/sys
 mount -o bind /dev $r/dev
-mount -t devpts -o newinstance,ptmxmode=0666 devpts $r/dev/pts && mount -o bind $r/dev/pts/ptmx $r/dev/ptmx
+mkdir -p $r/dev/pts
+mount -t devpts -o newinstance,ptmxmode=0666 devpts $r/dev/pts && ln -sf pts/ptmx $r/dev/ptmx
 mkdir -p $r/dev/shm && mount -t tmpfs tmpfs $r/dev/shm
 mount -t cgroup2 cgroup2 $r/sys/fs/cgroup 2>/dev/null
 mkdir -p $r/run/lab

@@ -1,11 +1,210 @@
 package supervisor
 
 import (
-	"errors"
+	"context"
+	"fmt"
 	"log/slog"
+	"os"
+	"strings"
+	"sync"
+
+	"github.com/popvmm/popvmm/cluster"
+	"github.com/popvmm/popvmm/vmm"
+	"github.com/popvmm/popvmm/vtty"
 )
+
+// COM1, where every kernel's serial console is: ports 0x3f8-0x3ff, ISA
+// IRQ 4 (the MP table routes it through the in-kernel IOAPIC).
+const (
+	com1Port = 0x3f8
+	com1IRQ  = 4
+)
+
+// vmLauncher boots kernels as KVM VMs (package vmm) with their serial
+// console on COM1. It is where the supervisor wires devices to a VM: vmm
+// knows no device, the devices know no VM.
+type vmLauncher struct{ log *slog.Logger }
 
 // NewVMLauncher is the launcher that boots kernels as KVM VMs.
 func NewVMLauncher(log *slog.Logger) (Launcher, error) {
-	return nil, errors.New("this popvmm binary has no VM launcher")
+	return &vmLauncher{log: log}, nil
+}
+
+// Launch builds k's VM, attaches its UART to console, starts it, and
+// returns once its vCPUs run. A failure undoes everything.
+func (l *vmLauncher) Launch(ctx context.Context, k *cluster.Kernel, b Boot, console *vtty.Console) (Machine, error) {
+	image, err := os.ReadFile(k.KernelPath)
+	if err != nil {
+		return nil, fmt.Errorf("kernel image: %w", err)
+	}
+	// The file as it is now decides (it may have been rebuilt since
+	// validation): an ELF boots through its PVH note, anything else as a
+	// bzImage, whose loader checks its header.
+	format := vmm.FormatBzImage
+	if strings.HasPrefix(string(image[:min(4, len(image))]), "\x7fELF") {
+		format = vmm.FormatPVH
+	}
+	restart := vmm.RestartAlways
+	if k.Restart == cluster.RestartNever {
+		restart = vmm.RestartNever
+	}
+	var pt []vmm.Passthrough
+	for _, p := range k.Passthrough {
+		pt = append(pt, vmm.Passthrough{Path: p.Path, Offset: p.Offset, Size: p.Size, GPA: p.GuestAddress, ReadOnly: p.ReadOnly})
+	}
+	m := &vmMachine{done: make(chan struct{})}
+	v, err := vmm.New(vmm.Config{
+		Name: k.Name, Layout: k.Layout, CPUs: k.CPUs,
+		HugePageSize: hugePage(k.Backing), NUMANode: k.NUMANode, Mlock: k.Mlock,
+		Passthrough: pt, Restart: restart, Log: l.log,
+		Boot: vmm.Boot{Format: format, Image: image, Initrd: b.Initrd, Cmdline: b.Cmdline},
+	})
+	if err != nil {
+		return nil, err
+	}
+	m.vm = v
+	uart := vtty.NewUART(&panicWatch{w: console, onPanic: m.panicked}, v.IRQLine(com1IRQ))
+	if err := v.PIO().Insert(uart, "com1", com1Port, 8); err != nil {
+		v.Close()
+		return nil, err
+	}
+	ictx, cancel := context.WithCancel(context.Background())
+	m.cancel = cancel
+	if err := v.Start(); err != nil {
+		cancel()
+		v.Close()
+		return nil, err
+	}
+	m.wg.Add(2)
+	go func() { defer m.wg.Done(); console.Input(ictx, uart.Receive) }()
+	go func() {
+		defer m.wg.Done()
+		select {
+		case <-v.Done():
+		case <-ictx.Done():
+		}
+		close(m.done)
+	}()
+	return m, nil
+}
+
+func hugePage(b cluster.Backing) uint64 {
+	if b == cluster.BackingMemfd {
+		return 0
+	}
+	return b.PageSize()
+}
+
+// vmMachine is a running vmm.VM as a Machine.
+type vmMachine struct {
+	vm     *vmm.VM
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	done   chan struct{}
+
+	mu       sync.Mutex
+	panicMsg string
+	stopOnce sync.Once
+	stopErr  error
+}
+
+func (m *vmMachine) Done() <-chan struct{} { return m.done }
+
+// panicked is called (once, off the vCPU thread) when the guest printed a
+// kernel panic: the VM is stopped and counts as crashed with that line.
+func (m *vmMachine) panicked(line string) {
+	m.mu.Lock()
+	m.panicMsg = line
+	m.mu.Unlock()
+	m.vm.Stop()
+}
+
+func (m *vmMachine) Exit() MachineExit {
+	st := m.vm.Status()
+	m.mu.Lock()
+	pm := m.panicMsg
+	m.mu.Unlock()
+	switch {
+	case pm != "":
+		return MachineExit{Kind: ExitCrash, Reason: "guest panic: " + pm}
+	case st.State == vmm.StateCrashed:
+		return MachineExit{Kind: ExitCrash, Reason: st.Reason}
+	case strings.Contains(st.Reason, "stopped by the host"):
+		return MachineExit{Kind: ExitStopped, Reason: st.Reason}
+	}
+	return MachineExit{Kind: ExitPoweroff, Reason: st.Reason}
+}
+
+func (m *vmMachine) Stop() error {
+	m.stopOnce.Do(func() {
+		m.stopErr = m.vm.Close()
+		m.cancel()
+		m.wg.Wait()
+	})
+	return m.stopErr
+}
+
+func (m *vmMachine) Info() MachineInfo {
+	st := m.vm.Status()
+	info := MachineInfo{Exits: st.Exits, Since: st.Started, Extra: map[string]string{"uptime": st.Uptime.Round(1e6).String()}}
+	if st.Resets > 0 {
+		info.Extra["resets"] = fmt.Sprint(st.Resets)
+	}
+	for _, c := range st.VCPUs {
+		info.VCPUs = append(info.VCPUs, VCPUInfo{Index: c.Index, TID: c.TID, Name: c.Thread, Affinity: c.Affinity})
+	}
+	return info
+}
+
+// panicMarker is what Linux prints when it panics (kernel/panic.c).
+const panicMarker = "Kernel panic - not syncing"
+
+// panicWatch passes console output through and spots a kernel panic line
+// with O(1) work per byte, on the vCPU thread; the reaction runs on its own
+// goroutine, once.
+type panicWatch struct {
+	w       *vtty.Console
+	onPanic func(line string)
+	matched int // bytes of panicMarker matched so far
+	line    []byte
+	inLine  bool
+	fired   bool
+}
+
+func (p *panicWatch) WriteByte(b byte) error {
+	p.scan(b)
+	return p.w.WriteByte(b)
+}
+
+func (p *panicWatch) Write(data []byte) (int, error) {
+	for _, b := range data {
+		p.scan(b)
+	}
+	return p.w.Write(data)
+}
+
+func (p *panicWatch) scan(b byte) {
+	if p.fired {
+		return
+	}
+	if p.inLine {
+		if b == '\n' || b == '\r' || len(p.line) >= 200 {
+			p.fired = true
+			go p.onPanic(string(p.line))
+			return
+		}
+		p.line = append(p.line, b)
+		return
+	}
+	if b == panicMarker[p.matched] {
+		p.matched++
+	} else if b == panicMarker[0] {
+		p.matched = 1
+	} else {
+		p.matched = 0
+	}
+	if p.matched == len(panicMarker) {
+		p.inLine = true
+		p.line = append(p.line[:0], panicMarker...)
+	}
 }
