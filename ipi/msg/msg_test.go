@@ -511,3 +511,46 @@ func TestDoorbellFailureDelivers(t *testing.T) {
 		t.Errorf("DoorbellErrors = %d, want 1", s.DoorbellErrors)
 	}
 }
+
+// TestReservedNames: ids 0 and 1 own the names "primary" and "secondary";
+// peer 2 checks in calling itself "primary". PeerByName resolves the name
+// to id 0 only (not found while 0 is offline, never 2), Peers flags peer 2
+// an impostor, and unreserved names resolve as before.
+func TestReservedNames(t *testing.T) {
+	mem := make([]byte, 1<<20)
+	if _, err := msg.Format(mem, 4); err != nil {
+		t.Fatal(err)
+	}
+	bells := newBells(4)
+	obs, err := msg.Join(mem, 3, "popvmm", bells.bell(3), msg.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	obs.Reserve([]string{"primary", "secondary"})
+	if _, err := msg.Join(mem, 2, "primary", bells.bell(2), msg.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if id, ok := obs.PeerByName("primary"); ok {
+		t.Errorf(`PeerByName("primary") = %d, true with kernel 0 offline; want not found`, id)
+	}
+	for _, p := range obs.Peers() {
+		if want := p.ID == 2; p.Impostor != want {
+			t.Errorf("peer %d (%q): Impostor = %v, want %v", p.ID, p.Name, p.Impostor, want)
+		}
+	}
+	if id, ok := obs.ReservedFor("secondary"); !ok || id != 1 {
+		t.Errorf(`ReservedFor("secondary") = %d, %v; want 1, true`, id, ok)
+	}
+	if _, err := msg.Join(mem, 0, "primary", bells.bell(0), msg.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if id, ok := obs.PeerByName("primary"); !ok || id != 0 {
+		t.Errorf(`PeerByName("primary") = %d, %v with kernel 0 online; want 0, true`, id, ok)
+	}
+	if _, err := msg.Join(mem, 1, "host-tool", bells.bell(1), msg.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if id, ok := obs.PeerByName("host-tool"); !ok || id != 1 {
+		t.Errorf(`PeerByName("host-tool") = %d, %v; want 1, true`, id, ok)
+	}
+}

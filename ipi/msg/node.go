@@ -103,9 +103,10 @@ type Node struct {
 	knownGen []uint32 // …for this incarnation of it…
 	names    []string // …under this name
 
-	events  chan PeerEvent
-	perPeer []struct{ sent, received atomic.Uint64 }
-	stats   struct {
+	events   chan PeerEvent
+	perPeer  []struct{ sent, received atomic.Uint64 }
+	reserved atomic.Pointer[[]string] // names[i] belongs to peer i (Reserve)
+	stats    struct {
 		sent, received, rung, saved, wakeups, full, errors, bellErrors atomic.Uint64
 	}
 }
@@ -549,6 +550,31 @@ type PeerInfo struct {
 	// peer.
 	Sent     uint64 `json:"sent"`
 	Received uint64 `json:"received"`
+	// Impostor: the peer's section claims a name reserved for another
+	// peer id (Reserve), e.g. a host process calling itself a kernel.
+	Impostor bool `json:"impostor,omitempty"`
+}
+
+// Reserve gives names to the first len(names) peer ids: names[i] belongs
+// to peer i whatever any section says (the kernels, whose ids follow their
+// VMs). From then on PeerByName resolves a reserved name to its own id
+// only, and a peer whose section claims a name reserved for another id is
+// an impostor: Peers flags it and PeerByName never returns it.
+func (n *Node) Reserve(names []string) {
+	names = append([]string(nil), names...)
+	n.reserved.Store(&names)
+}
+
+// ReservedFor returns the peer id name is reserved for, if any.
+func (n *Node) ReservedFor(name string) (int, bool) {
+	if r := n.reserved.Load(); r != nil {
+		for id, rn := range *r {
+			if rn == name && name != "" {
+				return id, true
+			}
+		}
+	}
+	return 0, false
 }
 
 // Peers reads the peer table: every peer that has ever checked in.
@@ -560,17 +586,24 @@ func (n *Node) Peers() []PeerInfo {
 		if gen == 0 {
 			continue
 		}
-		out = append(out, PeerInfo{ID: p, Name: n.peerName(p), State: n.PeerState(p).String(), Generation: gen,
-			Heartbeat: load64(n.mem, sec+secHeartbeat), Sent: n.perPeer[p].sent.Load(), Received: n.perPeer[p].received.Load()})
+		name := n.peerName(p)
+		owner, reserved := n.ReservedFor(name)
+		out = append(out, PeerInfo{ID: p, Name: name, State: n.PeerState(p).String(), Generation: gen,
+			Heartbeat: load64(n.mem, sec+secHeartbeat), Sent: n.perPeer[p].sent.Load(), Received: n.perPeer[p].received.Load(),
+			Impostor: reserved && owner != p})
 	}
 	return out
 }
 
 // PeerByName returns the id of an online peer (other than this node) that
-// checked in under name.
+// checked in under name. A name given to an id by Reserve resolves to that
+// id only (found while that peer is online), never to a peer claiming it.
 func (n *Node) PeerByName(name string) (int, bool) {
+	if id, ok := n.ReservedFor(name); ok {
+		return id, id != n.id && n.PeerState(id) == StateOnline
+	}
 	for _, p := range n.Peers() {
-		if p.Name == name && p.State == StateOnline.String() && p.ID != n.id {
+		if p.Name == name && p.State == StateOnline.String() && p.ID != n.id && !p.Impostor {
 			return p.ID, true
 		}
 	}
