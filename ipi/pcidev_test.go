@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/popvmm/popvmm/ipi"
 	"github.com/popvmm/popvmm/vmm/pci"
@@ -403,5 +404,38 @@ func TestBARMoveOntoAnother(t *testing.T) {
 	v.dev.BARMoved(ipi.RegsBAR, testRegs+0x2000)
 	if got := v.kvm.guestRead(testRegs + 0x2000 + ipi.RegIVPosition); got != 0 {
 		t.Errorf("IVPosition at the final BAR0 = %#x", got)
+	}
+}
+
+// TestRunStopsOnClose: Run returns when the device is closed (not only
+// when its context ends), a second Run is refused while one runs, and
+// Close twice is harmless.
+func TestRunStopsOnClose(t *testing.T) {
+	bells := newBells(t, 1, 0, 1)
+	v := newVM(t, bells, 0, 1<<20, nil)
+	done := make(chan error, 1)
+	go func() { done <- v.dev.Run(context.Background()) }()
+	stopped, cancel := context.WithCancel(context.Background())
+	cancel()
+	waitFor(t, "Run running", func() bool {
+		// Refused while the first one runs; before it does, this one
+		// runs itself and returns at once.
+		return v.dev.Run(stopped) != nil
+	})
+	v.dev.Close()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Error(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run still running 10s after Close")
+	}
+	v.dev.Close()
+	if err := v.dev.Run(context.Background()); err != nil {
+		t.Errorf("Run after Close = %v, want nil at once", err)
+	}
+	if n := len(v.kvm.ioeventfds()); n != 0 {
+		t.Errorf("%d ioeventfds left after Close", n)
 	}
 }
