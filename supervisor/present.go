@@ -18,10 +18,10 @@ func WriteStatus(w io.Writer, st *Status, now time.Time) error {
 		st.Bridge, st.Subnet, st.HostIP, memmap.FormatSize(st.WindowSize))
 	fmt.Fprintf(w, "vmm     %s\n\n", st.VMM)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tPEER\tSTATE\tBOOT\tFLAVOUR\tCORES\tMEMORY\tBACKING\tIP\tMAC")
+	fmt.Fprintln(tw, "NAME\tPEER\tSTATE\tBOOT\tFLAVOUR\tCORES\tMEMORY\tBACKING\tIP\tMAC\tTAP")
 	for _, k := range st.Kernels {
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.Name, k.PeerID, k.State, k.Boot, k.Flavour,
-			cluster.FormatCPUList(k.CPUs), memmap.FormatSize(k.Memory), k.Backing, k.IP, k.MAC)
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.Name, k.PeerID, k.State, k.Boot, k.Flavour,
+			cluster.FormatCPUList(k.CPUs), memmap.FormatSize(k.Memory), k.Backing, k.IP, k.MAC, defaultTap(k.Tap))
 	}
 	return tw.Flush()
 }
@@ -35,7 +35,18 @@ func WriteWindowStat(w io.Writer, st *WindowStat) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "PEER\tNAME\tSTATE\tGENERATION\tHEARTBEAT\tSENT\tRECEIVED")
 	for _, p := range st.Peers {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\t%d\t%d\n", p.ID, p.Name, p.State, p.Generation, p.Heartbeat, p.Sent, p.Received)
+		name := p.Name
+		if p.Impostor {
+			name += " (refused: not kernel " + p.Name + "'s peer)"
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\t%d\t%d\n", p.ID, name, p.State, p.Generation, p.Heartbeat, p.Sent, p.Received)
 	}
 	return tw.Flush()
+}
+
+func defaultTap(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }

@@ -282,16 +282,14 @@ func (s *Supervisor) msg(req Request) Response {
 	return Response{Error: fmt.Sprintf("unknown msg action %q (ping, info, stat)", req.Action), Code: CodeBadRequest}
 }
 
-// peerByName finds the window peer for name: an online peer that checked
-// in under that name (a popagent), else the kernel of that name.
+// peerByName finds the window peer for name: a kernel's name is its
+// kernel's peer id, online or not (a host peer cannot answer for it); any
+// other name is an online host peer that checked in under it.
 func (s *Supervisor) peerByName(w *windowHost, name string) (int, bool) {
-	if id, ok := w.node.PeerByName(name); ok {
-		return id, true
-	}
 	if k := s.cl.Kernel(name); k != nil {
 		return k.Index, true
 	}
-	return 0, false
+	return w.node.PeerByName(name)
 }
 
 func (s *Supervisor) msgErr(name string, peer int, err error) Response {

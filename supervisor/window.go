@@ -94,6 +94,14 @@ func (s *Supervisor) startWindow(ctx context.Context, runDir string) (_ *windowH
 		return nil, err
 	}
 	node.Store(w.node)
+	// A kernel's name and peer id belong to its VM: no host peer may
+	// answer for them.
+	var names []string
+	for _, k := range s.cl.Kernels {
+		names = append(names, k.Name)
+	}
+	w.node.Reserve(names)
+	w.wg.Go(func() { s.refuseImpostors(sctx, w.node) })
 	w.caller = agent.NewCaller(w.node)
 	w.wg.Go(func() {
 		if err := w.node.Run(sctx); err != nil {
@@ -122,4 +130,24 @@ func (w *windowHost) stop() {
 		w.win.Close()
 	}
 	os.Remove(w.socket)
+}
+
+// refuseImpostors marks offline, in the peer table, every peer that checks
+// in under a name reserved for another peer id (a host process calling
+// itself a kernel), so no peer reaches it under that name.
+func (s *Supervisor) refuseImpostors(ctx context.Context, n *msg.Node) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case e := <-n.Events():
+			if e.State != msg.StateOnline {
+				continue
+			}
+			if owner, ok := n.ReservedFor(e.Name); ok && owner != e.Peer {
+				n.MarkGone(e.Peer, e.Generation, false)
+				s.log.Warn("window peer refused: it checked in under a kernel's name", "peer", e.Peer, "name", e.Name, "kernel_peer", owner)
+			}
+		}
+	}
 }

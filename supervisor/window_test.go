@@ -14,9 +14,9 @@ import (
 	"github.com/popvmm/popvmm/supervisor"
 )
 
-// TestWindowMessaging: a host-process-style agent joins the running
-// cluster's window as kernel "primary"; popvmm's node pings it, asks for
-// info and lists it; when it leaves, requests to it are refused.
+// TestWindowMessaging: a host-process agent joins the running cluster's
+// window under its own name; popvmm's node pings it, asks for info and
+// lists it; when it leaves, requests to it are refused.
 func TestWindowMessaging(t *testing.T) {
 	cl := testCluster(t, t.TempDir(), "demo")
 	c, _ := start(t, cl)
@@ -40,20 +40,20 @@ func TestWindowMessaging(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	node, err := msg.Join(client.Mem, client.ID, "primary", ipi.Bell{C: client}, msg.Options{})
+	node, err := msg.Join(client.Mem, client.ID, "hostagent", ipi.Bell{C: client}, msg.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	agent.Serve(node, "primary", "")
+	agent.Serve(node, "hostagent", "")
 	ran := make(chan struct{})
 	go func() { node.Run(ctx); close(ran) }()
 
-	resp, err := call(supervisor.MsgPing, "primary")
+	resp, err := call(supervisor.MsgPing, "hostagent")
 	if err != nil || resp.Msg.Peer != client.ID || resp.Msg.RTTns <= 0 {
 		t.Fatalf("ping = %+v, %v", resp, err)
 	}
-	resp, err = call(supervisor.MsgInfo, "primary")
-	if err != nil || resp.Msg.Info.Name != "primary" || resp.Msg.Info.Release == "" || resp.Msg.Info.MemTotal == 0 {
+	resp, err = call(supervisor.MsgInfo, "hostagent")
+	if err != nil || resp.Msg.Info.Name != "hostagent" || resp.Msg.Info.Release == "" || resp.Msg.Info.MemTotal == 0 {
 		t.Fatalf("info = %+v, %v", resp, err)
 	}
 	resp, err = call(supervisor.MsgStat, "")
@@ -61,8 +61,8 @@ func TestWindowMessaging(t *testing.T) {
 		t.Fatalf("stat = %+v, %v", resp.Msg.Stat, err)
 	}
 	for _, p := range resp.Msg.Stat.Peers {
-		if p.Name == "primary" && (p.Sent != 2 || p.Received != 2) {
-			t.Errorf("per-peer counters for primary: sent %d received %d, want 2 and 2", p.Sent, p.Received)
+		if p.Name == "hostagent" && (p.Sent != 2 || p.Received != 2) {
+			t.Errorf("per-peer counters for hostagent: sent %d received %d, want 2 and 2", p.Sent, p.Received)
 		}
 	}
 
@@ -71,8 +71,8 @@ func TestWindowMessaging(t *testing.T) {
 	client.Close()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		_, err := call(supervisor.MsgPing, "primary")
-		if errors.As(err, &oe) && strings.Contains(oe.Msg, "not on the window") {
+		_, err := call(supervisor.MsgPing, "hostagent")
+		if errors.As(err, &oe) && oe.Code == supervisor.CodeNotFound {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -104,11 +104,11 @@ func TestWindowHostPeerIDReuse(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		node, err := msg.Join(client.Mem, client.ID, "primary", ipi.Bell{C: client}, msg.Options{})
+		node, err := msg.Join(client.Mem, client.ID, "hostagent", ipi.Bell{C: client}, msg.Options{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		agent.Serve(node, "primary", "")
+		agent.Serve(node, "hostagent", "")
 		ctx, cancel := context.WithCancel(context.Background())
 		ran := make(chan struct{})
 		go func() { node.Run(ctx); close(ran) }()
@@ -116,7 +116,7 @@ func TestWindowHostPeerIDReuse(t *testing.T) {
 		if i > 0 && client.ID != lastID {
 			t.Fatalf("round %d: id %d, not the freed %d", i, client.ID, lastID)
 		}
-		resp, err := c.Call(ctxT(t), supervisor.Request{Op: supervisor.OpMsg, Action: supervisor.MsgPing, Name: "primary"})
+		resp, err := c.Call(ctxT(t), supervisor.Request{Op: supervisor.OpMsg, Action: supervisor.MsgPing, Name: "hostagent"})
 		if err != nil || resp.Msg.Peer != client.ID {
 			t.Errorf("round %d: ping the new holder of id %d = %+v, %v", i, client.ID, resp, err)
 		}
@@ -146,5 +146,76 @@ func waitDeparture(t *testing.T, c *ipi.Client, id int) {
 		case <-deadline:
 			t.Fatalf("departure of peer %d not heard within 10s", id)
 		}
+	}
+}
+
+// TestWindowHostPeerCannotPoseAsKernel: a host process joins the window
+// calling itself "primary", as `popagent -name primary` would. It gets a
+// host peer id (after the kernels'), `msg ping/info primary` still address
+// kernel primary's peer id 0 (not on the window: its VM is not running) and
+// never the host process, the peer table flags it and popvmm marks it
+// offline, so no peer reaches it under that name either.
+func TestWindowHostPeerCannotPoseAsKernel(t *testing.T) {
+	cl := testCluster(t, t.TempDir(), "demo")
+	c, _ := start(t, cl)
+	sock := filepath.Join(cl.RunDir, supervisor.WindowSocketName)
+
+	client, err := ipi.Dial(ctxT(t), sock, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	if client.ID < len(cl.Kernels) {
+		t.Fatalf("host peer got id %d, one of the kernels' (0..%d)", client.ID, len(cl.Kernels)-1)
+	}
+	node, err := msg.Join(client.Mem, client.ID, "primary", ipi.Bell{C: client}, msg.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent.Serve(node, "primary", "")
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan struct{})
+	go func() { node.Run(ctx); close(ran) }()
+	defer func() { cancel(); <-ran }()
+
+	for _, action := range []string{supervisor.MsgPing, supervisor.MsgInfo} {
+		resp, err := c.Call(ctxT(t), supervisor.Request{Op: supervisor.OpMsg, Action: action, Name: "primary"})
+		var oe *supervisor.OpError
+		if err == nil {
+			t.Errorf("msg %s primary answered by peer %d (the host process is %d), want a refusal: kernel primary is not on the window", action, resp.Msg.Peer, client.ID)
+		} else if !errors.As(err, &oe) || oe.Code != supervisor.CodeState || !strings.Contains(oe.Msg, "peer 0") {
+			t.Errorf("msg %s primary = %v, want bad_state naming peer 0", action, err)
+		}
+	}
+	// popvmm notices the claim at its next heartbeat and takes the peer
+	// off the table.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := c.Call(ctxT(t), supervisor.Request{Op: supervisor.OpMsg, Action: supervisor.MsgStat})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var me *msg.PeerInfo
+		for i, p := range resp.Msg.Stat.Peers {
+			if p.ID == client.ID {
+				me = &resp.Msg.Stat.Peers[i]
+			}
+		}
+		if me == nil || !me.Impostor {
+			t.Fatalf("peer table = %+v, want peer %d flagged as an impostor", resp.Msg.Stat.Peers, client.ID)
+		}
+		if me.State == msg.StateOffline.String() {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("impostor peer %d still %s after 10s", client.ID, me.State)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	var b strings.Builder
+	resp, _ := c.Call(ctxT(t), supervisor.Request{Op: supervisor.OpMsg, Action: supervisor.MsgStat})
+	supervisor.WriteWindowStat(&b, resp.Msg.Stat)
+	if !strings.Contains(b.String(), "not kernel primary") {
+		t.Errorf("msg stat table does not say the peer is not kernel primary:\n%s", b.String())
 	}
 }

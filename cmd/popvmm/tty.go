@@ -37,13 +37,19 @@ func (c *cli) tty(ctx context.Context, st *supervisor.Status, name string, stdin
 	go func() { node.Run(rctx); close(ran) }()
 	defer func() { stopRun(); <-ran; client.Close() }()
 
-	peer, ok := node.PeerByName(name)
-	if !ok {
-		if k := st.Kernel(name); k != nil {
-			peer = k.PeerID
-		} else {
-			return usageErr("no kernel or window peer named %q", name)
-		}
+	// A kernel's name is its kernel's peer id: no host peer answers for it.
+	var names []string
+	for _, k := range st.Kernels {
+		names = append(names, k.Name)
+	}
+	node.Reserve(names)
+	var peer int
+	if k := st.Kernel(name); k != nil {
+		peer = k.PeerID
+	} else if id, ok := node.PeerByName(name); ok {
+		peer = id
+	} else {
+		return usageErr("no kernel or window peer named %q", name)
 	}
 	var in io.Reader = stdin
 	if term.IsTerminal(int(stdin.Fd())) {
