@@ -18,10 +18,10 @@ func WriteStatus(w io.Writer, st *Status, now time.Time) error {
 		st.Bridge, st.Subnet, st.HostIP, memmap.FormatSize(st.WindowSize))
 	fmt.Fprintf(w, "vmm     %s\n\n", st.VMM)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tPEER\tSTATE\tBOOT\tFLAVOUR\tCORES\tMEMORY\tBACKING\tIP\tMAC\tTAP")
+	fmt.Fprintln(tw, "NAME\tPEER\tSTATE\tBOOT\tFLAVOUR\tCORES\tMEMORY\tBACKING\tIP\tMAC")
 	for _, k := range st.Kernels {
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.Name, k.PeerID, k.State, k.Boot, k.Flavour,
-			cluster.FormatCPUList(k.CPUs), memmap.FormatSize(k.Memory), k.Backing, k.IP, k.MAC, defaultTap(k.Tap))
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.Name, k.PeerID, k.State, k.Boot, k.Flavour,
+			cluster.FormatCPUList(k.CPUs), memmap.FormatSize(k.Memory), k.Backing, k.IP, k.MAC)
 	}
 	return tw.Flush()
 }
