@@ -1,0 +1,257 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/creack/pty"
+
+	"github.com/popvmm/popvmm/internal/testenv"
+	"github.com/popvmm/popvmm/supervisor"
+)
+
+// kvmCluster is a popvmm cluster brought up by a KVM-tier test with the
+// real binary (bin/popvmm, built by make), in a run directory of the
+// test's own. On failure it prints every kernel's console log and the
+// command that reproduces the test.
+type kvmCluster struct {
+	t       *testing.T
+	bin     string
+	config  string
+	runDir  string
+	kernels []string
+}
+
+// kvmKernel is one [[kernel]] of a test cluster.
+type kvmKernel struct {
+	Name, Flavour, CPUs, Memory, Boot string
+}
+
+// repoRoot is where bin/popvmm and images/out are, from this package.
+const repoRoot = "../.."
+
+// newKVMCluster writes a cluster.toml for kernels and checks the binary and
+// the images are there. Nothing runs until up.
+func newKVMCluster(t *testing.T, name string, kernels ...kvmKernel) *kvmCluster {
+	t.Helper()
+	testenv.RequireKVM(t)
+	root, _ := filepath.Abs(repoRoot)
+	c := &kvmCluster{t: t, bin: filepath.Join(root, "bin", "popvmm")}
+	var problem error
+	if _, err := os.Stat(c.bin); err != nil {
+		problem = fmt.Errorf("bin/popvmm not built (make build): %w", err)
+	}
+	dir := t.TempDir()
+	c.runDir = filepath.Join(dir, "run")
+	c.config = filepath.Join(dir, "cluster.toml")
+	var b strings.Builder
+	fmt.Fprintf(&b, "[cluster]\nname = %q\nrun_dir = %q\n[cluster.network]\nsubnet = \"10.197.%d.0/24\"\n[cluster.window]\nsize = \"1M\"\n",
+		name, c.runDir, 100+len(name))
+	for _, k := range kernels {
+		img := filepath.Join(root, "images", "out", k.Flavour)
+		for _, f := range []string{"bzImage", "initramfs.cpio"} {
+			if _, err := os.Stat(filepath.Join(img, f)); err != nil && problem == nil {
+				problem = fmt.Errorf("%s image not built (make images): %w", k.Flavour, err)
+			}
+		}
+		fmt.Fprintf(&b, "[[kernel]]\nname = %q\nflavour = %q\ncpus = %q\nmemory = %q\nboot = %q\nkernel = %q\ninitrd = %q\n",
+			k.Name, k.Flavour, k.CPUs, k.Memory, k.Boot, filepath.Join(img, "bzImage"), filepath.Join(img, "initramfs.cpio"))
+		c.kernels = append(c.kernels, k.Name)
+	}
+	testenv.RequireImages(t, problem)
+	if err := os.WriteFile(c.config, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			c.dumpConsoles()
+			t.Logf("reproduce: make build && bin/popvmm lab run -- sh -c 'cd tests/e2e && go test -c -o /tmp/e2e.test . && /tmp/e2e.test -test.run %s -test.v' (or scripts/test-kvm.sh with KVM_RUN=%s)", t.Name(), t.Name())
+		}
+		c.popvmm("down", "-c", c.config) // harmless when already down
+	})
+	return c
+}
+
+func (c *kvmCluster) dumpConsoles() {
+	for _, k := range c.kernels {
+		data, err := os.ReadFile(filepath.Join(c.runDir, k+".console.log"))
+		c.t.Logf("==== console of %s (%v):\n%s", k, err, data)
+	}
+	data, _ := os.ReadFile(filepath.Join(c.runDir, supervisor.LogName))
+	c.t.Logf("==== supervisor log:\n%s", data)
+}
+
+// popvmm runs the binary with args and returns its combined output.
+func (c *kvmCluster) popvmm(args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, c.bin, args...).CombinedOutput()
+	return string(out), err
+}
+
+func (c *kvmCluster) must(args ...string) string {
+	c.t.Helper()
+	out, err := c.popvmm(args...)
+	if err != nil {
+		c.t.Fatalf("popvmm %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+func (c *kvmCluster) status() *supervisor.Status {
+	c.t.Helper()
+	var st supervisor.Status
+	out := c.must("status", "--json", "-c", c.config)
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		c.t.Fatalf("status --json: %v\n%s", err, out)
+	}
+	return &st
+}
+
+// waitConsole waits until kernel's console log holds want, within d. The
+// log is written by another process: it is read again as it grows.
+func (c *kvmCluster) waitConsole(kernel, want string, d time.Duration) {
+	c.t.Helper()
+	path := filepath.Join(c.runDir, kernel+".console.log")
+	deadline := time.Now().Add(d)
+	for {
+		data, _ := os.ReadFile(path)
+		if bytes.Contains(data, []byte(want)) {
+			return
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("%s's console did not show %q within %s", kernel, want, d)
+		}
+		time.Sleep(100 * time.Millisecond) // polling another process's file, with a deadline
+	}
+}
+
+// bootDeadline bounds a kernel's boot to its shell: minutes in the lab
+// (everything emulated, the host's two cores shared), seconds on hardware.
+const bootDeadline = 6 * time.Minute
+
+// TestKVMClusterConsoles is the VMM's tier-3 test: a two-kernel cluster of
+// the built full and light images, each on its own core, both reach their
+// init's shell on the serial console; a command typed through `popvmm
+// attach` runs in the guest and its output comes back; a manual kernel is
+// booted into the running cluster; vCPU threads run only on their cores;
+// `down` leaves no process behind.
+func TestKVMClusterConsoles(t *testing.T) {
+	c := newKVMCluster(t, "kvmcon",
+		kvmKernel{"primary", "full", "0", "256M", "up"},
+		kvmKernel{"secondary", "light", "1", "256M", "manual"})
+	start := time.Now()
+	c.must("up", "-d", c.config)
+	c.waitConsole("primary", "popvmm-init: primary up", bootDeadline)
+	t.Logf("primary (full) reached /init %.1f s after up", time.Since(start).Seconds())
+
+	st := c.status()
+	p := st.Kernel("primary")
+	if p.State != supervisor.StateRunning || p.Machine == nil || len(p.Machine.VCPUs) != 1 {
+		t.Fatalf("primary status = %+v", p)
+	}
+	if v := p.Machine.VCPUs[0]; fmt.Sprint(v.Affinity) != "[0]" || v.TID == 0 {
+		t.Errorf("primary vCPU thread %+v: want affinity [0]", v)
+	}
+	if s := st.Kernel("secondary"); s.State != supervisor.StateDefined {
+		t.Errorf("secondary is %s before boot, want defined", s.State)
+	}
+
+	// A command typed through attach runs in the guest; Ctrl-] detaches,
+	// and a second attach works as well.
+	for i := range 2 {
+		attach(t, c, "primary", fmt.Sprintf("echo attach-$((%d*7))", 6+i), fmt.Sprintf("attach-%d", (6+i)*7))
+	}
+
+	c.must("boot", "-c", c.config, "secondary")
+	c.waitConsole("secondary", "popvmm-init: secondary up", bootDeadline)
+	st = c.status()
+	if s := st.Kernel("secondary"); s.State != supervisor.StateRunning || fmt.Sprint(s.Machine.VCPUs[0].Affinity) != "[1]" {
+		t.Errorf("secondary after boot = %+v", s)
+	}
+	if p := st.Kernel("primary"); p.State != supervisor.StateRunning {
+		t.Errorf("primary is %s after the secondary's boot", p.State)
+	}
+
+	pid := st.PID
+	c.must("down", "-c", c.config)
+	deadline := time.Now().Add(30 * time.Second)
+	for syscall.Kill(pid, 0) == nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("supervisor pid %d still alive 30 s after down", pid)
+		}
+		time.Sleep(50 * time.Millisecond) // waiting for another process to exit, with a deadline
+	}
+	if _, err := os.Stat(filepath.Join(c.runDir, supervisor.SocketName)); err == nil {
+		t.Errorf("control socket left after down")
+	}
+}
+
+// attach runs `popvmm attach kernel` on a pseudo-terminal, types cmd once
+// the replayed console is shown, waits for want, and detaches with Ctrl-].
+func attach(t *testing.T, c *kvmCluster, kernel, cmd, want string) {
+	t.Helper()
+	ex := exec.Command(c.bin, "attach", "-c", c.config, kernel)
+	tty, err := pty.Start(ex)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tty.Close()
+	out := make(chan []byte, 64)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := tty.Read(buf)
+			if n > 0 {
+				out <- append([]byte(nil), buf[:n]...)
+			}
+			if err != nil {
+				close(out)
+				return
+			}
+		}
+	}()
+	var seen bytes.Buffer
+	wait := func(s string, d time.Duration) {
+		t.Helper()
+		timer := time.NewTimer(d)
+		defer timer.Stop()
+		for !bytes.Contains(seen.Bytes(), []byte(s)) {
+			select {
+			case b, ok := <-out:
+				if !ok {
+					t.Fatalf("attach %s ended before %q; saw %q", kernel, s, seen.String())
+				}
+				seen.Write(b)
+			case <-timer.C:
+				t.Fatalf("attach %s: no %q within %s; saw %q", kernel, s, d, seen.String())
+			}
+		}
+	}
+	wait("Ctrl-] detaches", 30*time.Second)
+	io.WriteString(tty, cmd+"\r")
+	wait(want, time.Minute)
+	tty.Write([]byte{0x1d})
+	wait("detached from "+kernel, 30*time.Second)
+	done := make(chan error, 1)
+	go func() { done <- ex.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("attach exited with %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		ex.Process.Kill()
+		t.Fatalf("attach did not exit after Ctrl-]")
+	}
+}
