@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/popvmm/popvmm/memmap"
+	"github.com/popvmm/popvmm/vnet"
 )
 
 // Limits on names and values.
@@ -69,6 +70,7 @@ func Check(f *File, host Host) (*Cluster, error) {
 		c.errf("kernel", "no [[kernel]] tables: a cluster needs at least one kernel")
 	}
 	c.checkAcross(cl)
+	c.checkTapNames(cl)
 	if len(c.errs) > 0 {
 		return nil, errors.Join(c.errs...)
 	}
@@ -723,4 +725,21 @@ func deriveIP(p netip.Prefix, name string, host netip.Addr, taken map[netip.Addr
 		}
 	}
 	return netip.Addr{}, false
+}
+
+// checkTapNames checks the tap every kernel gets (vnet.TapName, from the
+// cluster name and the kernel's index) with the rule every link name
+// passes (vnet.CheckLinkName), and that no tap is called like the bridge.
+func (c *checker) checkTapNames(cl *Cluster) {
+	if !nameRE.MatchString(cl.Name) {
+		return // reported as cluster.name
+	}
+	for _, k := range cl.Kernels {
+		tap := vnet.TapName(cl.Name, k.Index)
+		if err := vnet.CheckLinkName(tap); err != nil {
+			c.errf(fmt.Sprintf("kernel[%d]", k.Index), "its tap: %v", err)
+		} else if tap == cl.Network.Bridge {
+			c.errf("cluster.network.bridge", "%q is the name of kernel %q's tap; choose another", tap, k.Name)
+		}
+	}
 }

@@ -111,10 +111,23 @@ func EnsureKey(dir, comment string) ([]byte, error) {
 	return pub, nil
 }
 
+// File is one more file for an overlay.
+type File struct {
+	Path string
+	Mode os.FileMode
+	Data []byte
+}
+
+// HostKeyOverlayFile is the overlay file carrying a kernel's SSH host key.
+func HostKeyOverlayFile(k *HostKey) File {
+	return File{Path: HostKeyPath, Mode: 0o600, Data: k.Dropbear()}
+}
+
 // Overlay builds kernel k's initramfs overlay: /etc/popvmm/authorized_keys
-// (the cluster's public key) and /etc/popvmm/cluster.env (shell variables
-// the guest's /init and agent read).
-func Overlay(cl *cluster.Cluster, k *cluster.Kernel, authorizedKeys []byte) ([]byte, error) {
+// (the cluster's public key), /etc/popvmm/cluster.env (shell variables
+// the guest's /init and agent read), and the extra files (the kernel's
+// host key: HostKeyOverlayFile).
+func Overlay(cl *cluster.Cluster, k *cluster.Kernel, authorizedKeys []byte, extra ...File) ([]byte, error) {
 	var peers []string
 	for _, o := range cl.Kernels {
 		peers = append(peers, o.Name)
@@ -140,6 +153,11 @@ func Overlay(cl *cluster.Cluster, k *cluster.Kernel, authorizedKeys []byte) ([]b
 	}
 	if err := a.File("/etc/popvmm/cluster.env", 0o644, []byte(b.String())); err != nil {
 		return nil, err
+	}
+	for _, f := range extra {
+		if err := a.File(f.Path, f.Mode, f.Data); err != nil {
+			return nil, err
+		}
 	}
 	return a.Bytes()
 }

@@ -105,6 +105,7 @@ type KernelStatus struct {
 	Backing    string `json:"backing"`
 	IP         string `json:"ip"`
 	MAC        string `json:"mac"`
+	Tap        string `json:"tap"` // the host end of its NIC, on Status.Bridge
 	Kernel     string `json:"kernel"`
 	ConsoleLog string `json:"console_log"`
 	// Run time: since when in State, how many boots, how the last run

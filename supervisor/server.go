@@ -100,6 +100,11 @@ func (s *Supervisor) Run(ctx context.Context, opt Options) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	s.launcher, s.noVMM, s.nested = opt.Launcher, opt.NoVMM, opt.Nested
+	stopNet, err := s.startNetwork() // the bridge (net.go); down after every VM
+	if err != nil {
+		return err
+	}
+	defer stopNet()
 	s.mu.Lock()
 	s.stop = cancel
 	s.started = time.Now()
@@ -150,8 +155,12 @@ func (s *Supervisor) prepareBoot(runDir string) error {
 	if err != nil {
 		return err
 	}
+	hostKeys, err := s.prepareHostKeys(runDir) // hostkeys.go
+	if err != nil {
+		return err
+	}
 	for _, k := range s.cl.Kernels {
-		ov, err := guest.Overlay(s.cl, k, pub)
+		ov, err := guest.Overlay(s.cl, k, pub, guest.HostKeyOverlayFile(hostKeys[k.Name]))
 		if err != nil {
 			return fmt.Errorf("overlay for %s: %w", k.Name, err)
 		}
@@ -338,6 +347,7 @@ func (s *Supervisor) Status() *Status {
 			Backing:    string(k.Backing),
 			IP:         k.IP.String(),
 			MAC:        k.MAC.String(),
+			Tap:        TapName(s.cl, k),
 			Kernel:     k.KernelPath,
 			ConsoleLog: k.ConsoleLog,
 		})

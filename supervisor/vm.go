@@ -23,7 +23,10 @@ const (
 // vmLauncher boots kernels as KVM VMs (package vmm) with their serial
 // console on COM1. It is where the supervisor wires devices to a VM: vmm
 // knows no device, the devices know no VM.
-type vmLauncher struct{ log *slog.Logger }
+type vmLauncher struct {
+	log *slog.Logger
+	net netState // the cluster's bridge while it is up (net.go)
+}
 
 // NewVMLauncher is the launcher that boots kernels as KVM VMs.
 func NewVMLauncher(log *slog.Logger) (Launcher, error) {
@@ -68,11 +71,15 @@ func (l *vmLauncher) Launch(ctx context.Context, k *cluster.Kernel, b Boot, cons
 		v.Close()
 		return nil, err
 	}
+	if m.devs, err = l.attachDevices(v, k); err != nil {
+		v.Close()
+		return nil, err
+	}
 	ictx, cancel := context.WithCancel(context.Background())
 	m.cancel = cancel
 	if err := v.Start(); err != nil {
 		cancel()
-		v.Close()
+		m.devs.stop(v)
 		return nil, err
 	}
 	m.wg.Add(2)
@@ -98,6 +105,7 @@ func hugePage(b cluster.Backing) uint64 {
 // vmMachine is a running vmm.VM as a Machine.
 type vmMachine struct {
 	vm     *vmm.VM
+	devs   *vmDevices // PCI and the NIC (net.go)
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	done   chan struct{}
@@ -137,7 +145,7 @@ func (m *vmMachine) Exit() MachineExit {
 
 func (m *vmMachine) Stop() error {
 	m.stopOnce.Do(func() {
-		m.stopErr = m.vm.Close()
+		m.stopErr = m.devs.stop(m.vm) // stops and closes the VM
 		m.cancel()
 		m.wg.Wait()
 	})
@@ -150,6 +158,7 @@ func (m *vmMachine) Info() MachineInfo {
 	if st.Resets > 0 {
 		info.Extra["resets"] = fmt.Sprint(st.Resets)
 	}
+	info.Devs = m.devs.info()
 	for _, c := range st.VCPUs {
 		info.VCPUs = append(info.VCPUs, VCPUInfo{Index: c.Index, TID: c.TID, Name: c.Thread, Affinity: c.Affinity})
 	}

@@ -33,6 +33,12 @@ type BridgeConfig struct {
 	Addrs []netip.Prefix
 	// MTU is the bridge's MTU; 0 means DefaultMTU.
 	MTU int
+	// Owner, if set, marks the bridge as made for one user (popvmm puts
+	// "popvmm cluster NAME" there): a new bridge gets it as its alias
+	// (IFLA_IFALIAS, in the same request that creates it), and an existing
+	// link of that name without that alias is refused rather than taken
+	// over. RemoveStaleBridge deletes what a killed owner left.
+	Owner string
 }
 
 // EnsureBridge converges the bridge name to one host address, hostAddr,
@@ -64,7 +70,7 @@ func (c BridgeConfig) Ensure() (b *Bridge, err error) {
 
 	link, err := netlink.LinkByName(c.Name)
 	if errors.As(err, &netlink.LinkNotFoundError{}) {
-		err = netlink.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: c.Name}})
+		err = netlink.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: c.Name, Alias: c.Owner}})
 		switch {
 		case err == nil:
 			// A bridge this call made is gone again if the call fails.
@@ -86,6 +92,9 @@ func (c BridgeConfig) Ensure() (b *Bridge, err error) {
 	}
 	if _, ok := link.(*netlink.Bridge); !ok {
 		return nil, fmt.Errorf("bridge %s: a %s link of that name exists and is not a bridge", c.Name, link.Type())
+	}
+	if a := link.Attrs().Alias; c.Owner != "" && a != c.Owner {
+		return nil, fmt.Errorf("bridge %s: a bridge of that name exists and is not %s's (its alias is %q); delete it (ip link del %s) or choose another name", c.Name, c.Owner, a, c.Name)
 	}
 
 	// Stale addresses go first: deleting an IPv4 primary address deletes
@@ -219,6 +228,35 @@ func RemoveLink(name string) error {
 		return fmt.Errorf("delete %s: %w", name, err)
 	}
 	return nil
+}
+
+// RemoveStaleBridge deletes the bridge called name if its alias is owner
+// (BridgeConfig.Owner): the bridge a killed owner left behind. It reports
+// whether it deleted one; a missing link is no error, and a link of that
+// name that is not such a bridge is left alone and reported.
+func RemoveStaleBridge(name, owner string) (bool, error) {
+	if err := CheckLinkName(name); err != nil {
+		return false, err
+	}
+	if owner == "" {
+		return false, fmt.Errorf("bridge %s: no owner to recognise a stale bridge by", name)
+	}
+	link, err := netlink.LinkByName(name)
+	if errors.As(err, &netlink.LinkNotFoundError{}) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("look up %s: %w", name, err)
+	}
+	_, isBridge := link.(*netlink.Bridge)
+	if a := link.Attrs(); !isBridge || a.Name != name || a.Alias != owner {
+		return false, fmt.Errorf("bridge %s: a %s link of that name exists and is not %s's (alias %q); delete it (ip link del %s) or choose another name",
+			name, link.Type(), owner, a.Alias, name)
+	}
+	if err := netlink.LinkDel(link); err != nil && !errors.As(err, &netlink.LinkNotFoundError{}) {
+		return false, fmt.Errorf("delete stale bridge %s: %w", name, err)
+	}
+	return true, nil
 }
 
 // Tap is a non-persistent tap device on a bridge: it exists exactly as long

@@ -3,6 +3,8 @@ package vnet
 import (
 	"errors"
 	"fmt"
+	"hash/fnv"
+	"strconv"
 
 	"golang.org/x/sys/unix"
 )
@@ -48,4 +50,22 @@ func CheckLinkName(name string) error {
 // dev_valid_name, which then refuses a UTF-8 name such as "à" (c3 a0).
 func kernelSpace(c byte) bool {
 	return c == ' ' || (c >= '\t' && c <= '\r') || c == 0xa0
+}
+
+// TapName is the tap of kernel index (its peer id) of cluster: "pvt-" plus
+// the cluster name plus "-" and the index, within IFNAMSIZ; a cluster name
+// too long for that is cut and followed by a hash of the whole name, so the
+// taps of two clusters up at once differ. cluster.Check checks the result
+// with CheckLinkName.
+func TapName(cluster string, index int) string {
+	idx := "-" + strconv.Itoa(index)
+	name := "pvt-" + cluster + idx
+	if len(name) <= MaxLinkName {
+		return name
+	}
+	h := fnv.New32a()
+	h.Write([]byte(cluster))
+	hash := fmt.Sprintf("-%04x", h.Sum32()&0xffff)
+	keep := max(MaxLinkName-len("pvt-")-len(hash)-len(idx), 0)
+	return "pvt-" + cluster[:min(keep, len(cluster))] + hash + idx
 }

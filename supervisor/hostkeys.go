@@ -1,0 +1,38 @@
+package supervisor
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/popvmm/popvmm/guest"
+)
+
+// prepareHostKeys makes sure every kernel has its SSH host key (kept in
+// RUNDIR/ssh from one `up` to the next) and writes RUNDIR/known_hosts with
+// each kernel's address and key, which `popvmm ssh` checks against
+// (StrictHostKeyChecking=yes). It returns the keys by kernel name, for the
+// overlays.
+func (s *Supervisor) prepareHostKeys(runDir string) (map[string]*guest.HostKey, error) {
+	dir := filepath.Join(runDir, "ssh")
+	keys := map[string]*guest.HostKey{}
+	var lines []string
+	for _, k := range s.cl.Kernels {
+		hk, err := guest.EnsureHostKey(dir, k.Name)
+		if err != nil {
+			return nil, fmt.Errorf("kernel %s: %w", k.Name, err)
+		}
+		keys[k.Name] = hk
+		lines = append(lines, hk.KnownHostsLine(k.IP))
+	}
+	p := filepath.Join(runDir, guest.KnownHostsName)
+	tmp := p + ".tmp"
+	if err := os.WriteFile(tmp, []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
+		return nil, fmt.Errorf("known_hosts: %w", err)
+	}
+	if err := os.Rename(tmp, p); err != nil {
+		return nil, fmt.Errorf("known_hosts: %w", err)
+	}
+	return keys, nil
+}

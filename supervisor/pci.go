@@ -1,0 +1,388 @@
+package supervisor
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/popvmm/popvmm/memmap"
+	"github.com/popvmm/popvmm/vmm"
+	"github.com/popvmm/popvmm/vmm/bus"
+	"github.com/popvmm/popvmm/vmm/kvm"
+	"github.com/popvmm/popvmm/vmm/pci"
+)
+
+// pciConfigPort is configuration mechanism #1's address register; the
+// data window follows it (0xCF8-0xCFF).
+const pciConfigPort = 0xcf8
+
+// firstMSIGSI is the first GSI handed to MSI vectors: 0-23 are the
+// in-kernel IOAPIC's pins (vmm.VM.SetMSIRoute refuses them).
+const firstMSIGSI = 24
+
+// pciHost is one VM's PCI side, shared by every PCI device popvmm puts in
+// it (virtio-net, the window device): the bus with its host bridge on the
+// VM's port-I/O bus at 0xCF8, the BAR allocator over the kernel's PCI
+// windows, GSIs for MSI vectors, and what the devices registered with KVM
+// (eventfds, ioeventfd goroutines), released by Close. Devices reach it
+// only through the small pieces it hands out: AddFunction, newMSIRouter,
+// notify, and barMover.
+type pciHost struct {
+	vm    *vmm.VM
+	bus   *pci.Bus
+	alloc *pci.Allocator
+	log   *slog.Logger
+
+	mu      sync.Mutex
+	nextGSI uint32
+	closers []func() // in the order they were added; run backwards
+	closed  bool
+}
+
+// newPCIHost puts a PCI bus on v, its BARs in l's PCI windows.
+func newPCIHost(v *vmm.VM, l *memmap.Layout, log *slog.Logger) (*pciHost, error) {
+	h := &pciHost{vm: v, bus: pci.NewBus(), alloc: pci.NewAllocator(l), log: log, nextGSI: firstMSIGSI}
+	if err := v.PIO().Insert(h.bus.ConfigPorts(), "pci-config", pciConfigPort, 8); err != nil {
+		return nil, fmt.Errorf("pci: %w", err)
+	}
+	h.onClose(func() { v.PIO().Remove(pciConfigPort) })
+	return h, nil
+}
+
+// onClose adds f to what Close undoes.
+func (h *pciHost) onClose(f func()) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.closers = append(h.closers, f)
+}
+
+// Close undoes everything the host and its devices registered, newest
+// first. Call it once the devices are stopped (no more interrupts), before
+// or after the VM is closed. Calling it again is harmless.
+func (h *pciHost) Close() {
+	h.mu.Lock()
+	cs := h.closers
+	h.closers, h.closed = nil, true
+	h.mu.Unlock()
+	for i := len(cs) - 1; i >= 0; i-- {
+		cs[i]()
+	}
+}
+
+// allocGSI returns a GSI of the VM's for one MSI vector.
+func (h *pciHost) allocGSI() uint32 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	g := h.nextGSI
+	h.nextGSI++
+	return g
+}
+
+// AddFunction puts fn on the bus and maps its memory BARs on the VM's MMIO
+// bus: bars[i] is the bus.Device for BAR slot i at the address fn.BARs()
+// gives (placed beforehand with h.alloc). It returns the device number.
+func (h *pciHost) AddFunction(name string, fn pci.Function, bars map[int]bus.Device) (int, error) {
+	have := fn.BARs()
+	var mapped []uint64
+	undo := func() {
+		for _, a := range mapped {
+			h.vm.MMIO().Remove(a)
+		}
+	}
+	for i, d := range bars {
+		b := have[i]
+		if i < 0 || i >= pci.NumBARs || b.Size == 0 {
+			undo()
+			return 0, fmt.Errorf("pci %s: BAR%d has no size", name, i)
+		}
+		if err := h.vm.MMIO().Insert(d, fmt.Sprintf("%s-bar%d", name, i), b.Addr, b.Size); err != nil {
+			undo()
+			return 0, fmt.Errorf("pci %s: %w", name, err)
+		}
+		mapped = append(mapped, b.Addr)
+	}
+	dev, err := h.bus.Add(fn)
+	if err != nil {
+		undo()
+		return 0, err
+	}
+	h.log.Debug("pci function added", "device", name, "slot", dev, "bars", fmt.Sprintf("%#x", have[0].Addr))
+	return dev, nil
+}
+
+// newEventFD makes a non-blocking, close-on-exec eventfd.
+func newEventFD() (int, error) {
+	fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		return -1, os.NewSyscallError("eventfd", err)
+	}
+	return fd, nil
+}
+
+// msiRouter is pci.MSIRouter over KVM: one eventfd and one GSI per vector.
+// SetRoute rewrites the vector's GSI route (KVM_SET_GSI_ROUTING) and
+// assigns its eventfd as the GSI's irqfd while the vector is unmasked,
+// deassigning it while masked (KVM injects what the eventfd counted in the
+// meantime on the next assign); Signal writes the eventfd, so an interrupt
+// from a device goroutine goes straight into KVM.
+type msiRouter struct {
+	vm   *vmm.VM
+	name string
+
+	mu       sync.Mutex
+	fds      []int
+	gsis     []uint32
+	assigned []bool
+}
+
+var _ pci.MSIRouter = (*msiRouter)(nil)
+
+// newMSIRouter makes the router for n vectors of device name; h.Close
+// deassigns and closes its eventfds.
+func (h *pciHost) newMSIRouter(name string, n int) (_ *msiRouter, err error) {
+	r := &msiRouter{vm: h.vm, name: name}
+	defer func() {
+		if err != nil {
+			r.close()
+		}
+	}()
+	for range n {
+		fd, err := newEventFD()
+		if err != nil {
+			return nil, fmt.Errorf("%s: MSI-X: %w", name, err)
+		}
+		r.fds = append(r.fds, fd)
+		r.gsis = append(r.gsis, h.allocGSI())
+		r.assigned = append(r.assigned, false)
+	}
+	h.onClose(r.close)
+	return r, nil
+}
+
+// SetRoute implements pci.MSIRouter.
+func (r *msiRouter) SetRoute(vector int, rt pci.MSIRoute) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if vector < 0 || vector >= len(r.fds) {
+		return fmt.Errorf("%s: no MSI-X vector %d", r.name, vector)
+	}
+	fd, gsi := r.fds[vector], r.gsis[vector]
+	if rt.Masked {
+		if !r.assigned[vector] {
+			return nil
+		}
+		r.assigned[vector] = false
+		return r.vm.RemoveIRQFD(fd, gsi)
+	}
+	if err := r.vm.SetMSIRoute(gsi, rt.Addr, rt.Data); err != nil {
+		return err
+	}
+	if r.assigned[vector] {
+		return nil
+	}
+	if err := r.vm.IRQFD(fd, gsi); err != nil {
+		return err
+	}
+	r.assigned[vector] = true
+	return nil
+}
+
+// Signal implements pci.MSIRouter: one count on the vector's eventfd.
+func (r *msiRouter) Signal(vector int) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.fds == nil {
+		return nil // closed at teardown
+	}
+	if vector < 0 || vector >= len(r.fds) {
+		return fmt.Errorf("%s: no MSI-X vector %d", r.name, vector)
+	}
+	return signalEventFD(r.fds[vector])
+}
+
+func signalEventFD(fd int) error {
+	one := [8]byte{1}
+	for {
+		_, err := unix.Write(fd, one[:])
+		switch {
+		case err == nil, errors.Is(err, unix.EAGAIN): // a full counter still signals
+			return nil
+		case errors.Is(err, unix.EINTR):
+			continue
+		}
+		return os.NewSyscallError("write eventfd", err)
+	}
+}
+
+// close deassigns the irqfds still assigned and closes the eventfds.
+func (r *msiRouter) close() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i, fd := range r.fds {
+		if r.assigned[i] {
+			r.vm.RemoveIRQFD(fd, r.gsis[i]) // fails harmlessly once the VM is closed
+			r.assigned[i] = false
+		}
+		unix.Close(fd)
+	}
+	r.fds = nil
+}
+
+// notifier is a guest-write doorbell: a KVM ioeventfd at an MMIO address
+// whose eventfd a goroutine reads, calling kick for each batch of writes.
+// The vCPU never leaves the guest for it.
+type notifier struct {
+	vm   *vmm.VM
+	f    *os.File
+	mu   sync.Mutex
+	ev   kvm.IOEvent
+	on   bool
+	done chan struct{}
+}
+
+// notify registers an ioeventfd for writes of length n (0: any) at addr
+// and starts its goroutine; h.Close stops it.
+func (h *pciHost) notify(addr uint64, n int, kick func()) (*notifier, error) {
+	fd, err := newEventFD()
+	if err != nil {
+		return nil, err
+	}
+	nt := &notifier{vm: h.vm, f: os.NewFile(uintptr(fd), "ioeventfd"), done: make(chan struct{})}
+	nt.ev = kvm.IOEvent{FD: fd, Addr: addr, Len: uint32(n)}
+	if err := h.vm.IOEventFD(nt.ev); err != nil {
+		nt.f.Close()
+		return nil, fmt.Errorf("ioeventfd at %#x: %w", addr, err)
+	}
+	nt.on = true
+	go nt.run(kick)
+	h.onClose(nt.close)
+	return nt, nil
+}
+
+func (nt *notifier) run(kick func()) {
+	defer close(nt.done)
+	var b [8]byte
+	for {
+		// The runtime poller parks the goroutine; Close wakes it.
+		if _, err := nt.f.Read(b[:]); err != nil {
+			return
+		}
+		kick()
+	}
+}
+
+// move re-registers the ioeventfd at addr; the goroutine and eventfd stay.
+func (nt *notifier) move(addr uint64) error {
+	nt.mu.Lock()
+	defer nt.mu.Unlock()
+	if nt.on {
+		if err := nt.vm.RemoveIOEventFD(nt.ev); err != nil {
+			return err
+		}
+		nt.on = false
+	}
+	nt.ev.Addr = addr
+	if err := nt.vm.IOEventFD(nt.ev); err != nil {
+		return err
+	}
+	nt.on = true
+	return nil
+}
+
+func (nt *notifier) close() {
+	nt.mu.Lock()
+	if nt.on {
+		nt.vm.RemoveIOEventFD(nt.ev) // fails harmlessly once the VM is closed
+		nt.on = false
+	}
+	nt.mu.Unlock()
+	nt.f.Close()
+	<-nt.done
+}
+
+// barMover re-maps a function's BAR when the guest moves it: the MMIO
+// mapping and the notifiers inside it (at fixed offsets into the BAR). The
+// guest's BAR write arrives on a vCPU thread holding the device's lock,
+// while taking the MMIO bus's write lock waits for accesses in flight,
+// which may wait for that device lock: so the re-mapping runs on a
+// goroutine of its own, in the order the moves came.
+type barMover struct {
+	h    *pciHost
+	name string
+	dev  bus.Device
+	size uint64
+	// notifiers and their offsets into the BAR.
+	notifiers []*notifier
+	offsets   []uint64
+
+	mu    sync.Mutex
+	queue [][2]uint64 // {old, new}
+	wake  chan struct{}
+	wg    sync.WaitGroup
+	stop  chan struct{}
+}
+
+func (h *pciHost) newBARMover(name string, dev bus.Device, size uint64) *barMover {
+	m := &barMover{h: h, name: name, dev: dev, size: size, wake: make(chan struct{}, 1), stop: make(chan struct{})}
+	m.wg.Add(1)
+	go m.run()
+	h.onClose(func() { close(m.stop); m.wg.Wait() })
+	return m
+}
+
+// MoveBAR implements virtio.BARMover: it queues the move and returns.
+func (m *barMover) MoveBAR(old, new uint64) error {
+	if _, ok := memmap.End(new, m.size); !ok {
+		return fmt.Errorf("%s: BAR at %#x+%#x runs past 2^64", m.name, new, m.size)
+	}
+	m.mu.Lock()
+	m.queue = append(m.queue, [2]uint64{old, new})
+	m.mu.Unlock()
+	select {
+	case m.wake <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+func (m *barMover) run() {
+	defer m.wg.Done()
+	for {
+		select {
+		case <-m.stop:
+			return
+		case <-m.wake:
+		}
+		m.mu.Lock()
+		q := m.queue
+		m.queue = nil
+		m.mu.Unlock()
+		for _, mv := range q {
+			if err := m.apply(mv[0], mv[1]); err != nil {
+				m.h.log.Warn("pci: guest moved a BAR; not re-mapped", "device", m.name,
+					"from", fmt.Sprintf("%#x", mv[0]), "to", fmt.Sprintf("%#x", mv[1]), "err", err)
+			} else {
+				m.h.log.Debug("pci: BAR moved", "device", m.name, "from", fmt.Sprintf("%#x", mv[0]), "to", fmt.Sprintf("%#x", mv[1]))
+			}
+		}
+	}
+}
+
+func (m *barMover) apply(old, new uint64) error {
+	mmio := m.h.vm.MMIO()
+	mmio.Remove(old)
+	var errs []error
+	if err := mmio.Insert(m.dev, m.name, new, m.size); err != nil {
+		errs = append(errs, err)
+	}
+	for i, nt := range m.notifiers {
+		if err := nt.move(new + m.offsets[i]); err != nil {
+			errs = append(errs, fmt.Errorf("notifier %d: %w", i, err))
+		}
+	}
+	return errors.Join(errs...)
+}
