@@ -1,6 +1,7 @@
 package ipi_test
 
 import (
+	"net"
 	"slices"
 	"testing"
 
@@ -219,4 +220,66 @@ func TestDoorbellsLimits(t *testing.T) {
 	if b.Ring(ipi.BellID{}) {
 		t.Error("Ring after Close = true")
 	}
+}
+
+// TestHostileClientsLeaveNoBells: raw clients that talk, vanish or never
+// read, joining and leaving in a burst while kernels start and stop, leave
+// every VM with exactly the kernels' ioeventfds once they are gone, and no
+// wiring error (no collision, no removal of what was not registered).
+func TestHostileClientsLeaveNoBells(t *testing.T) {
+	const vectors = 2
+	bells := newBells(t, 2, 4, vectors)
+	sock, srv := ipitest.Serve(t, 1<<20, 0, ipi.ServerConfig{Vectors: vectors, FirstID: 2, MaxPeers: 4, Doorbells: bells})
+	k0 := newVM(t, bells, 0, 1<<20, nil)
+	k1 := newVM(t, bells, 1, 1<<20, nil)
+	var conns []net.Conn
+	var boot ipi.Boot
+	for i := range 40 {
+		if i%10 == 0 {
+			bells.KernelStopped(boot, nil, true) // the first time: no boot yet
+			var err error
+			if boot, err = bells.KernelStarted(1); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch i % 4 {
+		case 0:
+			c.Close() // vanishes
+		case 1:
+			c.Write([]byte("garbage")) // talks
+			conns = append(conns, c)
+		case 2:
+			conns = append(conns, c) // never reads
+		case 3:
+			buf := make([]byte, 64)
+			c.Read(buf) // reads a bit, then vanishes
+			c.Close()
+		}
+		if i%10 == 9 {
+			for _, c := range conns {
+				c.Close()
+			}
+			conns = nil
+			waitPeers(t, srv, func(ids []int) bool { return len(ids) == 0 })
+			bells.KernelStopped(ipi.Boot{Kernel: 1}, nil, false) // stale: ignored
+		}
+	}
+	waitPeers(t, srv, func(ids []int) bool { return len(ids) == 0 })
+	for k, v := range []*vm{k0, k1} {
+		waitFor(t, "only the kernels' bells", func() bool { return len(v.dev.Ioeventfds()) == 2*vectors })
+		for _, e := range v.dev.Ioeventfds() {
+			if e.Bell.Peer >= 2 {
+				t.Errorf("VM %d: ioeventfd for departed host peer %d", k, e.Bell.Peer)
+			}
+		}
+		if st := v.dev.Stats(); st.WiringErrors != 0 {
+			t.Errorf("VM %d: %+v", k, st)
+		}
+	}
+	c := dial(t, sock, vectors)
+	waitFor(t, "bells for the new peer", func() bool { return hasBells(k1, c.ID, vectors) })
 }
