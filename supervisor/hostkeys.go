@@ -36,3 +36,30 @@ func (s *Supervisor) prepareHostKeys(runDir string) (map[string]*guest.HostKey, 
 	}
 	return keys, nil
 }
+
+// SSHArgs is the ssh command line (without the program) that reaches
+// kernel k of the cluster st describes: the cluster's key only, root at the
+// kernel's address, its host key checked against RUNDIR/known_hosts and
+// nothing else (no prompt to trust a new key, no other known_hosts file),
+// then the remote command, if any.
+func SSHArgs(st *Status, k *KernelStatus, command []string) []string {
+	args := []string{
+		"-i", filepath.Join(st.RunDir, "ssh", guest.PrivateKeyName),
+		"-o", "IdentitiesOnly=yes",
+		"-o", "IdentityAgent=none",
+		"-o", "PasswordAuthentication=no",
+		"-o", "KbdInteractiveAuthentication=no",
+		"-o", "StrictHostKeyChecking=yes",
+		"-o", "UserKnownHostsFile=" + filepath.Join(st.RunDir, guest.KnownHostsName),
+		"-o", "GlobalKnownHostsFile=/dev/null",
+		"-o", "HostKeyAlgorithms=ssh-ed25519",
+		"-o", "CheckHostIP=no",
+		"-o", "ConnectTimeout=10",
+		"-o", "LogLevel=ERROR",
+		"root@" + k.IP,
+	}
+	if len(command) > 0 {
+		args = append(append(args, "--"), command...)
+	}
+	return args
+}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
@@ -406,10 +407,31 @@ func (c *cli) sshCmd() *cobra.Command {
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return c.withKernel(cmd, args[0], func(k *supervisor.KernelStatus) error {
-				return notBuilt("ssh %s: the virtual network (vnet) and the cluster SSH key are not built yet; %q will be at %s",
-					k.Name, k.Name, k.IP)
+			var st *supervisor.Status
+			err := c.withCluster(cmd, func(ctx context.Context, cl supervisor.Client) (err error) {
+				st, err = cl.Status(ctx)
+				return err
 			})
+			if err != nil {
+				return err
+			}
+			k := st.Kernel(args[0])
+			switch {
+			case k == nil:
+				var names []string
+				for _, k := range st.Kernels {
+					names = append(names, k.Name)
+				}
+				return usageErr("cluster %q has no kernel %q (kernels: %s)", st.Cluster, args[0], strings.Join(names, ", "))
+			case k.State != supervisor.StateRunning && k.State != supervisor.StateBooting:
+				return &exitError{exitFailure, fmt.Errorf("kernel %q is %s; `popvmm boot -c %s %s` starts it", k.Name, k.State, st.Cluster, k.Name)}
+			}
+			ssh, err := exec.LookPath("ssh")
+			if err != nil {
+				return fmt.Errorf("popvmm ssh runs the system ssh client, and there is none: %w (apt-get install openssh-client)", err)
+			}
+			argv := append([]string{ssh}, supervisor.SSHArgs(st, k, args[1:])...)
+			return syscall.Exec(ssh, argv, os.Environ())
 		},
 	}
 	cmd.Flags().SetInterspersed(false)
