@@ -14,14 +14,24 @@ import (
 func WriteStatus(w io.Writer, st *Status, now time.Time) error {
 	fmt.Fprintf(w, "cluster %s  supervisor pid %d  up %s  config %s\n",
 		st.Cluster, st.PID, now.Sub(st.Started).Round(time.Second), st.ConfigPath)
-	fmt.Fprintf(w, "network bridge %s  subnet %s  host %s   window %s\n",
-		st.Bridge, st.Subnet, st.HostIP, memmap.FormatSize(st.WindowSize))
+	// What exists is printed plainly; what the config plans but the host
+	// does not have (yet) says so.
+	bridge, host := st.Bridge, st.HostIP
+	if !st.BridgeExists {
+		bridge += " (planned, not created)"
+		host += " (planned)"
+	}
+	window := memmap.FormatSize(st.WindowSize)
+	if !st.WindowExists {
+		window += " (planned, not up)"
+	}
+	fmt.Fprintf(w, "network bridge %s  subnet %s  host %s   window %s\n", bridge, st.Subnet, host, window)
 	fmt.Fprintf(w, "vmm     %s\n\n", st.VMM)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tPEER\tSTATE\tBOOT\tFLAVOUR\tCORES\tMEMORY\tBACKING\tIP\tMAC")
+	fmt.Fprintln(tw, "NAME\tPEER\tSTATE\tBOOT\tFLAVOUR\tCORES\tMEMORY\tBACKING\tIP\tMAC\tTAP")
 	for _, k := range st.Kernels {
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.Name, k.PeerID, k.State, k.Boot, k.Flavour,
-			cluster.FormatCPUList(k.CPUs), memmap.FormatSize(k.Memory), k.Backing, k.IP, k.MAC)
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.Name, k.PeerID, k.State, k.Boot, k.Flavour,
+			cluster.FormatCPUList(k.CPUs), memmap.FormatSize(k.Memory), k.Backing, k.IP, k.MAC, tapText(k))
 	}
 	return tw.Flush()
 }
@@ -44,9 +54,10 @@ func WriteWindowStat(w io.Writer, st *WindowStat) error {
 	return tw.Flush()
 }
 
-func defaultTap(s string) string {
-	if s == "" {
+// tapText is the kernel's tap if it exists, else "-".
+func tapText(k KernelStatus) string {
+	if !k.TapExists || k.Tap == "" {
 		return "-"
 	}
-	return s
+	return k.Tap
 }

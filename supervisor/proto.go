@@ -91,6 +91,10 @@ type Status struct {
 	WindowSize uint64         `json:"window_size"`
 	Window     string         `json:"window_socket"`
 	Kernels    []KernelStatus `json:"kernels"`
+	// Whether the bridge and the window's socket exist on the host now,
+	// read from the host when the status is made; false: only planned.
+	BridgeExists bool `json:"bridge_exists"`
+	WindowExists bool `json:"window_exists"`
 }
 
 // KernelStatus is one kernel's line in Status.
@@ -115,6 +119,9 @@ type KernelStatus struct {
 	Exit    *MachineExit `json:"exit,omitempty"`
 	Machine *MachineInfo `json:"machine,omitempty"`
 	PTY     string       `json:"pty,omitempty"`
+	// TapExists: Tap is on the host now (read at status time); false while
+	// the kernel has no NIC, Tap being only its planned name.
+	TapExists bool `json:"tap_exists"`
 }
 
 // Kernel returns the named kernel's status, or nil.

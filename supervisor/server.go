@@ -361,6 +361,7 @@ func (s *Supervisor) Status() *Status {
 			ks.PTY = r.console.PTY()
 		}
 	}
+	st.readHost()
 	return st
 }
 
