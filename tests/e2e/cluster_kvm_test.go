@@ -75,7 +75,7 @@ func newKVMCluster(t *testing.T, name string, kernels ...kvmKernel) *kvmCluster 
 	t.Cleanup(func() {
 		if t.Failed() {
 			c.dumpConsoles()
-			t.Logf("reproduce: make build && bin/popvmm lab run -- sh -c 'cd tests/e2e && go test -c -o /tmp/e2e.test . && /tmp/e2e.test -test.run %s -test.v' (or scripts/test-kvm.sh with KVM_RUN=%s)", t.Name(), t.Name())
+			t.Logf("reproduce: make build && KVM_RUN='^%s$' scripts/test-kvm.sh (directly on KVM, in the lab elsewhere)", t.Name())
 		}
 		c.popvmm("down", "-c", c.config) // harmless when already down
 	})
