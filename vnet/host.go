@@ -35,7 +35,7 @@ type BridgeConfig struct {
 	MTU int
 	// Owner, if set, marks the bridge as made for one user (popvmm puts
 	// "popvmm cluster NAME" there): a new bridge gets it as its alias
-	// (IFLA_IFALIAS, in the same request that creates it), and an existing
+	// (IFLA_IFALIAS, set right after creating it), and an existing
 	// link of that name without that alias is refused rather than taken
 	// over. RemoveStaleBridge deletes what a killed owner left.
 	Owner string
@@ -68,11 +68,13 @@ func (c BridgeConfig) Ensure() (b *Bridge, err error) {
 		return nil, fmt.Errorf("bridge %s: MTU %d is outside 68-65535", c.Name, c.MTU)
 	}
 
+	created := false
 	link, err := netlink.LinkByName(c.Name)
 	if errors.As(err, &netlink.LinkNotFoundError{}) {
-		err = netlink.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: c.Name, Alias: c.Owner}})
+		err = netlink.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: c.Name}})
 		switch {
 		case err == nil:
+			created = true
 			// A bridge this call made is gone again if the call fails.
 			defer func() {
 				if b == nil {
@@ -93,7 +95,12 @@ func (c BridgeConfig) Ensure() (b *Bridge, err error) {
 	if _, ok := link.(*netlink.Bridge); !ok {
 		return nil, fmt.Errorf("bridge %s: a %s link of that name exists and is not a bridge", c.Name, link.Type())
 	}
-	if a := link.Attrs().Alias; c.Owner != "" && a != c.Owner {
+	if created && c.Owner != "" {
+		// RTM_NEWLINK ignores IFLA_IFALIAS: the mark is set right after.
+		if err := netlink.LinkSetAlias(link, c.Owner); err != nil {
+			return nil, fmt.Errorf("bridge %s: mark it as %s's: %w", c.Name, c.Owner, err)
+		}
+	} else if a := link.Attrs().Alias; c.Owner != "" && a != c.Owner {
 		return nil, fmt.Errorf("bridge %s: a bridge of that name exists and is not %s's (its alias is %q); delete it (ip link del %s) or choose another name", c.Name, c.Owner, a, c.Name)
 	}
 
