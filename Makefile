@@ -7,7 +7,7 @@ CLUSTER  ?= examples/cluster.toml
 VERSION  := $(shell git describe --always --dirty 2>/dev/null || echo unknown)
 FUZZTIME ?= 60s
 
-.PHONY: all deps build images initramfs lab up test test-kvm test-images vet fuzz bench bench-boot clean
+.PHONY: all deps build install uninstall images initramfs lab up test test-kvm test-images vet fuzz bench bench-boot clean
 
 all: build
 
@@ -17,8 +17,22 @@ deps:
 
 ## build: the popvmm binary in bin/
 build:
-	@echo "==> building $(BIN) ($(VERSION))"
+	@echo "==> building $(BIN) and bin/popagent ($(VERSION))"
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/popvmm
+	$(GO) build -o bin/popagent ./cmd/popagent
+
+## install: bin/popvmm (and bin/popagent, if built) into $(DESTDIR)$(PREFIX)/bin; nothing else
+PREFIX ?= /usr/local
+BINDIR  = $(DESTDIR)$(PREFIX)/bin
+install: build
+	@echo "==> installing into $(BINDIR)"
+	install -d $(BINDIR)
+	install -m 0755 $(BIN) $(BINDIR)/popvmm
+	@if [ -f bin/popagent ]; then echo "install -m 0755 bin/popagent $(BINDIR)/popagent"; install -m 0755 bin/popagent $(BINDIR)/popagent; fi
+
+## uninstall: remove what install put in $(DESTDIR)$(PREFIX)/bin
+uninstall:
+	rm -f $(BINDIR)/popvmm $(BINDIR)/popagent
 
 ## images: both flavours' kernels and initramfs in images/out (cached by input hash)
 images: deps
