@@ -13,8 +13,8 @@ fi
 echo "==> deps: $(go version) (go.mod wants $need_go)"
 
 # gcc: the race detector needs cgo. git: version stamping. iproute2: later
-# network tests. xz-utils: the kernel source tarball.
-pkgs=(gcc make git iproute2 xz-utils)
+# network tests. xz-utils: the kernel source tarball. openssh-client: popvmm ssh.
+pkgs=(gcc make git iproute2 xz-utils openssh-client)
 # Kernel build (images/build-kernel.sh) and QEMU, the reference VMM that
 # the image tests and benchmarks boot the kernels with.
 pkgs+=(build-essential flex bison bc libelf-dev patch qemu-system-x86)
