@@ -28,7 +28,7 @@ import (
 
 // NestedFlags are the guest kernel parameters the nested software KVM
 // backend needs: it cannot emulate xrstor, clac/stac, cmpxchg16b or popcnt
-// (../shared/notes/kvm-here.md; docs/kernel-images.md).
+// (docs/kvm-backends.md, docs/kernel-images.md).
 const NestedFlags = "noxsave nosmap clearcpuid=cx16,smap,umip,popcnt"
 
 // NestedBackend reports whether the KVM serving this host's /dev/kvm is the

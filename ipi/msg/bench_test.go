@@ -18,7 +18,7 @@ import (
 	"github.com/popvmm/popvmm/ipi/msg"
 )
 
-// Benchmarks for issue 7, each beside its reference in the same run:
+// Benchmarks of the window, each beside its reference in the same run:
 //   one-way latency of 64-byte messages (p50/p99 from ping-pong round
 //   trips / 2): polled, doorbell-woken; Unix socket and pipe ping-pong.
 //   message rate (64 B, one direction): window vs Unix socket.
