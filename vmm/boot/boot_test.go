@@ -324,8 +324,9 @@ func TestMPTable(t *testing.T) {
 	if string(table[:4]) != "PCMP" || sum(table) != 0 || ptr+n > memmap.LowRAMEnd {
 		t.Fatalf("config table %q, checksum %d, ends %#x", table[:4], sum(table), ptr+n)
 	}
-	// Entries: 2 processors (first the BSP), ISA bus, IOAPIC, 16 + 2 interrupts.
-	if got := le.Uint16(table[34:]); got != 2+1+1+18 {
+	// Entries: 2 processors (first the BSP), PCI and ISA buses, IOAPIC,
+	// 16 ISA + 8 PCI + 2 local interrupts.
+	if got := le.Uint16(table[34:]); got != 2+2+1+16+boot.PCIINTxDevices+2 {
 		t.Errorf("%d entries", got)
 	}
 	if table[44] != 0 || table[44+3] != 3 || table[64] != 0 || table[64+1] != 1 || table[64+3] != 1 {

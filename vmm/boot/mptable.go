@@ -10,8 +10,9 @@ import (
 
 // MP table (Intel MultiProcessor Specification 1.4): a floating pointer
 // structure and a configuration table in the EBDA, with one processor entry
-// per vCPU, the ISA bus, the IOAPIC and the interrupt routing of ISA IRQs
-// 0-15 to IOAPIC pins. Linux reads it when there is no ACPI.
+// per vCPU, the PCI and ISA buses, the IOAPIC, the interrupt routing of ISA
+// IRQs 0-15 to IOAPIC pins and of PCI INTA# lines (mptable_pci.go). Linux
+// reads it when there is no ACPI.
 const (
 	mpfSize       = 16
 	mpcHeaderSize = 44
@@ -37,7 +38,8 @@ const (
 
 	// MaxCPUs is how many processor entries fit the EBDA space reserved
 	// for the table.
-	MaxCPUs = (memmap.LowRAMEnd - memmap.MPTableAddr - mpfSize - mpcHeaderSize - mpBusSize - mpIOAPICSize - 18*mpIntSize) / mpProcSize
+	MaxCPUs = (memmap.LowRAMEnd - memmap.MPTableAddr - mpfSize - mpcHeaderSize - 2*mpBusSize - mpIOAPICSize -
+		(18+PCIINTxDevices)*mpIntSize) / mpProcSize
 )
 
 // WriteMPTable writes the MP floating pointer and configuration table for
@@ -63,7 +65,9 @@ func WriteMPTable(mem *guestmem.Memory, cpus int) error {
 		le.PutUint32(e[8:], 1<<9|1<<0) // features: APIC, FPU
 		add(e)
 	}
-	add([]byte{mpBus, 0, 'I', 'S', 'A', ' ', ' ', ' '})
+	pci := mpPCIEntries()
+	add(pci[0]) // the PCI bus, then ISA: bus entries precede the others
+	add([]byte{mpBus, mpISABusID, 'I', 'S', 'A', ' ', ' ', ' '})
 	ioa := make([]byte, mpIOAPICSize)
 	ioa[0], ioa[1], ioa[2], ioa[3] = mpIOAPIC, ioapicID, ioapicVersion, 1
 	le.PutUint32(ioa[4:], memmap.IOAPICBase)
@@ -71,7 +75,10 @@ func WriteMPTable(mem *guestmem.Memory, cpus int) error {
 	for irq := range 16 {
 		e := make([]byte, mpIntSize)
 		e[0], e[1] = mpIOIntr, intINT
-		e[4], e[5], e[6], e[7] = 0, byte(irq), ioapicID, byte(irq) // bus 0 IRQ → IOAPIC pin
+		e[4], e[5], e[6], e[7] = mpISABusID, byte(irq), ioapicID, byte(irq) // ISA IRQ → IOAPIC pin
+		add(e)
+	}
+	for _, e := range pci[1:] {
 		add(e)
 	}
 	// Local interrupts: ExtINT and NMI to every LAPIC's LINT0/LINT1.
