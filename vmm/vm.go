@@ -67,6 +67,7 @@ type VM struct {
 	msiRoutes map[uint32]kvm.Route
 	irqfds    map[[2]int]bool // {fd, gsi}
 	ioevents  []kvm.IOEvent
+	extra     extraSlots // AddMemory's slots (slots.go)
 }
 
 // machine is one boot's KVM objects: the KVM VM and its vCPUs. A reboot
@@ -200,6 +201,9 @@ func (v *VM) newMachine() (_ *machine, err error) {
 		return nil, err
 	}
 	if err := v.ram.slots(kv); err != nil {
+		return nil, err
+	}
+	if err := v.extra.register(kv); err != nil {
 		return nil, err
 	}
 	if len(v.msiRoutes) > 0 {
