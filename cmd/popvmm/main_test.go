@@ -139,6 +139,11 @@ func TestUpStatusDownInProcess(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "primary    0     defined  up") {
 		t.Errorf("status = %d %q %q", code, out, errs)
 	}
+	// status says what is: the window is up, the bridge (made only for
+	// kernels) is not, nor are the kernels' taps.
+	if !strings.Contains(out, "network bridge pv-demo (planned, not created)") || strings.Contains(out, "window 16 MiB (planned") || strings.Contains(out, "pvt-demo-") {
+		t.Errorf("status shows what does not exist, or hides what does:\n%s", out)
+	}
 	cases := []struct {
 		args []string
 		code int
@@ -147,7 +152,9 @@ func TestUpStatusDownInProcess(t *testing.T) {
 		{[]string{"boot", rr, "secondary"}, exitNoKVM, `cannot boot "secondary": the cluster was brought up with --no-kernels`},
 		{[]string{"boot", rr, "nope"}, exitUsage, `no kernel "nope"`},
 		{[]string{"attach", rr, "secondary"}, exitFailure, `kernel "secondary" is defined: it has no console until it boots`},
-		{[]string{"ssh", rr, "secondary", "uname", "-a"}, exitNoKVM, "will be at 10.199.0.3"},
+		{[]string{"ssh", rr, "secondary", "uname", "-a"}, exitFailure, "kernel \"secondary\" is defined; `popvmm boot -c demo secondary` starts it"},
+		{[]string{"msg", "ping", rr, "primary"}, exitFailure, `"primary" (peer 0) is not on the window`},
+		{[]string{"msg", "info", rr, "nobody"}, exitUsage, `no kernel or window peer named "nobody"`},
 		{[]string{"logs", rr, "primary"}, exitFailure, "no console output yet"},
 		{[]string{"status", rr, "-c", "other"}, exitFailure, "cluster is not up"},
 		{[]string{"up", rr, "--no-kernels", "../../examples/cluster.toml"}, exitFailure, `cluster "demo" is already up`},
@@ -157,6 +164,11 @@ func TestUpStatusDownInProcess(t *testing.T) {
 		code, _, errs := popvmm(t, c.args...)
 		if code != c.code || !strings.Contains(errs, c.msg) {
 			t.Errorf("popvmm %q = %d %q, want %d with %q", c.args, code, errs, c.code, c.msg)
+		}
+		for _, bad := range planWords {
+			if strings.Contains(errs, bad) {
+				t.Errorf("popvmm %q speaks of plans (%q): %s", c.args, bad, errs)
+			}
 		}
 	}
 	// logs prints the console log once there is one.
@@ -315,9 +327,13 @@ func TestUpWithoutKVMFailsFast(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(root, "demo")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("up without KVM left a run directory: %v", err)
 	}
-	for _, bad := range []string{"issue", "lands with", "VMM is not built", "is not built yet;"} {
+	for _, bad := range planWords {
 		if strings.Contains(errs, bad) {
 			t.Errorf("up's message speaks of plans (%q): %s", bad, errs)
 		}
 	}
 }
+
+// planWords must never reach a user: messages say what is, not what the
+// project plans.
+var planWords = []string{"issue", "lands", "not built yet", "will be", "VMM is not built"}
