@@ -554,6 +554,7 @@ func (c *checker) checkAcross(cl *Cluster) {
 	if len(cl.Kernels) > 0 && up == 0 {
 		c.errf("kernel", "every kernel has boot = \"manual\": at least one must boot with the cluster (boot = \"up\")")
 	}
+	c.checkWindowPeers(cl) // window.go
 	c.checkHostCPUs(cl)
 	c.checkHostMemory(cl)
 	c.assignAddresses(cl)
