@@ -1,12 +1,17 @@
 package lab
 
 import (
+	"bytes"
 	"crypto/sha256"
+	"debug/elf"
 	_ "embed"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 
@@ -23,13 +28,14 @@ const KernelPackage = "linux-image-6.1.0-57-amd64"
 // BusyboxPackage gives the lab initramfs its shell and tools.
 const BusyboxPackage = "busybox-static"
 
-// Image is a built lab host: Dir/vmlinuz (the Debian kernel) and
-// Dir/lab.cpio (busybox, the modules and /init), with Dir/key naming the
-// inputs it was built from.
+// Image is a built lab host: Dir/vmlinux (the Debian kernel, decompressed
+// at build time so QEMU starts it at its PVH entry without firmware and
+// without an XZ decompression under emulation) and Dir/lab.cpio (busybox,
+// the modules and /init), with Dir/key naming the inputs it was built from.
 type Image struct{ Dir string }
 
-// Kernel is the lab host's kernel.
-func (im Image) Kernel() string { return filepath.Join(im.Dir, "vmlinuz") }
+// Kernel is the lab host's kernel, an ELF file with a PVH entry note.
+func (im Image) Kernel() string { return filepath.Join(im.Dir, "vmlinux") }
 
 // Initrd is the lab host's initramfs.
 func (im Image) Initrd() string { return filepath.Join(im.Dir, "lab.cpio") }
@@ -51,14 +57,21 @@ func CacheDir() string {
 	return filepath.Join(home, ".cache", "popvmm")
 }
 
-// DefaultImage is the image `make lab` builds and `popvmm lab` uses.
-func DefaultImage() Image { return Image{filepath.Join(CacheDir(), "lab")} }
+// DefaultImage is the image `make lab` builds and `popvmm lab` uses: a
+// directory named by the image's key, so binaries built from different
+// commits each find their own image in one cache.
+func DefaultImage() Image { return Image{filepath.Join(CacheDir(), "lab", key())} }
 
-// key names this binary's idea of the image: its /init and module list.
+// imageFormat changes whenever Build writes something different from the
+// same inputs.
+const imageFormat = "2 vmlinux"
+
+// key names this binary's idea of the image: its /init, module list and
+// format.
 func key() string {
 	h := sha256.New()
 	h.Write(initScript)
-	fmt.Fprintf(h, "%s\n%s\n", KernelPackage, strings.Join(Modules, " "))
+	fmt.Fprintf(h, "%s\n%s\n%s\n", KernelPackage, strings.Join(Modules, " "), imageFormat)
 	return hex.EncodeToString(h.Sum(nil))[:16]
 }
 
@@ -138,15 +151,24 @@ func (im Image) Build(debs string) (rebuilt bool, err error) {
 	if err != nil {
 		return false, fmt.Errorf("lab kernel: %w", err)
 	}
+	vmlinux, err := extractVmlinux(kernel)
+	if err != nil {
+		return false, fmt.Errorf("lab kernel %s: %w", version, err)
+	}
 	// Written beside the image and renamed into place: a reader never sees
 	// half an image, and a failed build leaves the old one.
-	tmp := im.Dir + ".tmp"
-	os.RemoveAll(tmp)
-	if err := os.MkdirAll(tmp, 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(im.Dir), 0o755); err != nil {
+		return false, err
+	}
+	tmp, err := os.MkdirTemp(filepath.Dir(im.Dir), filepath.Base(im.Dir)+".tmp-")
+	if err != nil {
 		return false, err
 	}
 	defer os.RemoveAll(tmp)
-	for name, data := range map[string][]byte{"vmlinuz": kernel, "lab.cpio": cpio, "key": []byte(key() + "\n")} {
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		return false, err
+	}
+	for name, data := range map[string][]byte{"vmlinux": vmlinux, "lab.cpio": cpio, "key": []byte(key() + "\n")} {
 		if err := os.WriteFile(filepath.Join(tmp, name), data, 0o644); err != nil {
 			return false, err
 		}
@@ -158,4 +180,56 @@ func (im Image) Build(debs string) (rebuilt bool, err error) {
 		return false, fmt.Errorf("install lab image: %w", err)
 	}
 	return true, nil
+}
+
+// extractVmlinux returns the ELF kernel inside a bzImage whose payload is
+// XZ-compressed (Debian's: CONFIG_KERNEL_XZ), decompressed by xz(1), and
+// checks that it has the PVH entry note QEMU needs to start it directly.
+func extractVmlinux(bz []byte) ([]byte, error) {
+	i := bytes.Index(bz, []byte{0xfd, '7', 'z', 'X', 'Z', 0})
+	if i < 0 {
+		return nil, errors.New("no XZ payload in the bzImage")
+	}
+	var out, errb bytes.Buffer
+	cmd := exec.Command("xz", "-dc", "--single-stream")
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = bytes.NewReader(bz[i:]), &out, &errb
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("xz (make deps installs xz-utils): %v: %s", err, strings.TrimSpace(errb.String()))
+	}
+	f, err := elf.NewFile(bytes.NewReader(out.Bytes()))
+	if err != nil {
+		return nil, fmt.Errorf("decompressed kernel: %w", err)
+	}
+	defer f.Close()
+	if !hasPVHNote(f) {
+		return nil, errors.New("the kernel has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY; CONFIG_PVH)")
+	}
+	return out.Bytes(), nil
+}
+
+// hasPVHNote looks for the Xen ELF note XEN_ELFNOTE_PHYS32_ENTRY (18),
+// where QEMU's PVH loader finds the 32-bit entry point.
+func hasPVHNote(f *elf.File) bool {
+	for _, p := range f.Progs {
+		if p.Type != elf.PT_NOTE {
+			continue
+		}
+		data, err := io.ReadAll(p.Open())
+		if err != nil {
+			return false
+		}
+		for len(data) >= 12 {
+			nameSz, descSz, typ := binary.LittleEndian.Uint32(data), binary.LittleEndian.Uint32(data[4:]), binary.LittleEndian.Uint32(data[8:])
+			name := (uint64(nameSz) + 3) &^ 3
+			desc := (uint64(descSz) + 3) &^ 3
+			if uint64(len(data)) < 12+name+desc {
+				break
+			}
+			if typ == 18 && strings.TrimRight(string(data[12:12+nameSz]), "\x00") == "Xen" {
+				return true
+			}
+			data = data[12+name+desc:]
+		}
+	}
+	return false
 }

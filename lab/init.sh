@@ -1,6 +1,6 @@
 #!/bin/sh
 # popvmm lab host /init (busybox sh, from popvmm's lab initramfs): loads the
-# KVM, 9p and network modules, mounts the machine's / read-only with the
+# KVM, 9p (virtio-mmio) and network modules, mounts the machine's / read-only with the
 # shares writable over it, and runs the job in a chroot. Markers on ttyS0
 # ("popvmm-lab: STEP SECONDS" and "popvmm-lab: fail REASON") are read by
 # popvmm lab; the job's stdio is ttyS1 (stdin, stdout) and ttyS2 (stderr).
@@ -52,7 +52,11 @@ if [ -f $r/run/lab/interactive ]; then
 else
   chroot $r /bin/sh /run/lab/job.sh </dev/null >/dev/ttyS1 2>/dev/ttyS2
 fi
-echo $? >$r/run/lab/status
+st=$?
+# Wait until the UARTs have sent every byte the job wrote (tcsetattr with
+# TCSADRAIN), or poweroff would cut off the tail of its output.
+for t in 1 2; do stty -F /dev/ttyS$t raw -echo 2>/dev/null; done
+echo $st >$r/run/lab/status
 up done
 sync
 poweroff -f

@@ -61,21 +61,23 @@ func TestJobScriptQuotes(t *testing.T) {
 }
 
 func TestQEMUArgs(t *testing.T) {
-	c := Config{Image: Image{"/img"}, CPUs: 3, Memory: 2 << 30, Dir: "/work/a", Shares: []string{"/work/a/sub", "/data", "/data", "/"}}
+	c := Config{Image: Image{"/img"}, CPUs: 3, Memory: 2 << 30, Dir: "/work/a", Shares: []string{"/work/a/sub", "/data", "/data", "/"}, TSCkHz: 2445402}
 	args := strings.Join(c.QEMUArgs("/tmp/job", [3]string{"/s0", "/s1", "/s2"}), " ")
 	for _, want := range []string{
-		"-accel tcg,thread=multi -cpu max -smp 3 -m 2048M",
-		"-kernel /img/vmlinuz -initrd /img/lab.cpio",
-		"-chardev socket,id=ser1,path=/s1 -serial chardev:ser1",
-		"path=/,mount_tag=root,security_model=passthrough,multidevs=remap,id=root,readonly=on",
-		"path=/tmp/job,mount_tag=ctl,",
-		"path=/work/a,mount_tag=s0,", "path=/data,mount_tag=s1,",
+		"-M microvm,pit=on,pic=on,rtc=on,isa-serial=on -accel tcg,thread=multi -cpu max -smp 3 -m 2048M",
+		"-kernel /img/vmlinux -initrd /img/lab.cpio",
+		" tsc_early_khz=2445402 ",
+		"-chardev socket,id=ser0,path=/s0 -serial chardev:ser0",
+		"-chardev socket,id=ser1,path=/s1 -device isa-serial,chardev=ser1,index=1",
+		"-fsdev local,id=root,path=/,security_model=passthrough,multidevs=remap,readonly=on -device virtio-9p-device,fsdev=root,mount_tag=root",
+		"local,id=ctl,path=/tmp/job,",
+		"local,id=s0,path=/work/a,", "local,id=s1,path=/data,",
 	} {
 		if !strings.Contains(args, want) {
 			t.Errorf("QEMU args lack %q:\n%s", want, args)
 		}
 	}
-	for _, bad := range []string{"mount_tag=s2", "path=/work/a/sub"} {
+	for _, bad := range []string{"mount_tag=s2", "path=/work/a/sub", "readonly=on -device virtio-9p-device,fsdev=ctl"} {
 		if strings.Contains(args, bad) {
 			t.Errorf("QEMU args have %q (a share inside another, a repeat, or /):\n%s", bad, args)
 		}
@@ -100,7 +102,7 @@ func TestImageCheck(t *testing.T) {
 	if err := im.Check(); err == nil {
 		t.Fatal("Check of an empty directory = nil")
 	}
-	for _, f := range []string{"vmlinuz", "lab.cpio"} {
+	for _, f := range []string{"vmlinux", "lab.cpio"} {
 		os.WriteFile(filepath.Join(im.Dir, f), nil, 0o644)
 	}
 	os.WriteFile(filepath.Join(im.Dir, "key"), []byte("stale\n"), 0o644)

@@ -13,8 +13,8 @@ import (
 // Modules the lab host loads, by module name; their dependencies are added
 // and everything is loaded in dependency order. kvm_amd: KVM on the emulated
 // SVM CPU; 9p: the shares; bridge, tun, veth, virtio_net, vhost_net: the
-// network tests; virtio_pci: the 9p transport.
-var Modules = []string{"virtio_pci", "9pnet_virtio", "9p", "kvm_amd", "bridge", "tun", "veth", "vhost_net"}
+// network tests; virtio_mmio: the 9p transport on QEMU's microvm machine.
+var Modules = []string{"virtio_mmio", "9pnet_virtio", "9p", "kvm_amd", "bridge", "tun", "veth", "vhost_net"}
 
 // moduleIndex maps a module name (dashes as underscores) to its .ko path
 // below the unpacked linux-image package's lib/modules/VERSION/kernel.
