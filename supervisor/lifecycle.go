@@ -11,6 +11,7 @@ import (
 
 	"github.com/popvmm/popvmm/cluster"
 	"github.com/popvmm/popvmm/guest"
+	"github.com/popvmm/popvmm/ipi"
 	"github.com/popvmm/popvmm/vtty"
 )
 
@@ -25,6 +26,10 @@ type kernelRun struct {
 	since   time.Time    // of the current state
 	boots   int
 	booted  chan struct{} // closed when a start attempt ends (running or failed)
+	// winBoot is the current VM's run as the window's doorbells know it
+	// (KernelStarted), while winUp.
+	winBoot ipi.Boot
+	winUp   bool
 }
 
 // errNoLauncher is boot's answer when the supervisor has no VMM.
@@ -93,7 +98,28 @@ func (s *Supervisor) launch(ctx context.Context, r *kernelRun) (Machine, error) 
 	// The kernel unpacks concatenated newc archives in order: the overlay's
 	// files land over the base image's.
 	boot := Boot{Initrd: append(initrd, overlay...), Cmdline: guest.Cmdline(s.cl, k, s.nested, s.log)}
-	return s.launcher.Launch(ctx, k, boot, r.console)
+	s.mu.Lock()
+	w := s.win
+	s.mu.Unlock()
+	if w == nil {
+		return s.launcher.Launch(ctx, k, boot, r.console)
+	}
+	// The window's doorbells learn of the VM before its vCPUs run: its
+	// eventfds are emptied and offered to the host peers again.
+	wb, err := w.bells.KernelStarted(k.Index)
+	if err != nil {
+		return nil, err
+	}
+	boot.Window = w.attach()
+	m, err := s.launcher.Launch(ctx, k, boot, r.console)
+	if err != nil {
+		w.bells.KernelStopped(wb, w.node, true)
+		return nil, err
+	}
+	s.mu.Lock()
+	r.winBoot, r.winUp = wb, true
+	s.mu.Unlock()
+	return m, nil
 }
 
 // watch waits for m to end and moves the kernel to its next state:
@@ -116,7 +142,7 @@ func (s *Supervisor) watch(ctx context.Context, r *kernelRun, m Machine) {
 		r.setState(StateStopped)
 	}
 	s.mu.Unlock()
-	s.peerGone(r.k)
+	s.peerGone(r, ex.Kind == ExitCrash)
 	switch {
 	case ex.Kind == ExitCrash:
 		s.log.Error("kernel crashed; the others run on", "kernel", r.k.Name, "reason", ex.Reason, "console_log", r.k.ConsoleLog)
@@ -130,14 +156,17 @@ func (s *Supervisor) watch(ctx context.Context, r *kernelRun, m Machine) {
 	}
 }
 
-// peerGone tells the window at once that a kernel's VM is gone, rather
-// than after its heartbeat times out.
-func (s *Supervisor) peerGone(k *cluster.Kernel) {
+// peerGone tells the window at once that a kernel's VM is gone (its vCPUs
+// are out of KVM_RUN for good), rather than after its heartbeat times out:
+// the doorbells mark its incarnation crashed or offline in the peer table
+// and tell the host peers it left (KernelStopped).
+func (s *Supervisor) peerGone(r *kernelRun, crashed bool) {
 	s.mu.Lock()
-	w := s.win
+	w, wb, up := s.win, r.winBoot, r.winUp
+	r.winUp = false
 	s.mu.Unlock()
-	if w != nil {
-		w.kernelGone(k.Index)
+	if w != nil && up {
+		w.bells.KernelStopped(wb, w.node, crashed)
 	}
 }
 
@@ -192,14 +221,5 @@ func (s *Supervisor) stopAll() {
 			r.console.Close()
 			r.console = nil
 		}
-	}
-}
-
-// kernelGone marks kernel peer id gone in the window's peer table, for the
-// incarnation there now: its VM has just ended, so no newer one can have
-// checked in under its id yet.
-func (w *windowHost) kernelGone(id int) {
-	if w.node != nil {
-		w.node.MarkGone(id, w.node.Generation(id), true)
 	}
 }

@@ -64,6 +64,9 @@ type VCPUInfo struct {
 type Boot struct {
 	Initrd  []byte
 	Cmdline string
+	// Window is the cluster's shared window for the VM's window device
+	// (windowdev.go); nil: none.
+	Window *WindowAttach
 }
 
 // Launcher boots kernels into VMs. The console carries the kernel's serial

@@ -196,6 +196,7 @@ func (l *vmLauncher) startNetwork(cl *cluster.Cluster) (func(), error) {
 type vmDevices struct {
 	pci *pciHost
 	nic *kernelNIC // nil without a network
+	win *windowDev // nil without a window (windowdev.go)
 }
 
 // attachDevices gives v its PCI bus and, with the cluster's network up,

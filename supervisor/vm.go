@@ -75,6 +75,12 @@ func (l *vmLauncher) Launch(ctx context.Context, k *cluster.Kernel, b Boot, cons
 		v.Close()
 		return nil, err
 	}
+	if b.Window != nil {
+		if m.devs.win, err = attachWindow(v, m.devs.pci, k, b.Window, l.log.With("kernel", k.Name)); err != nil {
+			m.devs.stop(v)
+			return nil, err
+		}
+	}
 	ictx, cancel := context.WithCancel(context.Background())
 	m.cancel = cancel
 	if err := v.Start(); err != nil {
@@ -158,7 +164,7 @@ func (m *vmMachine) Info() MachineInfo {
 	if st.Resets > 0 {
 		info.Extra["resets"] = fmt.Sprint(st.Resets)
 	}
-	info.Devs = m.devs.info()
+	info.Devs = withWindowInfo(m.devs.info(), m.devs)
 	for _, c := range st.VCPUs {
 		info.VCPUs = append(info.VCPUs, VCPUInfo{Index: c.Index, TID: c.TID, Name: c.Thread, Affinity: c.Affinity})
 	}

@@ -20,27 +20,29 @@ import (
 // host processes (popagent, any ivshmem client) join the window there.
 const WindowSocketName = cluster.WindowSocketName
 
-// hostPeers is how many host processes may join the window at once.
-const hostPeers = 8
-
 // windowHost is the cluster's shared window as the supervisor runs it: the
-// memfd, formatted for protocol v1, the ivshmem server for host peers, and
-// popvmm's own node on it (a host peer named "popvmm").
+// memfd, formatted for the messaging protocol, the doorbells (one eventfd
+// per peer and vector, shared by the VMs' window devices and the ivshmem
+// server), the ivshmem server for host peers, and popvmm's own node on it
+// (a host peer named "popvmm").
 type windowHost struct {
-	win    *ipi.Window
-	mem    []byte
-	socket string
-	client *ipi.Client
-	node   *msg.Node
-	caller *agent.Caller
-	wg     sync.WaitGroup
-	cancel context.CancelFunc
+	win      *ipi.Window
+	mem      []byte
+	bells    *ipi.Doorbells
+	maxPeers int
+	protect  bool
+	socket   string
+	client   *ipi.Client
+	node     *msg.Node
+	caller   *agent.Caller
+	wg       sync.WaitGroup
+	cancel   context.CancelFunc
 }
 
 func (s *Supervisor) startWindow(ctx context.Context, runDir string) (_ *windowHost, err error) {
 	kernels := len(s.cl.Kernels)
-	maxPeers := min(msg.MaxPeers, kernels+hostPeers)
-	w := &windowHost{socket: filepath.Join(runDir, WindowSocketName)}
+	maxPeers := s.cl.WindowPeers()
+	w := &windowHost{socket: filepath.Join(runDir, WindowSocketName), maxPeers: maxPeers, protect: s.cl.Window.Protect}
 	defer func() {
 		if err != nil {
 			w.stop()
@@ -65,7 +67,11 @@ func (s *Supervisor) startWindow(ctx context.Context, runDir string) (_ *windowH
 			n.MarkGone(id, n.Generation(id), false)
 		}
 	}
-	srv, err := ipi.NewServer(w.win, ipi.ServerConfig{Vectors: 1, FirstID: kernels, MaxPeers: maxPeers - kernels, OnLeave: onLeave}, s.log)
+	if w.bells, err = ipi.NewDoorbells(kernels, maxPeers-kernels, cluster.WindowVectors); err != nil {
+		return nil, err
+	}
+	srv, err := ipi.NewServer(w.win, ipi.ServerConfig{Vectors: cluster.WindowVectors, FirstID: kernels,
+		MaxPeers: maxPeers - kernels, OnLeave: onLeave, Doorbells: w.bells}, s.log)
 	if err != nil {
 		return nil, err
 	}
@@ -123,6 +129,9 @@ func (w *windowHost) stop() {
 		w.client.Close()
 	}
 	w.wg.Wait()
+	if w.bells != nil {
+		w.bells.Close() // the VMs are gone, the server has stopped
+	}
 	if w.mem != nil {
 		ipi.Unmap(w.mem)
 	}
@@ -150,4 +159,9 @@ func (s *Supervisor) refuseImpostors(ctx context.Context, n *msg.Node) {
 			}
 		}
 	}
+}
+
+// attach is what the launcher needs to give a VM its window device.
+func (w *windowHost) attach() *WindowAttach {
+	return &WindowAttach{Bells: w.bells, Mem: w.mem, MaxPeers: w.maxPeers, Protect: w.protect}
 }
