@@ -138,15 +138,18 @@ func New(cfg Config) (_ *VM, err error) {
 		comm, full := ThreadName(cfg.Name, i)
 		v.stats = append(v.stats, &vcpuStats{index: i, cpu: cpu, comm: comm, full: full})
 	}
+	t0 := time.Now()
 	if v.sys, err = kvm.Open(); err != nil {
 		return nil, err
 	}
 	if v.cpuid, err = v.sys.SupportedCPUID(); err != nil {
 		return nil, err
 	}
+	t1 := time.Now()
 	if v.ram, err = allocRAM(&v.cfg); err != nil {
 		return nil, err
 	}
+	t2 := time.Now()
 	if err := v.pio.Insert(&i8042{exit: v.exit}, "i8042", I8042Port, 1); err != nil {
 		return nil, err
 	}
@@ -156,6 +159,7 @@ func New(cfg Config) (_ *VM, err error) {
 	if v.m, err = v.newMachine(); err != nil {
 		return nil, err
 	}
+	log.Debug("created", "kvm_open_cpuid", t1.Sub(t0), "memory", t2.Sub(t1), "machine", time.Since(t2))
 	return v, nil
 }
 
@@ -178,6 +182,7 @@ func (v *VM) Done() <-chan struct{} { return v.done }
 // PIT, memory slots, GSI routes and eventfds registered so far, the
 // kernel and MP table in memory, and the vCPUs set up to run it.
 func (v *VM) newMachine() (_ *machine, err error) {
+	tVM := time.Now()
 	kv, err := v.sys.CreateVM()
 	if err != nil {
 		return nil, err
@@ -221,10 +226,12 @@ func (v *VM) newMachine() (_ *machine, err error) {
 			return nil, err
 		}
 	}
+	t0 := time.Now()
 	entry, err := v.load()
 	if err != nil {
 		return nil, err
 	}
+	t1 := time.Now()
 	for i := range v.cfg.CPUs {
 		k, err := kv.CreateVCPU(i)
 		if err != nil {
@@ -238,6 +245,7 @@ func (v *VM) newMachine() (_ *machine, err error) {
 	v.kmu.Lock()
 	v.kvm = kv
 	v.kmu.Unlock()
+	v.log.Debug("machine", "vm_irqchip_pit_slots", t0.Sub(tVM), "load", t1.Sub(t0), "vcpus", time.Since(t1))
 	return m, nil
 }
 
@@ -462,6 +470,10 @@ func (v *VM) watch(m *machine) {
 			} else {
 				out = outcome{Stop, "stopped by the host"}
 			}
+		}
+		if out.action == Reset && v.hostStop {
+			// The host's stop came while the guest was resetting.
+			out = outcome{Stop, "stopped by the host"}
 		}
 		v.state, v.reason, v.ended = StateStopped, out.reason, time.Now()
 		switch out.action {

@@ -18,3 +18,9 @@ for src in *.c; do
 	mv "out/$name.bin.tmp" "out/$name.bin"
 	rm -f "out/$name.elf"
 done
+# The PVH first-instruction kernel: ELF64 (what PVH loaders take) holding
+# 32-bit code.
+$CC -c -o out/first-pvh.o first-pvh.S
+${LD:-ld} -m elf_x86_64 -N --no-warn-rwx-segments -Ttext=0x100000 -e _start --build-id=none -o out/first-pvh.elf.tmp out/first-pvh.o
+mv out/first-pvh.elf.tmp out/first-pvh.elf
+rm -f out/first-pvh.o
