@@ -10,11 +10,15 @@
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
-out=bin/kvmtests
+# Each run builds into a directory of its own with its own copy of
+# bin/popvmm (POPVMM_BIN, which the tier-3 tests run): a rebuild of
+# bin/popvmm or a second run meanwhile cannot change what this run executes.
+out=${KVM_OUT:-}
 run_filter=${KVM_RUN:-KVM}
 
 if [ "${1:-}" = --run ]; then
-  export POPVMM_REQUIRE_KVM=1
+  [ -n "$out" ] || { echo "test-kvm.sh --run: KVM_OUT not set" >&2; exit 2; }
+  export POPVMM_REQUIRE_KVM=1 POPVMM_BIN="$top/$out/popvmm"
   pass=0 fail=0 skip=0 failed=()
   for bin in "$out"/*.test; do
     [ -e "$bin" ] || continue
@@ -36,8 +40,11 @@ if [ "${1:-}" = --run ]; then
   exit
 fi
 
-rm -rf "$out"
-mkdir -p "$out"
+mkdir -p bin
+out=$(mktemp -d bin/kvmtests.XXXXXX)
+export KVM_OUT=$out
+trap 'rm -rf "$out"' EXIT
+cp "${POPVMM:-bin/popvmm}" "$out/popvmm"
 pkgs=$(grep -rl --include='*_test.go' 'testenv.RequireKVM(' . | grep -v '^./internal/testenv/' | xargs -r -n1 dirname | sort -u)
 echo "==> KVM tier: building test binaries for $(echo $pkgs | wc -w) packages"
 for p in $pkgs; do
@@ -47,7 +54,7 @@ for p in $pkgs; do
   echo "$p" > "$out/$name.test.pkg"
 done
 
-popvmm=${POPVMM:-bin/popvmm}
+popvmm=$out/popvmm
 if "$popvmm" check-kvm --quiet; then
   where="directly on this machine's /dev/kvm ($("$popvmm" check-kvm))"
   set +e; scripts/test-kvm.sh --run; rc=$?; set -e

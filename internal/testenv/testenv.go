@@ -8,6 +8,7 @@ package testenv
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -117,4 +118,17 @@ func RequireKVM(t testing.TB) {
 func RequireRoot(t testing.TB) {
 	t.Helper()
 	apply(t, RootProblem())
+}
+
+// BinEnv names the popvmm binary the end-to-end tests run
+// (scripts/test-kvm.sh sets it to its own copy); unset, it is root/bin/popvmm.
+const BinEnv = "POPVMM_BIN"
+
+// PopvmmBin is the popvmm binary for end-to-end tests run from a package
+// whose repository root is root.
+func PopvmmBin(root string) string {
+	if b := os.Getenv(BinEnv); b != "" {
+		return b
+	}
+	return filepath.Join(root, "bin", "popvmm")
 }

@@ -46,7 +46,7 @@ func newKVMCluster(t *testing.T, name string, kernels ...kvmKernel) *kvmCluster 
 	t.Helper()
 	testenv.RequireKVM(t)
 	root, _ := filepath.Abs(repoRoot)
-	c := &kvmCluster{t: t, bin: filepath.Join(root, "bin", "popvmm")}
+	c := &kvmCluster{t: t, bin: testenv.PopvmmBin(root)}
 	var problem error
 	if _, err := os.Stat(c.bin); err != nil {
 		problem = fmt.Errorf("bin/popvmm not built (make build): %w", err)

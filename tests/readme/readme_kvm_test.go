@@ -30,7 +30,7 @@ func TestKVMReadme(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bin := filepath.Join(root, "bin")
+	bin := filepath.Dir(testenv.PopvmmBin(root))
 	if _, err := os.Stat(filepath.Join(bin, "popvmm")); err != nil {
 		testenv.Require(t, fmt.Errorf("bin/popvmm not built (make build): %w", err))
 	}
