@@ -1,0 +1,190 @@
+/* window: two kernels on popvmm's window device (1af4:1110, QEMU's
+ * ivshmem-doorbell registers). Each finds the device on PCI bus 0, moves
+ * the window BAR below 4 GiB (this guest runs without paging), enables
+ * MSI-X vector 0 (interrupt 0x40) and reads its peer id from IVPosition.
+ *
+ * The host writes parameters into the window's common page (PARAMS) and
+ * formats the header page (the messaging layer's geometry: sectionSize at
+ * 16, sectionsOffset at 24). Each kernel's mailbox is in its own section
+ * (section + 2048), so window.protect lets only it write there.
+ *
+ *   peer 0: ROUNDS times, writes seq into its mailbox and rings peer 1,
+ *           then sleeps (sti; hlt) until peer 1's mailbox echoes it;
+ *           then serves host requests: when the common page's HOSTREQ
+ *           changes, it writes it into its mailbox's reply word and rings
+ *           the host peer named in HOSTPEER.
+ *   peer 1: echoes each seq back and rings peer 0; then tries to write
+ *           peer 0's mailbox, the header page and the common page, and
+ *           reports what stuck.
+ * Lines the test waits for start with "window:". */
+#include "guest.h"
+
+#define VECTOR 0x40
+#define WIN 0xfe000000u /* where the guest moves BAR2 */
+
+#define REG_IVPOSITION 8
+#define REG_DOORBELL 12
+
+#define PARAMS (WIN + 4096 + 2048) /* in the common page */
+#define P_ROUNDS 0
+#define P_HOSTREQ 4
+#define P_HOSTPEER 8
+#define P_SCRATCH 12
+
+#define MB_SEQ 0
+#define MB_REPLY 4
+#define MB_POKE 8
+
+static inline void outl(u16 port, u32 v) { __asm__ volatile("outl %0, %1" : : "a"(v), "Nd"(port)); }
+static inline u32 inl(u16 port) {
+	u32 v;
+	__asm__ volatile("inl %1, %0" : "=a"(v) : "Nd"(port));
+	return v;
+}
+
+static u32 cfg_read(u32 dev, u32 reg) {
+	outl(0xcf8, 0x80000000u | dev << 11 | reg);
+	return inl(0xcfc);
+}
+
+static void cfg_write(u32 dev, u32 reg, u32 v) {
+	outl(0xcf8, 0x80000000u | dev << 11 | reg);
+	outl(0xcfc, v);
+}
+
+struct idt_entry {
+	u16 off_lo, sel;
+	u8 zero, attr;
+	u16 off_hi;
+} __attribute__((packed));
+
+static struct idt_entry idt[256];
+static volatile u32 irqs;
+
+struct interrupt_frame;
+
+__attribute__((interrupt)) static void msi_isr(struct interrupt_frame *f) {
+	(void)f;
+	irqs++;
+	mmio_write(LAPIC + 0xb0, 0); /* EOI */
+}
+
+static volatile u32 *word(u32 addr) { return (volatile u32 *)addr; }
+
+/* sleep_until waits, halted between interrupts, until *p == v. */
+static void sleep_until(volatile u32 *p, u32 v) {
+	for (;;) {
+		__asm__ volatile("cli");
+		if (*p == v)
+			break;
+		__asm__ volatile("sti; hlt");
+	}
+	__asm__ volatile("sti");
+}
+
+static void say(const char *s, u32 v) {
+	uart_puts("window: ");
+	uart_puts(s);
+	uart_putu(v);
+	uart_puts("\n");
+}
+
+void main(void) {
+	u32 h = (u32)msi_isr;
+	idt[VECTOR] = (struct idt_entry){(u16)h, 0x10, 0, 0x8e, (u16)(h >> 16)};
+	struct __attribute__((packed)) {
+		u16 limit;
+		u32 base;
+	} idtr = {sizeof(idt) - 1, (u32)idt};
+	__asm__ volatile("lidt %0" : : "m"(idtr));
+	outb(0x21, 0xff); /* PICs masked: only MSIs come in */
+	outb(0xa1, 0xff);
+	mmio_write(LAPIC + 0x80, 0);
+	mmio_write(LAPIC + 0xf0, 0x1ff);
+	uart_init(0);
+
+	u32 dev = 0;
+	for (u32 d = 1; d < 32; d++)
+		if (cfg_read(d, 0) == 0x11101af4u) {
+			dev = d;
+			break;
+		}
+	if (!dev) {
+		uart_puts("window: no device\n");
+		halt_forever();
+	}
+	cfg_write(dev, 0x18, WIN | 0xc); /* BAR2: 64-bit prefetchable, low half */
+	cfg_write(dev, 0x1c, 0);         /* high half */
+	cfg_write(dev, 0x04, cfg_read(dev, 0x04) | 0x6); /* memory decode, bus master */
+	u32 regs = cfg_read(dev, 0x10) & ~0xfu;
+	u32 msix = cfg_read(dev, 0x14) & ~0xfu;
+	u32 me = mmio_read(regs + REG_IVPOSITION);
+	/* MSI-X vector 0: to APIC 0, interrupt VECTOR, unmasked; then enable. */
+	mmio_write(msix + 0, 0xfee00000u);
+	mmio_write(msix + 4, 0);
+	mmio_write(msix + 8, VECTOR);
+	mmio_write(msix + 12, 0);
+	u32 cap = cfg_read(dev, 0x34) & 0xff;
+	while (cap && (cfg_read(dev, cap) & 0xff) != 0x11)
+		cap = (cfg_read(dev, cap) >> 8) & 0xff;
+	if (!cap) {
+		uart_puts("window: no MSI-X capability\n");
+		halt_forever();
+	}
+	cfg_write(dev, cap, cfg_read(dev, cap) | 0x80000000u);
+	__asm__ volatile("sti");
+
+	u32 secsz = *word(WIN + 16), secoff = *word(WIN + 24);
+	volatile u32 *mine = word(WIN + secoff + me * secsz + 2048);
+	volatile u32 *theirs = word(WIN + secoff + (1 - me) * secsz + 2048);
+	u32 rounds = *word(PARAMS + P_ROUNDS);
+	say("ready, peer ", me);
+
+	if (me == 0) {
+		uart_puts("window: pingpong start\n");
+		for (u32 i = 1; i <= rounds; i++) {
+			mine[MB_SEQ / 4] = i;
+			mmio_write(regs + REG_DOORBELL, 1u << 16 | 0);
+			sleep_until(&theirs[MB_SEQ / 4], i);
+		}
+		say("pingpong done, rounds ", rounds);
+		say("interrupts ", irqs);
+		/* Host requests: reply, ring the host peer. */
+		u32 served = 0;
+		for (;;) {
+			volatile u32 *req = word(PARAMS + P_HOSTREQ);
+			u32 r;
+			for (;;) {
+				__asm__ volatile("cli");
+				r = *req;
+				if (r != served)
+					break;
+				__asm__ volatile("sti; hlt");
+			}
+			__asm__ volatile("sti");
+			served = r;
+			mine[MB_REPLY / 4] = r * 2;
+			mmio_write(regs + REG_DOORBELL, *word(PARAMS + P_HOSTPEER) << 16 | 0);
+			say("host request ", r);
+		}
+	}
+
+	for (u32 i = 1; i <= rounds; i++) {
+		sleep_until(&theirs[MB_SEQ / 4], i);
+		mine[MB_SEQ / 4] = i;
+		mmio_write(regs + REG_DOORBELL, 0u << 16 | 0);
+	}
+	say("pingpong done, rounds ", rounds);
+	say("interrupts ", irqs);
+	/* Protection: peer 0's section and the header page are read-only for
+	 * this kernel, the common page and its own section are not. */
+	theirs[MB_POKE / 4] = 0xdeadbeefu;
+	say("other section after write: ", theirs[MB_POKE / 4]);
+	*word(WIN + 32) = 0xdeadbeefu;
+	say("header after write: ", *word(WIN + 32));
+	*word(PARAMS + P_SCRATCH) = 4242;
+	say("common after write: ", *word(PARAMS + P_SCRATCH));
+	mine[MB_POKE / 4] = 4343;
+	say("own section after write: ", mine[MB_POKE / 4]);
+	halt_forever();
+}
