@@ -90,5 +90,10 @@ bench:
 bench-boot: images
 	@bench/boot-qemu.sh
 
+## demo: the Popcorn story, narrated: two kernels, window ping/info/tty, a host peer, a crash, a rejoin, down (in the lab without KVM)
+.PHONY: demo
+demo: build images lab
+	@scripts/demo.sh
+
 clean:
 	rm -rf bin
