@@ -493,3 +493,19 @@ func TestKVMSetupFailureUndone(t *testing.T) {
 		t.Errorf("after failures: %d fds (before %d), %d VM mappings", fds, fds0, maps)
 	}
 }
+
+func TestKVMHostCrash(t *testing.T) {
+	testenv.RequireKVM(t)
+	g := startGuest(t, "hello", 1, nil)
+	g.start(t)
+	g.con.waitText(t, "popvmm-guest: hello")
+	g.Crash("guest panic: Kernel panic - not syncing: test")
+	st := g.Status()
+	if st.State != vmm.StateCrashed || st.Reason != "guest panic: Kernel panic - not syncing: test" {
+		t.Errorf("state %s, reason %q", st.State, st.Reason)
+	}
+	g.Stop() // already ended: no change
+	if st := g.Status(); st.State != vmm.StateCrashed {
+		t.Errorf("Stop after Crash: state %s", st.State)
+	}
+}

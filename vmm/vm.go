@@ -112,6 +112,26 @@ func (s *vcpuStats) count(reason uint32) {
 	s.exits[min(reason, maxExitReason)].Add(1)
 }
 
+// cpuidCache holds KVM_GET_SUPPORTED_CPUID, which cannot change while
+// the process runs; every VM filters its own copy.
+var cpuidCache struct {
+	sync.Mutex
+	entries []kvm.CPUIDEntry
+}
+
+func supportedCPUID(sys *kvm.System) ([]kvm.CPUIDEntry, error) {
+	cpuidCache.Lock()
+	defer cpuidCache.Unlock()
+	if cpuidCache.entries == nil {
+		e, err := sys.SupportedCPUID()
+		if err != nil {
+			return nil, err
+		}
+		cpuidCache.entries = e
+	}
+	return cpuidCache.entries, nil
+}
+
 // New creates a VM from cfg: checks cfg, opens /dev/kvm, allocates and
 // maps guest memory, creates the KVM VM with its irqchip, PIT, memory
 // slots and vCPUs, and loads the kernel. Nothing runs until Start. On
@@ -142,7 +162,7 @@ func New(cfg Config) (_ *VM, err error) {
 	if v.sys, err = kvm.Open(); err != nil {
 		return nil, err
 	}
-	if v.cpuid, err = v.sys.SupportedCPUID(); err != nil {
+	if v.cpuid, err = supportedCPUID(v.sys); err != nil {
 		return nil, err
 	}
 	t1 := time.Now()
@@ -513,11 +533,22 @@ func (v *VM) reboot(old *machine) (*machine, error) {
 // Stop stops the VM: every vCPU is kicked out of KVM_RUN and its thread
 // ends; state becomes stopped (or crashed, if the guest crashed first). It
 // returns when the vCPU threads are gone. Calling it again is harmless.
-func (v *VM) Stop() {
+func (v *VM) Stop() { v.end(Stop, "stopped by the host") }
+
+// Crash ends the VM as crashed with reason, for a failure seen from
+// outside it (a kernel panic line on its console, a device back-end that
+// died). Like Stop it returns when the vCPU threads are gone; on a VM
+// that has already ended it does nothing.
+func (v *VM) Crash(reason string) { v.end(Crash, reason) }
+
+func (v *VM) end(a Action, reason string) {
 	v.mu.Lock()
 	switch v.state {
 	case StateCreated:
 		v.state, v.reason, v.ended = StateStopped, "stopped before it started", time.Now()
+		if a == Crash {
+			v.state, v.reason = StateCrashed, reason
+		}
 		close(v.done)
 		v.mu.Unlock()
 		return
@@ -525,7 +556,7 @@ func (v *VM) Stop() {
 		v.hostStop = true
 		m := v.m
 		v.mu.Unlock()
-		m.finish(Stop, "stopped by the host")
+		m.finish(a, reason)
 		<-v.done
 		return
 	}
