@@ -45,13 +45,19 @@ initramfs:
 ## lab: the lab image (Debian's kernel + kvm_amd, 9p, ...) for machines without /dev/kvm
 LAB_DEBS := $(shell awk '/^linux-image-/ {print $$1}' images/packages.lock) busybox-static
 lab: build
+	@$(BIN) lab build --check 2>/dev/null || echo "==> building the lab image (once per version: fetches $(LAB_DEBS), about 70 MB, then packs it in seconds)"
 	@images/fetch.sh $(LAB_DEBS)
 	@$(BIN) lab build --debs images/build/debs
 
-## up: install, build and bring the example cluster up in the foreground
-up: deps build images
-	@echo "==> $(BIN) up $(CLUSTER)"
-	$(BIN) up $(CLUSTER)
+## up: install, build and bring the example cluster up in the foreground;
+## without a usable /dev/kvm, inside the lab (popvmm lab up)
+up: deps build
+	@if $(BIN) check-kvm --quiet; then \
+	  $(MAKE) --no-print-directory images && echo "==> $(BIN) up $(CLUSTER)" && $(BIN) up $(CLUSTER); \
+	else \
+	  echo "==> no usable /dev/kvm here ($$($(BIN) check-kvm | head -1 | sed 's/^KVM: //')): bringing $(CLUSTER) up in the lab instead (kvm_amd under QEMU's emulator; boots in 10-20 s, slower on a busy machine); guest images first (cached, minutes the first time)"; \
+	  $(MAKE) --no-print-directory images lab && echo "==> $(BIN) lab up $(CLUSTER)" && $(BIN) lab up $(CLUSTER); \
+	fi
 
 ## vet: gofmt and go vet
 vet:

@@ -296,7 +296,6 @@ func Run(ctx context.Context, c Config) (Result, error) {
 		ln[i] = l
 	}
 
-	fmt.Fprintf(c.Progress, "lab: booting emulated KVM host (%d CPUs, %d MiB)…\n", c.CPUs, c.Memory>>20)
 	var qemuErr strings.Builder
 	cmd := exec.Command(qemu, c.QEMUArgs(job, sock)...)
 	cmd.Stderr = &qemuErr
@@ -318,6 +317,7 @@ func Run(ctx context.Context, c Config) (Result, error) {
 	if err := <-started; err != nil {
 		return res, labErr(err, "start %s", qemu)
 	}
+	fmt.Fprintf(c.Progress, "lab: booting emulated KVM host (%d CPUs, %d MiB)…\n", c.CPUs, c.Memory>>20)
 	kill := func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	defer kill()
 

@@ -8,7 +8,9 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
@@ -24,6 +26,7 @@ type labFlags struct {
 	memory string
 	shares []string
 	image  string
+	timing bool
 }
 
 func (f *labFlags) add(cmd *cobra.Command) {
@@ -31,6 +34,7 @@ func (f *labFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.memory, "memory", "4G", "memory of the lab host (512M, 4G, ...)")
 	cmd.Flags().StringArrayVar(&f.shares, "share", nil, "directory shared read-write at the same path (repeatable; the current directory always is)")
 	cmd.Flags().StringVar(&f.image, "image", lab.DefaultImage().Dir, "lab image directory (built by `make lab`)")
+	cmd.Flags().BoolVar(&f.timing, "timing", false, "at the end, print the split on stderr as one line of seconds (lab: timing qemu=... kernel=...; bench/lab.sh reads it)")
 }
 
 func (f *labFlags) config(c *cli) (lab.Config, error) {
@@ -86,7 +90,7 @@ func (c *cli) labRunCmd() *cobra.Command {
 				return err
 			}
 			cfg.Args = args
-			return c.runLab(cfg)
+			return c.runLab(cfg, f.timing)
 		},
 	}
 	f.add(cmd)
@@ -105,7 +109,7 @@ func (c *cli) labShellCmd() *cobra.Command {
 				return err
 			}
 			cfg.Args = []string{"/bin/sh", "-i"}
-			return c.runLabInteractive(cfg)
+			return c.runLabInteractive(cfg, f.timing)
 		},
 	}
 	f.add(cmd)
@@ -131,7 +135,9 @@ func (c *cli) labUpCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			cfg.Shares = append(cfg.Shares, filepath.Dir(config))
+			// The config's directory, and this binary's, which the lab's
+			// fresh /tmp would hide when it lives there (go run, tests).
+			cfg.Shares = append(cfg.Shares, filepath.Dir(config), filepath.Dir(exe))
 			script := `set -u
 exe=$1 config=$2
 export PATH="$(dirname "$exe"):$PATH"
@@ -141,7 +147,7 @@ sh -i
 "$exe" down
 `
 			cfg.Args = []string{"/bin/sh", "-c", script, "lab-up", exe, config}
-			return c.runLabInteractive(cfg)
+			return c.runLabInteractive(cfg, f.timing)
 		},
 	}
 	f.add(cmd)
@@ -150,12 +156,19 @@ sh -i
 
 func (c *cli) labBuildCmd() *cobra.Command {
 	var debs, dir string
+	var check bool
 	cmd := &cobra.Command{
 		Use:   "build",
 		Short: "Build the lab image from fetched Debian packages (make lab does this)",
 		Args:  exactArgs(),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			im := lab.Image{Dir: dir}
+			if check {
+				if err := im.Check(); err != nil {
+					return &exitError{exitFailure, err}
+				}
+				return nil
+			}
 			rebuilt, err := im.Build(debs)
 			if err != nil {
 				return fmt.Errorf("lab image: %w", err)
@@ -170,10 +183,11 @@ func (c *cli) labBuildCmd() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&debs, "debs", "images/build/debs", "unpacked Debian packages (images/fetch.sh)")
 	cmd.Flags().StringVar(&dir, "image", lab.DefaultImage().Dir, "where to write the lab image")
+	cmd.Flags().BoolVar(&check, "check", false, "only say (exit status 0 or 1) whether the image is built and current")
 	return cmd
 }
 
-func (c *cli) runLabInteractive(cfg lab.Config) error {
+func (c *cli) runLabInteractive(cfg lab.Config, timing bool) error {
 	cfg.Interactive = true
 	cfg.Stdin = os.Stdin
 	if fd := int(os.Stdin.Fd()); term.IsTerminal(fd) {
@@ -185,15 +199,33 @@ func (c *cli) runLabInteractive(cfg lab.Config) error {
 		// The guest's terminal speaks \n; the raw host terminal needs \r\n
 		// from the guest's own line discipline, which it has (sane mode).
 	}
-	return c.runLab(cfg)
+	return c.runLab(cfg, timing)
 }
 
 // runLab runs cfg and turns its outcome into popvmm's exit status: the
-// command's own, 125 for a lab failure, 130/143 when interrupted.
-func (c *cli) runLab(cfg lab.Config) error {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
-	defer stop()
+// command's own, 125 for a lab failure, 128+N when stopped by signal N
+// (130 for Ctrl-C, 143 for SIGTERM).
+func (c *cli) runLab(cfg lab.Config, timing bool) error {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	go func() {
+		select {
+		case s := <-sigs:
+			cancel(signalCause{s.(syscall.Signal)})
+		case <-ctx.Done():
+		}
+	}()
 	res, err := lab.Run(ctx, cfg)
+	if timing {
+		t := res.Timing
+		sec := func(d time.Duration) string { return strconv.FormatFloat(d.Seconds(), 'f', 2, 64) }
+		fmt.Fprintf(c.stderr, "lab: timing qemu=%s kernel=%s modules=%s mounts=%s command=%s poweroff=%s cpu=%s\n",
+			sec(t.QEMU), sec(t.Kernel-t.QEMU), sec(t.Modules-t.Kernel), sec(t.Ready-t.Modules), sec(t.Done-t.Ready), sec(t.Exit-t.Done), sec(t.CPU))
+	}
+	var sc signalCause
 	var le *lab.Error
 	switch {
 	case errors.As(err, &le):
@@ -201,8 +233,8 @@ func (c *cli) runLab(cfg lab.Config) error {
 			fmt.Fprintf(c.stderr, "lab host console (last lines):\n%s\n", le.Console)
 		}
 		return &exitError{lab.ExitLabFailure, le}
-	case errors.Is(err, context.Canceled):
-		return &exitError{130, errors.New("lab: interrupted; the lab host was stopped")}
+	case errors.Is(err, context.Canceled) && errors.As(context.Cause(ctx), &sc):
+		return &exitError{128 + int(sc.sig), fmt.Errorf("lab: %v; the lab host was stopped", sc.sig)}
 	case err != nil:
 		return &exitError{lab.ExitLabFailure, err}
 	}
@@ -211,6 +243,11 @@ func (c *cli) runLab(cfg lab.Config) error {
 	}
 	return nil
 }
+
+// signalCause is why runLab's context was cancelled.
+type signalCause struct{ sig syscall.Signal }
+
+func (s signalCause) Error() string { return s.sig.String() }
 
 func (c *cli) checkKVMCmd() *cobra.Command {
 	var asJSON, quiet bool
