@@ -1,0 +1,376 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/creack/pty"
+	"golang.org/x/sys/unix"
+
+	"github.com/popvmm/popvmm/internal/testenv"
+	"github.com/popvmm/popvmm/lab"
+)
+
+// labBoot is how long a test waits for one lab boot and its command: a
+// boot takes 10 s on an idle machine and up to 100 s on a loaded one.
+const labBoot = 4 * time.Minute
+
+// requireLab skips t (or fails it under POPVMM_REQUIRE_IMAGES=1, as in CI)
+// unless the lab image is built and QEMU is installed.
+func requireLab(t *testing.T) {
+	t.Helper()
+	problem := lab.DefaultImage().Check()
+	if problem == nil {
+		if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+			problem = errors.New("qemu-system-x86_64 not installed (make deps)")
+		}
+	}
+	testenv.RequireImages(t, problem)
+}
+
+var (
+	labBinOnce sync.Once
+	labBin     string
+	labBinErr  error
+)
+
+// labBinary builds popvmm once for the lab tests, outside any test's
+// temporary directory (the parallel tests share it).
+func labBinary(t *testing.T) string {
+	t.Helper()
+	labBinOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "popvmm-labtest-bin-")
+		if err != nil {
+			labBinErr = err
+			return
+		}
+		labBin = filepath.Join(dir, "popvmm")
+		if out, err := exec.Command("go", "build", "-o", labBin, ".").CombinedOutput(); err != nil {
+			labBinErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if labBinErr != nil {
+		t.Fatal(labBinErr)
+	}
+	return labBin
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if labBin != "" {
+		os.RemoveAll(filepath.Dir(labBin))
+	}
+	os.Exit(code)
+}
+
+// labCommand is `popvmm lab ARGS` with its own TMPDIR, so its job
+// directory, and the QEMU command line that names it, are unique to the
+// test.
+func labCommand(t *testing.T, args ...string) (*exec.Cmd, string) {
+	t.Helper()
+	tmp := t.TempDir()
+	cmd := exec.Command(labBinary(t), append([]string{"lab"}, args...)...)
+	cmd.Env = append(os.Environ(), "TMPDIR="+tmp)
+	return cmd, tmp
+}
+
+// qemuFor lists the processes whose command line names dir (the QEMU of
+// one lab run), by pid.
+func qemuFor(t *testing.T, dir string) []int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cl, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err == nil && bytes.Contains(cl, []byte("qemu-system")) && bytes.Contains(cl, []byte(dir)) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// pidfds opens a pidfd on each pid, to wait for their exits.
+func pidfds(t *testing.T, pids []int) []int {
+	t.Helper()
+	var fds []int
+	for _, p := range pids {
+		fd, err := unix.PidfdOpen(p, 0)
+		if err != nil {
+			t.Fatalf("pidfd_open(%d): %v", p, err)
+		}
+		t.Cleanup(func() { unix.Close(fd) })
+		fds = append(fds, fd)
+	}
+	return fds
+}
+
+// waitGone waits until every pidfd is readable (its process exited), or
+// fails after d, naming what is left.
+func waitGone(t *testing.T, fds []int, d time.Duration, what string) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for _, fd := range fds {
+		for {
+			left := time.Until(deadline)
+			if left <= 0 {
+				t.Fatalf("%s: QEMU still running %s later", what, d)
+			}
+			n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, int(left.Milliseconds())+1)
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n == 1 {
+				break
+			}
+		}
+	}
+}
+
+// lineWaiter reads r line by line and lets a test wait for a line.
+type lineWaiter struct {
+	lines chan string
+	all   strings.Builder
+	mu    sync.Mutex
+}
+
+func newLineWaiter(r io.Reader) *lineWaiter {
+	w := &lineWaiter{lines: make(chan string, 1024)}
+	go func() {
+		defer close(w.lines)
+		sc := bufio.NewScanner(r)
+		for sc.Scan() {
+			w.mu.Lock()
+			w.all.WriteString(sc.Text() + "\n")
+			w.mu.Unlock()
+			w.lines <- sc.Text()
+		}
+	}()
+	return w
+}
+
+func (w *lineWaiter) wait(t *testing.T, want string, d time.Duration) {
+	t.Helper()
+	timeout := time.After(d)
+	for {
+		select {
+		case l, ok := <-w.lines:
+			if !ok {
+				t.Fatalf("output ended before %q:\n%s", want, w.text())
+			}
+			if strings.Contains(l, want) {
+				return
+			}
+		case <-timeout:
+			t.Fatalf("no %q within %s:\n%s", want, d, w.text())
+		}
+	}
+}
+
+func (w *lineWaiter) text() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.all.String()
+}
+
+// TestLabCLIFailures: a failure of the lab itself exits 125 with one line
+// on stderr, before anything boots.
+func TestLabCLIFailures(t *testing.T) {
+	bin := labBinary(t)
+	cases := []struct {
+		name string
+		env  []string
+		args []string
+		want string
+	}{
+		{"bogus image", nil, []string{"lab", "run", "--image", "/nonexistent/popvmm-lab", "--", "true"}, "popvmm: lab: no lab image: "},
+	}
+	if lab.DefaultImage().Check() == nil {
+		// QEMU missing: nothing named qemu-system-x86_64 on PATH.
+		cases = append(cases, struct {
+			name string
+			env  []string
+			args []string
+			want string
+		}{"no QEMU", []string{"PATH=" + t.TempDir()}, []string{"lab", "run", "--", "true"}, "popvmm: lab: qemu-system-x86_64 not found"})
+	}
+	for _, tc := range cases {
+		cmd := exec.Command(bin, tc.args...)
+		cmd.Env = append(os.Environ(), tc.env...)
+		var out, errb bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		err := cmd.Run()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 125 {
+			t.Errorf("%s: %v: exit %v, want 125", tc.name, tc.args, err)
+		}
+		if lines := strings.Split(strings.TrimSpace(errb.String()), "\n"); len(lines) != 1 || !strings.HasPrefix(lines[0], tc.want) || out.Len() != 0 {
+			t.Errorf("%s: stdout %q, stderr %q; want one line starting %q", tc.name, out.String(), errb.String(), tc.want)
+		}
+	}
+}
+
+// TestLabSignals: SIGTERM or SIGKILL to `popvmm lab run` while the lab
+// boots, and Ctrl-C (SIGINT) while its command runs, leave no QEMU
+// behind; the first and last exit 128+signal and clean the job directory.
+func TestLabSignals(t *testing.T) {
+	requireLab(t)
+	t.Parallel()
+	for _, tc := range []struct {
+		sig         syscall.Signal
+		whileBoot   bool
+		wantExit    int
+		wantCleaned bool
+	}{
+		{syscall.SIGTERM, true, 143, true},
+		{syscall.SIGKILL, true, -1, false},
+		{syscall.SIGINT, false, 130, true},
+	} {
+		t.Run(tc.sig.String(), func(t *testing.T) {
+			cmd, tmp := labCommand(t, "run", "--", "sh", "-c", "echo started; exec sleep 600")
+			stdout, _ := cmd.StdoutPipe()
+			stderr, _ := cmd.StderrPipe()
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { cmd.Process.Kill() })
+			progress, out := newLineWaiter(stderr), newLineWaiter(stdout)
+			progress.wait(t, "lab: booting", labBoot) // printed once QEMU has started
+			if !tc.whileBoot {
+				out.wait(t, "started", labBoot)
+			}
+			pids := qemuFor(t, tmp)
+			if len(pids) != 1 {
+				t.Fatalf("QEMU processes naming %s: %v, want one", tmp, pids)
+			}
+			fds := pidfds(t, pids)
+			cmd.Process.Signal(tc.sig)
+			waitGone(t, fds, 30*time.Second, "after "+tc.sig.String())
+			err := cmd.Wait()
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != tc.wantExit {
+				t.Errorf("popvmm lab run after %s: %v, want exit status %d", tc.sig, err, tc.wantExit)
+			}
+			if tc.wantCleaned {
+				if ents, _ := os.ReadDir(tmp); len(ents) != 0 {
+					t.Errorf("left in TMPDIR after %s: %v", tc.sig, ents)
+				}
+				if !strings.Contains(progress.text(), "the lab host was stopped") {
+					t.Errorf("stderr after %s:\n%s", tc.sig, progress.text())
+				}
+			}
+		})
+	}
+}
+
+// runPTY runs popvmm lab ARGS on a pseudo-terminal, types input once
+// prompt appears, and returns the exit status and everything shown.
+func runPTY(t *testing.T, prompt, input string, want []string, args ...string) {
+	t.Helper()
+	cmd, _ := labCommand(t, args...)
+	cmd.Dir = "../.."
+	tty, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: 40, Cols: 120})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tty.Close()
+	t.Cleanup(func() { cmd.Process.Kill() })
+	var mu sync.Mutex
+	var shown bytes.Buffer
+	changed := make(chan struct{}, 1)
+	eof := make(chan struct{})
+	go func() {
+		defer close(eof)
+		buf := make([]byte, 4096)
+		for {
+			n, err := tty.Read(buf)
+			mu.Lock()
+			shown.Write(buf[:n])
+			mu.Unlock()
+			select {
+			case changed <- struct{}{}:
+			default:
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	text := func() string { mu.Lock(); defer mu.Unlock(); return shown.String() }
+	waitFor := func(s string, from int) int {
+		timeout := time.After(labBoot)
+		for {
+			if i := strings.Index(text()[from:], s); i >= 0 {
+				return from + i + len(s)
+			}
+			select {
+			case <-changed:
+			case <-eof:
+				if i := strings.Index(text()[from:], s); i >= 0 {
+					return from + i + len(s)
+				}
+				t.Fatalf("the terminal closed before %q:\n%s", s, text())
+			case <-timeout:
+				t.Fatalf("no %q on the terminal within %s:\n%s", s, labBoot, text())
+			}
+		}
+	}
+	at := waitFor(prompt, 0)
+	if _, err := io.WriteString(tty, input); err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range want {
+		waitFor(w, at)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("popvmm lab %v: %v, want exit status 0\n%s", args, err, text())
+		}
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("popvmm lab %v did not exit after the shell did:\n%s", args, text())
+	}
+}
+
+// TestLabShellPTY drives `popvmm lab shell` on a pseudo-terminal: a root
+// shell with /dev/kvm whose exit status 0 is popvmm's.
+func TestLabShellPTY(t *testing.T) {
+	requireLab(t)
+	t.Parallel()
+	runPTY(t, "# ", "test -c /dev/kvm && echo kvm-$((6*7)); id -u; exit 0\n", []string{"kvm-42", "0"}, "shell")
+}
+
+// TestLabUpPTY drives `popvmm lab up examples/cluster.toml`: the cluster
+// comes up inside the lab, `popvmm status` works in its shell, and leaving
+// the shell brings it down. The cluster is named (-c demo): without it,
+// status looks for live clusters with a 2 s answer deadline
+// (supervisor.Live), which the emulated host, busy booting the primary
+// kernel, can miss on a loaded machine.
+func TestLabUpPTY(t *testing.T) {
+	requireLab(t)
+	t.Parallel()
+	runPTY(t, "cluster up in the lab", "popvmm status -c demo; exit\n", []string{"primary", "secondary", "is down"}, "up", "examples/cluster.toml")
+}
