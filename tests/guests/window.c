@@ -91,7 +91,9 @@ static void say(const char *s, u32 v) {
 
 void main(void) {
 	u32 h = (u32)msi_isr;
-	idt[VECTOR] = (struct idt_entry){(u16)h, 0x10, 0, 0x8e, (u16)(h >> 16)};
+	u16 cs; /* 0x10 under popvmm; the multiboot build under QEMU has its own */
+	__asm__ volatile("mov %%cs, %0" : "=r"(cs));
+	idt[VECTOR] = (struct idt_entry){(u16)h, cs, 0, 0x8e, (u16)(h >> 16)};
 	struct __attribute__((packed)) {
 		u16 limit;
 		u32 base;
