@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -64,6 +65,11 @@ type GuestDevice struct {
 	Regs []byte // BAR0
 	Mem  []byte // BAR2: the window
 	uio  *os.File
+	// config is the function's configuration space (sysfs): Wait unmasks
+	// INTx there when the uio driver cannot (uio_pci_generic has no
+	// irqcontrol: writing /dev/uioN fails with ENOSYS).
+	config       *os.File
+	configUnmask bool
 	// NoIRQ is set when uio cannot enable the device's interrupt (no INTx
 	// line routed, e.g. a device that only offers MSI-X): Wait then polls.
 	NoIRQ bool
@@ -98,6 +104,7 @@ func OpenGuestDevice(dir string) (*GuestDevice, error) {
 		g.Close()
 		return nil, fmt.Errorf("%s: BAR0 of %d bytes has no Doorbell register", dir, len(g.Regs))
 	}
+	g.config, _ = os.OpenFile(filepath.Join(dir, "config"), os.O_RDWR, 0) // nil: only uio can unmask
 	// INTx mode: every source unmasked once and for all.
 	binary.LittleEndian.PutUint32(g.Regs[RegIntrMask:], 0xffffffff)
 	return g, nil
@@ -151,9 +158,7 @@ func (g *GuestDevice) Wait(ctx context.Context) error {
 			return ctx.Err()
 		}
 	}
-	var one [4]byte
-	binary.LittleEndian.PutUint32(one[:], 1)
-	if _, err := g.uio.Write(one[:]); err != nil {
+	if err := g.unmask(); err != nil {
 		if errors.Is(err, unix.EIO) {
 			// uio has no interrupt for this device: poll instead.
 			g.NoIRQ = true
@@ -184,8 +189,53 @@ func (g *GuestDevice) Wait(ctx context.Context) error {
 	return ctx.Err()
 }
 
+// unmask re-enables the device's interrupt after uio_pci_generic masked
+// it: through uio's irqcontrol (write 1) where the driver has one, else by
+// clearing the command register's interrupt-disable bit in configuration
+// space, as uio_pci_generic expects of its users.
+func (g *GuestDevice) unmask() error {
+	if !g.configUnmask {
+		var one [4]byte
+		binary.LittleEndian.PutUint32(one[:], 1)
+		_, err := g.uio.Write(one[:])
+		if err == nil || !errors.Is(err, unix.ENOSYS) || g.config == nil {
+			return err
+		}
+		g.configUnmask = true
+	}
+	return unmaskINTx(g.config)
+}
+
+// commandIntxOff is the PCI command register's interrupt-disable bit.
+const commandIntxOff = 1 << 10
+
+// unmaskINTx clears the interrupt-disable bit of the command register
+// (offset 4) in config, a function's configuration space.
+func unmaskINTx(config io.ReaderAt) error {
+	var b [2]byte
+	if _, err := config.ReadAt(b[:], 4); err != nil {
+		return fmt.Errorf("read command register: %w", err)
+	}
+	cmd := binary.LittleEndian.Uint16(b[:])
+	if cmd&commandIntxOff == 0 {
+		return nil
+	}
+	binary.LittleEndian.PutUint16(b[:], cmd&^commandIntxOff)
+	w, ok := config.(io.WriterAt)
+	if !ok {
+		return errors.New("configuration space is read-only")
+	}
+	if _, err := w.WriteAt(b[:], 4); err != nil {
+		return fmt.Errorf("write command register: %w", err)
+	}
+	return nil
+}
+
 // Close unmaps and closes everything.
 func (g *GuestDevice) Close() error {
+	if g.config != nil {
+		g.config.Close()
+	}
 	if g.Regs != nil {
 		Unmap(g.Regs)
 	}
