@@ -19,10 +19,10 @@ out=bin/bench-window
 if [ "${1:-}" = --run ]; then
   echo "==> popvmm: window device, $rounds round trips"
   (cd supervisor && POPVMM_REQUIRE_KVM=1 POPVMM_WINDOW_ROUNDS=$rounds "$top/$out/supervisor.test" \
-    -test.run '^TestKVMWindowDoorbells$' -test.v -test.count=1 -test.timeout 30m) 2>&1 | grep -E 'round trip|exits|PASS|FAIL|ok' || true
+    -test.run '^TestKVMWindowDoorbells$' -test.v -test.count=1 -test.timeout 30m) 2>&1 | grep -E 'round trip|exits|_test.go|PASS|FAIL|ok' || true
   echo "==> QEMU $(qemu-system-x86_64 --version | head -1 | awk '{print $4}'): ivshmem-doorbell, $rounds round trips"
   (cd bench/qemu-window && POPVMM_BENCH_QEMU=1 POPVMM_WINDOW_ROUNDS=$rounds QEMU_ACCEL=kvm "$top/$out/qemuwindow.test" \
-    -test.run '^TestQEMUWindowDoorbells$' -test.v -test.count=1 -test.timeout 30m) 2>&1 | grep -E 'round trip|interrupts|PASS|FAIL|ok' || true
+    -test.run '^TestQEMUWindowDoorbells$' -test.v -test.count=1 -test.timeout 30m) 2>&1 | grep -E 'round trip|interrupts|_test.go|PASS|FAIL|ok' || true
   exit
 fi
 
