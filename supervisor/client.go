@@ -115,15 +115,19 @@ func (c Client) Down(ctx context.Context) error {
 	}
 }
 
-// Live lists the names of clusters whose supervisor answers under runRoot.
+// Live lists the names of clusters whose supervisor listens under runRoot.
+// Accepting a connection is the proof: a supervisor that died left a socket
+// nobody listens on (connection refused at once), and a busy one is not
+// mistaken for a dead one however long its status takes.
 func Live(ctx context.Context, runRoot string) []string {
 	socks, _ := filepath.Glob(filepath.Join(runRoot, "*", SocketName))
 	var names []string
 	for _, s := range socks {
-		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		_, err := Client{Socket: s}.Status(cctx)
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		conn, err := (&net.Dialer{}).DialContext(cctx, "unix", s)
 		cancel()
 		if err == nil {
+			conn.Close()
 			names = append(names, filepath.Base(filepath.Dir(s)))
 		}
 	}
