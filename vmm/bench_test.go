@@ -1,6 +1,7 @@
 package vmm_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -121,10 +122,12 @@ func BenchmarkKVMFirstInstruction(b *testing.B) {
 		var total time.Duration
 		for b.Loop() {
 			t0 := time.Now()
-			out, err := exec.Command(qemu, "-M", "microvm,acpi=off", "-accel", "kvm", "-cpu", "host", "-m", "128",
+			ctx, cancel := context.WithTimeout(context.Background(), guestTimeout)
+			out, err := exec.CommandContext(ctx, qemu, "-M", "microvm,acpi=off", "-accel", "kvm", "-cpu", "host", "-m", "128",
 				"-smp", "1", "-nodefaults", "-nographic", "-no-reboot", "-kernel", kernel,
 				"-device", "isa-debug-exit,iobase=0x510,iosize=1").CombinedOutput()
 			total += time.Since(t0)
+			cancel()
 			// isa-debug-exit ends QEMU with status (value<<1)|1: odd.
 			var ee *exec.ExitError
 			if !errors.As(err, &ee) || ee.ExitCode()%2 != 1 {

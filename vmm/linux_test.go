@@ -6,6 +6,7 @@ package vmm_test
 
 import (
 	"bufio"
+	"context"
 	"bytes"
 	"fmt"
 	"os"
@@ -180,7 +181,9 @@ func BenchmarkKVMBootLinux(b *testing.B) {
 		dir := filepath.Join("..", "images", "out", "light")
 		for b.Loop() {
 			t0 := time.Now()
-			cmd := exec.Command(qemu, "-M", "microvm,acpi=off,memory-backend=ram", "-accel", "kvm", "-cpu", "host",
+			ctx, cancel := context.WithTimeout(context.Background(), linuxTimeout)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, qemu, "-M", "microvm,acpi=off,memory-backend=ram", "-accel", "kvm", "-cpu", "host",
 				"-object", "memory-backend-memfd,id=ram,size=256M", "-m", "256", "-smp", "1",
 				"-nodefaults", "-nographic", "-no-reboot", "-serial", "stdio",
 				"-kernel", filepath.Join(dir, "vmlinux"), "-initrd", filepath.Join(dir, "initramfs.cpio"),
