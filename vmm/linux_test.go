@@ -6,8 +6,8 @@ package vmm_test
 
 import (
 	"bufio"
-	"context"
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
