@@ -54,7 +54,6 @@ func SSHArgs(st *Status, k *KernelStatus, command []string) []string {
 		"-o", "GlobalKnownHostsFile=/dev/null",
 		"-o", "HostKeyAlgorithms=ssh-ed25519",
 		"-o", "CheckHostIP=no",
-		"-o", "ConnectTimeout=10",
 		"-o", "LogLevel=ERROR",
 		"root@" + k.IP,
 	}

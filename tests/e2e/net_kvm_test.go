@@ -53,6 +53,33 @@ func (c *kvmCluster) mustSSH(name string, cmd ...string) string {
 	return out
 }
 
+// waitSSHD waits for kernel name's /init to start dropbear, failing at once
+// if the kernel crashes meanwhile.
+func (c *kvmCluster) waitSSHD(name string) {
+	c.t.Helper()
+	path := filepath.Join(c.runDir, name+".console.log")
+	start := time.Now()
+	var crashed *supervisor.KernelStatus
+	err := waitUntil(bootDeadline, func() bool {
+		data, _ := os.ReadFile(path)
+		if bytes.Contains(data, []byte("dropbear listening")) {
+			return true
+		}
+		if k := c.kernel(name); k.State == supervisor.StateCrashed {
+			crashed = k
+			return true
+		}
+		return false
+	})
+	switch {
+	case crashed != nil:
+		c.t.Fatalf("%s crashed while booting: %+v", name, crashed.Exit)
+	case err != nil:
+		c.t.Fatalf("%s's console did not show dropbear listening within %v", name, bootDeadline)
+	}
+	c.t.Logf("%s: ssh server up %v after boot", name, time.Since(start).Round(time.Second))
+}
+
 func (c *kvmCluster) kernel(name string) *supervisor.KernelStatus {
 	c.t.Helper()
 	k := c.status().Kernel(name)
@@ -204,10 +231,11 @@ func icmpChecksum(b []byte) uint16 {
 // checks that no link, process or open KVM or tap file is left.
 func TestKVMClusterNetwork(t *testing.T) {
 	testenv.RequireRoot(t)
-	primary := "full"
-	if _, err := os.Stat(filepath.Join(repoRoot, "images/out/full/bzImage")); err != nil {
-		primary = "light"
-		t.Logf("full image not built; the primary is light")
+	// The example's primary is full; POPVMM_E2E_PRIMARY=full makes it so
+	// here (light by default: the light image boots fastest in the lab).
+	primary := "light"
+	if f := os.Getenv("POPVMM_E2E_PRIMARY"); f != "" {
+		primary = f
 	}
 	c := newKVMCluster(t, "e2enet",
 		kvmKernel{"primary", primary, "0", "384M", "up"},
@@ -222,12 +250,12 @@ func TestKVMClusterNetwork(t *testing.T) {
 	}
 
 	// The primary, booted with the cluster.
-	c.waitConsole("primary", "dropbear listening", bootDeadline)
+	c.waitSSHD("primary")
 	reach(t, c, "primary")
 
 	// The secondary, booted later.
 	t.Log(c.must("boot", "-c", c.config, "secondary"))
-	c.waitConsole("secondary", "dropbear listening", bootDeadline)
+	c.waitSSHD("secondary")
 	reach(t, c, "secondary")
 
 	// Guest to guest: ICMP, then TCP (busybox httpd on the secondary,
