@@ -72,6 +72,10 @@ test: vet initramfs lab
 	POPVMM_KVM_LATER=1 $(GO) test -race -count=1 ./...
 	@scripts/test-kvm.sh
 
+## guests: the tier-2 freestanding test guests (tests/guests/out; test-kvm.sh builds them too)
+guests:
+	@tests/guests/build.sh
+
 ## test-kvm: only the KVM tiers (tests named *KVM*), directly or in the lab
 test-kvm: build lab
 	@scripts/test-kvm.sh

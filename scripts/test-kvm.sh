@@ -40,6 +40,8 @@ if [ "${1:-}" = --run ]; then
   exit
 fi
 
+echo "==> KVM tier: tier-2 freestanding guests (tests/guests/build.sh)"
+tests/guests/build.sh
 mkdir -p bin
 out=$(mktemp -d bin/kvmtests.XXXXXX)
 export KVM_OUT=$out
