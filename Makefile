@@ -7,7 +7,7 @@ CLUSTER  ?= examples/cluster.toml
 VERSION  := $(shell git describe --always --dirty 2>/dev/null || echo unknown)
 FUZZTIME ?= 60s
 
-.PHONY: all deps build install uninstall images initramfs lab up test test-kvm test-images vet fuzz bench bench-boot clean
+.PHONY: all deps build install uninstall images initramfs lab guests up test test-kvm test-images vet fuzz bench bench-boot clean
 
 all: build
 
