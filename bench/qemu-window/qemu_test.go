@@ -149,7 +149,9 @@ func TestQEMUWindowDoorbells(t *testing.T) {
 	t.Logf("guest↔guest doorbell round trip through QEMU's ivshmem-doorbell (accel %s): %d rounds in %v, %.2f µs a round trip",
 		accel, rounds, el, float64(el.Nanoseconds())/float64(rounds)/1e3)
 	for i, c := range cons {
-		l, _ := c.wait(t, fmt.Sprint("qemu ", i), "window: interrupts ")
-		t.Logf("qemu %d: %s", i, l)
+		for _, what := range []string{"window: interrupts ", "window: lost doorbells "} {
+			l, _ := c.wait(t, fmt.Sprint("qemu ", i), what)
+			t.Logf("qemu %d: %s", i, l)
+		}
 	}
 }
