@@ -78,21 +78,36 @@ __attribute__((interrupt)) static void timer_isr(struct interrupt_frame *f) {
 
 static volatile u32 *word(u32 addr) { return (volatile u32 *)addr; }
 
-/* sleep_until waits, halted between interrupts, until *p == v. A wait
- * that the watchdog timer ended, not a doorbell, with *p == v by then, is
- * a lost doorbell: counted in lost. */
+static inline u32 rdtsc32(void) {
+	u32 lo, hi;
+	__asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+	return lo;
+}
+
+/* sleep_until waits, halted between interrupts, until *p == v. When the
+ * watchdog timer, not a doorbell, ended the wait with *p == v by then, the
+ * doorbell may still be on its way (the peer writes, then rings): it gets
+ * 2^28 TSC cycles (a tenth of a second or more) to interrupt, else it is
+ * counted lost. */
 static void sleep_until(volatile u32 *p, u32 v) {
 	int by_timer = 0;
+	u32 i = 0;
 	for (;;) {
 		__asm__ volatile("cli");
 		if (*p == v)
 			break;
-		u32 i = irqs, t = ticks;
+		u32 t = ticks;
+		i = irqs;
 		__asm__ volatile("sti; hlt");
 		by_timer = irqs == i && ticks != t;
 	}
 	__asm__ volatile("sti");
-	if (by_timer)
+	if (!by_timer)
+		return;
+	u32 t0 = rdtsc32();
+	while (irqs == i && rdtsc32() - t0 < 1u << 28)
+		__asm__ volatile("pause");
+	if (irqs == i)
 		lost++;
 }
 
