@@ -19,7 +19,7 @@ run_filter=${KVM_RUN:-KVM}
 if [ "${1:-}" = --run ]; then
   [ -n "$out" ] || { echo "test-kvm.sh --run: KVM_OUT not set" >&2; exit 2; }
   export POPVMM_REQUIRE_KVM=1 POPVMM_BIN="$top/$out/popvmm"
-  pass=0 fail=0 skip=0 failed=()
+  pass=0 fail=0 skip=0 failed=() flaky=()
   for bin in "$out"/*.test; do
     [ -e "$bin" ] || continue
     pkg=$(cat "$bin.pkg")
@@ -29,6 +29,22 @@ if [ "${1:-}" = --run ]; then
     rc=${PIPESTATUS[0]}
     set -e
     p=$(grep -c '^--- PASS' "$bin.log" || true); f=$(grep -c '^--- FAIL' "$bin.log" || true); s=$(grep -c '^--- SKIP' "$bin.log" || true)
+    names=$(sed -n 's/^--- FAIL: \([^ ]*\).*/\1/p' "$bin.log" | sort -u | paste -sd'|')
+    if [ "$rc" != 0 ] && [ -n "$names" ] && [ "${KVM_RETRY:-1}" = 1 ]; then
+      # A real kernel in emulated KVM now and then dies early in boot
+      # (seen: a triple fault, a stall, in one run of several identical
+      # ones). A failed test runs once more; one that then passes counts
+      # as passed and is named as flaky in the summary, never hidden.
+      echo "==> $pkg: $names failed; running them once more"
+      set +e
+      (cd "$pkg" && "$top/$bin" -test.run "^($names)\$" -test.v -test.count=1 -test.timeout 30m) 2>&1 | tee "$bin.retry.log"
+      rrc=${PIPESTATUS[0]}
+      set -e
+      if [ "$rrc" = 0 ]; then
+        flaky+=("${names//|/ }")
+        p=$((p + f)) f=0 rc=0
+      fi
+    fi
     pass=$((pass + p)) fail=$((fail + f)) skip=$((skip + s))
     if [ "$rc" != 0 ]; then
       failed+=("$pkg")
@@ -36,6 +52,7 @@ if [ "${1:-}" = --run ]; then
     fi
   done
   echo "$pass $fail $skip ${failed[*]:-}" > "$out/summary"
+  echo "${flaky[*]:-}" > "$out/flaky"
   [ ${#failed[@]} = 0 ]
   exit
 fi
@@ -66,7 +83,8 @@ else
 fi
 if [ -f "$out/summary" ]; then
   read -r pass fail skip failed < "$out/summary" || true
-  echo "==> KVM tiers: $pass passed, $fail failed, $skip skipped, $where${failed:+; failing: $failed}"
+  flaky=$(cat "$out/flaky" 2>/dev/null || true)
+  echo "==> KVM tiers: $pass passed, $fail failed, $skip skipped, $where${failed:+; failing: $failed}${flaky:+; passed only on a second run (flaky): $flaky}"
 else
   echo "==> KVM tiers: did not run $where (exit status $rc)"
 fi
