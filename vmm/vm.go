@@ -82,6 +82,7 @@ type machine struct {
 	outMu   sync.Mutex
 	outSet  bool
 	outcome outcome
+	closed  bool // vCPUs and VM closed (kvm_run pages unmapped); under outMu
 }
 
 type outcome struct {
@@ -417,12 +418,18 @@ func (v *VM) runVCPU(m *machine, c *vcpu, ready chan<- error) {
 // finish records why the machine stops (the first reason wins) and kicks
 // every vCPU out of KVM_RUN.
 func (m *machine) finish(a Action, reason string) {
+	// outMu is held throughout: close takes it too, so a kick can never
+	// write into a kvm_run page that a reboot has unmapped meanwhile (a
+	// host Stop racing a guest reset).
 	m.outMu.Lock()
+	defer m.outMu.Unlock()
 	if !m.outSet {
 		m.outSet, m.outcome = true, outcome{a, reason}
 	}
-	m.outMu.Unlock()
 	m.stopping.Store(true)
+	if m.closed {
+		return
+	}
 	pid := os.Getpid()
 	for _, c := range m.vcpus {
 		c.k.SetImmediateExit(true)
@@ -442,6 +449,12 @@ func (m *machine) result() outcome {
 
 // close releases the machine's vCPUs and KVM VM; its threads have exited.
 func (m *machine) close() error {
+	m.outMu.Lock()
+	defer m.outMu.Unlock()
+	if m.closed {
+		return nil
+	}
+	m.closed = true
 	var errs []error
 	for _, c := range m.vcpus {
 		errs = append(errs, c.k.Close())
