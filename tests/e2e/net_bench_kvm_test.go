@@ -45,6 +45,9 @@ func BenchmarkKVMNetVsQEMU(b *testing.B) {
 	c.waitConsole(b, "primary", "dropbear listening", bootDeadline)
 	b.Run("popvmm", func(b *testing.B) {
 		measure(b, c, st, st.Kernel("primary"), host)
+		if m := c.status(b).Kernel("primary").Machine; m != nil {
+			b.Logf("popvmm's card after the run: %v", m.Devs["net0"])
+		}
 	})
 	for _, vhost := range []string{"off", "on"} {
 		b.Run("qemu-vhost="+vhost, func(b *testing.B) {
