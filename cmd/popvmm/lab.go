@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"path/filepath"
 	"strconv"
 	"syscall"
@@ -229,7 +230,10 @@ func (c *cli) runLab(cfg lab.Config, timing bool) error {
 	var le *lab.Error
 	switch {
 	case errors.As(err, &le):
-		if le.Console != "" && c.verbose {
+		// Once the lab has booted, a failure is the lab host dying under
+		// the command: its console's last lines are the only clue, so they
+		// are shown whatever -v says.
+		if le.Console != "" && (c.verbose || strings.Contains(le.Reason, "stopped")) {
 			fmt.Fprintf(c.stderr, "lab host console (last lines):\n%s\n", le.Console)
 		}
 		return &exitError{lab.ExitLabFailure, le}
