@@ -430,7 +430,13 @@ func (c *cli) sshCmd() *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("popvmm ssh runs the system ssh client, and there is none: %w (apt-get install openssh-client)", err)
 			}
-			argv := append([]string{ssh}, supervisor.SSHArgs(st, k, args[1:])...)
+			// `popvmm ssh NAME -- CMD` means what `popvmm ssh NAME CMD` does,
+			// as with `popvmm lab run -- CMD`.
+			remote := args[1:]
+			if len(remote) > 0 && remote[0] == "--" {
+				remote = remote[1:]
+			}
+			argv := append([]string{ssh}, supervisor.SSHArgs(st, k, remote)...)
 			return syscall.Exec(ssh, argv, os.Environ())
 		},
 	}

@@ -34,7 +34,7 @@ func (f *labFlags) add(cmd *cobra.Command) {
 	cmd.Flags().IntVar(&f.cpus, "cpus", 2, "emulated CPUs of the lab host")
 	cmd.Flags().StringVar(&f.memory, "memory", "4G", "memory of the lab host (512M, 4G, ...)")
 	cmd.Flags().StringArrayVar(&f.shares, "share", nil, "directory shared read-write at the same path (repeatable; the current directory always is)")
-	cmd.Flags().StringVar(&f.image, "image", lab.DefaultImage().Dir, "lab image directory (built by `make lab`)")
+	cmd.Flags().StringVar(&f.image, "image", lab.DefaultImage().Dir, "lab image directory (make lab builds it)")
 	cmd.Flags().BoolVar(&f.timing, "timing", false, "at the end, print the split on stderr as one line of seconds (lab: timing qemu=... kernel=...; bench/lab.sh reads it)")
 }
 
