@@ -7,6 +7,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/popvmm/popvmm/cluster"
 	"github.com/popvmm/popvmm/vmm"
@@ -66,7 +67,7 @@ func (l *vmLauncher) Launch(ctx context.Context, k *cluster.Kernel, b Boot, cons
 		return nil, err
 	}
 	m.vm = v
-	uart := vtty.NewUART(&panicWatch{w: console, onPanic: m.panicked}, v.IRQLine(com1IRQ))
+	uart := vtty.NewUART(&panicWatch{w: console, onPanic: m.panicked, onInit: m.initReached}, v.IRQLine(com1IRQ))
 	if err := v.PIO().Insert(uart, "com1", com1Port, 8); err != nil {
 		v.Close()
 		return nil, err
@@ -118,6 +119,7 @@ type vmMachine struct {
 
 	mu       sync.Mutex
 	panicMsg string
+	initAt   time.Time
 	stopOnce sync.Once
 	stopErr  error
 }
@@ -158,9 +160,24 @@ func (m *vmMachine) Stop() error {
 	return m.stopErr
 }
 
+// initReached is called (once, off the vCPU thread) when the guest's
+// /init announced itself on the console: the kernel has booted.
+func (m *vmMachine) initReached() {
+	m.mu.Lock()
+	m.initAt = time.Now()
+	m.mu.Unlock()
+}
+
 func (m *vmMachine) Info() MachineInfo {
 	st := m.vm.Status()
 	info := MachineInfo{Exits: st.Exits, Since: st.Started, Extra: map[string]string{"uptime": st.Uptime.Round(1e6).String()}}
+	m.mu.Lock()
+	if !m.initAt.IsZero() && !st.Started.IsZero() {
+		// How long the kernel took to reach its init ("popvmm-init:" on
+		// the console); absent while it is still booting.
+		info.Extra["init_after"] = m.initAt.Sub(st.Started).Round(1e6).String()
+	}
+	m.mu.Unlock()
 	if st.Resets > 0 {
 		info.Extra["resets"] = fmt.Sprint(st.Resets)
 	}
@@ -180,6 +197,8 @@ const panicMarker = "Kernel panic - not syncing"
 type panicWatch struct {
 	w       *vtty.Console
 	onPanic func(line string)
+	onInit  func()
+	init    int // bytes of initMarker matched so far; -1 once seen
 	matched int // bytes of panicMarker matched so far
 	line    []byte
 	inLine  bool
@@ -198,7 +217,17 @@ func (p *panicWatch) Write(data []byte) (int, error) {
 	return p.w.Write(data)
 }
 
+// initMarker is what popvmm's guest /init prints first (images/initramfs/init).
+const initMarker = "popvmm-init: "
+
 func (p *panicWatch) scan(b byte) {
+	if p.init >= 0 && p.onInit != nil {
+		p.init = step(initMarker, p.init, b)
+		if p.init == len(initMarker) {
+			p.init = -1
+			go p.onInit()
+		}
+	}
 	if p.fired {
 		return
 	}
@@ -211,15 +240,22 @@ func (p *panicWatch) scan(b byte) {
 		p.line = append(p.line, b)
 		return
 	}
-	if b == panicMarker[p.matched] {
-		p.matched++
-	} else if b == panicMarker[0] {
-		p.matched = 1
-	} else {
-		p.matched = 0
-	}
+	p.matched = step(panicMarker, p.matched, b)
 	if p.matched == len(panicMarker) {
 		p.inLine = true
 		p.line = append(p.line[:0], panicMarker...)
 	}
+}
+
+// step advances a match of marker by byte b from matched bytes, the way a
+// console line is scanned (a restart only at the marker's first byte,
+// enough for markers without a repeated prefix).
+func step(marker string, matched int, b byte) int {
+	switch {
+	case b == marker[matched]:
+		return matched + 1
+	case b == marker[0]:
+		return 1
+	}
+	return 0
 }
