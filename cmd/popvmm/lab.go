@@ -7,9 +7,9 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"strings"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
