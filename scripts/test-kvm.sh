@@ -18,14 +18,19 @@ run_filter=${KVM_RUN:-KVM}
 
 if [ "${1:-}" = --run ]; then
   [ -n "$out" ] || { echo "test-kvm.sh --run: KVM_OUT not set" >&2; exit 2; }
-  export POPVMM_REQUIRE_KVM=1 POPVMM_BIN="$top/$out/popvmm"
+  # The executables run from a local copy: in the lab the work tree is a
+  # 9p share, and a binary paged in from it stalls whenever the share does.
+  exe=$(mktemp -d "${TMPDIR:-/tmp}/popvmm-kvm.XXXXXX")
+  trap 'rm -rf "$exe"' EXIT
+  cp "$out"/popvmm "$out"/*.test "$exe"/
+  export POPVMM_REQUIRE_KVM=1 POPVMM_BIN="$exe/popvmm"
   pass=0 fail=0 skip=0 failed=() flaky=()
   for bin in "$out"/*.test; do
     [ -e "$bin" ] || continue
     pkg=$(cat "$bin.pkg")
     echo "==> $pkg (KVM tier)"
     set +e
-    (cd "$pkg" && "$top/$bin" -test.run "$run_filter" -test.v -test.count=1 -test.timeout 30m) 2>&1 | tee "$bin.log"
+    (cd "$pkg" && "$exe/${bin##*/}" -test.run "$run_filter" -test.v -test.count=1 -test.timeout 30m) 2>&1 | tee "$bin.log"
     rc=${PIPESTATUS[0]}
     set -e
     p=$(grep -c '^--- PASS' "$bin.log" || true); f=$(grep -c '^--- FAIL' "$bin.log" || true); s=$(grep -c '^--- SKIP' "$bin.log" || true)
@@ -37,7 +42,7 @@ if [ "${1:-}" = --run ]; then
       # as passed and is named as flaky in the summary, never hidden.
       echo "==> $pkg: $names failed; running them once more"
       set +e
-      (cd "$pkg" && "$top/$bin" -test.run "^($names)\$" -test.v -test.count=1 -test.timeout 30m) 2>&1 | tee "$bin.retry.log"
+      (cd "$pkg" && "$exe/${bin##*/}" -test.run "^($names)\$" -test.v -test.count=1 -test.timeout 30m) 2>&1 | tee "$bin.retry.log"
       rrc=${PIPESTATUS[0]}
       set -e
       if [ "$rrc" = 0 ]; then
