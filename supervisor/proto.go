@@ -32,7 +32,6 @@ const (
 	CodeBadRequest = "bad_request"
 	CodeNotFound   = "not_found"
 	CodeState      = "bad_state"   // the kernel's state does not allow the op
-	CodeNotBuilt   = "not_built"   // the capability behind the op is not built yet
 	CodeNoKVM      = "no_kvm"      // this supervisor runs no VMs (KVM unusable)
 	CodeBootFailed = "boot_failed" // the kernel's VM did not start
 )

@@ -348,7 +348,7 @@ func opExit(err error) error {
 	var oe *supervisor.OpError
 	if errors.As(err, &oe) {
 		switch oe.Code {
-		case supervisor.CodeNotBuilt, supervisor.CodeNoKVM:
+		case supervisor.CodeNoKVM:
 			return &exitError{exitNoKVM, err}
 		case supervisor.CodeNotFound, supervisor.CodeBadRequest:
 			return &exitError{exitUsage, err}

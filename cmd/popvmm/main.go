@@ -37,10 +37,6 @@ func usageErr(format string, args ...any) error {
 	return &exitError{exitUsage, fmt.Errorf(format, args...)}
 }
 
-func notBuilt(format string, args ...any) error {
-	return &exitError{exitNoKVM, fmt.Errorf(format, args...)}
-}
-
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
