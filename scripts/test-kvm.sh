@@ -84,7 +84,15 @@ if "$popvmm" check-kvm --quiet; then
   set +e; scripts/test-kvm.sh --run; rc=$?; set -e
 else
   where="in the lab (kvm_amd under QEMU TCG; here: $("$popvmm" check-kvm | head -1 || true))"
-  set +e; "$popvmm" lab run --cpus "${LAB_CPUS:-2}" --memory "${LAB_MEMORY:-4G}" -- scripts/test-kvm.sh --run; rc=$?; set -e
+  lab() { # $1: which lab run; its host's whole console is kept in bin/
+    set +e; "$popvmm" lab run --cpus "${LAB_CPUS:-2}" --memory "${LAB_MEMORY:-4G}" --console-log "bin/kvm-lab-console.$1.log" -- scripts/test-kvm.sh --run; rc=$?; set -e
+    if [ "$rc" = 125 ] && [ ! -f "$out/summary" ]; then
+      # The first report of a lab kernel fault, not just the panic's tail.
+      echo "==> KVM tier: the lab host died; its first fault report (whole console: bin/kvm-lab-console.$1.log):"
+      grep -m1 -A40 -E 'BUG:|WARNING:|general protection|Oops|double fault|panic' "bin/kvm-lab-console.$1.log" || true
+    fi
+  }
+  lab 1
   if [ "$rc" = 125 ] && [ ! -f "$out/summary" ] && [ "${KVM_RETRY:-1}" = 1 ]; then
     # The lab host itself died under the tests (its kernel, emulated,
     # running nested guests, has been seen to panic in its #GP handler):
@@ -92,7 +100,7 @@ else
     # fresh lab, and the summary line says so.
     echo "==> KVM tier: the lab host died under the tests (its console is above); running the tier again in a fresh lab"
     relab="; the lab host died once and the tier ran again"
-    set +e; "$popvmm" lab run --cpus "${LAB_CPUS:-2}" --memory "${LAB_MEMORY:-4G}" -- scripts/test-kvm.sh --run; rc=$?; set -e
+    lab 2
   fi
 fi
 if [ -f "$out/summary" ]; then

@@ -23,11 +23,13 @@ import (
 
 // labFlags are the flags every lab command shares.
 type labFlags struct {
-	cpus   int
-	memory string
-	shares []string
-	image  string
-	timing bool
+	cpus       int
+	memory     string
+	shares     []string
+	image      string
+	timing     bool
+	consoleLog string
+	qemu       string
 }
 
 func (f *labFlags) add(cmd *cobra.Command) {
@@ -36,6 +38,8 @@ func (f *labFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringArrayVar(&f.shares, "share", nil, "directory shared read-write at the same path (repeatable; the current directory always is)")
 	cmd.Flags().StringVar(&f.image, "image", lab.DefaultImage().Dir, "lab image directory (make lab builds it)")
 	cmd.Flags().BoolVar(&f.timing, "timing", false, "at the end, print the split on stderr as one line of seconds (lab: timing qemu=... kernel=...; bench/lab.sh reads it)")
+	cmd.Flags().StringVar(&f.qemu, "qemu", lab.DefaultQEMU(), "the emulator that runs the lab host ($POPVMM_LAB_QEMU; empty: the lab image's own pinned QEMU)")
+	cmd.Flags().StringVar(&f.consoleLog, "console-log", "", "write the lab host's whole kernel console (ttyS0) to this file, whatever the outcome")
 }
 
 func (f *labFlags) config(c *cli) (lab.Config, error) {
@@ -55,7 +59,7 @@ func (f *labFlags) config(c *cli) (lab.Config, error) {
 		shares = append(shares, abs)
 	}
 	return lab.Config{
-		Image: lab.Image{Dir: f.image}, CPUs: f.cpus, Memory: mem, Shares: shares,
+		Image: lab.Image{Dir: f.image}, QEMU: f.qemu, CPUs: f.cpus, Memory: mem, Shares: shares,
 		Env: os.Environ(), Stdout: c.stdout, Stderr: c.stderr, Progress: c.stderr,
 	}, nil
 }
@@ -91,7 +95,7 @@ func (c *cli) labRunCmd() *cobra.Command {
 				return err
 			}
 			cfg.Args = args
-			return c.runLab(cfg, f.timing)
+			return c.runLab(cfg, &f)
 		},
 	}
 	f.add(cmd)
@@ -110,7 +114,7 @@ func (c *cli) labShellCmd() *cobra.Command {
 				return err
 			}
 			cfg.Args = []string{"/bin/sh", "-i"}
-			return c.runLabInteractive(cfg, f.timing)
+			return c.runLabInteractive(cfg, &f)
 		},
 	}
 	f.add(cmd)
@@ -148,7 +152,7 @@ sh -i
 "$exe" down
 `
 			cfg.Args = []string{"/bin/sh", "-c", script, "lab-up", exe, config}
-			return c.runLabInteractive(cfg, f.timing)
+			return c.runLabInteractive(cfg, &f)
 		},
 	}
 	f.add(cmd)
@@ -188,7 +192,7 @@ func (c *cli) labBuildCmd() *cobra.Command {
 	return cmd
 }
 
-func (c *cli) runLabInteractive(cfg lab.Config, timing bool) error {
+func (c *cli) runLabInteractive(cfg lab.Config, f *labFlags) error {
 	cfg.Interactive = true
 	cfg.Stdin = os.Stdin
 	if fd := int(os.Stdin.Fd()); term.IsTerminal(fd) {
@@ -200,13 +204,13 @@ func (c *cli) runLabInteractive(cfg lab.Config, timing bool) error {
 		// The guest's terminal speaks \n; the raw host terminal needs \r\n
 		// from the guest's own line discipline, which it has (sane mode).
 	}
-	return c.runLab(cfg, timing)
+	return c.runLab(cfg, f)
 }
 
 // runLab runs cfg and turns its outcome into popvmm's exit status: the
 // command's own, 125 for a lab failure, 128+N when stopped by signal N
 // (130 for Ctrl-C, 143 for SIGTERM).
-func (c *cli) runLab(cfg lab.Config, timing bool) error {
+func (c *cli) runLab(cfg lab.Config, f *labFlags) error {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	defer cancel(nil)
 	sigs := make(chan os.Signal, 1)
@@ -220,7 +224,12 @@ func (c *cli) runLab(cfg lab.Config, timing bool) error {
 		}
 	}()
 	res, err := lab.Run(ctx, cfg)
-	if timing {
+	if f.consoleLog != "" {
+		if werr := os.WriteFile(f.consoleLog, []byte(res.Console), 0o644); werr != nil {
+			fmt.Fprintf(c.stderr, "popvmm: lab: --console-log: %v\n", werr)
+		}
+	}
+	if f.timing {
 		t := res.Timing
 		sec := func(d time.Duration) string { return strconv.FormatFloat(d.Seconds(), 'f', 2, 64) }
 		fmt.Fprintf(c.stderr, "lab: timing qemu=%s kernel=%s modules=%s mounts=%s command=%s poweroff=%s cpu=%s\n",
