@@ -410,9 +410,27 @@ func (v *VM) runVCPU(m *machine, c *vcpu, ready chan<- error) {
 			if err != nil {
 				reason += ": " + err.Error()
 			}
-			m.finish(Crash, reason)
+			m.finish(Crash, reason+c.snapshot())
 		}
 	}
+}
+
+// snapshot is the vCPU's state at a crash, for the crash reason:
+// " (RIP=... RSP=... CR0=... CR2=... CR3=... CR4=... EFER=...)", or ""
+// when KVM_GET_REGS or KVM_GET_SREGS fails. After a triple fault the
+// registers are those of the instruction that faulted the third time
+// (KVM leaves them unchanged on KVM_EXIT_SHUTDOWN).
+func (c *vcpu) snapshot() string {
+	r, err := c.k.Regs()
+	if err != nil {
+		return ""
+	}
+	s, err := c.k.Sregs()
+	if err != nil {
+		return ""
+	}
+	return fmt.Sprintf(" (RIP=%#x RSP=%#x RFLAGS=%#x CS=%#x CR0=%#x CR2=%#x CR3=%#x CR4=%#x EFER=%#x IDT=%#x/%d)",
+		r.RIP, r.RSP, r.RFLAGS, s.CS.Selector, s.CR0, s.CR2, s.CR3, s.CR4, s.EFER, s.IDT.Base, s.IDT.Limit)
 }
 
 // finish records why the machine stops (the first reason wins) and kicks
