@@ -67,14 +67,23 @@ kernel = "$top/images/out/light/bzImage"
 initrd = "$top/images/out/light/initramfs.cpio"
 EOF
 
-# wait_for DESC SECONDS CMD...: runs CMD until it succeeds (quietly).
+# wait_for DESC SECONDS CMD...: runs CMD until it succeeds (quietly). When
+# the last word of CMD names a kernel, every 10 s it shows how long it has
+# waited and that kernel's last console line, so a slow boot shows progress.
 wait_for() {
   local desc=$1 secs=$2; shift 2
-  local end=$((SECONDS + secs))
+  local start=$SECONDS end=$((SECONDS + secs)) next=$((SECONDS + 10)) name=${*: -1} line
   printf '   waiting for %s' "$desc"
   until "$@" >/dev/null 2>&1; do
     if [ $SECONDS -ge $end ]; then echo " — gave up after ${secs}s"; return 1; fi
-    printf .; sleep 2
+    if [ $SECONDS -ge $next ]; then
+      next=$((SECONDS + 10))
+      line=$("$popvmm" logs -c "$cfg" "$name" 2>/dev/null | sed $'s/\x1b\\[[0-9;?]*[A-Za-z]//g; s/\r//g' | grep -v '^[[:space:]]*$' | tail -1 | cut -c1-90)
+      printf '\n     %3ds%s' $((SECONDS - start)) "${line:+  $name: $line}"
+    else
+      printf .
+    fi
+    sleep 2
   done
   echo " ok"
 }
