@@ -417,9 +417,11 @@ func (v *VM) runVCPU(m *machine, c *vcpu, ready chan<- error) {
 
 // snapshot is the vCPU's state at a crash, for the crash reason:
 // " (RIP=... RSP=... CR0=... CR2=... CR3=... CR4=... EFER=...)", or ""
-// when KVM_GET_REGS or KVM_GET_SREGS fails. After a triple fault the
-// registers are those of the instruction that faulted the third time
-// (KVM leaves them unchanged on KVM_EXIT_SHUTDOWN).
+// when KVM_GET_REGS or KVM_GET_SREGS fails. After a triple fault on Intel
+// (VMX) they are those of the instruction that faulted the third time; on
+// AMD (SVM) KVM has already reset the vCPU (the VMCB is undefined after a
+// shutdown intercept: arch/x86/kvm/svm/svm.c shutdown_interception), and
+// the snapshot says so instead of showing the reset state.
 func (c *vcpu) snapshot() string {
 	r, err := c.k.Regs()
 	if err != nil {
@@ -428,6 +430,9 @@ func (c *vcpu) snapshot() string {
 	s, err := c.k.Sregs()
 	if err != nil {
 		return ""
+	}
+	if r.RIP == 0xfff0 && s.CS.Selector == 0xf000 && s.CR0&1 == 0 {
+		return " (registers lost: KVM reset the vCPU, as it does on AMD SVM)"
 	}
 	return fmt.Sprintf(" (RIP=%#x RSP=%#x RFLAGS=%#x CS=%#x CR0=%#x CR2=%#x CR3=%#x CR4=%#x EFER=%#x IDT=%#x/%d)",
 		r.RIP, r.RSP, r.RFLAGS, s.CS.Selector, s.CR0, s.CR2, s.CR3, s.CR4, s.EFER, s.IDT.Base, s.IDT.Limit)
