@@ -253,28 +253,32 @@ func (c *cli) withCluster(cmd *cobra.Command, f func(ctx context.Context, cl sup
 	return f(ctx, cl)
 }
 
-// withKernel runs f with the status of the named kernel of the addressed
-// cluster; an unknown name is a usage error listing the kernels.
-func (c *cli) withKernel(cmd *cobra.Command, name string, f func(k *supervisor.KernelStatus) error) error {
-	var k *supervisor.KernelStatus
-	err := c.withCluster(cmd, func(ctx context.Context, cl supervisor.Client) error {
-		st, err := cl.Status(ctx)
-		if err != nil {
-			return err
-		}
-		if k = st.Kernel(name); k == nil {
-			var names []string
-			for _, k := range st.Kernels {
-				names = append(names, k.Name)
-			}
-			return usageErr("cluster %q has no kernel %q (kernels: %s)", st.Cluster, name, strings.Join(names, ", "))
-		}
-		return nil
+// status asks the addressed cluster's supervisor for its status.
+func (c *cli) status(cmd *cobra.Command) (*supervisor.Status, error) {
+	var st *supervisor.Status
+	err := c.withCluster(cmd, func(ctx context.Context, cl supervisor.Client) (err error) {
+		st, err = cl.Status(ctx)
+		return err
 	})
+	return st, err
+}
+
+// withKernel runs f with the addressed cluster's status and that of its
+// kernel name; an unknown name is a usage error listing the kernels.
+func (c *cli) withKernel(cmd *cobra.Command, name string, f func(st *supervisor.Status, k *supervisor.KernelStatus) error) error {
+	st, err := c.status(cmd)
 	if err != nil {
 		return err
 	}
-	return f(k)
+	k := st.Kernel(name)
+	if k == nil {
+		var names []string
+		for _, k := range st.Kernels {
+			names = append(names, k.Name)
+		}
+		return usageErr("cluster %q has no kernel %q (kernels: %s)", st.Cluster, name, strings.Join(names, ", "))
+	}
+	return f(st, k)
 }
 
 func (c *cli) statusCmd() *cobra.Command {
@@ -284,16 +288,14 @@ func (c *cli) statusCmd() *cobra.Command {
 		Short: "Show the cluster and every kernel's state, cores, memory and addresses",
 		Args:  exactArgs(),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return c.withCluster(cmd, func(ctx context.Context, cl supervisor.Client) error {
-				st, err := cl.Status(ctx)
-				if err != nil {
-					return err
-				}
-				if asJSON {
-					return writeJSON(c.stdout, st)
-				}
-				return supervisor.WriteStatus(c.stdout, st, time.Now())
-			})
+			st, err := c.status(cmd)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(c.stdout, st)
+			}
+			return supervisor.WriteStatus(c.stdout, st, time.Now())
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
@@ -381,7 +383,7 @@ func (c *cli) logsCmd() *cobra.Command {
 		Short: "Print a kernel's console log (-f follows it)",
 		Args:  exactArgs("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return c.withKernel(cmd, args[0], func(k *supervisor.KernelStatus) error {
+			return c.withKernel(cmd, args[0], func(_ *supervisor.Status, k *supervisor.KernelStatus) error {
 				if _, err := os.Stat(k.ConsoleLog); errors.Is(err, os.ErrNotExist) {
 					return fmt.Errorf("no console output yet from %q (%s): it is %s", k.Name, k.ConsoleLog, k.State)
 				}
@@ -407,37 +409,23 @@ func (c *cli) sshCmd() *cobra.Command {
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var st *supervisor.Status
-			err := c.withCluster(cmd, func(ctx context.Context, cl supervisor.Client) (err error) {
-				st, err = cl.Status(ctx)
-				return err
-			})
-			if err != nil {
-				return err
-			}
-			k := st.Kernel(args[0])
-			switch {
-			case k == nil:
-				var names []string
-				for _, k := range st.Kernels {
-					names = append(names, k.Name)
+			return c.withKernel(cmd, args[0], func(st *supervisor.Status, k *supervisor.KernelStatus) error {
+				if k.State != supervisor.StateRunning && k.State != supervisor.StateBooting {
+					return &exitError{exitFailure, fmt.Errorf("kernel %q is %s; `popvmm boot -c %s %s` starts it", k.Name, k.State, st.Cluster, k.Name)}
 				}
-				return usageErr("cluster %q has no kernel %q (kernels: %s)", st.Cluster, args[0], strings.Join(names, ", "))
-			case k.State != supervisor.StateRunning && k.State != supervisor.StateBooting:
-				return &exitError{exitFailure, fmt.Errorf("kernel %q is %s; `popvmm boot -c %s %s` starts it", k.Name, k.State, st.Cluster, k.Name)}
-			}
-			ssh, err := exec.LookPath("ssh")
-			if err != nil {
-				return fmt.Errorf("popvmm ssh runs the system ssh client, and there is none: %w (apt-get install openssh-client)", err)
-			}
-			// `popvmm ssh NAME -- CMD` means what `popvmm ssh NAME CMD` does,
-			// as with `popvmm lab run -- CMD`.
-			remote := args[1:]
-			if len(remote) > 0 && remote[0] == "--" {
-				remote = remote[1:]
-			}
-			argv := append([]string{ssh}, supervisor.SSHArgs(st, k, remote)...)
-			return syscall.Exec(ssh, argv, os.Environ())
+				ssh, err := exec.LookPath("ssh")
+				if err != nil {
+					return fmt.Errorf("popvmm ssh runs the system ssh client, and there is none: %w (apt-get install openssh-client)", err)
+				}
+				// `popvmm ssh NAME -- CMD` means what `popvmm ssh NAME CMD` does,
+				// as with `popvmm lab run -- CMD`.
+				remote := args[1:]
+				if len(remote) > 0 && remote[0] == "--" {
+					remote = remote[1:]
+				}
+				argv := append([]string{ssh}, supervisor.SSHArgs(st, k, remote)...)
+				return syscall.Exec(ssh, argv, os.Environ())
+			})
 		},
 	}
 	cmd.Flags().SetInterspersed(false)
@@ -525,12 +513,7 @@ func (c *cli) msgCmd() *cobra.Command {
 		Short: "A shell of a kernel over the window (inter-kernel TTY)",
 		Args:  exactArgs("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var st *supervisor.Status
-			err := c.withCluster(cmd, func(ctx context.Context, cl supervisor.Client) error {
-				var err error
-				st, err = cl.Status(ctx)
-				return err
-			})
+			st, err := c.status(cmd)
 			if err != nil {
 				return err
 			}
