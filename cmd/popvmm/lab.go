@@ -78,9 +78,23 @@ command's own, or 125 when the lab itself failed. See docs/lab.md.`,
 	return root
 }
 
-func (c *cli) labRunCmd() *cobra.Command {
+// labCommand gives cmd the lab flags and a RunE that calls run with the
+// lab configuration they make.
+func (c *cli) labCommand(cmd *cobra.Command, run func(cfg lab.Config, f *labFlags, args []string) error) *cobra.Command {
 	var f labFlags
-	cmd := &cobra.Command{
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		cfg, err := f.config(c)
+		if err != nil {
+			return err
+		}
+		return run(cfg, &f, args)
+	}
+	f.add(cmd)
+	return cmd
+}
+
+func (c *cli) labRunCmd() *cobra.Command {
+	return c.labCommand(&cobra.Command{
 		Use:   "run [flags] -- CMD [ARG...]",
 		Short: "Run CMD as root in the lab, with /dev/kvm; exit with its status",
 		Args: func(cmd *cobra.Command, args []string) error {
@@ -89,61 +103,41 @@ func (c *cli) labRunCmd() *cobra.Command {
 			}
 			return nil
 		},
-		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg, err := f.config(c)
-			if err != nil {
-				return err
-			}
-			cfg.Args = args
-			return c.runLab(cfg, &f)
-		},
-	}
-	f.add(cmd)
-	return cmd
+	}, func(cfg lab.Config, f *labFlags, args []string) error {
+		cfg.Args = args
+		return c.runLab(cfg, f)
+	})
 }
 
 func (c *cli) labShellCmd() *cobra.Command {
-	var f labFlags
-	cmd := &cobra.Command{
+	return c.labCommand(&cobra.Command{
 		Use:   "shell",
 		Short: "An interactive root shell in the lab",
 		Args:  exactArgs(),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg, err := f.config(c)
-			if err != nil {
-				return err
-			}
-			cfg.Args = []string{"/bin/sh", "-i"}
-			return c.runLabInteractive(cfg, &f)
-		},
-	}
-	f.add(cmd)
-	return cmd
+	}, func(cfg lab.Config, f *labFlags, args []string) error {
+		cfg.Args = []string{"/bin/sh", "-i"}
+		return c.runLabInteractive(cfg, f)
+	})
 }
 
 func (c *cli) labUpCmd() *cobra.Command {
-	var f labFlags
-	cmd := &cobra.Command{
+	return c.labCommand(&cobra.Command{
 		Use:   "up CONFIG",
 		Short: "Bring a cluster up inside the lab, then a shell there; leaving the shell brings it down",
 		Args:  exactArgs("CONFIG"),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg, err := f.config(c)
-			if err != nil {
-				return err
-			}
-			exe, err := os.Executable()
-			if err != nil {
-				return err
-			}
-			config, err := filepath.Abs(args[0])
-			if err != nil {
-				return err
-			}
-			// The config's directory, and this binary's, which the lab's
-			// fresh /tmp would hide when it lives there (go run, tests).
-			cfg.Shares = append(cfg.Shares, filepath.Dir(config), filepath.Dir(exe))
-			script := `set -u
+	}, func(cfg lab.Config, f *labFlags, args []string) error {
+		exe, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		config, err := filepath.Abs(args[0])
+		if err != nil {
+			return err
+		}
+		// The config's directory, and this binary's, which the lab's
+		// fresh /tmp would hide when it lives there (go run, tests).
+		cfg.Shares = append(cfg.Shares, filepath.Dir(config), filepath.Dir(exe))
+		script := `set -u
 exe=$1 config=$2
 export PATH="$(dirname "$exe"):$PATH"
 "$exe" up -d "$config" || exit $?
@@ -151,12 +145,9 @@ echo "popvmm: cluster up in the lab; popvmm status, attach, ssh and msg work her
 sh -i
 "$exe" down
 `
-			cfg.Args = []string{"/bin/sh", "-c", script, "lab-up", exe, config}
-			return c.runLabInteractive(cfg, &f)
-		},
-	}
-	f.add(cmd)
-	return cmd
+		cfg.Args = []string{"/bin/sh", "-c", script, "lab-up", exe, config}
+		return c.runLabInteractive(cfg, f)
+	})
 }
 
 func (c *cli) labBuildCmd() *cobra.Command {
