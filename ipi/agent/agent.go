@@ -117,29 +117,68 @@ func sendWithin(node *msg.Node, to int, svc uint8, p []byte, d time.Duration) er
 	}
 }
 
-// Caller sends requests from a node and matches replies to them by id.
-type Caller struct {
-	node *msg.Node
+// pending is a table of requests awaiting their replies: a request is
+// its id (8 bytes, little-endian), and its reply starts with the same id.
+type pending struct {
 	mu   sync.Mutex
 	next uint64
 	wait map[uint64]chan []byte
 }
 
+// send sends svc to peer as a request with a fresh id. It returns the
+// channel the reply comes on and a func that forgets the request, to call
+// once it is answered or abandoned.
+func (q *pending) send(node *msg.Node, peer int, svc uint8) (<-chan []byte, func(), error) {
+	q.mu.Lock()
+	if q.wait == nil {
+		q.wait = map[uint64]chan []byte{}
+	}
+	q.next++
+	id := q.next
+	ch := make(chan []byte, 1)
+	q.wait[id] = ch
+	q.mu.Unlock()
+	forget := func() {
+		q.mu.Lock()
+		delete(q.wait, id)
+		q.mu.Unlock()
+	}
+	var req [8]byte
+	binary.LittleEndian.PutUint64(req[:], id)
+	if err := node.Send(peer, svc, req[:]); err != nil {
+		forget()
+		return nil, nil, err
+	}
+	return ch, forget, nil
+}
+
+// deliver hands reply to the request whose id p starts with (at least 8
+// bytes), if one awaits it; a request takes only its first reply.
+func (q *pending) deliver(p []byte, reply []byte) {
+	id := binary.LittleEndian.Uint64(p)
+	q.mu.Lock()
+	ch, ok := q.wait[id]
+	delete(q.wait, id)
+	q.mu.Unlock()
+	if ok {
+		ch <- reply
+	}
+}
+
+// Caller sends requests from a node and matches replies to them by id.
+type Caller struct {
+	node    *msg.Node
+	pending pending
+}
+
 // NewCaller takes over the reply services on node.
 func NewCaller(node *msg.Node) *Caller {
-	c := &Caller{node: node, wait: map[uint64]chan []byte{}}
+	c := &Caller{node: node}
 	deliver := func(_ int, p []byte) {
 		if len(p) < 8 {
 			return
 		}
-		id := binary.LittleEndian.Uint64(p)
-		c.mu.Lock()
-		ch, ok := c.wait[id]
-		delete(c.wait, id)
-		c.mu.Unlock()
-		if ok {
-			ch <- append([]byte(nil), p[8:]...)
-		}
+		c.pending.deliver(p, append([]byte(nil), p[8:]...))
 	}
 	node.Register(SvcPong, deliver)
 	node.Register(SvcInfoReply, deliver)
@@ -148,22 +187,11 @@ func NewCaller(node *msg.Node) *Caller {
 
 // call sends a request with a fresh id and waits for its reply.
 func (c *Caller) call(ctx context.Context, peer int, svc uint8) ([]byte, error) {
-	c.mu.Lock()
-	c.next++
-	id := c.next
-	ch := make(chan []byte, 1)
-	c.wait[id] = ch
-	c.mu.Unlock()
-	defer func() {
-		c.mu.Lock()
-		delete(c.wait, id)
-		c.mu.Unlock()
-	}()
-	var req [8]byte
-	binary.LittleEndian.PutUint64(req[:], id)
-	if err := c.node.Send(peer, svc, req[:]); err != nil {
+	ch, forget, err := c.pending.send(c.node, peer, svc)
+	if err != nil {
 		return nil, err
 	}
+	defer forget()
 	select {
 	case r := <-ch:
 		return r, nil

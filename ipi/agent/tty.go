@@ -212,10 +212,9 @@ func (d *DetachReader) Read(p []byte) (int, error) {
 // sessions may run at once.
 type TTYClient struct {
 	node *msg.Node
+	reqs pending // open requests awaiting SvcTTYOpened
 	mu   sync.Mutex
-	reqs map[uint64]chan []byte    // open requests awaiting SvcTTYOpened
 	sess map[ttyKey]*clientSession // open sessions
-	next uint64
 }
 
 type ttyKey struct {
@@ -232,20 +231,12 @@ type clientSession struct {
 
 // NewTTYClient takes over the client-side TTY services on node.
 func NewTTYClient(node *msg.Node) *TTYClient {
-	c := &TTYClient{node: node, reqs: map[uint64]chan []byte{}, sess: map[ttyKey]*clientSession{}}
+	c := &TTYClient{node: node, sess: map[ttyKey]*clientSession{}}
 	node.Register(SvcTTYOpened, func(from int, p []byte) {
 		if len(p) < 12 {
 			return
 		}
-		c.mu.Lock()
-		ch := c.reqs[binary.LittleEndian.Uint64(p)]
-		c.mu.Unlock()
-		if ch != nil {
-			select {
-			case ch <- append([]byte{byte(from), byte(from >> 8)}, p[8:]...):
-			default:
-			}
-		}
+		c.reqs.deliver(p, append([]byte{byte(from), byte(from >> 8)}, p[8:]...))
 	})
 	node.Register(SvcTTYOutput, func(from int, p []byte) {
 		if s := c.session(from, p); s != nil {
@@ -279,22 +270,11 @@ func (c *TTYClient) session(from int, p []byte) *clientSession {
 // incarnation that opened the shell goes. The node must be running (Run).
 func (c *TTYClient) Open(ctx context.Context, peer int, in io.Reader, out io.Writer) error {
 	gen := c.node.Generation(peer)
-	c.mu.Lock()
-	c.next++
-	id := c.next
-	opened := make(chan []byte, 1)
-	c.reqs[id] = opened
-	c.mu.Unlock()
-	defer func() {
-		c.mu.Lock()
-		delete(c.reqs, id)
-		c.mu.Unlock()
-	}()
-	var req [8]byte
-	binary.LittleEndian.PutUint64(req[:], id)
-	if err := c.node.Send(peer, SvcTTYOpen, req[:]); err != nil {
+	opened, forget, err := c.reqs.send(c.node, peer, SvcTTYOpen)
+	if err != nil {
 		return fmt.Errorf("open tty on peer %d: %w", peer, err)
 	}
+	defer forget()
 	var r []byte
 	select {
 	case r = <-opened:
