@@ -6,16 +6,8 @@
 
 #define VECTOR 0x34
 
-struct idt_entry {
-	u16 off_lo, sel;
-	u8 zero, attr;
-	u16 off_hi;
-} __attribute__((packed));
-
 static struct idt_entry idt[256];
 static volatile u32 received;
-
-struct interrupt_frame;
 
 __attribute__((interrupt)) static void uart_isr(struct interrupt_frame *f) {
 	(void)f;
@@ -26,7 +18,7 @@ __attribute__((interrupt)) static void uart_isr(struct interrupt_frame *f) {
 		uart_putc(c);
 		received++;
 	}
-	mmio_write(LAPIC + 0xb0, 0); /* EOI */
+	lapic_eoi();
 }
 
 static void ioapic_write(u32 reg, u32 v) {
@@ -35,18 +27,10 @@ static void ioapic_write(u32 reg, u32 v) {
 }
 
 void main(void) {
-	u32 h = (u32)uart_isr;
-	idt[VECTOR] = (struct idt_entry){(u16)h, 0x10, 0, 0x8e, (u16)(h >> 16)};
-	struct __attribute__((packed)) {
-		u16 limit;
-		u32 base;
-	} idtr = {sizeof(idt) - 1, (u32)idt};
-	__asm__ volatile("lidt %0" : : "m"(idtr));
+	idt[VECTOR] = idt_gate((u32)uart_isr, 0x10);
+	idt_load(idt, sizeof(idt));
 
-	outb(0x21, 0xff); /* mask both PICs */
-	outb(0xa1, 0xff);
-	mmio_write(LAPIC + 0x80, 0);     /* TPR: accept everything */
-	mmio_write(LAPIC + 0xf0, 0x1ff); /* SVR: APIC on, spurious vector 0xff */
+	lapic_only();
 	ioapic_write(0x10 + 2 * 4 + 1, 0 << 24); /* pin 4 to APIC id 0 */
 	ioapic_write(0x10 + 2 * 4, VECTOR);      /* fixed, physical, edge, high, unmasked */
 

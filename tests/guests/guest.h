@@ -59,6 +59,41 @@ static inline void uart_putu(u32 v) {
 	uart_puts(&buf[i]);
 }
 
+/* Interrupts: an IDT of 32-bit interrupt gates, and a LAPIC that is the
+ * only source of interrupts. */
+struct idt_entry {
+	u16 off_lo, sel;
+	u8 zero, attr;
+	u16 off_hi;
+} __attribute__((packed));
+
+struct interrupt_frame; /* the argument of an __attribute__((interrupt)) handler */
+
+/* idt_gate is an interrupt gate to handler in code segment cs. */
+static inline struct idt_entry idt_gate(u32 handler, u16 cs) {
+	return (struct idt_entry){(u16)handler, cs, 0, 0x8e, (u16)(handler >> 16)};
+}
+
+/* idt_load makes the size bytes at idt the IDT. */
+static inline void idt_load(struct idt_entry *idt, u32 size) {
+	struct __attribute__((packed)) {
+		u16 limit;
+		u32 base;
+	} idtr = {(u16)(size - 1), (u32)idt};
+	__asm__ volatile("lidt %0" : : "m"(idtr));
+}
+
+/* lapic_only masks both 8259 PICs and turns the LAPIC on, accepting every
+ * vector. */
+static inline void lapic_only(void) {
+	outb(0x21, 0xff);
+	outb(0xa1, 0xff);
+	mmio_write(LAPIC + 0x80, 0);     /* TPR: accept everything */
+	mmio_write(LAPIC + 0xf0, 0x1ff); /* SVR: APIC on, spurious vector 0xff */
+}
+
+static inline void lapic_eoi(void) { mmio_write(LAPIC + 0xb0, 0); }
+
 static inline void halt_forever(void) {
 	for (;;)
 		__asm__ volatile("cli; hlt");

@@ -53,27 +53,19 @@ static void cfg_write(u32 dev, u32 reg, u32 v) {
 	outl(0xcfc, v);
 }
 
-struct idt_entry {
-	u16 off_lo, sel;
-	u8 zero, attr;
-	u16 off_hi;
-} __attribute__((packed));
-
 static struct idt_entry idt[256];
 static volatile u32 irqs, ticks, lost;
-
-struct interrupt_frame;
 
 __attribute__((interrupt)) static void msi_isr(struct interrupt_frame *f) {
 	(void)f;
 	irqs++;
-	mmio_write(LAPIC + 0xb0, 0); /* EOI */
+	lapic_eoi();
 }
 
 __attribute__((interrupt)) static void timer_isr(struct interrupt_frame *f) {
 	(void)f;
 	ticks++;
-	mmio_write(LAPIC + 0xb0, 0);
+	lapic_eoi();
 }
 
 static volatile u32 *word(u32 addr) { return (volatile u32 *)addr; }
@@ -119,21 +111,12 @@ static void say(const char *s, u32 v) {
 }
 
 void main(void) {
-	u32 h = (u32)msi_isr;
 	u16 cs; /* 0x10 under popvmm; the multiboot build under QEMU has its own */
 	__asm__ volatile("mov %%cs, %0" : "=r"(cs));
-	idt[VECTOR] = (struct idt_entry){(u16)h, cs, 0, 0x8e, (u16)(h >> 16)};
-	h = (u32)timer_isr;
-	idt[TIMER_VECTOR] = (struct idt_entry){(u16)h, cs, 0, 0x8e, (u16)(h >> 16)};
-	struct __attribute__((packed)) {
-		u16 limit;
-		u32 base;
-	} idtr = {sizeof(idt) - 1, (u32)idt};
-	__asm__ volatile("lidt %0" : : "m"(idtr));
-	outb(0x21, 0xff); /* PICs masked: only MSIs come in */
-	outb(0xa1, 0xff);
-	mmio_write(LAPIC + 0x80, 0);
-	mmio_write(LAPIC + 0xf0, 0x1ff);
+	idt[VECTOR] = idt_gate((u32)msi_isr, cs);
+	idt[TIMER_VECTOR] = idt_gate((u32)timer_isr, cs);
+	idt_load(idt, sizeof(idt));
+	lapic_only(); /* PICs masked: only MSIs and the timer come in */
 	mmio_write(LAPIC + 0x3e0, 0xb);                         /* timer: divide by 1 */
 	mmio_write(LAPIC + 0x320, TIMER_VECTOR | 1u << 17);     /* periodic */
 	mmio_write(LAPIC + 0x380, 50000000);                    /* ~50 ms at KVM's 1 GHz */
