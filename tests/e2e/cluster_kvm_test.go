@@ -118,6 +118,19 @@ func (c *kvmCluster) status() *supervisor.Status {
 	return &st
 }
 
+// down runs `popvmm down` and waits for the supervisor, pid, to exit.
+func (c *kvmCluster) down(pid int) {
+	c.t.Helper()
+	c.must("down", "-c", c.config)
+	deadline := time.Now().Add(30 * time.Second)
+	for syscall.Kill(pid, 0) == nil {
+		if time.Now().After(deadline) {
+			c.t.Fatalf("supervisor pid %d still alive 30 s after down", pid)
+		}
+		time.Sleep(50 * time.Millisecond) // waiting for another process to exit, with a deadline
+	}
+}
+
 // waitConsole waits until kernel's console log holds want, within d. The
 // log is written by another process: it is read again as it grows.
 func (c *kvmCluster) waitConsole(kernel, want string, d time.Duration) {
@@ -183,15 +196,7 @@ func TestKVMClusterConsoles(t *testing.T) {
 		t.Errorf("primary is %s after the secondary's boot", p.State)
 	}
 
-	pid := st.PID
-	c.must("down", "-c", c.config)
-	deadline := time.Now().Add(30 * time.Second)
-	for syscall.Kill(pid, 0) == nil {
-		if time.Now().After(deadline) {
-			t.Fatalf("supervisor pid %d still alive 30 s after down", pid)
-		}
-		time.Sleep(50 * time.Millisecond) // waiting for another process to exit, with a deadline
-	}
+	c.down(st.PID)
 	if _, err := os.Stat(filepath.Join(c.runDir, supervisor.SocketName)); err == nil {
 		t.Errorf("control socket left after down")
 	}

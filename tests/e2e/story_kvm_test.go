@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -128,15 +127,7 @@ func TestKVMPopcornStory(t *testing.T) {
 	hp.close()
 
 	// down leaves nothing: no supervisor, no sockets.
-	pid := c.status().PID
-	c.must("down", "-c", c.config)
-	deadline := time.Now().Add(30 * time.Second)
-	for syscall.Kill(pid, 0) == nil {
-		if time.Now().After(deadline) {
-			t.Fatalf("supervisor pid %d still alive 30 s after down", pid)
-		}
-		time.Sleep(50 * time.Millisecond) // waiting for another process to exit, with a deadline
-	}
+	c.down(c.status().PID)
 	for _, s := range []string{supervisor.SocketName, supervisor.WindowSocketName} {
 		if _, err := os.Stat(filepath.Join(c.runDir, s)); err == nil {
 			t.Errorf("%s left after down", s)
