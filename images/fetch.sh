@@ -12,7 +12,7 @@ mkdir -p "$debs"
 for name in "$@"; do
   line=$(awk -v n="$name" '$1 == n {print; exit}' "$here/packages.lock")
   [ -n "$line" ] || { echo "fetch: $name is not pinned in images/packages.lock" >&2; exit 1; }
-  read -r _ version sha pool <<<"$line"
+  read -r _ version sha <<<"$line"
   deb="$debs/${name}_${version//:/%3a}.deb"
   stamp="$debs/$name/.sha256"
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$sha" ]; then
@@ -23,31 +23,18 @@ for name in "$@"; do
     cp "$cached" "$deb"
   fi
   if [ ! -f "$deb" ] || ! echo "$sha  $deb" | sha256sum -c --status; then
-    if [ -n "$pool" ]; then
-      # Pinned by its pool path (a suite apt does not list here): apt's own
-      # downloader fetches it and checks the sha256.
-      url="${DEBIAN_MIRROR:-http://deb.debian.org/debian}/$pool"
-      echo "==> download $name=$version ($url)"
-      /usr/lib/apt/apt-helper -o APT::Sandbox::User=root download-file "$url" "$deb.part" "SHA256:$sha" >/dev/null || {
-        rm -f "$deb.part"
-        echo "fetch: download of $url failed (set DEBIAN_MIRROR for another mirror, or bump images/packages.lock)" >&2
-        exit 1
-      }
-      mv "$deb.part" "$deb"
-    else
-      if ! apt-cache show "$name=$version" >/dev/null 2>&1 && [ -z "${updated:-}" ]; then
-        echo "==> apt-get update (package lists do not know $name=$version)"
-        apt-get update -qq
-        updated=1
-      fi
-      echo "==> download $name=$version"
-      ( cd "$debs" && apt-get download -q -o APT::Sandbox::User=root "$name=$version" ) || {
-        echo "fetch: apt-get download $name=$version failed; run 'apt-get update', or bump images/packages.lock if Debian no longer serves that version" >&2
-        exit 1
-      }
-      got=$(ls "$debs"/"${name}"_*.deb | head -1)
-      [ "$got" = "$deb" ] || mv "$got" "$deb"
+    if ! apt-cache show "$name=$version" >/dev/null 2>&1 && [ -z "${updated:-}" ]; then
+      echo "==> apt-get update (package lists do not know $name=$version)"
+      apt-get update -qq
+      updated=1
     fi
+    echo "==> download $name=$version"
+    ( cd "$debs" && apt-get download -q -o APT::Sandbox::User=root "$name=$version" ) || {
+      echo "fetch: apt-get download $name=$version failed; run 'apt-get update', or bump images/packages.lock if Debian no longer serves that version" >&2
+      exit 1
+    }
+    got=$(ls "$debs"/"${name}"_*.deb | head -1)
+    [ "$got" = "$deb" ] || mv "$got" "$deb"
     mkdir -p "$POPVMM_CACHE/debs" && cp "$deb" "$cached.tmp" && mv "$cached.tmp" "$cached"
   fi
   if ! echo "$sha  $deb" | sha256sum -c --status; then

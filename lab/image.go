@@ -28,21 +28,6 @@ const KernelPackage = "linux-image-6.1.0-57-amd64"
 // BusyboxPackage gives the lab initramfs its shell and tools.
 const BusyboxPackage = "busybox-static"
 
-// QEMUPackage and QEMUDataPackage are the emulator that runs the lab host
-// and its firmware files, from bookworm-backports (pinned, with their
-// sha256 and pool paths, in images/packages.lock). Debian 12's own QEMU
-// 7.2 emulates SVM with a fault that kills the lab host under nested
-// guests: it delivers an interrupt right after #VMEXIT, while GIF is
-// still clear, and the host's kernel runs its handler with the nested
-// guest's GS base (a recursive #GP in exc_general_protection, the stack
-// guard page, "Fatal exception in interrupt"; seen in one run in three of
-// the KVM tier). QEMUVersion is their version.
-const (
-	QEMUPackage     = "qemu-system-x86"
-	QEMUDataPackage = "qemu-system-data"
-	QEMUVersion     = "1:10.0.2+ds-2+deb13u1~bpo12+1"
-)
-
 // Image is a built lab host: Dir/vmlinux (the Debian kernel, decompressed
 // at build time so QEMU starts it at its PVH entry without firmware and
 // without an XZ decompression under emulation) and Dir/lab.cpio (busybox,
@@ -54,13 +39,6 @@ func (im Image) Kernel() string { return filepath.Join(im.Dir, "vmlinux") }
 
 // Initrd is the lab host's initramfs.
 func (im Image) Initrd() string { return filepath.Join(im.Dir, "lab.cpio") }
-
-// QEMU is the image's own emulator binary (QEMUPackage's
-// qemu-system-x86_64); it runs with QEMUData as its firmware directory.
-func (im Image) QEMU() string { return filepath.Join(im.Dir, "qemu", "qemu-system-x86_64") }
-
-// QEMUData is the firmware directory of the image's emulator (QEMU's -L).
-func (im Image) QEMUData() string { return filepath.Join(im.Dir, "qemu", "share") }
 
 // CacheDir is where built images and downloads are kept across clones:
 // $POPVMM_CACHE, else $XDG_CACHE_HOME/popvmm, else ~/.cache/popvmm (the same
@@ -86,14 +64,14 @@ func DefaultImage() Image { return Image{filepath.Join(CacheDir(), "lab", key())
 
 // imageFormat changes whenever Build writes something different from the
 // same inputs.
-const imageFormat = "3 vmlinux qemu"
+const imageFormat = "2 vmlinux"
 
 // key names this binary's idea of the image: its /init, module list and
 // format.
 func key() string {
 	h := sha256.New()
 	h.Write(initScript)
-	fmt.Fprintf(h, "%s\n%s\n%s\n%s %s\n", KernelPackage, strings.Join(Modules, " "), imageFormat, QEMUPackage, QEMUVersion)
+	fmt.Fprintf(h, "%s\n%s\n%s\n", KernelPackage, strings.Join(Modules, " "), imageFormat)
 	return hex.EncodeToString(h.Sum(nil))[:16]
 }
 
@@ -103,7 +81,7 @@ var ErrNoImage = errors.New("lab image not built (run `make lab`)")
 
 // Check reports whether the image is there and matches this binary.
 func (im Image) Check() error {
-	for _, f := range []string{im.Kernel(), im.Initrd(), im.QEMU()} {
+	for _, f := range []string{im.Kernel(), im.Initrd()} {
 		if _, err := os.Stat(f); err != nil {
 			return fmt.Errorf("%w: %s missing", ErrNoImage, f)
 		}
@@ -195,9 +173,6 @@ func (im Image) Build(debs string) (rebuilt bool, err error) {
 			return false, err
 		}
 	}
-	if err := installQEMU(debs, tmp); err != nil {
-		return false, err
-	}
 	if err := os.RemoveAll(im.Dir); err != nil {
 		return false, err
 	}
@@ -205,53 +180,6 @@ func (im Image) Build(debs string) (rebuilt bool, err error) {
 		return false, fmt.Errorf("install lab image: %w", err)
 	}
 	return true, nil
-}
-
-// installQEMU copies the emulator (QEMUPackage's qemu-system-x86_64) and
-// its firmware directory (QEMUDataPackage's usr/share/qemu) from the
-// unpacked packages under debs into dir/qemu, and checks that the binary
-// starts here (its shared libraries are those of Debian 12's own QEMU,
-// which make deps installs).
-func installQEMU(debs, dir string) error {
-	im := Image{Dir: dir}
-	bin := filepath.Join(debs, QEMUPackage, "usr", "bin", "qemu-system-x86_64")
-	data := filepath.Join(debs, QEMUDataPackage, "usr", "share", "qemu")
-	for _, p := range []struct{ path, pkg string }{{bin, QEMUPackage}, {data, QEMUDataPackage}} {
-		if _, err := os.Stat(p.path); err != nil {
-			return fmt.Errorf("lab emulator (fetch it: images/fetch.sh %s): %w", p.pkg, err)
-		}
-	}
-	if err := os.MkdirAll(filepath.Dir(im.QEMU()), 0o755); err != nil {
-		return err
-	}
-	if err := copyFile(bin, im.QEMU(), 0o755); err != nil {
-		return fmt.Errorf("lab emulator: %w", err)
-	}
-	if err := os.CopyFS(im.QEMUData(), os.DirFS(data)); err != nil {
-		return fmt.Errorf("lab emulator's firmware: %w", err)
-	}
-	out, err := exec.Command(im.QEMU(), "-L", im.QEMUData(), "--version").CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("lab emulator %s does not start here (make deps installs its libraries): %v: %s", im.QEMU(), err, strings.TrimSpace(string(out)))
-	}
-	return nil
-}
-
-func copyFile(src, dst string, mode os.FileMode) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
 }
 
 // extractVmlinux returns the ELF kernel inside a bzImage whose payload is

@@ -35,7 +35,7 @@ const ExitLabFailure = 125
 // Config is one lab run.
 type Config struct {
 	Image       Image
-	QEMU        string        // emulator binary; "" is the image's own (Image.QEMU)
+	QEMU        string        // emulator binary; "" is DefaultQEMU()
 	CPUs        int           // emulated CPUs; 0 is 2
 	Memory      uint64        // bytes; 0 is 4 GiB
 	Dir         string        // the command's working directory, shared read-write
@@ -49,8 +49,6 @@ type Config struct {
 	Progress    io.Writer     // "lab: ..." lines; nil for none
 	BootTimeout time.Duration // until /init says ready; 0 is 3 minutes
 	TSCkHz      uint64        // the host's TSC rate; 0 is measured
-
-	qemuData string // the emulator's firmware directory (-L), when it is the image's
 }
 
 // Timing splits a run: QEMU started (its serial ports connected), the lab
@@ -102,13 +100,18 @@ func labErr(err error, format string, args ...any) *Error {
 	return &Error{Reason: fmt.Sprintf(format, args...), Err: err}
 }
 
-// DefaultQEMU is the emulator `popvmm lab` names by default:
-// $POPVMM_LAB_QEMU, else "" (the image's own, Image.QEMU).
-func DefaultQEMU() string { return os.Getenv("POPVMM_LAB_QEMU") }
+// DefaultQEMU is the emulator a lab run uses when Config.QEMU is empty:
+// $POPVMM_LAB_QEMU when set, else qemu-system-x86_64 from PATH.
+func DefaultQEMU() string {
+	if q := os.Getenv("POPVMM_LAB_QEMU"); q != "" {
+		return q
+	}
+	return "qemu-system-x86_64"
+}
 
 func (c *Config) defaults() error {
 	if c.QEMU == "" {
-		c.QEMU, c.qemuData = c.Image.QEMU(), c.Image.QEMUData()
+		c.QEMU = DefaultQEMU()
 	}
 	if c.CPUs == 0 {
 		c.CPUs = 2
@@ -184,8 +187,7 @@ func (c *Config) shares() []string {
 func (c *Config) QEMUArgs(job string, sock [3]string) []string {
 	args := []string{
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-		"-bios", "qboot.rom", // microvm's firmware, by the name every version ships
-		"-M", "microvm,pit=on,pic=on,rtc=on,isa-serial=on", "-accel", "tcg,thread=multi", "-cpu", "max",
+		"-M", "microvm,pit=on,pic=on,rtc=on,isa-serial=on", "-accel", "tcg,thread=" + c.tcgThread(), "-cpu", "max",
 		"-smp", strconv.Itoa(c.CPUs), "-m", strconv.FormatUint(c.Memory>>20, 10) + "M",
 		"-kernel", c.Image.Kernel(), "-initrd", c.Image.Initrd(),
 		"-append", KernelArgs + " tsc_early_khz=" + strconv.FormatUint(c.TSCkHz, 10),
@@ -210,10 +212,16 @@ func (c *Config) QEMUArgs(job string, sock [3]string) []string {
 	for i, d := range c.shares() {
 		virtfs("s"+strconv.Itoa(i), d, false)
 	}
-	if c.qemuData != "" {
-		args = append(args, "-L", c.qemuData)
-	}
 	return args
+}
+
+// tcgThread is QEMU's TCG threading: "multi" (one host thread per emulated
+// CPU), or $POPVMM_LAB_TCG ("single": one thread runs them all in turn).
+func (c *Config) tcgThread() string {
+	if t := os.Getenv("POPVMM_LAB_TCG"); t == "single" || t == "multi" {
+		return t
+	}
+	return "multi"
 }
 
 // KernelArgs is the lab kernel's command line, less tsc_early_khz. Beyond
@@ -274,7 +282,7 @@ func Run(ctx context.Context, c Config) (Result, error) {
 	}
 	qemu, err := exec.LookPath(c.QEMU)
 	if err != nil {
-		return res, labErr(err, "emulator %s not found (make lab installs the lab's own)", c.QEMU)
+		return res, labErr(err, "%s not found (make deps installs qemu-system-x86)", c.QEMU)
 	}
 	tmp, err := os.MkdirTemp("", "popvmm-lab-")
 	if err != nil {

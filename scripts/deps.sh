@@ -18,11 +18,6 @@ pkgs=(gcc make git iproute2 xz-utils openssh-client)
 # Kernel build (images/build-kernel.sh) and QEMU, the reference VMM that
 # the image tests and benchmarks boot the kernels with.
 pkgs+=(build-essential flex bison bc libelf-dev patch qemu-system-x86)
-# The lab's own emulator (QEMU 10 from bookworm-backports, unpacked into the
-# lab image by make lab, not installed) links these; 7.2 pulls them in too.
-pkgs+=(libaio1 libbpf1 libcapstone4 libfdt1 libfuse3-3 libglib2.0-0 libgnutls30 libibverbs1
-  libjpeg62-turbo libnuma1 libpixman-1-0 libpmem1 libpng16-16 librdmacm1 libsasl2-2
-  libseccomp2 libslirp0 liburing2 libvdeplug2 libzstd1)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -38,7 +38,7 @@ func (f *labFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringArrayVar(&f.shares, "share", nil, "directory shared read-write at the same path (repeatable; the current directory always is)")
 	cmd.Flags().StringVar(&f.image, "image", lab.DefaultImage().Dir, "lab image directory (make lab builds it)")
 	cmd.Flags().BoolVar(&f.timing, "timing", false, "at the end, print the split on stderr as one line of seconds (lab: timing qemu=... kernel=...; bench/lab.sh reads it)")
-	cmd.Flags().StringVar(&f.qemu, "qemu", lab.DefaultQEMU(), "the emulator that runs the lab host ($POPVMM_LAB_QEMU; empty: the lab image's own pinned QEMU)")
+	cmd.Flags().StringVar(&f.qemu, "qemu", lab.DefaultQEMU(), "the emulator that runs the lab host ($POPVMM_LAB_QEMU)")
 	cmd.Flags().StringVar(&f.consoleLog, "console-log", "", "write the lab host's whole kernel console (ttyS0) to this file, whatever the outcome")
 }
 
