@@ -9,12 +9,18 @@ import (
 )
 
 // ioctlPtr issues an ioctl whose argument is a pointer to p's struct.
+// An EINTR is retried (see eintr).
 func ioctlPtr(fd int, name string, req uintptr, p unsafe.Pointer) error {
-	_, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, uintptr(p))
-	if e != 0 {
+	for {
+		_, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, uintptr(p))
+		switch e {
+		case 0:
+			return nil
+		case unix.EINTR:
+			continue
+		}
 		return ioctlErr(name, e)
 	}
-	return nil
 }
 
 // addrOf is the host virtual address of b's first byte (b is mmapped
@@ -48,12 +54,7 @@ func (v *VM) setGSIRouting(table []byte) error {
 }
 
 func (v *VM) signalMSI(m *kvmMSI) error {
-	_, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(v.fd),
-		gokvm.IIOW(nrSignalMSI, unsafe.Sizeof(*m)), uintptr(unsafe.Pointer(m)))
-	if e != 0 {
-		return ioctlErr("KVM_SIGNAL_MSI", e)
-	}
-	return nil
+	return ioctlPtr(v.fd, "KVM_SIGNAL_MSI", gokvm.IIOW(nrSignalMSI, unsafe.Sizeof(*m)), unsafe.Pointer(m))
 }
 
 // setImmediateExit stores kvm_run.immediate_exit atomically, as part of

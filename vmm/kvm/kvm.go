@@ -71,6 +71,24 @@ const (
 	IRQChipIOAPIC    = 2
 )
 
+// eintr calls f again while it fails with EINTR: a KVM ioctl other than
+// KVM_RUN that a signal interrupts (the Go runtime's preemption signals
+// among them; seen: KVM_CREATE_VM) has done nothing and is restarted.
+func eintr[T any](f func() (T, error)) (T, error) {
+	for {
+		v, err := f()
+		if !errors.Is(err, unix.EINTR) {
+			return v, err
+		}
+	}
+}
+
+// eintr0 is eintr for an ioctl that returns only an error.
+func eintr0(f func() error) error {
+	_, err := eintr(func() (struct{}, error) { return struct{}{}, f() })
+	return err
+}
+
 func ioctlErr(name string, err error) error {
 	if err == nil {
 		return nil
@@ -88,7 +106,7 @@ func Open() (*System, error) {
 		return nil, fmt.Errorf("open %s: %w", Device, err)
 	}
 	s := &System{fd: fd}
-	v, err := gokvm.GetAPIVersion(uintptr(fd))
+	v, err := eintr(func() (uintptr, error) { return gokvm.GetAPIVersion(uintptr(fd)) })
 	if err != nil || v != 12 {
 		s.Close()
 		return nil, fmt.Errorf("%s: API version %d (%v), want 12", Device, v, err)
@@ -109,7 +127,7 @@ func (s *System) Close() error {
 
 // Extension reports KVM_CHECK_EXTENSION for c (0: not supported).
 func (s *System) Extension(c Capability) (int, error) {
-	r, err := gokvm.CheckExtension(uintptr(s.fd), c)
+	r, err := eintr(func() (uintptr, error) { return gokvm.CheckExtension(uintptr(s.fd), c) })
 	return int(r), ioctlErr("KVM_CHECK_EXTENSION", err)
 }
 
@@ -118,7 +136,7 @@ func (s *System) Extension(c Capability) (int, error) {
 func (s *System) SupportedCPUID() ([]CPUIDEntry, error) {
 	const max = 256
 	c := &gokvm.CPUID{Nent: max, Entries: make([]CPUIDEntry, max)}
-	if err := gokvm.GetSupportedCPUID(uintptr(s.fd), c); err != nil {
+	if err := eintr0(func() error { return gokvm.GetSupportedCPUID(uintptr(s.fd), c) }); err != nil {
 		return nil, ioctlErr("KVM_GET_SUPPORTED_CPUID", err)
 	}
 	return slices.Clone(c.Entries[:min(int(c.Nent), len(c.Entries))]), nil
@@ -126,11 +144,11 @@ func (s *System) SupportedCPUID() ([]CPUIDEntry, error) {
 
 // CreateVM makes a VM (KVM_CREATE_VM).
 func (s *System) CreateVM() (*VM, error) {
-	size, err := gokvm.GetVCPUMMmapSize(uintptr(s.fd))
+	size, err := eintr(func() (uintptr, error) { return gokvm.GetVCPUMMmapSize(uintptr(s.fd)) })
 	if err != nil {
 		return nil, ioctlErr("KVM_GET_VCPU_MMAP_SIZE", err)
 	}
-	fd, err := gokvm.CreateVM(uintptr(s.fd))
+	fd, err := eintr(func() (uintptr, error) { return gokvm.CreateVM(uintptr(s.fd)) })
 	if err != nil {
 		return nil, ioctlErr("KVM_CREATE_VM", err)
 	}
@@ -158,7 +176,7 @@ func (v *VM) Close() error {
 // (KVM_CREATE_IRQCHIP), with KVM's default GSI routing: GSI 0-15 to both
 // PICs and IOAPIC pins 0-15, GSI 16-23 to IOAPIC pins 16-23.
 func (v *VM) CreateIRQChip() error {
-	return ioctlErr("KVM_CREATE_IRQCHIP", gokvm.CreateIRQChip(uintptr(v.fd)))
+	return ioctlErr("KVM_CREATE_IRQCHIP", eintr0(func() error { return gokvm.CreateIRQChip(uintptr(v.fd)) }))
 }
 
 // CreatePIT2 creates the in-kernel i8254 PIT on GSI 0 together with the
@@ -170,13 +188,13 @@ func (v *VM) CreatePIT2() error {
 // SetTSSAddr places the three pages KVM needs for real-mode emulation on
 // Intel (KVM_SET_TSS_ADDR); they must not hold guest RAM.
 func (v *VM) SetTSSAddr(addr uint32) error {
-	return ioctlErr("KVM_SET_TSS_ADDR", gokvm.SetTSSAddr(uintptr(v.fd), addr))
+	return ioctlErr("KVM_SET_TSS_ADDR", eintr0(func() error { return gokvm.SetTSSAddr(uintptr(v.fd), addr) }))
 }
 
 // SetIdentityMapAddr places the identity-map page KVM needs on Intel
 // (KVM_SET_IDENTITY_MAP_ADDR); called before any vCPU is created.
 func (v *VM) SetIdentityMapAddr(addr uint32) error {
-	return ioctlErr("KVM_SET_IDENTITY_MAP_ADDR", gokvm.SetIdentityMapAddr(uintptr(v.fd), addr))
+	return ioctlErr("KVM_SET_IDENTITY_MAP_ADDR", eintr0(func() error { return gokvm.SetIdentityMapAddr(uintptr(v.fd), addr) }))
 }
 
 // SetMemory maps host memory mem at guest-physical gpa as memory slot
@@ -302,7 +320,7 @@ func (v *VM) SignalMSI(addr uint64, data uint32) error {
 
 // CreateVCPU makes vCPU id (its APIC id) and maps its kvm_run page.
 func (v *VM) CreateVCPU(id int) (*VCPU, error) {
-	fd, err := gokvm.CreateVCPU(uintptr(v.fd), id)
+	fd, err := eintr(func() (uintptr, error) { return gokvm.CreateVCPU(uintptr(v.fd), id) })
 	if err != nil {
 		return nil, ioctlErr("KVM_CREATE_VCPU", err)
 	}
@@ -357,54 +375,54 @@ func (c *VCPU) SetImmediateExit(on bool) { setImmediateExit(c.run, on) }
 
 // Regs reads the general-purpose registers.
 func (c *VCPU) Regs() (*Regs, error) {
-	r, err := gokvm.GetRegs(uintptr(c.fd))
+	r, err := eintr(func() (*Regs, error) { return gokvm.GetRegs(uintptr(c.fd)) })
 	return r, ioctlErr("KVM_GET_REGS", err)
 }
 
 // SetRegs writes the general-purpose registers.
 func (c *VCPU) SetRegs(r *Regs) error {
-	return ioctlErr("KVM_SET_REGS", gokvm.SetRegs(uintptr(c.fd), r))
+	return ioctlErr("KVM_SET_REGS", eintr0(func() error { return gokvm.SetRegs(uintptr(c.fd), r) }))
 }
 
 // Sregs reads the segment and control registers.
 func (c *VCPU) Sregs() (*Sregs, error) {
-	s, err := gokvm.GetSregs(uintptr(c.fd))
+	s, err := eintr(func() (*Sregs, error) { return gokvm.GetSregs(uintptr(c.fd)) })
 	return s, ioctlErr("KVM_GET_SREGS", err)
 }
 
 // SetSregs writes the segment and control registers.
 func (c *VCPU) SetSregs(s *Sregs) error {
-	return ioctlErr("KVM_SET_SREGS", gokvm.SetSregs(uintptr(c.fd), s))
+	return ioctlErr("KVM_SET_SREGS", eintr0(func() error { return gokvm.SetSregs(uintptr(c.fd), s) }))
 }
 
 // SetCPUID sets what CPUID returns in the guest (KVM_SET_CPUID2).
 func (c *VCPU) SetCPUID(entries []CPUIDEntry) error {
 	cp := &gokvm.CPUID{Nent: uint32(len(entries)), Entries: entries}
-	return ioctlErr("KVM_SET_CPUID2", gokvm.SetCPUID2(uintptr(c.fd), cp))
+	return ioctlErr("KVM_SET_CPUID2", eintr0(func() error { return gokvm.SetCPUID2(uintptr(c.fd), cp) }))
 }
 
 // MPState reads the vCPU's multiprocessing state (KVM_MP_STATE_*).
 func (c *VCPU) MPState() (uint32, error) {
 	var s gokvm.MPState
-	err := gokvm.GetMPState(uintptr(c.fd), &s)
+	err := eintr0(func() error { return gokvm.GetMPState(uintptr(c.fd), &s) })
 	return s.State, ioctlErr("KVM_GET_MP_STATE", err)
 }
 
 // SetMPState sets the vCPU's multiprocessing state.
 func (c *VCPU) SetMPState(state uint32) error {
-	return ioctlErr("KVM_SET_MP_STATE", gokvm.SetMPState(uintptr(c.fd), &gokvm.MPState{State: state}))
+	return ioctlErr("KVM_SET_MP_STATE", eintr0(func() error { return gokvm.SetMPState(uintptr(c.fd), &gokvm.MPState{State: state}) }))
 }
 
 // LAPIC reads the in-kernel local APIC's registers.
 func (c *VCPU) LAPIC() (*LAPICState, error) {
 	var l LAPICState
-	err := gokvm.GetLocalAPIC(uintptr(c.fd), &l)
+	err := eintr0(func() error { return gokvm.GetLocalAPIC(uintptr(c.fd), &l) })
 	return &l, ioctlErr("KVM_GET_LAPIC", err)
 }
 
 // SetLAPIC writes the in-kernel local APIC's registers.
 func (c *VCPU) SetLAPIC(l *LAPICState) error {
-	return ioctlErr("KVM_SET_LAPIC", gokvm.SetLocalAPIC(uintptr(c.fd), l))
+	return ioctlErr("KVM_SET_LAPIC", eintr0(func() error { return gokvm.SetLocalAPIC(uintptr(c.fd), l) }))
 }
 
 // SetMSRs writes model-specific registers, index to value.
@@ -413,5 +431,5 @@ func (c *VCPU) SetMSRs(msrs map[uint32]uint64) error {
 	for _, i := range slices.Sorted(maps.Keys(msrs)) {
 		m.Entries = append(m.Entries, gokvm.MSREntry{Index: i, Data: msrs[i]})
 	}
-	return ioctlErr("KVM_SET_MSRS", gokvm.SetMSRs(uintptr(c.fd), m))
+	return ioctlErr("KVM_SET_MSRS", eintr0(func() error { return gokvm.SetMSRs(uintptr(c.fd), m) }))
 }
