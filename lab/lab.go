@@ -187,7 +187,7 @@ func (c *Config) shares() []string {
 func (c *Config) QEMUArgs(job string, sock [3]string) []string {
 	args := []string{
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-		"-M", "microvm,pit=on,pic=on,rtc=on,isa-serial=on", "-accel", "tcg,thread=" + c.tcgThread(), "-cpu", "max",
+		"-M", "microvm,pit=on,pic=on,rtc=on,isa-serial=on", "-accel", "tcg,thread=" + c.tcgThread(), "-cpu", c.cpuModel(),
 		"-smp", strconv.Itoa(c.CPUs), "-m", strconv.FormatUint(c.Memory>>20, 10) + "M",
 		"-kernel", c.Image.Kernel(), "-initrd", c.Image.Initrd(),
 		"-append", KernelArgs + " tsc_early_khz=" + strconv.FormatUint(c.TSCkHz, 10),
@@ -222,6 +222,15 @@ func (c *Config) tcgThread() string {
 		return t
 	}
 	return "multi"
+}
+
+// cpuModel is the emulated CPU: "max" (every feature TCG emulates, SVM
+// with nested paging among them), or $POPVMM_LAB_CPU.
+func (c *Config) cpuModel() string {
+	if m := os.Getenv("POPVMM_LAB_CPU"); m != "" {
+		return m
+	}
+	return "max"
 }
 
 // KernelArgs is the lab kernel's command line, less tsc_early_khz. Beyond
