@@ -104,9 +104,9 @@ else
   # delivers an interrupt after #VMEXIT with GIF clear: docs/lab.md). That
   # says nothing about popvmm: the tier resumes in a fresh lab, where the
   # tests that passed are not run again, as long as each lab run finishes
-  # at least one more test (and for KVM_LAB_RUNS boots at most); the
-  # summary line says how many died.
-  runs=0 deaths=0 finished=0
+  # at least one more test (for KVM_LAB_RUNS boots and KVM_LAB_SECONDS at
+  # most, so that CI ends in time); the summary line says how many died.
+  runs=0 deaths=0 finished=0 tier_start=$SECONDS
   while :; do
     runs=$((runs + 1))
     set +e; KVM_ATTEMPT=$runs "$popvmm" lab run --cpus "${LAB_CPUS:-2}" --memory "${LAB_MEMORY:-4G}" --console-log "bin/kvm-lab-console.$runs.log" -- scripts/test-kvm.sh --run; rc=$?; set -e
@@ -115,8 +115,8 @@ else
     echo "==> KVM tier: the lab host died (lab run $runs); its first fault report (whole console: bin/kvm-lab-console.$runs.log):"
     grep -m1 -A30 -E 'BUG:|WARNING:|general protection|Oops|double fault|panic' "bin/kvm-lab-console.$runs.log" || true
     now=$({ cat "$out"/*.log.* "$out"/*.result 2>/dev/null || true; } | grep -c -E '^--- (PASS|FAIL)|^[0-9]+ [0-9]+ [0-9]+ ' || true)
-    if [ "$now" -le "$finished" ] || [ "$runs" -ge "${KVM_LAB_RUNS:-12}" ]; then
-      echo "==> KVM tier: giving up after $runs lab runs, $deaths of which died (the last finished no new test, or KVM_LAB_RUNS=${KVM_LAB_RUNS:-12} reached)"
+    if [ "$now" -le "$finished" ] || [ "$runs" -ge "${KVM_LAB_RUNS:-12}" ] || [ $((SECONDS - tier_start)) -ge "${KVM_LAB_SECONDS:-3000}" ]; then
+      echo "==> KVM tier: giving up after $runs lab runs, $deaths of which died (the last finished no new test, or KVM_LAB_RUNS=${KVM_LAB_RUNS:-12} runs or KVM_LAB_SECONDS=${KVM_LAB_SECONDS:-3000} s reached)"
       break
     fi
     finished=$now
