@@ -1,6 +1,7 @@
 package vmm
 
 import (
+	"slices"
 	"testing"
 
 	"github.com/popvmm/popvmm/memmap"
@@ -103,5 +104,18 @@ func TestPlatformPorts(t *testing.T) {
 	pp.Write(0, []byte{1})
 	if len(got) != 2 || got[0] != Reset || got[1] != Crash {
 		t.Errorf("actions %v, want [reset crash]", got)
+	}
+}
+
+func TestResetHooksInOrder(t *testing.T) {
+	v := &VM{}
+	var got []int
+	for i := range 3 {
+		v.OnReset(func() { got = append(got, i) })
+	}
+	v.runResetHooks()
+	v.runResetHooks()
+	if want := []int{0, 1, 2, 0, 1, 2}; !slices.Equal(got, want) {
+		t.Errorf("hooks ran as %v, want %v", got, want)
 	}
 }

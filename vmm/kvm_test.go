@@ -466,6 +466,55 @@ func TestKVMResetPolicy(t *testing.T) {
 	})
 }
 
+// TestKVMResetHooks checks OnReset's contract on a guest that resets at
+// once: hooks run in order at every reboot, before guest RAM is cleared (a
+// marker a hook writes is gone by the next reset).
+func TestKVMResetHooks(t *testing.T) {
+	testenv.RequireKVM(t)
+	g := startGuest(t, "reset", 1, func(c *vmm.Config) { c.Restart = vmm.RestartAlways })
+	const marker = 8 * memmap.MiB // free RAM: the flat guest and its stack are below
+	var mu sync.Mutex
+	var order []string
+	var stale []uint32
+	g.OnReset(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		v, err := g.Memory().ReadU32(marker)
+		if err != nil {
+			t.Error(err)
+		}
+		stale = append(stale, v)
+		order = append(order, "first")
+		if err := g.Memory().WriteU32(marker, 0x5eb00715); err != nil {
+			t.Error(err)
+		}
+	})
+	g.OnReset(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		order = append(order, "second")
+	})
+	g.start(t)
+	g.con.waitFor(t, "three boots", func(s string) bool { return strings.Count(s, "popvmm-guest: boot") >= 3 })
+	g.Stop()
+	mu.Lock()
+	defer mu.Unlock()
+	if len(order) < 4 || len(order)%2 != 0 {
+		t.Fatalf("hooks ran %v, want first/second pairs for at least two reboots", order)
+	}
+	for i := 0; i < len(order); i += 2 {
+		if order[i] != "first" || order[i+1] != "second" {
+			t.Errorf("hooks ran %v, want first then second at every reboot", order)
+			break
+		}
+	}
+	for i, v := range stale {
+		if v != 0 {
+			t.Errorf("reboot %d: the marker of the reboot before survived (%#x): RAM was cleared before the hooks ran", i, v)
+		}
+	}
+}
+
 func TestKVMSetupFailureUndone(t *testing.T) {
 	testenv.RequireKVM(t)
 	fds0, _, _ := resources(t)

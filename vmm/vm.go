@@ -68,6 +68,7 @@ type VM struct {
 	irqfds    map[[2]int]bool // {fd, gsi}
 	ioevents  []kvm.IOEvent
 	extra     extraSlots // AddMemory's slots (slots.go)
+	onReset   []func()   // OnReset's hooks, in registration order
 }
 
 // machine is one boot's KVM objects: the KVM VM and its vCPUs. A reboot
@@ -550,9 +551,35 @@ func (v *VM) watch(m *machine) {
 	}
 }
 
+// OnReset registers f to run at every reboot inside the VM (a guest reset
+// under restart policy always), as a platform reset of the devices. Hooks
+// run in registration order on the goroutine that reboots, after every
+// vCPU thread of the ended boot has stopped and while that boot's KVM VM
+// still exists (a hook may lower interrupt lines and remove eventfds and
+// memory slots it added), before guest RAM is cleared and the next boot's
+// KVM VM is built: a device must have stopped touching guest memory when
+// its hook returns. A hook must not call Stop, Crash or Close.
+func (v *VM) OnReset(f func()) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.onReset = append(v.onReset, f)
+}
+
+// runResetHooks runs OnReset's hooks in order.
+func (v *VM) runResetHooks() {
+	v.mu.Lock()
+	hooks := v.onReset
+	v.mu.Unlock()
+	for _, f := range hooks {
+		f()
+	}
+}
+
 // reboot replaces machine old (its threads have ended) by a fresh one
-// with cleared RAM and the kernel loaded again.
+// with the devices reset (OnReset), RAM cleared and the kernel loaded
+// again.
 func (v *VM) reboot(old *machine) (*machine, error) {
+	v.runResetHooks()
 	v.kmu.Lock()
 	v.kvm = nil
 	err := old.close()
