@@ -113,6 +113,20 @@ type Function interface {
 	BARMoved(i int, addr uint64)
 }
 
+// Resetter is implemented by functions with state of their own that a
+// platform reset must return to power-on (Bus.Reset): registers, queues,
+// interrupt levels. When Reset returns the function must no longer touch
+// guest memory. It runs under the Bus lock, after the function's MSI-X
+// (MSIXFunction) was reset and before its configuration space is.
+type Resetter interface {
+	Reset()
+}
+
+// MSIXFunction is implemented by functions with MSI-X, for Bus.Reset.
+type MSIXFunction interface {
+	MSIX() *MSIX
+}
+
 // Header is a function's identity.
 type Header struct {
 	Vendor, Device       uint16
@@ -129,6 +143,7 @@ type config struct {
 	fn      Function
 	hdr     Header
 	bars    [NumBARs]BAR
+	init    [NumBARs]BAR // as Add found them: what Bus.Reset restores
 	command uint16
 	intLine uint8
 	sizing  [NumBARs]bool // the guest wrote all ones: the next read returns the size mask
@@ -136,7 +151,36 @@ type config struct {
 
 func newConfig(fn Function) *config {
 	h := fn.Header()
-	return &config{fn: fn, hdr: h, bars: fn.BARs(), intLine: h.IntLine}
+	bars := fn.BARs()
+	return &config{fn: fn, hdr: h, bars: bars, init: bars, intLine: h.IntLine}
+}
+
+// reset returns the function to power-on: MSI-X, then the function's own
+// state, then the header. BARs go back to where Add found them (popvmm is
+// the firmware that placed them) through BARMoved, the path of a guest
+// BAR write, so the function's mappings follow.
+func (c *config) reset() {
+	if f, ok := c.fn.(MSIXFunction); ok {
+		if m := f.MSIX(); m != nil {
+			m.Reset()
+		}
+	}
+	if r, ok := c.fn.(Resetter); ok {
+		r.Reset()
+	}
+	c.command = 0
+	if x := c.intx(); x != nil {
+		x.setDisabled(false)
+	}
+	c.intLine = c.hdr.IntLine
+	c.sizing = [NumBARs]bool{}
+	for i, b := range c.init {
+		if b.Size == 0 || c.bars[i].Addr == b.Addr {
+			continue
+		}
+		c.bars[i].Addr = b.Addr
+		c.fn.BARMoved(i, b.Addr)
+	}
 }
 
 // read returns the 32-bit register at a dword-aligned offset.
@@ -288,6 +332,25 @@ func (b *Bus) Add(fn Function) (int, error) {
 		}
 	}
 	return 0, fmt.Errorf("pci: all 31 device slots are taken")
+}
+
+// Reset is a platform reset, for a guest that rebooted inside its VM:
+// every function returns to its power-on state. Its MSI-X is disabled
+// with every vector masked and nothing pending, it resets itself if it is
+// a Resetter, and its configuration space is as Add found it: command
+// register 0 (no decoding, no bus mastering, INTx enabled), BARs at their
+// initial addresses (BARMoved tells the function of each that moves
+// back), the interrupt line as its header gives it, no BAR being sized.
+// The address register of 0xCF8 is cleared. Call it while no vCPU runs.
+func (b *Bus) Reset() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.address = 0
+	for _, c := range b.devs {
+		if c != nil {
+			c.reset()
+		}
+	}
 }
 
 // BARs returns the current BARs of device d (after any guest moves).
