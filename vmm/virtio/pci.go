@@ -211,6 +211,8 @@ type queueState struct {
 var (
 	_ pci.Function     = (*PCI)(nil)
 	_ pci.INTxFunction = (*PCI)(nil)
+	_ pci.MSIXFunction = (*PCI)(nil)
+	_ pci.Resetter     = (*PCI)(nil)
 	_ bus.Device       = (*PCI)(nil)
 	_ Host             = (*PCI)(nil)
 )
@@ -686,6 +688,20 @@ func (p *PCI) reset() {
 		p.intx.Set(false)
 	}
 	p.status.Store(0)
+}
+
+// Reset implements pci.Resetter, for a platform reset (pci.Bus.Reset):
+// the device stops as when the driver resets it, and every register, the
+// PCI-config window's included, returns to its initial value. The bus
+// resets MSI-X before and moves BAR0 back after.
+func (p *PCI) Reset() {
+	c := p.pciCfg
+	c.mu.Lock()
+	c.bar, c.off, c.length, c.data = 0, 0, 0, [4]byte{}
+	c.mu.Unlock()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.reset()
 }
 
 // virtioCap is a virtio_pci_cap (and virtio_pci_notify_cap) in BAR0.

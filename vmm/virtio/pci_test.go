@@ -2,6 +2,7 @@ package virtio_test
 
 import (
 	"errors"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -373,5 +374,75 @@ func TestNewPCIRefuses(t *testing.T) {
 	}
 	if _, err := virtio.NewPCI(&echo{}, virtio.PCIConfig{Mem: mem}); err == nil {
 		t.Error("no MSI router accepted")
+	}
+}
+
+// TestPlatformReset resets the bus under an active transport, as a guest
+// reboot does: the device stops, the registers, MSI-X and BAR0 are as at
+// power-on, and the next boot's driver brings it up again.
+func TestPlatformReset(t *testing.T) {
+	ram, mem := virtiotest.NewMemory(t)
+	mv := &mover{}
+	dev := &echo{}
+	r := virtiotest.NewRouter(3)
+	irq := &level{}
+	p, err := virtio.NewPCI(dev, virtio.PCIConfig{Mem: mem, BARAddr: 0x1_0000_0000, Router: r, IRQ: irq, Mover: mv})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := virtiotest.New(t, p, ram, mem)
+	q, _ := start(t, d, true)
+	d.ConfigWrite(pci.OffBAR0+4, []byte{2, 0, 0, 0}) // the guest moves BAR0
+	q.Offer(virtiotest.Buf{Addr: d.Alloc(8), Len: 8})
+	q.Kick()
+	wait(t, r.Signals[1], "queue interrupt")
+
+	d.Bus.Reset()
+
+	dev.mu.Lock()
+	host, resets := dev.host, dev.resets
+	dev.mu.Unlock()
+	if host != nil || resets == 0 {
+		t.Errorf("device not stopped by the reset (host %v, %d resets)", host, resets)
+	}
+	if s := d.Status(); s != 0 {
+		t.Errorf("device status %#x after reset, want 0", s)
+	}
+	d.Write(0x16, 2, 0)
+	if size, en, desc, vec := d.Read(0x18, 2), d.Read(0x1c, 2), d.Read(0x20, 8), d.Read(0x1a, 2); size != 256 || en != 0 || desc != 0 || vec != virtio.NoVector {
+		t.Errorf("queue 0 after reset: size %d enable %d desc %#x vector %#x", size, en, desc, vec)
+	}
+	if v := d.Read(0x10, 2); v != virtio.NoVector {
+		t.Errorf("config vector %#x after reset", v)
+	}
+	if p.MSIX().Enabled() {
+		t.Error("MSI-X still enabled after reset")
+	}
+	for v := range 3 {
+		if !r.Route(v).Masked {
+			t.Errorf("vector %d still unmasked after reset: %+v", v, r.Route(v))
+		}
+	}
+	if irq.get() {
+		t.Error("INTx asserted after reset")
+	}
+	if want := [][2]uint64{{0x1_0000_0000, 0x2_0000_0000}, {0x2_0000_0000, 0x1_0000_0000}}; !slices.Equal(mv.moves, want) {
+		t.Errorf("BAR0 moves %v, want %v (back to where it was placed)", mv.moves, want)
+	}
+	if c := d.Bus.Command(d.Dev); c != 0 {
+		t.Errorf("command %#x after reset", c)
+	}
+	// A kick left over from the old kernel reaches nothing.
+	p.Kick(0)
+	// The next boot probes and drives the device again.
+	if err := d.Probe(); err != nil {
+		t.Fatal(err)
+	}
+	q, _ = start(t, d, true)
+	q.Offer(virtiotest.Buf{Addr: d.Alloc(8), Len: 8})
+	q.Kick()
+	wait(t, r.Signals[1], "queue interrupt after the reboot")
+	if u := q.TakeUsed(); len(u) != 1 || u[0].Len != 8 {
+		t.Errorf("used after the reboot %+v", u)
 	}
 }
