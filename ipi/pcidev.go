@@ -139,6 +139,8 @@ type DeviceStats struct {
 var (
 	_ pci.Function     = (*Device)(nil)
 	_ pci.INTxFunction = (*Device)(nil)
+	_ pci.MSIXFunction = (*Device)(nil)
+	_ pci.Resetter     = (*Device)(nil)
 	_ pci.MSIRouter    = (*Device)(nil)
 	_ bus.Device       = (*Device)(nil)
 )
@@ -236,6 +238,19 @@ func (d *Device) ConfigWrite(off int, data []byte) {
 	d.updateLocked()
 	d.regsMu.Unlock()
 	d.kick() // the INTx watcher reads the kernel's eventfds or leaves them to KVM
+}
+
+// Reset implements pci.Resetter, for a platform reset (pci.Bus.Reset,
+// which resets MSI-X before and moves the BARs back after, re-mapping them
+// through BARMoved): IntrMask and IntrStatus return to zero, INTx goes
+// low, and Run takes the doorbells again as with MSI-X off.
+func (d *Device) Reset() {
+	d.msixOn.Store(d.msix.Enabled())
+	d.regsMu.Lock()
+	d.mask, d.status = 0, 0
+	d.updateLocked()
+	d.regsMu.Unlock()
+	d.kick()
 }
 
 // kick wakes Run to re-read the mode (or see the device closed).

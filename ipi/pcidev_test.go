@@ -439,3 +439,79 @@ func TestRunStopsOnClose(t *testing.T) {
 		t.Errorf("%d ioeventfds left after Close", n)
 	}
 }
+
+// TestPlatformReset: a bus reset after a kernel moved the BARs, enabled
+// MSI-X and left INTx asserted puts the device back as it was attached:
+// BARs and ioeventfds at their first addresses, no irqfd assigned,
+// registers zero, INTx low, doorbells back on INTx.
+func TestPlatformReset(t *testing.T) {
+	bells := newBells(t, 2, 0, 2)
+	v := newVM(t, bells, 0, 1<<20, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- v.dev.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	b := pci.NewBus()
+	slot, err := b.Add(v.dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ports := b.ConfigPorts()
+	setCfg := func(reg int, val uint32) {
+		ports.Write(0, le(uint64(1<<31|slot<<11|reg), 4))
+		ports.Write(4, le(uint64(val), 4))
+	}
+	first := v.regs()
+	// The old kernel: INTx asserted, then BARs moved and MSI-X on.
+	v.dev.Write(ipi.RegIntrMask, le(0xffffffff, 4))
+	bells.Ring(ipi.BellID{Peer: 0, Vector: 1})
+	v.irq.waitLevel(t, true)
+	const moved = 0xd000_0000
+	setCfg(pci.OffBAR0, moved)
+	setCfg(pci.OffBAR0+12, 0x2) // BAR2 to 0x2_0000_0000
+	v.enableMSIX(t, 2)
+	if _, ok := v.kvm.irqfd(1); !ok {
+		t.Fatal("no irqfd with MSI-X on")
+	}
+
+	b.Reset()
+
+	if got := v.regs(); got != first {
+		t.Errorf("BAR0 on the MMIO bus at %#x after reset, want %#x", got, first)
+	}
+	v.kvm.mu.Lock()
+	_, atFirst := v.kvm.window[testWindow]
+	n := len(v.kvm.window)
+	v.kvm.mu.Unlock()
+	if !atFirst || n != 1 {
+		t.Errorf("window mapped at %v after reset, want only %#x", v.kvm.window, testWindow)
+	}
+	for key := range v.kvm.ioeventfds() {
+		if key.gpa != first+ipi.RegDoorbell {
+			t.Errorf("ioeventfd left at %#x after reset", key.gpa)
+		}
+	}
+	for vec := range 2 {
+		if _, ok := v.kvm.irqfd(vec); ok {
+			t.Errorf("irqfd of vector %d still assigned after reset", vec)
+		}
+	}
+	v.irq.waitLevel(t, false)
+	for _, reg := range []uint64{ipi.RegIntrMask, ipi.RegIntrStatus} {
+		if got := binary.LittleEndian.Uint32(read(v.dev, reg, 4)); got != 0 {
+			t.Errorf("register %#x = %#x after reset, want 0", reg, got)
+		}
+	}
+	// The next kernel, MSI-X off: a doorbell is an INTx again.
+	v.dev.Write(ipi.RegIntrMask, le(0xffffffff, 4))
+	v.kvm.guestWrite(first+ipi.RegDoorbell, ipi.DoorbellValue(0, 0))
+	v.irq.waitLevel(t, true)
+	if st := v.dev.Stats(); st.WiringErrors != 0 {
+		t.Errorf("wiring errors: %+v", st)
+	}
+}
