@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -30,7 +31,8 @@ const firstMSIGSI = 24
 // windows, GSIs for MSI vectors, and what the devices registered with KVM
 // (eventfds, ioeventfd goroutines), released by Close. Devices reach it
 // only through the small pieces it hands out: AddFunction, newMSIRouter,
-// notify, and barMover.
+// notify, and barMover. When the guest reboots inside the VM, reset
+// returns every function to power-on.
 type pciHost struct {
 	vm    *vmm.VM
 	bus   *pci.Bus
@@ -39,6 +41,7 @@ type pciHost struct {
 
 	mu      sync.Mutex
 	nextGSI uint32
+	movers  []*barMover
 	closers []func() // in the order they were added; run backwards
 	closed  bool
 }
@@ -50,7 +53,26 @@ func newPCIHost(v *vmm.VM, l *memmap.Layout, log *slog.Logger) (*pciHost, error)
 		return nil, fmt.Errorf("pci: %w", err)
 	}
 	h.onClose(func() { v.PIO().Remove(pciConfigPort) })
+	v.OnReset(h.reset)
 	return h, nil
+}
+
+// reset is the VM's platform reset (vmm.VM.OnReset): every function stops
+// and returns to power-on (pci.Bus.Reset), and the BAR moves back to where
+// the functions were placed are applied before it returns, so that the
+// next boot's KVM VM gets the eventfds at their first addresses.
+func (h *pciHost) reset() {
+	h.mu.Lock()
+	closed, movers := h.closed, slices.Clone(h.movers)
+	h.mu.Unlock()
+	if closed {
+		return
+	}
+	h.bus.Reset()
+	for _, m := range movers {
+		m.flush()
+	}
+	h.log.Debug("pci: platform reset")
 }
 
 // onClose adds f to what Close undoes.
@@ -319,19 +341,35 @@ type barMover struct {
 	notifiers []*notifier
 	offsets   []uint64
 
-	mu    sync.Mutex
-	queue [][2]uint64 // {old, new}
-	wake  chan struct{}
-	wg    sync.WaitGroup
-	stop  chan struct{}
+	mu     sync.Mutex
+	queue  [][2]uint64 // {old, new}
+	wake   chan struct{}
+	flushc chan chan struct{} // flush's requests: closed once applied
+	wg     sync.WaitGroup
+	stop   chan struct{}
 }
 
 func (h *pciHost) newBARMover(name string, dev bus.Device, size uint64) *barMover {
-	m := &barMover{h: h, name: name, dev: dev, size: size, wake: make(chan struct{}, 1), stop: make(chan struct{})}
+	m := &barMover{h: h, name: name, dev: dev, size: size, wake: make(chan struct{}, 1),
+		flushc: make(chan chan struct{}), stop: make(chan struct{})}
 	m.wg.Add(1)
 	go m.run()
+	h.mu.Lock()
+	h.movers = append(h.movers, m)
+	h.mu.Unlock()
 	h.onClose(func() { close(m.stop); m.wg.Wait() })
 	return m
+}
+
+// flush returns once the moves queued so far are applied (or the mover
+// stopped). Never call it on a vCPU thread: see barMover.
+func (m *barMover) flush() {
+	done := make(chan struct{})
+	select {
+	case m.flushc <- done:
+		<-done
+	case <-m.stop:
+	}
 }
 
 // MoveBAR implements virtio.BARMover: it queues the move and returns.
@@ -352,10 +390,12 @@ func (m *barMover) MoveBAR(old, new uint64) error {
 func (m *barMover) run() {
 	defer m.wg.Done()
 	for {
+		var flushed chan struct{}
 		select {
 		case <-m.stop:
 			return
 		case <-m.wake:
+		case flushed = <-m.flushc:
 		}
 		m.mu.Lock()
 		q := m.queue
@@ -368,6 +408,9 @@ func (m *barMover) run() {
 			} else {
 				m.h.log.Debug("pci: BAR moved", "device", m.name, "from", fmt.Sprintf("%#x", mv[0]), "to", fmt.Sprintf("%#x", mv[1]))
 			}
+		}
+		if flushed != nil {
+			close(flushed)
 		}
 	}
 }
