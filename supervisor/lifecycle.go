@@ -111,6 +111,7 @@ func (s *Supervisor) launch(ctx context.Context, r *kernelRun) (Machine, error) 
 		return nil, err
 	}
 	boot.Window = w.attach()
+	boot.OnReset = func() { s.rebootedInVM(r, w) }
 	m, err := s.launcher.Launch(ctx, k, boot, r.console)
 	if err != nil {
 		w.bells.KernelStopped(wb, w.node, true)
@@ -154,6 +155,30 @@ func (s *Supervisor) watch(ctx context.Context, r *kernelRun, m Machine) {
 	default:
 		s.log.Info("kernel stopped", "kernel", r.k.Name, "how", ex.Kind, "reason", ex.Reason)
 	}
+}
+
+// rebootedInVM tells the window's doorbells that a kernel rebooted inside
+// its VM (a reset with restart policy "always"): its incarnation ends, as
+// peerGone does for a VM that ends, and a new one starts, as for a new VM,
+// so its eventfds are emptied and the host peers see it leave and come
+// back.
+func (s *Supervisor) rebootedInVM(r *kernelRun, w *windowHost) {
+	s.mu.Lock()
+	wb, up := r.winBoot, r.winUp
+	s.mu.Unlock()
+	if up {
+		w.bells.KernelStopped(wb, w.node, false)
+	}
+	nb, err := w.bells.KernelStarted(r.k.Index)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err != nil {
+		r.winUp = false
+		s.log.Error("window: the rebooted kernel could not rejoin", "kernel", r.k.Name, "err", err)
+		return
+	}
+	r.winBoot, r.winUp = nb, true
+	s.log.Info("kernel rebooted inside its VM; the window knows it as a new incarnation", "kernel", r.k.Name)
 }
 
 // peerGone tells the window at once that a kernel's VM is gone (its vCPUs

@@ -67,6 +67,10 @@ type Boot struct {
 	// Window is the cluster's shared window for the VM's window device
 	// (windowdev.go); nil: none.
 	Window *WindowAttach
+	// OnReset, when set, runs at each reboot inside the VM (restart
+	// policy "always"), after the VM's devices were reset and before the
+	// next boot starts (vmm.VM.OnReset).
+	OnReset func()
 }
 
 // Launcher boots kernels into VMs. The console carries the kernel's serial

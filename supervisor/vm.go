@@ -82,6 +82,9 @@ func (l *vmLauncher) Launch(ctx context.Context, k *cluster.Kernel, b Boot, cons
 			return nil, err
 		}
 	}
+	if b.OnReset != nil {
+		v.OnReset(b.OnReset) // after the devices' own reset hooks
+	}
 	ictx, cancel := context.WithCancel(context.Background())
 	m.cancel = cancel
 	if err := v.Start(); err != nil {

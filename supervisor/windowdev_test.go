@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -52,6 +53,7 @@ func (b kernelBell) Wait(ctx context.Context) error {
 type agentLauncher struct {
 	mu       sync.Mutex
 	machines map[string]*agentMachine
+	boots    map[string]supervisor.Boot
 }
 
 type agentMachine struct {
@@ -77,6 +79,9 @@ func (l *agentLauncher) Launch(ctx context.Context, k *cluster.Kernel, b supervi
 	go func() { node.Run(actx); close(m.ran) }()
 	l.mu.Lock()
 	l.machines[k.Name] = m
+	if l.boots != nil {
+		l.boots[k.Name] = b
+	}
 	l.mu.Unlock()
 	return m, nil
 }
@@ -179,6 +184,46 @@ func TestWindowKernelCrashAndRejoin(t *testing.T) {
 	}
 	waitPing("secondary")
 	waitEvent(t, host, 1, true)
+}
+
+// TestWindowKernelRebootInVM: a kernel that reboots inside its VM (a reset
+// under restart policy "always": the VM's OnReset hooks run) leaves the
+// window and joins it again as a new incarnation, which host peers hear,
+// and it stays reachable.
+func TestWindowKernelRebootInVM(t *testing.T) {
+	root := t.TempDir()
+	cl := testCluster(t, root, "rbt")
+	initrd := filepath.Join(root, "initrd.cpio")
+	os.WriteFile(initrd, []byte("base"), 0o644)
+	for _, k := range cl.Kernels {
+		k.InitrdPath = initrd
+		k.ConsoleLog = filepath.Join(root, k.Name+".log")
+	}
+	l := &agentLauncher{machines: map[string]*agentMachine{}, boots: map[string]supervisor.Boot{}}
+	c, _ := startWith(t, cl, supervisor.Options{Launcher: l})
+	host, err := ipi.Dial(ctxT(t), filepath.Join(cl.RunDir, supervisor.WindowSocketName), cluster.WindowVectors)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer host.Close()
+	if !slices.Contains(host.Peers(), 0) {
+		t.Fatalf("host peer's peers %v lack the primary (0)", host.Peers())
+	}
+	l.mu.Lock()
+	reset := l.boots["primary"].OnReset
+	l.mu.Unlock()
+	if reset == nil {
+		t.Fatal("the primary's Boot has no OnReset: an in-VM reboot would go unseen by the window")
+	}
+	reset()
+	waitEvent(t, host, 0, false)
+	waitEvent(t, host, 0, true)
+	if err := host.Ring(0, 0); err != nil {
+		t.Errorf("host peer rings the rebooted primary: %v", err)
+	}
+	if _, err := c.Call(ctxT(t), supervisor.Request{Op: supervisor.OpMsg, Action: supervisor.MsgStat}); err != nil {
+		t.Errorf("window stat after the reboot: %v", err)
+	}
 }
 
 // waitEvent waits for the host peer to hear that peer id joined or left.
