@@ -260,9 +260,17 @@ func TestLabSignals(t *testing.T) {
 			if !tc.whileBoot {
 				out.wait(t, "started", labBoot)
 			}
-			pids := qemuFor(t, tmp)
+			// QEMU is running when "lab: booting" is printed; /proc is
+			// read until it shows it (a loaded machine can be slow to).
+			var pids []int
+			for deadline := time.Now().Add(10 * time.Second); ; {
+				if pids = qemuFor(t, tmp); len(pids) == 1 || time.Now().After(deadline) {
+					break
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
 			if len(pids) != 1 {
-				t.Fatalf("QEMU processes naming %s: %v, want one", tmp, pids)
+				t.Fatalf("QEMU processes naming %s: %v, want one; popvmm's stderr so far:\n%s", tmp, pids, progress.text())
 			}
 			fds := pidfds(t, pids)
 			cmd.Process.Signal(tc.sig)
