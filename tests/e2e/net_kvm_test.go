@@ -57,11 +57,9 @@ func (c *kvmCluster) mustSSH(name string, cmd ...string) string {
 // if the kernel crashes meanwhile.
 func (c *kvmCluster) waitSSHD(name string) {
 	c.t.Helper()
-	path := filepath.Join(c.runDir, name+".console.log")
 	start := time.Now()
 	var crashed *supervisor.KernelStatus
-	err := waitUntil(bootDeadline, func() bool {
-		data, _ := os.ReadFile(path)
+	err := c.watchConsole(name, bootDeadline, func(data []byte) bool {
 		if bytes.Contains(data, []byte("dropbear listening")) {
 			return true
 		}
@@ -75,7 +73,7 @@ func (c *kvmCluster) waitSSHD(name string) {
 	case crashed != nil:
 		c.t.Fatalf("%s crashed while booting: %+v", name, crashed.Exit)
 	case err != nil:
-		c.t.Fatalf("%s's console did not show dropbear listening within %v", name, bootDeadline)
+		c.t.Fatalf("%s's console did not show dropbear listening: %v", name, err)
 	}
 	c.t.Logf("%s: ssh server up %v after boot", name, time.Since(start).Round(time.Second))
 }

@@ -189,17 +189,8 @@ func (c *kvmCluster) waitState(kernel string, want supervisor.State, d time.Dura
 // waitConsoleCount waits until kernel's console log holds want n times.
 func (c *kvmCluster) waitConsoleCount(kernel, want string, n int, d time.Duration) {
 	c.t.Helper()
-	path := filepath.Join(c.runDir, kernel+".console.log")
-	deadline := time.Now().Add(d)
-	for {
-		data, _ := os.ReadFile(path)
-		if bytes.Count(data, []byte(want)) >= n {
-			return
-		}
-		if time.Now().After(deadline) {
-			c.t.Fatalf("%s's console did not show %q %d times within %s", kernel, want, n, d)
-		}
-		time.Sleep(100 * time.Millisecond) // polling another process's file, with a deadline
+	if err := c.watchConsole(kernel, d, func(data []byte) bool { return bytes.Count(data, []byte(want)) >= n }); err != nil {
+		c.t.Fatalf("%s's console did not show %q %d times: %v", kernel, want, n, err)
 	}
 }
 
