@@ -436,6 +436,8 @@ wait:
 		case <-ctx.Done():
 			kill()
 			<-exited
+			wg.Wait() // the emulator is gone: its sockets are closed
+			res.Console = consoleText()
 			return res, ctx.Err()
 		}
 	}
