@@ -293,11 +293,16 @@ func Run(ctx context.Context, c Config) (Result, error) {
 	if err != nil {
 		return res, labErr(err, "%s not found (make deps installs qemu-system-x86)", c.QEMU)
 	}
+	sweepJobDirs(os.TempDir())
 	tmp, err := os.MkdirTemp("", "popvmm-lab-")
 	if err != nil {
 		return res, labErr(err, "job directory")
 	}
 	defer os.RemoveAll(tmp)
+	// Its owner, for the sweep of a later run should this one be killed.
+	if err := os.WriteFile(filepath.Join(tmp, "owner"), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+		return res, labErr(err, "job directory")
+	}
 	job := filepath.Join(tmp, "job")
 	if err := os.Mkdir(job, 0o755); err != nil {
 		return res, labErr(err, "job directory")
@@ -469,6 +474,25 @@ wait:
 	}
 	failure.Console = tail(res.Console, 20)
 	return res, failure
+}
+
+// sweepJobDirs removes the job directories (popvmm-lab-*) in dir that a
+// killed popvmm lab left behind: those whose owner file names a process
+// that no longer exists. A directory without an owner file, or whose owner
+// still runs, stays.
+func sweepJobDirs(dir string) {
+	dirs, _ := filepath.Glob(filepath.Join(dir, "popvmm-lab-*"))
+	for _, d := range dirs {
+		b, err := os.ReadFile(filepath.Join(d, "owner"))
+		if err != nil {
+			continue
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil || pid <= 0 || syscall.Kill(pid, 0) != syscall.ESRCH {
+			continue
+		}
+		os.RemoveAll(d)
+	}
 }
 
 func lastLine(s string) string {

@@ -5,6 +5,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -112,5 +113,33 @@ func TestImageCheck(t *testing.T) {
 	os.WriteFile(filepath.Join(im.Dir, "key"), []byte(key()+"\n"), 0o644)
 	if err := im.Check(); err != nil {
 		t.Errorf("Check = %v", err)
+	}
+}
+
+// TestSweepJobDirs: a job directory whose owner is gone is removed; one
+// whose owner runs, or that names no owner, stays.
+func TestSweepJobDirs(t *testing.T) {
+	dir := t.TempDir()
+	mk := func(name, owner string) string {
+		d := filepath.Join(dir, name)
+		os.Mkdir(d, 0o755)
+		if owner != "" {
+			os.WriteFile(filepath.Join(d, "owner"), []byte(owner+"\n"), 0o644)
+		}
+		return d
+	}
+	// A pid that does not exist: above the kernel's pid_max limit.
+	dead := mk("popvmm-lab-dead", "4194305")
+	alive := mk("popvmm-lab-alive", strconv.Itoa(os.Getpid()))
+	unowned := mk("popvmm-lab-unowned", "")
+	other := mk("other-dir", "4194305")
+	sweepJobDirs(dir)
+	if _, err := os.Stat(dead); !os.IsNotExist(err) {
+		t.Errorf("job directory of a gone owner still there: %v", err)
+	}
+	for _, d := range []string{alive, unowned, other} {
+		if _, err := os.Stat(d); err != nil {
+			t.Errorf("%s removed: %v", d, err)
+		}
 	}
 }
