@@ -146,7 +146,7 @@ else
       break
     fi
     finished=$now
-    echo "==> KVM tier: resuming in a fresh lab ($finished tests finished so far)"
+    echo "==> KVM tier: resuming in a fresh lab (progress so far: $finished test results and finished packages)"
   done
   [ "$deaths" = 0 ] || relab="; the lab host died $deaths time(s) under the tests (QEMU TCG's SVM fault, docs/lab.md) and the tier resumed in a fresh lab"
 fi
