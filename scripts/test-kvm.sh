@@ -49,7 +49,11 @@ if [ "${1:-}" = --run ]; then
       # (docs/lab.md). A failed test runs again, up to KVM_RERUNS (2) more
       # times; one that then passes counts as passed and is named as flaky
       # in the summary, never hidden.
-      failing=$names flakyhere= try=0
+      # A test that failed in an earlier lab run (one whose host then died)
+      # and passes now is flaky too.
+      earlier=$({ cat "$bin".log.* 2>/dev/null || true; } | sed -n 's/^--- FAIL: \([^ ]*\).*/\1/p' | sort -u)
+      flakyhere=$(sed -n 's/^--- PASS: \([^ ]*\).*/\1/p' "$log" | sort -u | grep -xF -f <(echo "$earlier") 2>/dev/null | paste -sd'|' || true)
+      failing=$names try=0
       [ "${KVM_RETRY:-1}" = 1 ] || failing=
       while [ "$rc" != 0 ] && [ -n "$failing" ] && [ "$try" -lt "${KVM_RERUNS:-2}" ]; do
         try=$((try + 1))
