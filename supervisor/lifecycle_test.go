@@ -92,14 +92,7 @@ func waitState(t *testing.T, c supervisor.Client, name string, want supervisor.S
 }
 
 func TestLifecycle(t *testing.T) {
-	root := t.TempDir()
-	cl := testCluster(t, root, "life")
-	initrd := filepath.Join(root, "initrd.cpio")
-	os.WriteFile(initrd, []byte("base"), 0o644)
-	for _, k := range cl.Kernels {
-		k.InitrdPath = initrd
-		k.ConsoleLog = filepath.Join(root, k.Name+".log")
-	}
+	cl := launchableCluster(t, "life")
 	l := &fakeLauncher{machines: map[string][]*fakeMachine{}, fail: map[string]error{}, launched: make(chan string, 16)}
 	c, done := startWith(t, cl, supervisor.Options{Launcher: l})
 
@@ -163,7 +156,7 @@ func TestLifecycle(t *testing.T) {
 			}
 		}
 	}
-	log, _ := os.ReadFile(filepath.Join(root, "secondary.log"))
+	log, _ := os.ReadFile(cl.Kernel("secondary").ConsoleLog)
 	if !strings.Contains(string(log), "hello from secondary") {
 		t.Errorf("secondary console log = %q", log)
 	}

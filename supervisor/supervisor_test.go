@@ -35,6 +35,20 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 // start runs a supervisor and waits until its socket is ready. The returned
 // channel yields Run's result.
+// launchableCluster is testCluster with what a Launcher reads in place:
+// an initrd file and a console log path per kernel, in a fresh directory.
+func launchableCluster(t *testing.T, name string) *cluster.Cluster {
+	root := t.TempDir()
+	cl := testCluster(t, root, name)
+	initrd := filepath.Join(root, "initrd.cpio")
+	os.WriteFile(initrd, []byte("base"), 0o644)
+	for _, k := range cl.Kernels {
+		k.InitrdPath = initrd
+		k.ConsoleLog = filepath.Join(root, k.Name+".log")
+	}
+	return cl
+}
+
 func start(t *testing.T, cl *cluster.Cluster) (supervisor.Client, <-chan error) {
 	return startB(t, cl)
 }

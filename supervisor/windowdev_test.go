@@ -3,7 +3,6 @@ package supervisor_test
 import (
 	"context"
 	"errors"
-	"os"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -114,14 +113,7 @@ func (m *agentMachine) Stop() error {
 // a heartbeat timeout) and host peers are told it left; booted again, it
 // rejoins and answers.
 func TestWindowKernelCrashAndRejoin(t *testing.T) {
-	root := t.TempDir()
-	cl := testCluster(t, root, "story")
-	initrd := filepath.Join(root, "initrd.cpio")
-	os.WriteFile(initrd, []byte("base"), 0o644)
-	for _, k := range cl.Kernels {
-		k.InitrdPath = initrd
-		k.ConsoleLog = filepath.Join(root, k.Name+".log")
-	}
+	cl := launchableCluster(t, "story")
 	l := &agentLauncher{machines: map[string]*agentMachine{}}
 	c, _ := startWith(t, cl, supervisor.Options{Launcher: l})
 	call := func(action, name string) (*supervisor.Response, error) {
@@ -191,14 +183,7 @@ func TestWindowKernelCrashAndRejoin(t *testing.T) {
 // window and joins it again as a new incarnation, which host peers hear,
 // and it stays reachable.
 func TestWindowKernelRebootInVM(t *testing.T) {
-	root := t.TempDir()
-	cl := testCluster(t, root, "rbt")
-	initrd := filepath.Join(root, "initrd.cpio")
-	os.WriteFile(initrd, []byte("base"), 0o644)
-	for _, k := range cl.Kernels {
-		k.InitrdPath = initrd
-		k.ConsoleLog = filepath.Join(root, k.Name+".log")
-	}
+	cl := launchableCluster(t, "rbt")
 	l := &agentLauncher{machines: map[string]*agentMachine{}, boots: map[string]supervisor.Boot{}}
 	c, _ := startWith(t, cl, supervisor.Options{Launcher: l})
 	host, err := ipi.Dial(ctxT(t), filepath.Join(cl.RunDir, supervisor.WindowSocketName), cluster.WindowVectors)
