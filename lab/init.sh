@@ -13,8 +13,15 @@ up() { read -r s _ </proc/uptime; echo "popvmm-lab: $1 $s" >/dev/ttyS0; }
 fail() { echo "popvmm-lab: fail $*" >/dev/ttyS0; poweroff -f; }
 
 up kernel
+# Module parameters from the kernel command line: lab.MODULE=P=V[,P=V...]
+# (busybox insmod does not read them there itself, as modprobe would).
+modargs() {
+  for a in $(cat /proc/cmdline); do
+    case "$a" in lab.$1=*) echo "${a#lab.$1=}" | tr ',' ' ' ;; esac
+  done
+}
 for m in $(cat /lab/modules); do
-  insmod "/lab/mod/$m.ko" 2>/tmp/insmod.err || fail "module $m did not load: $(cat /tmp/insmod.err)"
+  insmod "/lab/mod/$m.ko" $(modargs "$m") 2>/tmp/insmod.err || fail "module $m did not load: $(cat /tmp/insmod.err)"
 done
 [ -c /dev/kvm ] || fail "/dev/kvm did not appear: $(dmesg | grep -iE 'kvm|svm' | tail -1)"
 up modules

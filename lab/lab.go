@@ -190,7 +190,7 @@ func (c *Config) QEMUArgs(job string, sock [3]string) []string {
 		"-M", "microvm,pit=on,pic=on,rtc=on,isa-serial=on", "-accel", "tcg,thread=" + c.tcgThread(), "-cpu", c.cpuModel(),
 		"-smp", strconv.Itoa(c.CPUs), "-m", strconv.FormatUint(c.Memory>>20, 10) + "M",
 		"-kernel", c.Image.Kernel(), "-initrd", c.Image.Initrd(),
-		"-append", KernelArgs + " tsc_early_khz=" + strconv.FormatUint(c.TSCkHz, 10),
+		"-append", KernelArgs + " tsc_early_khz=" + strconv.FormatUint(c.TSCkHz, 10) + labAppend(),
 	}
 	for i, s := range sock {
 		args = append(args, "-chardev", fmt.Sprintf("socket,id=ser%d,path=%s", i, s))
@@ -224,6 +224,16 @@ func (c *Config) tcgThread() string {
 	return "multi"
 }
 
+// labAppend is more of the lab kernel's command line: " " and
+// $POPVMM_LAB_APPEND, or nothing. lab.MODULE=P=V[,P=V] there sets a lab
+// module's parameters (init.sh), e.g. lab.kvm_amd=npt=0.
+func labAppend() string {
+	if a := os.Getenv("POPVMM_LAB_APPEND"); a != "" {
+		return " " + a
+	}
+	return ""
+}
+
 // cpuModel is the emulated CPU: "max" (every feature TCG emulates, SVM
 // with nested paging among them), or $POPVMM_LAB_CPU.
 func (c *Config) cpuModel() string {
@@ -237,7 +247,13 @@ func (c *Config) cpuModel() string {
 // the consoles: tsc=reliable (no clocksource watchdog), cryptomgr.notests
 // (the crypto self-tests cost a second under emulation), no_timer_check,
 // audit=0 and nowatchdog (less work at boot and after).
-const KernelArgs = "console=ttyS0 quiet loglevel=3 panic=-1 8250.nr_uarts=4 tsc=reliable cryptomgr.notests no_timer_check audit=0 nowatchdog"
+//
+// lab.kvm_amd=npt=0 (init.sh passes it to insmod) makes the lab's KVM
+// shadow the nested guests' page tables instead of using nested paging:
+// with QEMU's emulated nested paging, real kernels triple-faulted in early
+// boot (while building their page tables) in about one boot in three, and
+// shadow paging booted them no slower (docs/lab.md).
+const KernelArgs = "console=ttyS0 quiet loglevel=3 panic=-1 8250.nr_uarts=4 tsc=reliable cryptomgr.notests no_timer_check audit=0 nowatchdog lab.kvm_amd=npt=0"
 
 // shellQuote quotes s for sh.
 func shellQuote(s string) string {
