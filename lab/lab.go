@@ -248,12 +248,15 @@ func (c *Config) cpuModel() string {
 // (the crypto self-tests cost a second under emulation), no_timer_check,
 // audit=0 and nowatchdog (less work at boot and after).
 //
+// loglevel=4 keeps errors on the console (an RCU stall report is one),
+// for the post-mortem of a lab host that wedges.
+//
 // lab.kvm_amd=npt=0 (init.sh passes it to insmod) makes the lab's KVM
 // shadow the nested guests' page tables instead of using nested paging:
 // with QEMU's emulated nested paging, real kernels triple-faulted in early
 // boot (while building their page tables) in about one boot in three, and
 // shadow paging booted them no slower (docs/lab.md).
-const KernelArgs = "console=ttyS0 quiet loglevel=3 panic=-1 8250.nr_uarts=4 tsc=reliable cryptomgr.notests no_timer_check audit=0 nowatchdog lab.kvm_amd=npt=0"
+const KernelArgs = "console=ttyS0 quiet loglevel=4 panic=-1 8250.nr_uarts=4 tsc=reliable cryptomgr.notests no_timer_check audit=0 nowatchdog lab.kvm_amd=npt=0"
 
 // shellQuote quotes s for sh.
 func shellQuote(s string) string {
