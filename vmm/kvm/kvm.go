@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"maps"
 	"os"
+	"runtime"
 	"slices"
 
 	gokvm "github.com/bobuhiro11/gokvm/kvm"
@@ -81,6 +82,30 @@ func eintr[T any](f func() (T, error)) (T, error) {
 			return v, err
 		}
 	}
+}
+
+// signalsBlocked runs f on this goroutine's thread with every signal
+// blocked, for an ioctl that a signal would interrupt again each time it is
+// retried. KVM_CREATE_VM registers an MMU notifier, which takes every lock
+// of the process's address space (mm_take_all_locks) and gives up with
+// EINTR when a signal is pending; in a large Go process under a slow CPU
+// that takes longer than the 10 ms after which the Go runtime sends
+// SIGURG to preempt the goroutine, so retrying alone livelocked (seen in
+// the lab: the supervisor spun holding the mm's locks and everything that
+// faulted in it, the running kernels included, stalled). Blocked signals
+// stay pending and are delivered when f returns.
+func signalsBlocked(f func() error) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var all, old unix.Sigset_t
+	for i := range all.Val {
+		all.Val[i] = ^uint64(0)
+	}
+	if err := unix.PthreadSigmask(unix.SIG_BLOCK, &all, &old); err != nil {
+		return f()
+	}
+	defer unix.PthreadSigmask(unix.SIG_SETMASK, &old, nil)
+	return f()
 }
 
 // eintr0 is eintr for an ioctl that returns only an error.
@@ -148,7 +173,11 @@ func (s *System) CreateVM() (*VM, error) {
 	if err != nil {
 		return nil, ioctlErr("KVM_GET_VCPU_MMAP_SIZE", err)
 	}
-	fd, err := eintr(func() (uintptr, error) { return gokvm.CreateVM(uintptr(s.fd)) })
+	var fd uintptr
+	err = signalsBlocked(func() (err error) {
+		fd, err = eintr(func() (uintptr, error) { return gokvm.CreateVM(uintptr(s.fd)) })
+		return err
+	})
 	if err != nil {
 		return nil, ioctlErr("KVM_CREATE_VM", err)
 	}
