@@ -119,22 +119,7 @@ func TestGarbageAccesses(t *testing.T) {
 func TestPCIHeader(t *testing.T) {
 	bells := newBells(t, 2, 0, 4)
 	v := newVM(t, bells, 0, 16<<20, nil)
-	b := pci.NewBus()
-	slot, err := b.Add(v.dev)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ports := b.ConfigPorts()
-	cfg := func(reg int) uint32 {
-		ports.Write(0, le(uint64(1<<31|slot<<11|reg), 4))
-		d := make([]byte, 4)
-		ports.Read(4, d)
-		return binary.LittleEndian.Uint32(d)
-	}
-	setCfg := func(reg int, val uint32) {
-		ports.Write(0, le(uint64(1<<31|slot<<11|reg), 4))
-		ports.Write(4, le(uint64(val), 4))
-	}
+	_, cfg, setCfg := onBus(t, v.dev)
 	for _, c := range []struct {
 		reg  int
 		want uint32
@@ -339,16 +324,7 @@ func sortIoeventfds(s []ipi.Ioeventfd) {
 func TestPlanFollowsBARMove(t *testing.T) {
 	bells := newBells(t, 2, 0, 2)
 	v := newVM(t, bells, 0, 1<<20, nil)
-	b := pci.NewBus()
-	slot, err := b.Add(v.dev)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ports := b.ConfigPorts()
-	setCfg := func(reg int, val uint32) {
-		ports.Write(0, le(uint64(1<<31|slot<<11|reg), 4))
-		ports.Write(4, le(uint64(val), 4))
-	}
+	_, _, setCfg := onBus(t, v.dev)
 	old := v.regs()
 	const moved = 0xd000_0000
 	setCfg(pci.OffBAR0, moved)
@@ -456,16 +432,7 @@ func TestPlatformReset(t *testing.T) {
 			t.Error(err)
 		}
 	})
-	b := pci.NewBus()
-	slot, err := b.Add(v.dev)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ports := b.ConfigPorts()
-	setCfg := func(reg int, val uint32) {
-		ports.Write(0, le(uint64(1<<31|slot<<11|reg), 4))
-		ports.Write(4, le(uint64(val), 4))
-	}
+	b, _, setCfg := onBus(t, v.dev)
 	first := v.regs()
 	// The old kernel: INTx asserted, then BARs moved and MSI-X on.
 	v.dev.Write(ipi.RegIntrMask, le(0xffffffff, 4))
@@ -514,4 +481,28 @@ func TestPlatformReset(t *testing.T) {
 	if st := v.dev.Stats(); st.WiringErrors != 0 {
 		t.Errorf("wiring errors: %+v", st)
 	}
+}
+
+// onBus adds dev to a new PCI bus and returns the bus with a reader and a
+// writer of dev's configuration space through ports 0xCF8/0xCFC (32-bit
+// accesses at reg).
+func onBus(t *testing.T, dev pci.Function) (b *pci.Bus, get func(reg int) uint32, set func(reg int, val uint32)) {
+	t.Helper()
+	b = pci.NewBus()
+	slot, err := b.Add(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ports := b.ConfigPorts()
+	get = func(reg int) uint32 {
+		ports.Write(0, le(uint64(1<<31|slot<<11|reg), 4))
+		d := make([]byte, 4)
+		ports.Read(4, d)
+		return binary.LittleEndian.Uint32(d)
+	}
+	set = func(reg int, val uint32) {
+		ports.Write(0, le(uint64(1<<31|slot<<11|reg), 4))
+		ports.Write(4, le(uint64(val), 4))
+	}
+	return b, get, set
 }
