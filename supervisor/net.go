@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"strings"
 	"sync"
 
 	"github.com/popvmm/popvmm/cluster"
@@ -31,10 +32,40 @@ func (s *Supervisor) startNetwork() (func(), error) {
 	return nl.startNetwork(s.cl)
 }
 
-// BridgeOwner is the alias popvmm gives cluster's bridge: how the next `up`
-// tells a bridge that a killed supervisor of the same cluster left behind
-// (deleted, then made afresh) from anyone else's (refused).
-func BridgeOwner(cluster string) string { return "popvmm cluster " + cluster }
+// BridgeOwner is the alias popvmm gives the bridge of cluster while a
+// supervisor runs it from runDir: how the next `up` tells a bridge that a
+// killed supervisor of the cluster left behind (deleted, then made
+// afresh) from one that a live supervisor of a cluster of the same name,
+// run from another run directory, still uses (refused), and from anyone
+// else's (refused).
+func BridgeOwner(cluster, runDir string) string {
+	return bridgeOwnerPrefix(cluster) + " run " + runDir
+}
+
+func bridgeOwnerPrefix(cluster string) string { return "popvmm cluster " + cluster }
+
+// staleBridge is upBridge's test of a bridge of the cluster's name found
+// on the host (vnet.RemoveStaleBridge): nil when its owner is gone.
+func staleBridge(cl *cluster.Cluster) func(alias string) error {
+	prefix := bridgeOwnerPrefix(cl.Name)
+	return func(alias string) error {
+		dir, ours := strings.CutPrefix(alias, prefix+" run ")
+		switch {
+		case alias == prefix:
+			return nil // an earlier popvmm's alias named no run directory
+		case !ours:
+			return fmt.Errorf("a bridge of that name exists and is not cluster %s's (its alias is %q); delete it (ip link del %s) or set another cluster.network.bridge",
+				cl.Name, alias, cl.Network.Bridge)
+		case dir == cl.RunDir:
+			return nil // this supervisor holds that run directory
+		}
+		if pid, held := Held(dir); held {
+			return fmt.Errorf("cluster %s, run from %s by supervisor pid %d, is up and uses it; bring that one down or set another cluster.network.bridge",
+				cl.Name, dir, pid)
+		}
+		return nil
+	}
+}
 
 // TapName is kernel k's tap in cluster cl.
 func TapName(cl *cluster.Cluster, k *cluster.Kernel) string { return vnet.TapName(cl.Name, k.Index) }
@@ -51,9 +82,9 @@ type clusterNet struct {
 // run survives; a link of that name that is not the cluster's is refused.
 // No forwarding and no NAT: the host and the kernels share one subnet.
 func upBridge(cl *cluster.Cluster, log *slog.Logger) (*clusterNet, error) {
-	owner := BridgeOwner(cl.Name)
+	owner := BridgeOwner(cl.Name, cl.RunDir)
 	name := cl.Network.Bridge
-	stale, err := vnet.RemoveStaleBridge(name, owner)
+	stale, err := vnet.RemoveStaleBridge(name, staleBridge(cl))
 	if err != nil {
 		return nil, err
 	}

@@ -108,6 +108,21 @@ func Lock(dir string) (*RunDir, error) {
 	return rd, nil
 }
 
+// Held reports whether a live process holds the run directory at dir
+// (Lock), and the pid it recorded. It takes the lock shared for a moment,
+// without waiting: a supervisor holds it exclusively until it exits.
+func Held(dir string) (pid int, held bool) {
+	f, err := os.Open(filepath.Join(dir, lockName))
+	if err != nil {
+		return 0, false
+	}
+	defer f.Close() // drops the shared lock, if it was taken
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_SH|unix.LOCK_NB); errors.Is(err, unix.EWOULDBLOCK) {
+		return ReadPID(dir), true
+	}
+	return 0, false
+}
+
 // Socket is the control socket's path.
 func (rd *RunDir) Socket() string { return filepath.Join(rd.Path, SocketName) }
 

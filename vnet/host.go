@@ -34,7 +34,7 @@ type BridgeConfig struct {
 	// MTU is the bridge's MTU; 0 means DefaultMTU.
 	MTU int
 	// Owner, if set, marks the bridge as made for one user (popvmm puts
-	// "popvmm cluster NAME" there): a new bridge gets it as its alias
+	// "popvmm cluster NAME run RUNDIR" there): a new bridge gets it as its alias
 	// (IFLA_IFALIAS, set right after creating it), and an existing
 	// link of that name without that alias is refused rather than taken
 	// over. RemoveStaleBridge deletes what a killed owner left.
@@ -237,16 +237,16 @@ func RemoveLink(name string) error {
 	return nil
 }
 
-// RemoveStaleBridge deletes the bridge called name if its alias is owner
-// (BridgeConfig.Owner): the bridge a killed owner left behind. It reports
-// whether it deleted one; a missing link is no error, and a link of that
-// name that is not such a bridge is left alone and reported.
-func RemoveStaleBridge(name, owner string) (bool, error) {
+// RemoveStaleBridge deletes the bridge called name when stale, given the
+// bridge's alias (BridgeConfig.Owner), says its owner is gone: the bridge
+// a killed owner left behind. stale returns nil to have it deleted, or
+// why not (an owner still running, another program's bridge): that error
+// is returned, wrapped with the bridge's name. It reports whether it
+// deleted one; a missing link is no error; a link of that name that is
+// not a bridge is left alone and reported.
+func RemoveStaleBridge(name string, stale func(alias string) error) (bool, error) {
 	if err := CheckLinkName(name); err != nil {
 		return false, err
-	}
-	if owner == "" {
-		return false, fmt.Errorf("bridge %s: no owner to recognise a stale bridge by", name)
 	}
 	link, err := netlink.LinkByName(name)
 	if errors.As(err, &netlink.LinkNotFoundError{}) {
@@ -255,15 +255,29 @@ func RemoveStaleBridge(name, owner string) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("look up %s: %w", name, err)
 	}
-	_, isBridge := link.(*netlink.Bridge)
-	if a := link.Attrs(); !isBridge || a.Name != name || a.Alias != owner {
-		return false, fmt.Errorf("bridge %s: a %s link of that name exists and is not %s's (alias %q); delete it (ip link del %s) or choose another name",
-			name, link.Type(), owner, a.Alias, name)
+	a := link.Attrs()
+	if _, isBridge := link.(*netlink.Bridge); !isBridge || a.Name != name {
+		return false, fmt.Errorf("bridge %s: a %s link of that name exists (alias %q); delete it (ip link del %s) or choose another name",
+			name, link.Type(), a.Alias, a.Name)
+	}
+	if err := stale(a.Alias); err != nil {
+		return false, fmt.Errorf("bridge %s: %w", name, err)
 	}
 	if err := netlink.LinkDel(link); err != nil && !errors.As(err, &netlink.LinkNotFoundError{}) {
 		return false, fmt.Errorf("delete stale bridge %s: %w", name, err)
 	}
 	return true, nil
+}
+
+// OwnedBy is the stale test of RemoveStaleBridge for a bridge whose owner
+// is known to be gone: its alias must be owner.
+func OwnedBy(owner string) func(alias string) error {
+	return func(alias string) error {
+		if owner == "" || alias != owner {
+			return fmt.Errorf("the bridge of that name is not %s's (its alias is %q); delete it (ip link del) or choose another name", owner, alias)
+		}
+		return nil
+	}
 }
 
 // Tap is a non-persistent tap device on a bridge: it exists exactly as long

@@ -32,7 +32,7 @@ func TestOwnedBridge(t *testing.T) {
 	if _, err := other.Ensure(); err == nil || !strings.Contains(err.Error(), "is not popvmm cluster other's") {
 		t.Errorf("Ensure with another owner = %v, want a refusal", err)
 	}
-	if removed, err := vnet.RemoveStaleBridge("pv-own", other.Owner); removed || err == nil {
+	if removed, err := vnet.RemoveStaleBridge("pv-own", vnet.OwnedBy(other.Owner)); removed || err == nil {
 		t.Errorf("RemoveStaleBridge(another owner) = %v, %v; want false and an error", removed, err)
 	}
 	// A tap on it goes with its file; the stale bridge goes with its owner's RemoveStaleBridge.
@@ -41,20 +41,20 @@ func TestOwnedBridge(t *testing.T) {
 		t.Fatal(err)
 	}
 	tap.Close()
-	if removed, err := vnet.RemoveStaleBridge("pv-own", cfg.Owner); !removed || err != nil {
+	if removed, err := vnet.RemoveStaleBridge("pv-own", vnet.OwnedBy(cfg.Owner)); !removed || err != nil {
 		t.Fatalf("RemoveStaleBridge(owner) = %v, %v; want true, nil", removed, err)
 	}
 	if ls := links(t); ls["pv-own"] != nil || ls["pvt-own-0"] != nil {
 		t.Errorf("links left: %v", ls)
 	}
-	if removed, err := vnet.RemoveStaleBridge("pv-own", cfg.Owner); removed || err != nil {
+	if removed, err := vnet.RemoveStaleBridge("pv-own", vnet.OwnedBy(cfg.Owner)); removed || err != nil {
 		t.Errorf("RemoveStaleBridge(gone) = %v, %v; want false, nil", removed, err)
 	}
 	// A bridge made by hand (no alias) is nobody's stale bridge.
 	if err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "pv-hand"}}); err != nil {
 		t.Fatal(err)
 	}
-	if removed, err := vnet.RemoveStaleBridge("pv-hand", cfg.Owner); removed || err == nil {
+	if removed, err := vnet.RemoveStaleBridge("pv-hand", vnet.OwnedBy(cfg.Owner)); removed || err == nil {
 		t.Errorf("RemoveStaleBridge(hand-made) = %v, %v; want false and an error", removed, err)
 	}
 	hand := cfg

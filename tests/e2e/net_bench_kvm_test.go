@@ -163,7 +163,7 @@ func (c *benchCluster) startQEMU(b *testing.B, st *supervisor.Status, k *supervi
 	host := netip.MustParseAddr(st.HostIP)
 	sub := netip.MustParsePrefix(st.Subnet)
 	br, err := vnet.BridgeConfig{Name: st.Bridge, Addrs: []netip.Prefix{netip.PrefixFrom(host, sub.Bits())},
-		Owner: supervisor.BridgeOwner(st.Cluster)}.Ensure()
+		Owner: supervisor.BridgeOwner(st.Cluster, st.RunDir)}.Ensure()
 	if err != nil {
 		b.Fatal(err)
 	}

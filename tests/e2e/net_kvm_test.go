@@ -94,7 +94,7 @@ func (c *kvmCluster) killAll(st *supervisor.Status) {
 		syscall.Kill(st.PID, syscall.SIGKILL)
 		waitGone(st.PID, 30*time.Second)
 	}
-	vnet.RemoveStaleBridge(st.Bridge, supervisor.BridgeOwner(st.Cluster))
+	vnet.RemoveStaleBridge(st.Bridge, vnet.OwnedBy(supervisor.BridgeOwner(st.Cluster, st.RunDir)))
 }
 
 // waitUntil polls cond every 250 ms until it holds or timeout passes.
