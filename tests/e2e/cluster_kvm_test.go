@@ -77,9 +77,38 @@ func newKVMCluster(t *testing.T, name string, kernels ...kvmKernel) *kvmCluster 
 			c.dumpConsoles()
 			t.Logf("reproduce: make build && KVM_RUN='^%s$' scripts/test-kvm.sh (directly on KVM, in the lab elsewhere)", t.Name())
 		}
-		c.popvmm("down", "-c", c.config) // harmless when already down
+		c.teardown()
 	})
 	return c
+}
+
+// teardownWait bounds how long a supervisor may take to exit after
+// `down` before a test's cleanup takes it for wedged.
+const teardownWait = 30 * time.Second
+
+// teardown brings the cluster down, if a supervisor still holds its run
+// directory, and makes sure that supervisor has exited, so that nothing
+// of a failed test (its taps, its bridge) is in the way of the next one.
+// A supervisor that outlives `down` fails the test: its goroutines are
+// dumped into its log (SIGQUIT), the log's tail printed, and it is killed.
+func (c *kvmCluster) teardown() {
+	pid := supervisor.ReadPID(c.runDir)
+	if pid == 0 {
+		return
+	}
+	out, derr := c.popvmm("down", "-c", c.config)
+	if waitGone(pid, teardownWait) == nil {
+		return
+	}
+	c.t.Errorf("supervisor pid %d still alive %s after down (%v: %s); its goroutines follow, then it is killed",
+		pid, teardownWait, derr, strings.TrimSpace(out))
+	syscall.Kill(pid, syscall.SIGQUIT) // the Go runtime dumps every goroutine to stderr: the supervisor log
+	if waitGone(pid, 10*time.Second) != nil {
+		syscall.Kill(pid, syscall.SIGKILL)
+		waitGone(pid, 10*time.Second)
+	}
+	data, _ := os.ReadFile(filepath.Join(c.runDir, supervisor.LogName))
+	c.t.Logf("==== supervisor log after SIGQUIT:\n%s", data[max(0, len(data)-64<<10):])
 }
 
 func (c *kvmCluster) dumpConsoles() {
@@ -122,12 +151,8 @@ func (c *kvmCluster) status() *supervisor.Status {
 func (c *kvmCluster) down(pid int) {
 	c.t.Helper()
 	c.must("down", "-c", c.config)
-	deadline := time.Now().Add(30 * time.Second)
-	for syscall.Kill(pid, 0) == nil {
-		if time.Now().After(deadline) {
-			c.t.Fatalf("supervisor pid %d still alive 30 s after down", pid)
-		}
-		time.Sleep(50 * time.Millisecond) // waiting for another process to exit, with a deadline
+	if waitGone(pid, teardownWait) != nil {
+		c.t.Fatalf("supervisor pid %d still alive %s after down", pid, teardownWait)
 	}
 }
 
