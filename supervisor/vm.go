@@ -72,6 +72,7 @@ func (l *vmLauncher) Launch(ctx context.Context, k *cluster.Kernel, b Boot, cons
 		v.Close()
 		return nil, err
 	}
+	v.OnReset(uart.Reset) // a reboot in the VM finds COM1 as at power-on
 	if m.devs, err = l.attachDevices(v, k); err != nil {
 		v.Close()
 		return nil, err

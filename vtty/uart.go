@@ -331,6 +331,23 @@ func (u *UART) Receive(p []byte) int {
 	return n
 }
 
+// Reset puts the UART in its power-on state, as a platform reset (a
+// reboot inside the VM) does: interrupt enables, line and modem control,
+// FIFO control, scratch and divisor (9600 baud) as NewUART set them; the
+// receive queue emptied (input typed for the ended boot is not the next
+// one's); OE and the modem deltas cleared; the interrupt line lowered.
+// The modem status inputs (DCD: a terminal attached) are the host's and
+// stay.
+func (u *UART) Reset() {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.rx = u.rx[:0]
+	u.ier, u.lcr, u.mcr, u.lsr, u.delta, u.scr = 0, 0, 0, 0, 0, 0
+	u.dll, u.dlm = 12, 0
+	u.fifo, u.trigger, u.thrIntr = false, 1, false
+	u.update()
+}
+
 // Pending reports, without side effects, whether an interrupt is pending
 // and whether the line is raised (pending and OUT2 set).
 func (u *UART) Pending() (pending, line bool) {

@@ -393,13 +393,15 @@ func FuzzUART(f *testing.F) {
 	f.Add([]byte{1, 8, 1, 4, 0x1f, 1, 2, 0, 0, 4, 0x1b, 1, 0, 0, 3, 4, 0x08, 1, 6, 0, 0, 0, 1, 3})
 	// FCR clears and disables with data queued.
 	f.Add([]byte{1, 1, 1, 4, 8, 1, 2, 1, 1, 0, 'a', 2, 0, 'b', 2, 2, 3, 1, 2, 0, 1, 5, 0, 0})
+	// A reset with the receive interrupt raised, then input again.
+	f.Add([]byte{4, 8, 1, 1, 1, 1, 0, 'a', 2, 0, 0, 5, 0, 'b', 2, 4, 8, 1, 1, 1, 1})
 	f.Fuzz(func(t *testing.T, ops []byte) {
 		u, _, irq := newUART()
 		for len(ops) >= 3 {
 			off, v, op := uint64(ops[0]%9), ops[1], ops[2]
 			ops = ops[3:]
 			var in []byte
-			switch op % 5 {
+			switch op % 6 {
 			case 0:
 				rd(u, off)
 			case 1:
@@ -410,6 +412,8 @@ func FuzzUART(f *testing.F) {
 				u.SetCarrier(v&1 == 1)
 			case 4:
 				in = make([]byte, int(v)*64) // a paste, up to ~4 queues full
+			case 5:
+				u.Reset() // a reboot inside the VM
 			}
 			if in != nil {
 				if n := u.Receive(in); n < len(in) && rd(u, LSR)&0x02 == 0 {
@@ -423,4 +427,53 @@ func FuzzUART(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestReset: a platform reset leaves every register as a fresh UART has it
+// (what the next boot's 8250 driver probes), drops input queued for the
+// ended boot, clears OE and lowers the interrupt line.
+func TestReset(t *testing.T) {
+	fresh, _, _ := newUART()
+	regs := func(u *vtty.UART) [8]byte {
+		var r [8]byte
+		for _, off := range []uint64{IER, IIR, LCR, MCR, LSR, SCR} {
+			r[off] = rd(u, off)
+		}
+		wr(u, LCR, 0x80) // DLAB: the divisor
+		r[0], r[1] = rd(u, 0), rd(u, 1)
+		wr(u, LCR, 0x00)
+		r[MSR] = rd(u, MSR) &^ 0x0f // the deltas depend on what was read before
+		return r
+	}
+	want := regs(fresh)
+
+	u, out, irq := newUART()
+	wr(u, LCR, 0x83) // DLAB, 8N1
+	wr(u, 0, 1)      // 115200 baud
+	wr(u, 1, 0)
+	wr(u, LCR, 0x03)
+	wr(u, FCR, 0xc7) // FIFOs on, trigger 14
+	wr(u, MCR, 0x0b) // DTR, RTS, OUT2
+	wr(u, IER, 0x0f)
+	wr(u, SCR, 0x5a)
+	u.Receive(make([]byte, vtty.RxCapacity+1)) // overrun
+	if !irq.get() {
+		t.Fatal("setup: no interrupt raised")
+	}
+	u.Reset()
+	if irq.get() {
+		t.Error("interrupt line still raised after Reset")
+	}
+	if got := regs(u); got != want {
+		t.Errorf("registers after Reset = % x, want as fresh % x", got, want)
+	}
+	if rd(u, LSR)&0x03 != 0 {
+		t.Error("data ready or overrun after Reset")
+	}
+	// The UART works on: the next boot's output and input.
+	wr(u, THR, 'k')
+	u.Receive([]byte("x"))
+	if out.String() != "k" || rd(u, RBR) != 'x' {
+		t.Errorf("after Reset: out %q", out.String())
+	}
 }
