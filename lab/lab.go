@@ -47,6 +47,7 @@ type Config struct {
 	Stdout      io.Writer     // the command's stdout (and stderr when Interactive)
 	Stderr      io.Writer     // the command's stderr
 	Progress    io.Writer     // "lab: ..." lines; nil for none
+	Console     io.Writer     // a live copy of the lab host's console (ttyS0), a line at a time; nil for none
 	BootTimeout time.Duration // until /init says ready; 0 is 3 minutes
 	TSCkHz      uint64        // the host's TSC rate; 0 is measured
 }
@@ -402,6 +403,9 @@ func Run(ctx context.Context, c Config) (Result, error) {
 			consoleMu.Lock()
 			console.WriteString(line + "\n")
 			consoleMu.Unlock()
+			if c.Console != nil {
+				io.WriteString(c.Console, line+"\n") // a copy: its errors do not stop the run
+			}
 			if m, ok := strings.CutPrefix(line, "popvmm-lab: "); ok {
 				markers <- m
 			}

@@ -71,7 +71,14 @@ printf last-line-no-newline
 exit 3`
 	c := Config{Image: im, Dir: dir, Shares: []string{share}, Args: []string{"/bin/bash", "-c", script},
 		Env: []string{"POPVMM_TEST_VALUE=it's a \"value\" $HOME", "SHARE=" + share, "PATH=" + os.Getenv("PATH")}}
+	var live bytes.Buffer // Console is written from one goroutine, read after Run
+	c.Console = &live
 	res, out, errOut := runLab(t, c)
+	// The live copy of the console has every line the kept one has, /init's
+	// markers among them.
+	if !strings.Contains(live.String(), "popvmm-lab: ") || live.String() != res.Console {
+		t.Errorf("live console: %d bytes, with markers %v; Result.Console %d bytes", live.Len(), strings.Contains(live.String(), "popvmm-lab: "), len(res.Console))
+	}
 	if res.ExitCode != 3 {
 		t.Errorf("exit status %d, want 3", res.ExitCode)
 	}

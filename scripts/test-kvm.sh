@@ -121,17 +121,24 @@ else
   while :; do
     runs=$((runs + 1))
     # A watchdog for a lab host that wedges instead of dying (seen: its
-    # command and the nested guests frozen): when no test log in $out has
-    # grown for KVM_LAB_SILENCE minutes (10; a test's own waits give up
-    # after at most 6), the lab run is stopped and counts as a death.
+    # command and the nested guests frozen, one emulated CPU never leaving
+    # a nested guest): when no test log in $out has grown for
+    # KVM_LAB_SILENCE minutes (10; a test's own waits give up after at most
+    # 6), or for KVM_LAB_STALL_SILENCE minutes (2) after the lab host's
+    # console (written as it comes) reported an RCU stall or a soft lockup,
+    # the lab run is stopped and counts as a death.
     set +e
-    KVM_ATTEMPT=$runs "$popvmm" lab run --cpus "${LAB_CPUS:-2}" --memory "${LAB_MEMORY:-4G}" --console-log "bin/kvm-lab-console.$runs.log" -- scripts/test-kvm.sh --run &
+    console="bin/kvm-lab-console.$runs.log"
+    KVM_ATTEMPT=$runs "$popvmm" lab run --cpus "${LAB_CPUS:-2}" --memory "${LAB_MEMORY:-4G}" --console-log "$console" -- scripts/test-kvm.sh --run &
     lpid=$! lstart=$SECONDS wedged=
     while kill -0 "$lpid" 2>/dev/null; do
       sleep 15
-      silence=${KVM_LAB_SILENCE:-10}
+      silence=${KVM_LAB_SILENCE:-10} why="no test output for ${KVM_LAB_SILENCE:-10} minutes"
+      if grep -q -E 'rcu.*(stall|starved)|soft lockup' "$console" 2>/dev/null; then
+        silence=${KVM_LAB_STALL_SILENCE:-2} why="the lab host reported a stall, then no test output for ${KVM_LAB_STALL_SILENCE:-2} minutes"
+      fi
       if [ $((SECONDS - lstart)) -gt $((silence * 60)) ] && [ -z "$(find "$out" -maxdepth 1 -name '*.log*' -mmin "-$silence" | head -1)" ] && kill -0 "$lpid" 2>/dev/null; then
-        echo "==> KVM tier: no test output for $silence minutes: the lab host is wedged; stopping it"
+        echo "==> KVM tier: $why: the lab host is wedged; stopping it"
         wedged=1
         kill -TERM "$lpid"
         break
@@ -143,7 +150,7 @@ else
     [ "$rc" = 125 ] && [ ! -f "$out/summary" ] || break
     deaths=$((deaths + 1))
     echo "==> KVM tier: the lab host died (lab run $runs); its first fault report (whole console: bin/kvm-lab-console.$runs.log):"
-    grep -m1 -A30 -E 'BUG:|WARNING:|general protection|Oops|double fault|panic|rcu.*stall' "bin/kvm-lab-console.$runs.log" || true
+    grep -m1 -A30 -E 'BUG:|WARNING:|general protection|Oops|double fault|panic|rcu.*stall|soft lockup' "$console" || true
     now=$({ cat "$out"/*.log.* "$out"/*.result 2>/dev/null || true; } | grep -c -E '^--- (PASS|FAIL)|^[0-9]+ [0-9]+ [0-9]+ ' || true)
     if [ "$now" -le "$finished" ] || [ "$runs" -ge "${KVM_LAB_RUNS:-12}" ] || [ $((SECONDS - tier_start)) -ge "${KVM_LAB_SECONDS:-3000}" ]; then
       echo "==> KVM tier: giving up after $runs lab runs, $deaths of which died (the last finished no new test, or KVM_LAB_RUNS=${KVM_LAB_RUNS:-12} runs or KVM_LAB_SECONDS=${KVM_LAB_SECONDS:-3000} s reached)"

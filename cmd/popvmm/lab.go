@@ -39,7 +39,7 @@ func (f *labFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.image, "image", lab.DefaultImage().Dir, "lab image directory (make lab builds it)")
 	cmd.Flags().BoolVar(&f.timing, "timing", false, "at the end, print the split on stderr as one line of seconds (lab: timing qemu=... kernel=...; bench/lab.sh reads it)")
 	cmd.Flags().StringVar(&f.qemu, "qemu", lab.DefaultQEMU(), "the emulator that runs the lab host ($POPVMM_LAB_QEMU)")
-	cmd.Flags().StringVar(&f.consoleLog, "console-log", "", "write the lab host's whole kernel console (ttyS0) to this file, whatever the outcome")
+	cmd.Flags().StringVar(&f.consoleLog, "console-log", "", "write the lab host's whole kernel console (ttyS0) to this file as it comes, whatever the outcome")
 }
 
 func (f *labFlags) config(c *cli) (lab.Config, error) {
@@ -214,12 +214,17 @@ func (c *cli) runLab(cfg lab.Config, f *labFlags) error {
 		case <-ctx.Done():
 		}
 	}()
-	res, err := lab.Run(ctx, cfg)
 	if f.consoleLog != "" {
-		if werr := os.WriteFile(f.consoleLog, []byte(res.Console), 0o644); werr != nil {
-			fmt.Fprintf(c.stderr, "popvmm: lab: --console-log: %v\n", werr)
+		// Written as the console arrives, so that a watcher (scripts/
+		// test-kvm.sh) sees a lab host's fault report while it runs.
+		log, err := os.OpenFile(f.consoleLog, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+		if err != nil {
+			return usageErr("--console-log: %v", err)
 		}
+		defer log.Close()
+		cfg.Console = log
 	}
+	res, err := lab.Run(ctx, cfg)
 	if f.timing {
 		t := res.Timing
 		sec := func(d time.Duration) string { return strconv.FormatFloat(d.Seconds(), 'f', 2, 64) }
