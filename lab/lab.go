@@ -35,19 +35,24 @@ const ExitLabFailure = 125
 // Config is one lab run.
 type Config struct {
 	Image       Image
-	QEMU        string        // emulator binary; "" is DefaultQEMU()
-	CPUs        int           // emulated CPUs; 0 is 2
-	Memory      uint64        // bytes; 0 is 4 GiB
-	Dir         string        // the command's working directory, shared read-write
-	Shares      []string      // more directories shared read-write at the same path
-	Args        []string      // the command and its arguments
-	Env         []string      // its environment, KEY=VALUE
-	Interactive bool          // ttyS1 is the command's controlling terminal; Stdin is forwarded
-	Stdin       io.Reader     // used when Interactive
-	Stdout      io.Writer     // the command's stdout (and stderr when Interactive)
-	Stderr      io.Writer     // the command's stderr
-	Progress    io.Writer     // "lab: ..." lines; nil for none
-	Console     io.Writer     // a live copy of the lab host's console (ttyS0), a line at a time; nil for none
+	QEMU        string    // emulator binary; "" is DefaultQEMU()
+	CPUs        int       // emulated CPUs; 0 is 2
+	Memory      uint64    // bytes; 0 is 4 GiB
+	Dir         string    // the command's working directory, shared read-write
+	Shares      []string  // more directories shared read-write at the same path
+	Args        []string  // the command and its arguments
+	Env         []string  // its environment, KEY=VALUE
+	Interactive bool      // ttyS1 is the command's controlling terminal; Stdin is forwarded
+	Stdin       io.Reader // used when Interactive
+	Stdout      io.Writer // the command's stdout (and stderr when Interactive)
+	Stderr      io.Writer // the command's stderr
+	Progress    io.Writer // "lab: ..." lines; nil for none
+	Console     io.Writer // a live copy of the lab host's console (ttyS0), a line at a time; nil for none
+	// KVMHolder, if set, is a command the job starts in the background
+	// before Args and waits for (until it prints HoldReady, exits, or 60
+	// s): popvmm's `lab hold-kvm`, which takes a Hold (hold.go) for the
+	// whole job.
+	KVMHolder   []string
 	BootTimeout time.Duration // until /init says ready; 0 is 3 minutes
 	TSCkHz      uint64        // the host's TSC rate; 0 is measured
 }
@@ -276,6 +281,7 @@ func (c *Config) JobScript() string {
 		fmt.Fprintf(&b, "export %s=%s\n", k, shellQuote(v))
 	}
 	b.WriteString("export POPVMM_IN_LAB=1\n")
+	b.WriteString(holdScript(c.KVMHolder))
 	fmt.Fprintf(&b, "cd %s || exit 125\n", shellQuote(c.Dir))
 	b.WriteString("exec")
 	for _, a := range c.Args {

@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -8,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestLoadOrder(t *testing.T) {
@@ -141,5 +143,76 @@ func TestSweepJobDirs(t *testing.T) {
 		if _, err := os.Stat(d); err != nil {
 			t.Errorf("%s removed: %v", d, err)
 		}
+	}
+}
+
+// TestJobScriptHold: with a KVMHolder, the job starts it in the background
+// with its arguments quoted, runs the command once it said ready (or
+// exited without), and not before; without one, nothing of it is there.
+func TestJobScriptHold(t *testing.T) {
+	if s := (&Config{Dir: "/", Args: []string{"true"}}).JobScript(); strings.Contains(s, "popvmm-lab-hold") {
+		t.Errorf("job script without a holder mentions one:\n%s", s)
+	}
+	for _, tc := range []struct {
+		name, holder string
+		want         string
+	}{
+		{"ready", `echo "it's held" >"$TMPDIR/held"; echo ready; sleep 2`, "it's held\n"},
+		{"exits without ready", `echo "it's held" >"$TMPDIR/held"; exit 1`, "it's held\n"},
+		{"fails at once", `exit 1`, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			c := Config{Dir: dir, Args: []string{"sh", "-c", `cat "$TMPDIR/held" 2>/dev/null || true`},
+				KVMHolder: []string{"sh", "-c", tc.holder}}
+			cmd := exec.Command("sh", "-c", c.JobScript())
+			cmd.Env = append(os.Environ(), "TMPDIR="+dir)
+			start := time.Now()
+			out, err := cmd.Output()
+			if err != nil {
+				t.Fatalf("sh: %v: %s", err, out)
+			}
+			if string(out) != tc.want {
+				t.Errorf("the command saw %q, want %q", out, tc.want)
+			}
+			if d := time.Since(start); d > 1500*time.Millisecond {
+				t.Errorf("the command ran %v after the start: it waited for more than the ready line", d)
+			}
+		})
+	}
+}
+
+// TestOfflineOthers: the hold's CPU switch takes every online CPU but CPU
+// 0 offline and brings exactly those back.
+func TestOfflineOthers(t *testing.T) {
+	sysfs := t.TempDir()
+	state := map[string]string{"cpu0": "", "cpu1": "1", "cpu2": "0", "cpu3": "1", "cpu10": "1"}
+	for cpu, v := range state {
+		os.MkdirAll(filepath.Join(sysfs, cpu), 0o755)
+		if v != "" {
+			os.WriteFile(filepath.Join(sysfs, cpu, "online"), []byte(v+"\n"), 0o644)
+		}
+	}
+	os.WriteFile(filepath.Join(sysfs, "online"), []byte("0-1,3,10\n"), 0o644) // not a CPU
+	read := func() map[string]string {
+		got := map[string]string{}
+		for cpu := range state {
+			b, _ := os.ReadFile(filepath.Join(sysfs, cpu, "online"))
+			got[cpu] = strings.TrimSpace(string(b))
+		}
+		return got
+	}
+	restore, err := offlineOthers(sysfs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := read(), map[string]string{"cpu0": "", "cpu1": "0", "cpu2": "0", "cpu3": "0", "cpu10": "0"}; !maps.Equal(got, want) {
+		t.Errorf("offline: %v, want %v", got, want)
+	}
+	if err := restore(); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(); !maps.Equal(got, state) {
+		t.Errorf("restored: %v, want %v", got, state)
 	}
 }

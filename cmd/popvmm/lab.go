@@ -58,10 +58,39 @@ func (f *labFlags) config(c *cli) (lab.Config, error) {
 		}
 		shares = append(shares, abs)
 	}
-	return lab.Config{
+	cfg := lab.Config{
 		Image: lab.Image{Dir: f.image}, QEMU: f.qemu, CPUs: f.cpus, Memory: mem, Shares: shares,
 		Env: os.Environ(), Stdout: c.stdout, Stderr: c.stderr, Progress: c.stderr,
-	}, nil
+	}
+	// The lab host's / is this machine's: the same binary holds KVM there.
+	if exe, err := os.Executable(); err == nil {
+		cfg.KVMHolder = []string{exe, "lab", "hold-kvm"}
+	}
+	return cfg, nil
+}
+
+// labHoldCmd is what a lab job runs first (lab.Config.KVMHolder): it takes
+// a lab.Hold, says lab.HoldReady, and keeps the hold until it is stopped
+// (the lab powers off after the job). A hold that fails is reported and
+// the job goes on without it.
+func (c *cli) labHoldCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:    "hold-kvm",
+		Short:  "Inside the lab: hold one KVM VM for the whole job (docs/lab.md)",
+		Hidden: true,
+		Args:   exactArgs(),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			h, err := lab.HoldKVM(lab.SysCPU)
+			fmt.Fprintln(c.stdout, lab.HoldReady)
+			if err != nil {
+				return fmt.Errorf("lab hold-kvm: %w (the job runs without the hold)", err)
+			}
+			<-ctx.Done()
+			return h.Close()
+		},
+	}
 }
 
 func (c *cli) labCmd() *cobra.Command {
@@ -74,7 +103,7 @@ The machine's / is visible read-only, /tmp and /run are fresh, the current
 directory and each --share are read-write at the same path. Exit status: the
 command's own, or 125 when the lab itself failed. See docs/lab.md.`,
 	}
-	root.AddCommand(c.labRunCmd(), c.labShellCmd(), c.labUpCmd(), c.labBuildCmd())
+	root.AddCommand(c.labRunCmd(), c.labShellCmd(), c.labUpCmd(), c.labBuildCmd(), c.labHoldCmd())
 	return root
 }
 

@@ -1,0 +1,69 @@
+package lab_test
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/popvmm/popvmm/internal/testenv"
+	"github.com/popvmm/popvmm/lab"
+)
+
+// kvmFDs counts the KVM VM and vCPU file descriptors process pid holds.
+func kvmFDs(t *testing.T, pid string) (vms, vcpus int) {
+	t.Helper()
+	fds, err := os.ReadDir(filepath.Join("/proc", pid, "fd"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, fd := range fds {
+		l, _ := os.Readlink(filepath.Join("/proc", pid, "fd", fd.Name()))
+		switch {
+		case l == "anon_inode:kvm-vm":
+			vms++
+		case strings.HasPrefix(l, "anon_inode:kvm-vcpu"):
+			vcpus++
+		}
+	}
+	return vms, vcpus
+}
+
+// TestKVMLabHold: HoldKVM holds two VMs (with and without an in-kernel
+// irqchip) with a vCPU each until Close. In the lab, the job's own holder
+// (popvmm lab hold-kvm, started before this test binary) holds them too.
+func TestKVMLabHold(t *testing.T) {
+	testenv.RequireKVM(t)
+	before, beforeCPUs := kvmFDs(t, "self")
+	h, err := lab.HoldKVM(t.TempDir()) // no CPU to take offline
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vms, vcpus := kvmFDs(t, "self"); vms-before != 2 || vcpus-beforeCPUs != 2 {
+		t.Errorf("holding: %d VMs and %d vCPUs more, want 2 and 2", vms-before, vcpus-beforeCPUs)
+	}
+	if err := h.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if vms, vcpus := kvmFDs(t, "self"); vms != before || vcpus != beforeCPUs {
+		t.Errorf("after Close: %d VMs and %d vCPUs, want %d and %d", vms, vcpus, before, beforeCPUs)
+	}
+
+	if os.Getenv("POPVMM_IN_LAB") != "1" {
+		return // directly on a KVM host: no lab job, no holder
+	}
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		cmd, _ := os.ReadFile(p)
+		if !bytes.Contains(cmd, []byte("\x00lab\x00hold-kvm")) {
+			continue
+		}
+		pid := filepath.Base(filepath.Dir(p))
+		if vms, vcpus := kvmFDs(t, pid); vms != 2 || vcpus != 2 {
+			t.Errorf("the lab job's holder (pid %s) holds %d VMs and %d vCPUs, want 2 and 2", pid, vms, vcpus)
+		}
+		return
+	}
+	t.Errorf("in the lab, but no `popvmm lab hold-kvm` process: the job runs without the hold (%s)", "docs/lab.md")
+}
