@@ -1,7 +1,6 @@
 package lab
 
 import (
-	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -179,40 +178,5 @@ func TestJobScriptHold(t *testing.T) {
 				t.Errorf("the command ran %v after the start: it waited for more than the ready line", d)
 			}
 		})
-	}
-}
-
-// TestOfflineOthers: the hold's CPU switch takes every online CPU but CPU
-// 0 offline and brings exactly those back.
-func TestOfflineOthers(t *testing.T) {
-	sysfs := t.TempDir()
-	state := map[string]string{"cpu0": "", "cpu1": "1", "cpu2": "0", "cpu3": "1", "cpu10": "1"}
-	for cpu, v := range state {
-		os.MkdirAll(filepath.Join(sysfs, cpu), 0o755)
-		if v != "" {
-			os.WriteFile(filepath.Join(sysfs, cpu, "online"), []byte(v+"\n"), 0o644)
-		}
-	}
-	os.WriteFile(filepath.Join(sysfs, "online"), []byte("0-1,3,10\n"), 0o644) // not a CPU
-	read := func() map[string]string {
-		got := map[string]string{}
-		for cpu := range state {
-			b, _ := os.ReadFile(filepath.Join(sysfs, cpu, "online"))
-			got[cpu] = strings.TrimSpace(string(b))
-		}
-		return got
-	}
-	restore, err := offlineOthers(sysfs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got, want := read(), map[string]string{"cpu0": "", "cpu1": "0", "cpu2": "0", "cpu3": "0", "cpu10": "0"}; !maps.Equal(got, want) {
-		t.Errorf("offline: %v, want %v", got, want)
-	}
-	if err := restore(); err != nil {
-		t.Fatal(err)
-	}
-	if got := read(); !maps.Equal(got, state) {
-		t.Errorf("restored: %v, want %v", got, state)
 	}
 }

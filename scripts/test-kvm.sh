@@ -139,6 +139,16 @@ else
       fi
       if [ $((SECONDS - lstart)) -gt $((silence * 60)) ] && [ -z "$(find "$out" -maxdepth 1 -name '*.log*' -mmin "-$silence" | head -1)" ] && kill -0 "$lpid" 2>/dev/null; then
         echo "==> KVM tier: $why: the lab host is wedged; stopping it"
+        # What the emulator's threads do on this machine: all asleep in
+        # ppoll/futex with the vCPUs halted says the lab host is idle and
+        # its job blocked inside it; a thread in R state or deep in a
+        # host file system call says the emulator itself is stuck.
+        for q in $(pgrep -P "$lpid" 2>/dev/null); do
+          for task in /proc/"$q"/task/*; do
+            printf '    qemu thread %s (%s): state %s, wchan %s, cpu time %s ticks\n' "${task##*/}" "$(cat "$task/comm" 2>/dev/null)" \
+              "$(awk '{print $3}' "$task/stat" 2>/dev/null)" "$(cat "$task/wchan" 2>/dev/null)" "$(awk '{print $14+$15}' "$task/stat" 2>/dev/null)"
+          done
+        done
         wedged=1
         kill -TERM "$lpid"
         break

@@ -82,7 +82,7 @@ func (c *cli) labHoldCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			h, err := lab.HoldKVM(lab.SysCPU)
+			h, err := lab.HoldKVM()
 			fmt.Fprintln(c.stdout, lab.HoldReady)
 			if err != nil {
 				return fmt.Errorf("lab hold-kvm: %w (the job runs without the hold)", err)
