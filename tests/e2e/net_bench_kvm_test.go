@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -248,7 +249,10 @@ func measure(b *testing.B, c *benchCluster, st *supervisor.Status, k *supervisor
 	b.ReportMetric(float64(rtts[len(rtts)/2].Microseconds()), "rtt-median-µs")
 	b.ReportMetric(float64(rtts[len(rtts)*9/10].Microseconds()), "rtt-p90-µs")
 
-	const size = 32 << 20
+	size := 32 << 20 // POPVMM_BENCH_NET_MB changes it
+	if mb, err := strconv.Atoi(os.Getenv("POPVMM_BENCH_NET_MB")); err == nil && mb > 0 {
+		size = mb << 20
+	}
 	sh := func(cmd string) string {
 		args := append([]string{}, supervisor.SSHArgs(st, k, []string{cmd})...)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -268,7 +272,7 @@ func measure(b *testing.B, c *benchCluster, st *supervisor.Status, k *supervisor
 	}
 	n, err := io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
-	if err != nil || n != size {
+	if err != nil || n != int64(size) {
 		b.Fatalf("fetched %d of %d bytes from the guest: %v", n, size, err)
 	}
 	b.ReportMetric(float64(size)/time.Since(start).Seconds()/1e6, "tcp-kernel→host-MB/s")
