@@ -92,16 +92,10 @@ func holdScript(holder []string) string {
 		return ""
 	}
 	var b strings.Builder
-	b.WriteString("(")
-	for i, a := range holder {
-		if i > 0 {
-			b.WriteString(" ")
-		}
-		b.WriteString(shellQuote(a))
-	}
-	b.WriteString(`) >"${TMPDIR:-/tmp}/popvmm-lab-hold.log" 2>&1 </dev/null &` + "\n")
+	b.WriteString(`popvmm_hold_log="${TMPDIR:-/tmp}/popvmm-lab-hold.log"` + "\n")
+	b.WriteString("(" + shellWords(holder) + `) >"$popvmm_hold_log" 2>&1 </dev/null &` + "\n")
 	b.WriteString("popvmm_hold=$! popvmm_i=0\n")
-	fmt.Fprintf(&b, `while [ $popvmm_i -lt 600 ] && kill -0 $popvmm_hold 2>/dev/null && ! grep -qx %s "${TMPDIR:-/tmp}/popvmm-lab-hold.log"; do sleep 0.1; popvmm_i=$((popvmm_i + 1)); done`+"\n", HoldReady)
-	b.WriteString("unset popvmm_hold popvmm_i\n")
+	fmt.Fprintf(&b, `while [ $popvmm_i -lt 600 ] && kill -0 $popvmm_hold 2>/dev/null && ! grep -qx %s "$popvmm_hold_log"; do sleep 0.1; popvmm_i=$((popvmm_i + 1)); done`+"\n", HoldReady)
+	b.WriteString("unset popvmm_hold popvmm_hold_log popvmm_i\n")
 	return b.String()
 }

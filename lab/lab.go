@@ -269,6 +269,15 @@ func shellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
+// shellWords quotes each of args for sh and joins them with spaces.
+func shellWords(args []string) string {
+	q := make([]string, len(args))
+	for i, a := range args {
+		q[i] = shellQuote(a)
+	}
+	return strings.Join(q, " ")
+}
+
 // JobScript is the script the lab's /init runs in the chroot.
 func (c *Config) JobScript() string {
 	var b strings.Builder
@@ -283,11 +292,7 @@ func (c *Config) JobScript() string {
 	b.WriteString("export POPVMM_IN_LAB=1\n")
 	b.WriteString(holdScript(c.KVMHolder))
 	fmt.Fprintf(&b, "cd %s || exit 125\n", shellQuote(c.Dir))
-	b.WriteString("exec")
-	for _, a := range c.Args {
-		b.WriteString(" " + shellQuote(a))
-	}
-	b.WriteString("\n")
+	b.WriteString("exec " + shellWords(c.Args) + "\n")
 	return b.String()
 }
 

@@ -98,9 +98,22 @@ type UART struct {
 // written to out on the vCPU's thread, so out must not block: a Console
 // only queues.
 func NewUART(out io.Writer, irq bus.IRQ) *UART {
-	u := &UART{out: out, irq: irq, modem: msrCTS | msrDSR | msrDCD, trigger: 1, dll: 12} // 9600 baud
+	u := &UART{out: out, irq: irq, modem: msrCTS | msrDSR | msrDCD}
 	u.outByte, _ = out.(io.ByteWriter)
+	u.powerOn()
 	return u
+}
+
+// powerOn sets every register the guest programs to its power-on value:
+// interrupt enables, line and modem control, FIFOs off with trigger level 1,
+// scratch 0, divisor 12 (9600 baud); the receive queue empty, OE and the
+// modem deltas clear. The modem status inputs and the line level are left
+// as they are.
+func (u *UART) powerOn() {
+	u.rx = u.rx[:0]
+	u.ier, u.lcr, u.mcr, u.lsr, u.delta, u.scr = 0, 0, 0, 0, 0, 0
+	u.dll, u.dlm = 12, 0
+	u.fifo, u.trigger, u.thrIntr = false, 1, false
 }
 
 var _ bus.Device = (*UART)(nil)
@@ -341,10 +354,7 @@ func (u *UART) Receive(p []byte) int {
 func (u *UART) Reset() {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	u.rx = u.rx[:0]
-	u.ier, u.lcr, u.mcr, u.lsr, u.delta, u.scr = 0, 0, 0, 0, 0, 0
-	u.dll, u.dlm = 12, 0
-	u.fifo, u.trigger, u.thrIntr = false, 1, false
+	u.powerOn()
 	u.update()
 }
 

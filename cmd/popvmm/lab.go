@@ -76,7 +76,7 @@ func (f *labFlags) config(c *cli) (lab.Config, error) {
 func (c *cli) labHoldCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:    "hold-kvm",
-		Short:  "Inside the lab: hold one KVM VM for the whole job (docs/lab.md)",
+		Short:  "Inside the lab: hold two idle KVM VMs for the whole job (docs/lab.md)",
 		Hidden: true,
 		Args:   exactArgs(),
 		RunE: func(cmd *cobra.Command, args []string) error {
