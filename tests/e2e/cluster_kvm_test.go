@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -25,7 +26,7 @@ import (
 // test's own. On failure it prints every kernel's console log and the
 // command that reproduces the test.
 type kvmCluster struct {
-	t       *testing.T
+	t       *failT
 	bin     string
 	config  string
 	runDir  string
@@ -46,7 +47,7 @@ func newKVMCluster(t *testing.T, name string, kernels ...kvmKernel) *kvmCluster 
 	t.Helper()
 	testenv.RequireKVM(t)
 	root, _ := filepath.Abs(repoRoot)
-	c := &kvmCluster{t: t, bin: testenv.PopvmmBin(root)}
+	c := &kvmCluster{t: &failT{T: t}, bin: testenv.PopvmmBin(root)}
 	var problem error
 	if _, err := os.Stat(c.bin); err != nil {
 		problem = fmt.Errorf("bin/popvmm not built (make build): %w", err)
@@ -75,11 +76,64 @@ func newKVMCluster(t *testing.T, name string, kernels ...kvmKernel) *kvmCluster 
 	t.Cleanup(func() {
 		if t.Failed() {
 			c.dumpConsoles()
-			t.Logf("reproduce: make build && KVM_RUN='^%s$' scripts/test-kvm.sh (directly on KVM, in the lab elsewhere)", t.Name())
 		}
 		c.teardown()
+		if t.Failed() {
+			// Last, so that the tail of a long log (all CI may show) says it.
+			t.Logf("%s failed; its first failure: %s", t.Name(), c.t.first())
+			t.Logf("reproduce: make build && KVM_RUN='^%s$' scripts/test-kvm.sh (directly on KVM, in the lab elsewhere)", t.Name())
+		}
 	})
 	return c
+}
+
+// failT is a test's *testing.T that remembers the first failure reported
+// through it, for the summary its cluster's cleanup prints last.
+type failT struct {
+	*testing.T
+	mu  sync.Mutex
+	msg string
+}
+
+func (f *failT) note(s string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.msg == "" {
+		f.msg = s
+	}
+}
+
+func (f *failT) first() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.msg == "" {
+		return "(not reported through the cluster's test: see above)"
+	}
+	return f.msg
+}
+
+func (f *failT) Errorf(format string, args ...any) {
+	f.T.Helper()
+	f.note(fmt.Sprintf(format, args...))
+	f.T.Errorf(format, args...)
+}
+
+func (f *failT) Fatalf(format string, args ...any) {
+	f.T.Helper()
+	f.note(fmt.Sprintf(format, args...))
+	f.T.Fatalf(format, args...)
+}
+
+func (f *failT) Error(args ...any) {
+	f.T.Helper()
+	f.note(fmt.Sprint(args...))
+	f.T.Error(args...)
+}
+
+func (f *failT) Fatal(args ...any) {
+	f.T.Helper()
+	f.note(fmt.Sprint(args...))
+	f.T.Fatal(args...)
 }
 
 // teardownWait bounds how long a supervisor may take to exit after
@@ -102,13 +156,36 @@ func (c *kvmCluster) teardown() {
 	}
 	c.t.Errorf("supervisor pid %d still alive %s after down (%v: %s); its goroutines follow, then it is killed",
 		pid, teardownWait, derr, strings.TrimSpace(out))
+	threads := taskStates(pid)         // before SIGQUIT: where each thread is stuck
 	syscall.Kill(pid, syscall.SIGQUIT) // the Go runtime dumps every goroutine to stderr: the supervisor log
 	if waitGone(pid, 10*time.Second) != nil {
 		syscall.Kill(pid, syscall.SIGKILL)
-		waitGone(pid, 10*time.Second)
+		if waitGone(pid, time.Minute) != nil {
+			c.t.Errorf("supervisor pid %d survives SIGKILL by a minute: a thread stuck in the host's kernel; its taps stay:\n%s", pid, taskStates(pid))
+		}
 	}
 	data, _ := os.ReadFile(filepath.Join(c.runDir, supervisor.LogName))
+	c.t.Logf("==== supervisor threads before SIGQUIT:\n%s", threads)
 	c.t.Logf("==== supervisor log after SIGQUIT:\n%s", data[max(0, len(data)-64<<10):])
+}
+
+// taskStates describes each thread of process pid: its name, its state
+// and wait channel, and its kernel stack where the host shows it.
+func taskStates(pid int) string {
+	dirs, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*", pid))
+	var b strings.Builder
+	for _, d := range dirs {
+		comm, _ := os.ReadFile(filepath.Join(d, "comm"))
+		stat, _ := os.ReadFile(filepath.Join(d, "stat"))
+		wchan, _ := os.ReadFile(filepath.Join(d, "wchan"))
+		stack, _ := os.ReadFile(filepath.Join(d, "stack"))
+		state := ""
+		if i := bytes.LastIndexByte(stat, ')'); i >= 0 && i+3 < len(stat) {
+			state = string(stat[i+2 : i+3])
+		}
+		fmt.Fprintf(&b, "thread %s (%s): state %s, wchan %s\n%s", filepath.Base(d), bytes.TrimSpace(comm), state, wchan, stack)
+	}
+	return b.String()
 }
 
 func (c *kvmCluster) dumpConsoles() {
@@ -207,10 +284,11 @@ const bootDeadline = 6 * time.Minute
 // attach` runs in the guest and its output comes back; a manual kernel is
 // booted into the running cluster; vCPU threads run only on their cores;
 // `down` leaves no process behind.
-func TestKVMClusterConsoles(t *testing.T) {
-	c := newKVMCluster(t, "kvmcon",
+func TestKVMClusterConsoles(tt *testing.T) {
+	c := newKVMCluster(tt, "kvmcon",
 		kvmKernel{"primary", "full", "0", "256M", "up"},
 		kvmKernel{"secondary", "light", "1", "256M", "manual"})
+	t := c.t
 	start := time.Now()
 	c.must("up", "-d", c.config)
 	c.waitConsole("primary", "popvmm-init: primary up", bootDeadline)
@@ -252,7 +330,7 @@ func TestKVMClusterConsoles(t *testing.T) {
 
 // attach runs `popvmm attach kernel` on a pseudo-terminal, types cmd once
 // the replayed console is shown, waits for want, and detaches with Ctrl-].
-func attach(t *testing.T, c *kvmCluster, kernel, cmd, want string) {
+func attach(t testing.TB, c *kvmCluster, kernel, cmd, want string) {
 	t.Helper()
 	ex := exec.Command(c.bin, "attach", "-c", c.config, kernel)
 	tty, err := pty.Start(ex)

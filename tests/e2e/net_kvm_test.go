@@ -227,17 +227,18 @@ func icmpChecksum(b []byte) uint16 {
 // NAME uname -a` with the host key checked), has the primary reach the
 // secondary (ping, an HTTP fetch over TCP), takes the cluster down and
 // checks that no link, process or open KVM or tap file is left.
-func TestKVMClusterNetwork(t *testing.T) {
-	testenv.RequireRoot(t)
+func TestKVMClusterNetwork(tt *testing.T) {
+	testenv.RequireRoot(tt)
 	// The example's primary is full; POPVMM_E2E_PRIMARY=full makes it so
 	// here (light by default: the light image boots fastest in the lab).
 	primary := "light"
 	if f := os.Getenv("POPVMM_E2E_PRIMARY"); f != "" {
 		primary = f
 	}
-	c := newKVMCluster(t, "e2enet",
+	c := newKVMCluster(tt, "e2enet",
 		kvmKernel{"primary", primary, "0", "384M", "up"},
 		kvmKernel{"secondary", "light", "1", "256M", "manual"})
+	t := c.t
 	t.Log(c.must("up", "-d", c.config))
 	st := c.status()
 	t.Cleanup(func() { c.killAll(st) })
@@ -276,7 +277,7 @@ func TestKVMClusterNetwork(t *testing.T) {
 
 // checkGone waits for the supervisor of st to exit and checks that it left
 // no link of the cluster and that no process holds KVM or a tap open.
-func checkGone(t *testing.T, c *kvmCluster, st *supervisor.Status) {
+func checkGone(t testing.TB, c *kvmCluster, st *supervisor.Status) {
 	t.Helper()
 	if err := waitGone(st.PID, 2*time.Minute); err != nil {
 		t.Fatalf("supervisor %d still runs 2 minutes after down", st.PID)
@@ -291,7 +292,7 @@ func checkGone(t *testing.T, c *kvmCluster, st *supervisor.Status) {
 
 // reach checks kernel name from the host: ICMP echo, then ssh with the
 // cluster key and its known host key.
-func reach(t *testing.T, c *kvmCluster, name string) {
+func reach(t testing.TB, c *kvmCluster, name string) {
 	t.Helper()
 	k := c.kernel(name)
 	ip := netip.MustParseAddr(k.IP)
@@ -311,11 +312,12 @@ func reach(t *testing.T, c *kvmCluster, name string) {
 // run: the taps go with its fds, the bridge stays behind marked as the
 // cluster's, and the next `up` removes it and makes it afresh; `down` then
 // leaves nothing.
-func TestKVMClusterKilled(t *testing.T) {
-	testenv.RequireRoot(t)
-	c := newKVMCluster(t, "e2ekill",
+func TestKVMClusterKilled(tt *testing.T) {
+	testenv.RequireRoot(tt)
+	c := newKVMCluster(tt, "e2ekill",
 		kvmKernel{"primary", "light", "0", "256M", "up"},
 		kvmKernel{"secondary", "light", "1", "256M", "up"})
+	t := c.t
 	c.must("up", "-d", c.config)
 	st := c.status()
 	t.Cleanup(func() { c.killAll(st) })

@@ -36,10 +36,11 @@ const crashCmd = `printf '\001' | dd of=/dev/port bs=1 seek=1285 count=1`
 // secondary is crashed on purpose, the primary runs on and the peer table
 // says crashed at once; booted again, the secondary rejoins; down leaves
 // nothing behind.
-func TestKVMPopcornStory(t *testing.T) {
-	c := newKVMCluster(t, "story",
+func TestKVMPopcornStory(tt *testing.T) {
+	c := newKVMCluster(tt, "story",
 		kvmKernel{"primary", "full", "0", "256M", "up"},
 		kvmKernel{"secondary", "light", "1", "256M", "up"})
+	t := c.t
 	cfg, err := os.ReadFile(c.config)
 	if err != nil {
 		t.Fatal(err)
@@ -196,14 +197,14 @@ func (c *kvmCluster) waitConsoleCount(kernel, want string, n int, d time.Duratio
 
 // ptyCmd is a popvmm command on a pseudo-terminal.
 type ptyCmd struct {
-	t    *testing.T
+	t    testing.TB
 	ex   *exec.Cmd
 	f    *os.File
 	out  chan []byte
 	seen bytes.Buffer
 }
 
-func (c *kvmCluster) open(t *testing.T, args ...string) *ptyCmd {
+func (c *kvmCluster) open(t testing.TB, args ...string) *ptyCmd {
 	t.Helper()
 	ex := exec.Command(c.bin, args...)
 	f, err := pty.Start(ex)
@@ -271,7 +272,7 @@ type hostPeer struct {
 	ran    chan struct{}
 }
 
-func joinHostPeer(t *testing.T, socket, name string) *hostPeer {
+func joinHostPeer(t testing.TB, socket, name string) *hostPeer {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
