@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -83,14 +85,77 @@ func (c *cli) labHoldCmd() *cobra.Command {
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			h, err := lab.HoldKVM()
-			fmt.Fprintln(c.stdout, lab.HoldReady)
 			if err != nil {
+				fmt.Fprintln(c.stdout, lab.HoldReady)
 				return fmt.Errorf("lab hold-kvm: %w (the job runs without the hold)", err)
 			}
+			stopWatch := c.startCPUWatchers()
+			fmt.Fprintln(c.stdout, lab.HoldReady)
 			<-ctx.Done()
+			stopWatch()
 			return h.Close()
 		},
 	}
+}
+
+// cpuWatchDir is where the lab's CPU watchers keep their beat files (the
+// lab's /run is a fresh tmpfs).
+const cpuWatchDir = "/run/popvmm-lab-cpus"
+
+// startCPUWatchers starts `popvmm lab watch-cpu` for every CPU the lab
+// host has online (lab.CPUWatch), each killed with this process; the
+// returned function stops them. One that cannot start is reported and
+// the job goes on.
+func (c *cli) startCPUWatchers() (stop func()) {
+	exe, err := os.Executable()
+	if err != nil {
+		fmt.Fprintf(c.stderr, "lab hold-kvm: no CPU watchers: %v\n", err)
+		return func() {}
+	}
+	var cmds []*exec.Cmd
+	for cpu := range runtime.NumCPU() {
+		cmd := exec.Command(exe, "lab", "watch-cpu", "--cpu", strconv.Itoa(cpu), "--dir", cpuWatchDir)
+		cmd.Stdout, cmd.Stderr = c.stdout, c.stderr
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		if err := cmd.Start(); err != nil {
+			fmt.Fprintf(c.stderr, "lab hold-kvm: no watcher for CPU %d: %v\n", cpu, err)
+			continue
+		}
+		cmds = append(cmds, cmd)
+	}
+	return func() {
+		for _, cmd := range cmds {
+			cmd.Process.Signal(syscall.SIGTERM)
+		}
+		for _, cmd := range cmds {
+			cmd.Wait()
+		}
+	}
+}
+
+// labWatchCPUCmd is one lab CPU's watcher (lab.CPUWatch), pinned to it.
+func (c *cli) labWatchCPUCmd() *cobra.Command {
+	var w lab.CPUWatch
+	cmd := &cobra.Command{
+		Use:    "watch-cpu",
+		Short:  "Inside the lab: beat on one CPU; when another runs nothing, send an NMI, then end the lab host (docs/lab.md)",
+		Hidden: true,
+		Args:   exactArgs(),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			if err := lab.PinProcess(w.CPU, true); err != nil {
+				return fmt.Errorf("lab watch-cpu: %w", err)
+			}
+			w.Log = c.stdout
+			return w.Run(ctx)
+		},
+	}
+	cmd.Flags().IntVar(&w.CPU, "cpu", 0, "the CPU this watcher runs on")
+	cmd.Flags().StringVar(&w.Dir, "dir", cpuWatchDir, "directory of the CPUs' beat files")
+	cmd.Flags().DurationVar(&w.Silence, "silence", 5*time.Second, "a CPU silent this long gets an NMI")
+	cmd.Flags().DurationVar(&w.FailAfter, "fail-after", 20*time.Second, "a CPU silent this long ends the lab host")
+	return cmd
 }
 
 func (c *cli) labCmd() *cobra.Command {
@@ -103,7 +168,7 @@ The machine's / is visible read-only, /tmp and /run are fresh, the current
 directory and each --share are read-write at the same path. Exit status: the
 command's own, or 125 when the lab itself failed. See docs/lab.md.`,
 	}
-	root.AddCommand(c.labRunCmd(), c.labShellCmd(), c.labUpCmd(), c.labBuildCmd(), c.labHoldCmd())
+	root.AddCommand(c.labRunCmd(), c.labShellCmd(), c.labUpCmd(), c.labBuildCmd(), c.labHoldCmd(), c.labWatchCPUCmd())
 	return root
 }
 

@@ -1,7 +1,6 @@
 package agent_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -15,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/popvmm/popvmm/internal/syncbuf"
 	"github.com/popvmm/popvmm/ipi/agent"
 	"github.com/popvmm/popvmm/ipi/msg"
 )
@@ -107,7 +107,7 @@ func TestTTY(t *testing.T) {
 	a, b := pair(t)
 	agent.ServeTTY(a, "/bin/sh")
 	in, inW := io.Pipe()
-	var out syncBuffer
+	var out syncbuf.Buffer
 	done := make(chan error, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -125,23 +125,6 @@ func TestTTY(t *testing.T) {
 	if !strings.Contains(out.String(), "hello-42") {
 		t.Errorf("tty output %q lacks hello-42", out.String())
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func TestDetachReader(t *testing.T) {
@@ -179,7 +162,7 @@ func TestTTYSessionIsOneIncarnations(t *testing.T) {
 		agent.ServeTTY(a, shell)
 		in, inW := io.Pipe()
 		t.Cleanup(func() { inW.Close() })
-		var out syncBuffer
+		var out syncbuf.Buffer
 		done := make(chan error, 1)
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		t.Cleanup(cancel)
