@@ -44,7 +44,7 @@ type CPUWatch struct {
 	// Nudge sends the NMI; nil writes "l" to /proc/sysrq-trigger.
 	Nudge func() error
 	// Fail ends the lab host with reason; nil writes the fail marker on
-	// the console (/dev/ttyS0) and "c" to /proc/sysrq-trigger.
+	// the console (through /dev/kmsg) and "c" to /proc/sysrq-trigger.
 	Fail func(reason string) error
 	// Kmsg is the kernel log the watcher writes to; "" is /dev/kmsg, "-"
 	// none.
@@ -111,10 +111,13 @@ func (w *CPUWatch) defaults() {
 
 // crashLab ends the lab host: the fail marker on the console, for popvmm
 // lab run to report, then a kernel crash on this CPU (a power-off would
-// first move to the boot CPU, maybe the silent one).
+// first move to the boot CPU, maybe the silent one). The marker goes
+// through the kernel log, whose console writes poll the UART: a write to
+// /dev/ttyS0 waits for the UART's interrupt, which the lost CPU may be
+// the one to take (seen: the marker never reached the console).
 func crashLab(reason string) error {
-	if f, err := os.OpenFile("/dev/ttyS0", os.O_WRONLY, 0); err == nil {
-		f.WriteString("\npopvmm-lab: fail " + reason + "\n")
+	if f, err := os.OpenFile("/dev/kmsg", os.O_WRONLY, 0); err == nil {
+		f.WriteString("<0>popvmm-lab: fail " + reason + "\n")
 		f.Close()
 	}
 	return os.WriteFile("/proc/sysrq-trigger", []byte("c"), 0)

@@ -417,7 +417,7 @@ func Run(ctx context.Context, c Config) (Result, error) {
 			if c.Console != nil {
 				io.WriteString(c.Console, line+"\n") // a copy: its errors do not stop the run
 			}
-			if m, ok := strings.CutPrefix(line, "popvmm-lab: "); ok {
+			if m, ok := consoleMarker(line); ok {
 				markers <- m
 			}
 		}
@@ -546,4 +546,21 @@ func tail(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// consoleMarker is the marker a lab console line carries: "popvmm-lab:
+// STEP REST" at its start, written by /init, or after the kernel log's
+// time stamp ("[  370.56] popvmm-lab: fail ..."), written through
+// /dev/kmsg by the CPU watcher, whose console write must not depend on
+// the UART's interrupt (the lost CPU may be the one that takes it).
+func consoleMarker(line string) (string, bool) {
+	if strings.HasPrefix(line, "[") {
+		if _, rest, ok := strings.Cut(line, "] "); ok {
+			line = rest
+		}
+	}
+	if m, ok := strings.CutPrefix(line, "popvmm-lab: "); ok {
+		return m, true
+	}
+	return "", false
 }

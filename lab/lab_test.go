@@ -180,3 +180,24 @@ func TestJobScriptHold(t *testing.T) {
 		})
 	}
 }
+
+// TestConsoleMarker: /init's markers start their line; the CPU watcher's
+// come through the kernel log after its time stamp; nothing else is one.
+func TestConsoleMarker(t *testing.T) {
+	for _, tc := range []struct {
+		line, want string
+		ok         bool
+	}{
+		{"popvmm-lab: ready 5.44", "ready 5.44", true},
+		{"[  370.562841] popvmm-lab: fail CPU 0 ran nothing for 20.0 s", "fail CPU 0 ran nothing for 20.0 s", true},
+		{"[    8.5] kvm: popvmm-lab: fail no", "", false},
+		{"say popvmm-lab: fail no", "", false},
+		{"[  1.0 popvmm-lab: ready", "", false},
+		{"", "", false},
+	} {
+		got, ok := consoleMarker(tc.line)
+		if got != tc.want || ok != tc.ok {
+			t.Errorf("consoleMarker(%q) = %q, %v; want %q, %v", tc.line, got, ok, tc.want, tc.ok)
+		}
+	}
+}

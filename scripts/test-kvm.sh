@@ -161,7 +161,7 @@ else
     [ "$rc" = 125 ] && [ ! -f "$out/summary" ] || break
     deaths=$((deaths + 1))
     echo "==> KVM tier: the lab host died (lab run $runs); its first fault report (whole console: bin/kvm-lab-console.$runs.log):"
-    grep -m1 -A30 -E '^popvmm-lab: fail|BUG:|WARNING:|general protection|Oops|double fault|panic|rcu.*stall|soft lockup' "$console" || true
+    grep -m1 -A30 -E 'popvmm-lab: fail|BUG:|WARNING:|general protection|Oops|double fault|panic|rcu.*stall|soft lockup' "$console" || true
     now=$({ cat "$out"/*.log.* "$out"/*.result 2>/dev/null || true; } | grep -c -E '^--- (PASS|FAIL)|^[0-9]+ [0-9]+ [0-9]+ ' || true)
     if [ "$now" -le "$finished" ] || [ "$runs" -ge "${KVM_LAB_RUNS:-12}" ] || [ $((SECONDS - tier_start)) -ge "${KVM_LAB_SECONDS:-3000}" ]; then
       echo "==> KVM tier: giving up after $runs lab runs, $deaths of which died (the last finished no new test, or KVM_LAB_RUNS=${KVM_LAB_RUNS:-12} runs or KVM_LAB_SECONDS=${KVM_LAB_SECONDS:-3000} s reached)"
@@ -172,7 +172,7 @@ else
   done
   # Of those deaths, the ones the lab's CPU watchers caused: a lab CPU
   # that ran nothing for 20 s (docs/lab.md).
-  stuck=$(cat bin/kvm-lab-console.*.log 2>/dev/null | grep -c '^popvmm-lab: fail CPU' || true)
+  stuck=$(cat bin/kvm-lab-console.*.log 2>/dev/null | grep -c 'popvmm-lab: fail CPU' || true)
   [ "$deaths" = 0 ] || relab="; the lab host died $deaths time(s) under the tests (QEMU TCG's faults, docs/lab.md$([ "$stuck" = 0 ] || echo ": $stuck of them a lab CPU that stopped running tasks, ended by the lab's CPU watcher")) and the tier resumed in a fresh lab"
 fi
 if [ -f "$out/summary" ]; then
