@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -14,30 +15,33 @@ import (
 
 // CPUWatch is one lab host CPU's watcher (popvmm lab watch-cpu, started
 // for every CPU by the job's KVM holder). Its whole process runs pinned to
-// CPU; every Beat it marks the file CPU in Dir, so its file's age says how
-// long that CPU has run nothing, and it checks the other CPUs' files. A
-// file older than Silence means that CPU stopped running tasks: seen under
-// QEMU's multi-threaded TCG, a lab CPU now and then sits halted in the
-// idle loop with interrupts pending in its local APIC that are never
-// delivered (info lapic: the timer vector and the reschedule IPI in IRR),
-// and every task woken onto it waits forever, while the other CPU runs
-// on. Being idle, it reports no RCU stall or soft lockup. An NMI (not held
-// back as those vectors are) brings it back: the watcher sends one to
-// every CPU (sysrq l, whose backtraces also show where each CPU was) and
-// says so on the kernel log ("popvmm-lab: CPU N ..."), and again each
-// Silence while the CPU stays silent. Measured: that NMI is not taken
-// either (the backtrace request times out on the silent CPU) and the CPU
-// never comes back, so after FailAfter the watcher ends the lab host: it
-// writes "popvmm-lab: fail CPU N ran nothing ..." on the console, which
-// `popvmm lab run` reports, exiting 125, and crashes the lab kernel (sysrq
-// c; the lab boots with panic=-1 and QEMU with -no-reboot), so that
+// CPU; every Beat it marks the file CPU in Dir (holding its pid), so the
+// file's age says how long that CPU has run nothing, and it checks the
+// other CPUs' files. A file older than Silence means that CPU stopped
+// running tasks: seen under QEMU's multi-threaded TCG, a lab CPU now and
+// then stops for good while the other runs on; being idle, it reports no
+// RCU stall or soft lockup, and every task woken onto it waits forever.
+// The watcher then sends one NMI to the other CPUs (sysrq l, with the
+// console's log level raised so that their backtraces show where each
+// was) and says so on the kernel log ("popvmm-lab: CPU N ..."). Measured:
+// the NMI does not bring the CPU back (once the backtrace request waited
+// out its 10 s, once it returned at once; the CPU ran nothing after
+// either), so after FailAfter the watcher ends the lab host: it writes
+// "popvmm-lab: fail CPU N ran nothing ..." on the console, which `popvmm
+// lab run` reports, exiting 125, and crashes the lab kernel (sysrq c; the
+// lab boots with panic=-1 and QEMU with -no-reboot), so that
 // scripts/test-kvm.sh resumes the tests in a fresh lab instead of letting
 // them fail one after another in a lab with one CPU.
+//
+// No false alarms: a file whose watcher has exited (its pid is gone) is
+// no silent CPU, and a watcher that itself ran late by a Silence (the
+// whole lab host stalled, its emulator starved on the machine) judges
+// nobody for the next Silence.
 type CPUWatch struct {
 	CPU     int
 	Dir     string        // one file per watched CPU, named by its number
 	Beat    time.Duration // how often this CPU marks its file (default 500 ms)
-	Silence time.Duration // a file this old means its CPU is stuck (default 5 s)
+	Silence time.Duration // a file this old means its CPU is stuck: one NMI (default 5 s)
 	Log     io.Writer     // where the watcher says what it did (with the kernel log)
 	// FailAfter: a CPU silent this long ends the lab host (default 20 s).
 	FailAfter time.Duration
@@ -124,55 +128,46 @@ func crashLab(reason string) error {
 }
 
 // sysrqBacktrace asks the kernel for every CPU's backtrace, which it
-// gathers with an NMI to each other CPU.
+// gathers with an NMI to each other CPU, with the console's log level
+// raised first (the lab boots with loglevel=4, and backtraces are info):
+// the lab host is about to end, and its console should say where each
+// CPU was.
 func sysrqBacktrace() error {
+	os.WriteFile("/proc/sys/kernel/printk", []byte("7"), 0)
 	return os.WriteFile("/proc/sysrq-trigger", []byte("l"), 0)
 }
 
 // Run beats and watches until ctx ends. The caller has pinned the process
-// (PinProcess).
+// (PinProcess). The beat file is removed when Run returns.
 func (w *CPUWatch) Run(ctx context.Context) error {
 	w.defaults()
 	if err := os.MkdirAll(w.Dir, 0o755); err != nil {
 		return err
 	}
 	own := filepath.Join(w.Dir, strconv.Itoa(w.CPU))
-	if err := os.WriteFile(own, nil, 0o644); err != nil {
+	if err := os.WriteFile(own, []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
 		return err
 	}
-	nudged := map[string]time.Time{} // CPU file → when this watcher last sent an NMI for it
+	defer os.Remove(own)        // an ended watcher is no silent CPU
+	nudged := map[string]bool{} // CPUs sent an NMI in their current silence
 	tick := time.NewTicker(w.Beat)
 	defer tick.Stop()
+	var lastBeat, judgeFrom time.Time
 	for {
+		if ctx.Err() != nil {
+			return nil
+		}
 		now := time.Now()
 		if err := os.Chtimes(own, now, now); err != nil {
 			return err
 		}
-		others, _ := os.ReadDir(w.Dir)
-		for _, o := range others {
-			if o.Name() == filepath.Base(own) {
-				continue
-			}
-			fi, err := o.Info()
-			if err != nil {
-				continue
-			}
-			age := now.Sub(fi.ModTime())
-			last, stuck := nudged[o.Name()]
-			switch {
-			case age < w.Silence && stuck:
-				delete(nudged, o.Name())
-				w.say("popvmm-lab: CPU %s runs again (seen from CPU %d)", o.Name(), w.CPU)
-			case age >= w.FailAfter:
-				reason := fmt.Sprintf("CPU %s ran nothing for %.1f s (seen from CPU %d): the lab host lost it (QEMU TCG, docs/lab.md)",
-					o.Name(), age.Seconds(), w.CPU)
-				w.say("popvmm-lab: %s; ending the lab host", reason)
-				return w.Fail(reason)
-			case age >= w.Silence && (!stuck || now.Sub(last) >= w.Silence):
-				nudged[o.Name()] = now
-				err := w.Nudge()
-				w.say("popvmm-lab: CPU %s ran nothing for %.1f s (seen from CPU %d): NMI to every CPU (sysrq l): %v",
-					o.Name(), age.Seconds(), w.CPU, errText(err))
+		if !lastBeat.IsZero() && now.Sub(lastBeat) >= w.Silence {
+			judgeFrom = now.Add(w.Silence) // this watcher ran late: so may all have
+		}
+		lastBeat = now
+		if !now.Before(judgeFrom) {
+			if err := w.judge(now, own, nudged); err != nil {
+				return err
 			}
 		}
 		select {
@@ -181,6 +176,55 @@ func (w *CPUWatch) Run(ctx context.Context) error {
 		case <-tick.C:
 		}
 	}
+}
+
+// judge checks every other CPU's beat file once. It returns Fail's result
+// when it ended the lab host.
+func (w *CPUWatch) judge(now time.Time, own string, nudged map[string]bool) error {
+	others, _ := os.ReadDir(w.Dir)
+	for _, o := range others {
+		name := o.Name()
+		if name == filepath.Base(own) || !watcherAlive(filepath.Join(w.Dir, name)) {
+			continue
+		}
+		fi, err := o.Info()
+		if err != nil {
+			continue
+		}
+		age := now.Sub(fi.ModTime())
+		switch {
+		case age < w.Silence:
+			if nudged[name] {
+				delete(nudged, name)
+				w.say("popvmm-lab: CPU %s runs again (seen from CPU %d)", name, w.CPU)
+			}
+		case age >= w.FailAfter:
+			reason := fmt.Sprintf("CPU %s ran nothing for %.1f s (seen from CPU %d): the lab host lost it (QEMU TCG, docs/lab.md)",
+				name, age.Seconds(), w.CPU)
+			w.say("popvmm-lab: %s; ending the lab host", reason)
+			return w.Fail(reason)
+		case !nudged[name]:
+			nudged[name] = true
+			err := w.Nudge()
+			w.say("popvmm-lab: CPU %s ran nothing for %.1f s (seen from CPU %d): NMI to the other CPUs (sysrq l): %v",
+				name, age.Seconds(), w.CPU, errText(err))
+		}
+	}
+	return nil
+}
+
+// watcherAlive says whether the watcher that writes beat file path still
+// runs: the file holds its pid. A file without one counts as alive.
+func watcherAlive(path string) bool {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return false
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil || pid <= 0 {
+		return true
+	}
+	return unix.Kill(pid, 0) != unix.ESRCH
 }
 
 func errText(err error) string {

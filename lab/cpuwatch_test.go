@@ -33,15 +33,16 @@ func staleBeat(t *testing.T, dir, cpu string) string {
 	return p
 }
 
-// TestCPUWatch: a watcher beats on its own file, sends an NMI when
-// another CPU's file has been silent for Silence (once per Silence while
-// it stays silent, never for its own), and says when that CPU runs again.
+// TestCPUWatch: a watcher beats on its own file; a CPU whose file has
+// been silent for Silence gets one NMI for that silence (none for the
+// watcher's own CPU), the watcher says when it runs again, and a new
+// silence gets a new NMI.
 func TestCPUWatch(t *testing.T) {
 	dir := t.TempDir()
 	other := staleBeat(t, dir, "1")
 	nudges := make(chan time.Time, 16)
 	log := &syncbuf.Buffer{}
-	w := &lab.CPUWatch{CPU: 0, Dir: dir, Beat: 10 * time.Millisecond, Silence: 200 * time.Millisecond, FailAfter: time.Hour,
+	w := &lab.CPUWatch{CPU: 0, Dir: dir, Beat: 10 * time.Millisecond, Silence: time.Second, FailAfter: time.Hour,
 		Log: log, Kmsg: "-", Nudge: func() error { nudges <- time.Now(); return nil },
 		Fail: func(reason string) error { t.Errorf("Fail(%q) before FailAfter", reason); return nil }}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -52,29 +53,37 @@ func TestCPUWatch(t *testing.T) {
 		if err := <-done; err != nil {
 			t.Errorf("Run: %v", err)
 		}
+		if _, err := os.Stat(filepath.Join(dir, "0")); err == nil {
+			t.Errorf("the watcher's beat file outlives it")
+		}
 	}()
 
-	wait := func(what string) time.Time {
+	wait := func(what string) {
 		t.Helper()
 		select {
-		case at := <-nudges:
-			return at
+		case <-nudges:
 		case <-time.After(10 * time.Second):
 			t.Fatalf("no NMI %s; log:\n%s", what, log.String())
 		}
-		return time.Time{}
 	}
-	first := wait("for a CPU silent a minute")
-	second := wait("while it stays silent")
-	if gap := second.Sub(first); gap < w.Silence {
-		t.Errorf("NMIs %v apart, want at least Silence (%v)", gap, w.Silence)
+	none := func(what string) {
+		t.Helper()
+		select {
+		case <-nudges:
+			t.Errorf("an NMI %s; log:\n%s", what, log.String())
+		case <-time.After(3 * w.Silence):
+		}
 	}
-	if fi, err := os.Stat(filepath.Join(dir, "0")); err != nil || time.Since(fi.ModTime()) > 5*time.Second {
-		t.Errorf("the watcher's own beat file: %v, %v", fi, err)
+	wait("for a CPU silent a minute")
+	none("again in the same silence")
+	data, err := os.ReadFile(filepath.Join(dir, "0"))
+	if fi, serr := os.Stat(filepath.Join(dir, "0")); err != nil || serr != nil || time.Since(fi.ModTime()) > 5*time.Second ||
+		string(data) != strconv.Itoa(os.Getpid()) {
+		t.Errorf("the watcher's own beat file: %q, %v, %v; want this pid, fresh", data, err, serr)
 	}
 
 	// The CPU runs again: its file is fresh; the watcher says so and sends
-	// no more NMIs while it stays fresh.
+	// no NMI while it stays fresh.
 	stopBeat := make(chan struct{})
 	beatDone := make(chan struct{})
 	go func() {
@@ -89,7 +98,6 @@ func TestCPUWatch(t *testing.T) {
 			}
 		}
 	}()
-	defer func() { close(stopBeat); <-beatDone }()
 	deadline := time.Now().Add(10 * time.Second)
 	for !strings.Contains(log.String(), "CPU 1 runs again") {
 		if time.Now().After(deadline) {
@@ -97,19 +105,39 @@ func TestCPUWatch(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond) // polling the watcher's log, with a deadline
 	}
-	for len(nudges) > 0 { // an NMI sent before the fresh beat was seen
-		<-nudges
-	}
-	select {
-	case <-nudges:
-		t.Errorf("an NMI for a CPU that beats")
-	case <-time.After(3 * w.Silence):
-	}
+	none("for a CPU that beats")
+	close(stopBeat)
+	<-beatDone
+	wait("for a new silence")
 	if strings.Contains(log.String(), "CPU 0 ran nothing") {
 		t.Errorf("the watcher took its own CPU for silent:\n%s", log.String())
 	}
-	if !strings.Contains(log.String(), "CPU 1 ran nothing for") || !strings.Contains(log.String(), "NMI to every CPU (sysrq l): sent") {
+	if !strings.Contains(log.String(), "CPU 1 ran nothing for") || !strings.Contains(log.String(), "NMI to the other CPUs (sysrq l): sent") {
 		t.Errorf("log does not say what was done:\n%s", log.String())
+	}
+}
+
+// TestCPUWatchEndedWatcher: the beat file of a watcher that has exited
+// (its pid gone) is no silent CPU: no NMI, no end of the lab.
+func TestCPUWatchEndedWatcher(t *testing.T) {
+	dir := t.TempDir()
+	gone := exec.Command("true")
+	if err := gone.Run(); err != nil {
+		t.Fatal(err)
+	}
+	p := staleBeat(t, dir, "1")
+	if err := os.WriteFile(p, []byte(strconv.Itoa(gone.Process.Pid)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-time.Minute)
+	os.Chtimes(p, old, old)
+	w := &lab.CPUWatch{CPU: 0, Dir: dir, Beat: 10 * time.Millisecond, Silence: 100 * time.Millisecond, FailAfter: time.Second,
+		Log: io.Discard, Kmsg: "-", Nudge: func() error { t.Error("an NMI for an ended watcher's CPU"); return nil },
+		Fail: func(reason string) error { t.Errorf("Fail(%q) for an ended watcher's CPU", reason); return nil }}
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	if err := w.Run(ctx); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -134,10 +162,12 @@ func TestCPUWatchFails(t *testing.T) {
 }
 
 // TestPinProcess pins every thread of a child process (this test binary
-// again) to CPU 0: the test's own process keeps its CPUs.
+// again) to one CPU of this process's (the last it may use): the test's
+// own process keeps its CPUs.
 func TestPinProcess(t *testing.T) {
-	if os.Getenv("POPVMM_TEST_PIN_CHILD") == "1" {
-		if err := lab.PinProcess(0, os.Geteuid() == 0); err != nil {
+	if c := os.Getenv("POPVMM_TEST_PIN_CHILD"); c != "" {
+		cpu, _ := strconv.Atoi(c)
+		if err := lab.PinProcess(cpu, os.Geteuid() == 0); err != nil {
 			fmt.Println("pin:", err)
 			os.Exit(1)
 		}
@@ -160,8 +190,18 @@ func TestPinProcess(t *testing.T) {
 		}
 		os.Exit(0)
 	}
+	var set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &set); err != nil {
+		t.Fatal(err)
+	}
+	cpu := -1
+	for i := range 1024 {
+		if set.IsSet(i) {
+			cpu = i
+		}
+	}
 	cmd := exec.Command(os.Args[0], "-test.run", "^TestPinProcess$")
-	cmd.Env = append(os.Environ(), "POPVMM_TEST_PIN_CHILD=1")
+	cmd.Env = append(os.Environ(), "POPVMM_TEST_PIN_CHILD="+strconv.Itoa(cpu))
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("child: %v\n%s", err, out)
@@ -171,8 +211,8 @@ func TestPinProcess(t *testing.T) {
 		t.Fatalf("child listed %d threads, want the Go runtime's several:\n%s", len(lines), out)
 	}
 	for _, l := range lines {
-		if !strings.HasSuffix(l, ": 0") || strings.Contains(l, "not FIFO") {
-			t.Errorf("%s, want CPU 0 (and FIFO, as root)", l)
+		if !strings.HasSuffix(l, ": "+strconv.Itoa(cpu)) || strings.Contains(l, "not FIFO") {
+			t.Errorf("%s, want CPU %d (and FIFO, as root)", l, cpu)
 		}
 	}
 }

@@ -549,15 +549,23 @@ func tail(s string, n int) string {
 }
 
 // consoleMarker is the marker a lab console line carries: "popvmm-lab:
-// STEP REST" at its start, written by /init, or after the kernel log's
-// time stamp ("[  370.56] popvmm-lab: fail ..."), written through
-// /dev/kmsg by the CPU watcher, whose console write must not depend on
-// the UART's interrupt (the lost CPU may be the one that takes it).
+// STEP REST" at its start, written by /init, or a fail marker after the
+// kernel log's time stamp ("[  370.56] popvmm-lab: fail ..."), written
+// through /dev/kmsg by the CPU watcher, whose console write must not
+// depend on the UART's interrupt (the lost CPU may be the one that takes
+// it). The watcher's other lines are no markers: their number has no
+// bound, and markers are read after the emulator exits.
 func consoleMarker(line string) (string, bool) {
 	if strings.HasPrefix(line, "[") {
-		if _, rest, ok := strings.Cut(line, "] "); ok {
-			line = rest
+		_, rest, ok := strings.Cut(line, "] ")
+		if !ok {
+			return "", false
 		}
+		m, ok := strings.CutPrefix(rest, "popvmm-lab: ")
+		if !ok || !strings.HasPrefix(m, "fail ") {
+			return "", false
+		}
+		return m, true
 	}
 	if m, ok := strings.CutPrefix(line, "popvmm-lab: "); ok {
 		return m, true

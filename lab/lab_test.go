@@ -182,7 +182,8 @@ func TestJobScriptHold(t *testing.T) {
 }
 
 // TestConsoleMarker: /init's markers start their line; the CPU watcher's
-// come through the kernel log after its time stamp; nothing else is one.
+// fail marker comes through the kernel log after its time stamp; nothing
+// else is one.
 func TestConsoleMarker(t *testing.T) {
 	for _, tc := range []struct {
 		line, want string
@@ -191,6 +192,7 @@ func TestConsoleMarker(t *testing.T) {
 		{"popvmm-lab: ready 5.44", "ready 5.44", true},
 		{"[  370.562841] popvmm-lab: fail CPU 0 ran nothing for 20.0 s", "fail CPU 0 ran nothing for 20.0 s", true},
 		{"[    8.5] kvm: popvmm-lab: fail no", "", false},
+		{"[  356.1] popvmm-lab: CPU 0 ran nothing for 5.5 s", "", false},
 		{"say popvmm-lab: fail no", "", false},
 		{"[  1.0 popvmm-lab: ready", "", false},
 		{"", "", false},

@@ -172,7 +172,7 @@ else
   done
   # Of those deaths, the ones the lab's CPU watchers caused: a lab CPU
   # that ran nothing for 20 s (docs/lab.md).
-  stuck=$(cat bin/kvm-lab-console.*.log 2>/dev/null | grep -c 'popvmm-lab: fail CPU' || true)
+  stuck=$( { grep -l 'popvmm-lab: fail CPU' bin/kvm-lab-console.*.log 2>/dev/null || true; } | wc -l)
   [ "$deaths" = 0 ] || relab="; the lab host died $deaths time(s) under the tests (QEMU TCG's faults, docs/lab.md$([ "$stuck" = 0 ] || echo ": $stuck of them a lab CPU that stopped running tasks, ended by the lab's CPU watcher")) and the tier resumed in a fresh lab"
 fi
 if [ -f "$out/summary" ]; then

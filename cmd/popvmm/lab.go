@@ -9,13 +9,13 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 	"golang.org/x/term"
 
 	"github.com/popvmm/popvmm/cluster"
@@ -84,15 +84,17 @@ func (c *cli) labHoldCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			h, err := lab.HoldKVM()
-			if err != nil {
-				fmt.Fprintln(c.stdout, lab.HoldReady)
-				return fmt.Errorf("lab hold-kvm: %w (the job runs without the hold)", err)
-			}
 			stopWatch := c.startCPUWatchers()
+			defer stopWatch()
+			h, err := lab.HoldKVM()
 			fmt.Fprintln(c.stdout, lab.HoldReady)
+			if err != nil {
+				// The watchers stay: the job runs on.
+				fmt.Fprintf(c.stderr, "lab hold-kvm: %v (the job runs without the hold)\n", err)
+				<-ctx.Done()
+				return nil
+			}
 			<-ctx.Done()
-			stopWatch()
 			return h.Close()
 		},
 	}
@@ -102,18 +104,32 @@ func (c *cli) labHoldCmd() *cobra.Command {
 // lab's /run is a fresh tmpfs).
 const cpuWatchDir = "/run/popvmm-lab-cpus"
 
-// startCPUWatchers starts `popvmm lab watch-cpu` for every CPU the lab
-// host has online (lab.CPUWatch), each killed with this process; the
-// returned function stops them. One that cannot start is reported and
-// the job goes on.
+// startCPUWatchers starts `popvmm lab watch-cpu` for every CPU this
+// process may run on (in the lab: every CPU online), each killed with
+// this process; the returned function stops them. One that cannot start
+// is reported and the job goes on. The watchers run SCHED_FIFO, and the
+// kernel's real-time throttling is turned off first: a watcher's
+// backtrace request waits in the kernel for up to 10 s, and a throttled
+// watcher would wait for the throttle's timer, which may be the lost
+// CPU's.
 func (c *cli) startCPUWatchers() (stop func()) {
 	exe, err := os.Executable()
+	var set unix.CPUSet
+	if err == nil {
+		err = unix.SchedGetaffinity(0, &set)
+	}
 	if err != nil {
 		fmt.Fprintf(c.stderr, "lab hold-kvm: no CPU watchers: %v\n", err)
 		return func() {}
 	}
+	if err := os.WriteFile("/proc/sys/kernel/sched_rt_runtime_us", []byte("-1"), 0); err != nil {
+		fmt.Fprintf(c.stderr, "lab hold-kvm: real-time throttling stays on: %v\n", err)
+	}
 	var cmds []*exec.Cmd
-	for cpu := range runtime.NumCPU() {
+	for cpu := range 1024 {
+		if !set.IsSet(cpu) {
+			continue
+		}
 		cmd := exec.Command(exe, "lab", "watch-cpu", "--cpu", strconv.Itoa(cpu), "--dir", cpuWatchDir)
 		cmd.Stdout, cmd.Stderr = c.stdout, c.stderr
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

@@ -74,10 +74,14 @@ func newKVMCluster(t *testing.T, name string, kernels ...kvmKernel) *kvmCluster 
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if t.Failed() {
+		failed := t.Failed()
+		if failed {
 			c.dumpConsoles()
 		}
 		c.teardown()
+		if !failed && t.Failed() {
+			c.dumpConsoles() // the teardown's own failure
+		}
 		if t.Failed() {
 			// Last, so that the tail of a long log (all CI may show) says it.
 			t.Logf("%s failed; its first failure: %s", t.Name(), c.t.first())
