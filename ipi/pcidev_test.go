@@ -390,13 +390,26 @@ func TestRunStopsOnClose(t *testing.T) {
 	bells := newBells(t, 1, 0, 1)
 	v := newVM(t, bells, 0, 1<<20, nil)
 	done := make(chan error, 1)
-	go func() { done <- v.dev.Run(context.Background()) }()
+	start := func() { go func() { done <- v.dev.Run(context.Background()) }() }
+	start()
 	stopped, cancel := context.WithCancel(context.Background())
 	cancel()
 	waitFor(t, "Run running", func() bool {
 		// Refused while the first one runs; before it does, this one
-		// runs itself and returns at once.
-		return v.dev.Run(stopped) != nil
+		// runs itself and returns at once, and a first Run that starts
+		// meanwhile is refused: it is started again.
+		if v.dev.Run(stopped) != nil {
+			return true
+		}
+		select {
+		case err := <-done:
+			if err == nil {
+				t.Fatal("Run returned nil before Close")
+			}
+			start()
+		default:
+		}
+		return false
 	})
 	v.dev.Close()
 	select {
