@@ -30,7 +30,7 @@ func hasBells(v *vm, peer, vectors int) bool {
 func TestHostPeerSharesEventfds(t *testing.T) {
 	const vectors = 2
 	bells := newBells(t, 2, 4, vectors)
-	sock, _ := ipitest.Serve(t, 1<<20, 0, ipi.ServerConfig{Vectors: vectors, FirstID: 2, MaxPeers: 4, Doorbells: bells})
+	sock, srv := ipitest.Serve(t, 1<<20, 0, ipi.ServerConfig{Vectors: vectors, FirstID: 2, MaxPeers: 4, Doorbells: bells})
 	k0 := newVM(t, bells, 0, 1<<20, nil)
 	k0.enableMSIX(t, vectors)
 	boot, err := bells.KernelStarted(0)
@@ -90,6 +90,9 @@ func TestHostPeerSharesEventfds(t *testing.T) {
 	id := c.ID
 	c.Close()
 	waitFor(t, "VM 0's ioeventfds for the departed host peer removed", func() bool { return hasBells(k0, id, 0) })
+	// The id is free once the server has finished the departure, after
+	// the ioeventfds went (a new client meanwhile gets the next id).
+	waitPeers(t, srv, func(ids []int) bool { return !slices.Contains(ids, id) })
 	c2 := dial(t, sock, vectors)
 	if c2.ID != id {
 		t.Fatalf("new client got id %d, want %d", c2.ID, id)
