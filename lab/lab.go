@@ -290,6 +290,10 @@ func (c *Config) JobScript() string {
 		fmt.Fprintf(&b, "export %s=%s\n", k, shellQuote(v))
 	}
 	b.WriteString("export POPVMM_IN_LAB=1\n")
+	// The lab's /tmp is fresh: a TMPDIR of this machine's is not there
+	// (unless on a share), and the holder's log and every mktemp in it
+	// would fail.
+	b.WriteString(`[ -z "${TMPDIR:-}" ] || [ -d "$TMPDIR" ] || unset TMPDIR` + "\n")
 	b.WriteString(holdScript(c.KVMHolder))
 	fmt.Fprintf(&b, "cd %s || exit 125\n", shellQuote(c.Dir))
 	b.WriteString("exec " + shellWords(c.Args) + "\n")

@@ -181,6 +181,25 @@ func TestJobScriptHold(t *testing.T) {
 	}
 }
 
+// TestJobScriptTMPDIR: a TMPDIR that does not exist where the job runs
+// (the lab's /tmp is fresh) is dropped; one that does is kept.
+func TestJobScriptTMPDIR(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct{ tmpdir, want string }{
+		{filepath.Join(dir, "gone"), ""},
+		{dir, dir},
+	} {
+		c := Config{Dir: dir, Env: []string{"TMPDIR=" + tc.tmpdir}, Args: []string{"sh", "-c", `printf %s "${TMPDIR:-}"`}}
+		out, err := exec.Command("sh", "-c", c.JobScript()).Output()
+		if err != nil {
+			t.Fatalf("sh: %v: %s", err, out)
+		}
+		if string(out) != tc.want {
+			t.Errorf("TMPDIR=%s: the command saw TMPDIR %q, want %q", tc.tmpdir, out, tc.want)
+		}
+	}
+}
+
 // TestConsoleMarker: /init's markers start their line; the CPU watcher's
 // fail marker comes through the kernel log after its time stamp; nothing
 // else is one.
