@@ -127,7 +127,9 @@ else
     # a nested guest): when no test log in $out has grown for
     # KVM_LAB_SILENCE minutes (10; a test's own waits give up after at most
     # 6), or for KVM_LAB_STALL_SILENCE minutes (2) after the lab host's
-    # console (written as it comes) reported an RCU stall or a soft lockup,
+    # console (written as it comes) reported an RCU stall, a soft lockup or
+    # a lost CPU (the CPU watchers' NMI line: a lost CPU that deadlocks the
+    # other too leaves its watcher no time to end the lab, seen in CI),
     # the lab run is stopped and counts as a death.
     set +e
     console="bin/kvm-lab-console.$runs.log"
@@ -136,7 +138,7 @@ else
     while kill -0 "$lpid" 2>/dev/null; do
       sleep 15
       silence=${KVM_LAB_SILENCE:-10} why="no test output for ${KVM_LAB_SILENCE:-10} minutes"
-      if grep -q -E 'rcu.*(stall|starved)|soft lockup' "$console" 2>/dev/null; then
+      if grep -q -E 'rcu.*(stall|starved)|soft lockup|popvmm-lab: CPU [0-9]+ ran nothing' "$console" 2>/dev/null; then
         silence=${KVM_LAB_STALL_SILENCE:-2} why="the lab host reported a stall, then no test output for ${KVM_LAB_STALL_SILENCE:-2} minutes"
       fi
       if [ $((SECONDS - lstart)) -gt $((silence * 60)) ] && [ -z "$(find "$out" -maxdepth 1 -name '*.log*' -mmin "-$silence" | head -1)" ] && kill -0 "$lpid" 2>/dev/null; then
