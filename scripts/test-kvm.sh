@@ -114,7 +114,7 @@ else
   # The lab host itself can die under the tests (QEMU's SVM emulation
   # delivers an interrupt after #VMEXIT with GIF clear: docs/lab.md). That
   # says nothing about popvmm: the tier resumes in a fresh lab, where the
-  # tests that passed are not run again, as long as one of every four lab
+  # tests that passed are not run again, as long as one of every six lab
   # runs in a row finishes one more test (for KVM_LAB_RUNS boots and
   # KVM_LAB_SECONDS at most, so that CI ends in time); the summary line
   # says how many died.
@@ -168,11 +168,11 @@ else
     now=$({ cat "$out"/*.log.* "$out"/*.result 2>/dev/null || true; } | grep -c -E '^--- (PASS|FAIL)|^[0-9]+ [0-9]+ [0-9]+ ' || true)
     # A lab run that finished no new test counts as barren: a long test
     # can meet the lab's faults twice running (TestKVMPopcornStory, several
-    # minutes of two nested kernels; two in a row seen in one CI run), so only KVM_LAB_BARREN (4) barren
+    # minutes of two nested kernels; three in a row seen in one CI run), so only KVM_LAB_BARREN (6) barren
     # runs in a row end the tier.
     if [ "$now" -le "$finished" ]; then barren=$((barren + 1)); else barren=0; fi
-    if [ "$barren" -ge "${KVM_LAB_BARREN:-4}" ] || [ "$runs" -ge "${KVM_LAB_RUNS:-12}" ] || [ $((SECONDS - tier_start)) -ge "${KVM_LAB_SECONDS:-3000}" ]; then
-      echo "==> KVM tier: giving up after $runs lab runs, $deaths of which died (the last ${KVM_LAB_BARREN:-4} finished no new test, or KVM_LAB_RUNS=${KVM_LAB_RUNS:-12} runs or KVM_LAB_SECONDS=${KVM_LAB_SECONDS:-3000} s reached)"
+    if [ "$barren" -ge "${KVM_LAB_BARREN:-6}" ] || [ "$runs" -ge "${KVM_LAB_RUNS:-12}" ] || [ $((SECONDS - tier_start)) -ge "${KVM_LAB_SECONDS:-3000}" ]; then
+      echo "==> KVM tier: giving up after $runs lab runs, $deaths of which died (the last ${KVM_LAB_BARREN:-6} finished no new test, or KVM_LAB_RUNS=${KVM_LAB_RUNS:-12} runs or KVM_LAB_SECONDS=${KVM_LAB_SECONDS:-3000} s reached)"
       break
     fi
     finished=$now
