@@ -15,8 +15,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/popvmm/popvmm/internal/linkname"
 	"github.com/popvmm/popvmm/memmap"
-	"github.com/popvmm/popvmm/vnet"
 )
 
 // Limits on names and values.
@@ -728,16 +728,16 @@ func deriveIP(p netip.Prefix, name string, host netip.Addr, taken map[netip.Addr
 	return netip.Addr{}, false
 }
 
-// checkTapNames checks the tap every kernel gets (vnet.TapName, from the
+// checkTapNames checks the tap every kernel gets (linkname.Tap, from the
 // cluster name and the kernel's index) with the rule every link name
-// passes (vnet.CheckLinkName), and that no tap is called like the bridge.
+// passes (linkname.Check), and that no tap is called like the bridge.
 func (c *checker) checkTapNames(cl *Cluster) {
 	if !nameRE.MatchString(cl.Name) {
 		return // reported as cluster.name
 	}
 	for _, k := range cl.Kernels {
-		tap := vnet.TapName(cl.Name, k.Index)
-		if err := vnet.CheckLinkName(tap); err != nil {
+		tap := linkname.Tap(cl.Name, k.Index)
+		if err := linkname.Check(tap); err != nil {
 			c.errf(fmt.Sprintf("kernel[%d]", k.Index), "its tap: %v", err)
 		} else if tap == cl.Network.Bridge {
 			c.errf("cluster.network.bridge", "%q is the name of kernel %q's tap; choose another", tap, k.Name)

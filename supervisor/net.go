@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/popvmm/popvmm/cluster"
+	"github.com/popvmm/popvmm/internal/linkname"
 	"github.com/popvmm/popvmm/vmm"
 	"github.com/popvmm/popvmm/vmm/bus"
 	"github.com/popvmm/popvmm/vmm/virtio"
@@ -68,7 +69,7 @@ func staleBridge(cl *cluster.Cluster) func(alias string) error {
 }
 
 // TapName is kernel k's tap in cluster cl.
-func TapName(cl *cluster.Cluster, k *cluster.Kernel) string { return vnet.TapName(cl.Name, k.Index) }
+func TapName(cl *cluster.Cluster, k *cluster.Kernel) string { return linkname.Tap(cl.Name, k.Index) }
 
 // clusterNet is a cluster's host network while it is up: its bridge, with
 // the host's address on it. Kernels' taps come and go on it.

@@ -8,8 +8,8 @@
 // addresses, MTU, up), non-persistent taps with virtio-net headers attached
 // to it (always new: an existing link of the name is refused, never taken
 // over; gone when their file closes, so a killed popvmm leaves none),
-// RemoveLink for a stale bridge, and CheckLinkName, the one check every
-// link name passes (IFNAMSIZ, the kernel's dev_valid_name).
+// RemoveLink for a stale bridge; every link name passes linkname.Check
+// (IFNAMSIZ, the kernel's dev_valid_name) first.
 //
 // The guest side: Net, a virtio-net device (virtio 1.2, 5.1) for the
 // modern PCI transport of package virtio, moving frames between its queues

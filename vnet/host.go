@@ -8,6 +8,7 @@ import (
 	"os"
 	"slices"
 
+	"github.com/popvmm/popvmm/internal/linkname"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -53,7 +54,7 @@ func EnsureBridge(name string, hostAddr netip.Prefix) (*Bridge, error) {
 // and an address with another prefix length counts as stale), its MTU, up.
 // It then reads the bridge back and fails if it is not so.
 func (c BridgeConfig) Ensure() (b *Bridge, err error) {
-	if err := CheckLinkName(c.Name); err != nil {
+	if err := linkname.Check(c.Name); err != nil {
 		return nil, fmt.Errorf("bridge: %w", err)
 	}
 	want, err := c.addrs()
@@ -218,7 +219,7 @@ func (b *Bridge) Remove() error {
 // RemoveLink deletes the link called name, if there is one: how `up`
 // clears a stale bridge a killed popvmm left behind.
 func RemoveLink(name string) error {
-	if err := CheckLinkName(name); err != nil {
+	if err := linkname.Check(name); err != nil {
 		return err
 	}
 	link, err := netlink.LinkByName(name)
@@ -245,7 +246,7 @@ func RemoveLink(name string) error {
 // deleted one; a missing link is no error; a link of that name that is
 // not a bridge is left alone and reported.
 func RemoveStaleBridge(name string, stale func(alias string) error) (bool, error) {
-	if err := CheckLinkName(name); err != nil {
+	if err := linkname.Check(name); err != nil {
 		return false, err
 	}
 	link, err := netlink.LinkByName(name)
@@ -298,7 +299,7 @@ const tunDevice = "/dev/net/tun"
 // link) is refused, never taken over, so that no tap popvmm uses outlives
 // it and no other program's tap is put on the cluster's bridge.
 func OpenTap(name string, b *Bridge) (*Tap, error) {
-	if err := CheckLinkName(name); err != nil {
+	if err := linkname.Check(name); err != nil {
 		return nil, fmt.Errorf("tap: %w", err)
 	}
 	// The kernel refuses an existing name itself (IFF_TUN_EXCL, below); the

@@ -63,23 +63,3 @@ func TestOwnedBridge(t *testing.T) {
 		t.Errorf("Ensure(hand-made bridge with an owner) = nil, want a refusal")
 	}
 }
-
-func TestTapName(t *testing.T) {
-	seen := map[string]string{}
-	for _, cl := range []string{"a", "example", "e2e", "a-1", "abcdefghij", "abcdefghijk", "abcdefghijkl", "0123456789abcdef0123456789abcdef", "0123456789abcdef0123456789abcdeX"} {
-		for _, i := range []int{0, 1, 9, 10, 63, 255} {
-			n := vnet.TapName(cl, i)
-			if err := vnet.CheckLinkName(n); err != nil {
-				t.Errorf("TapName(%q, %d) = %q: %v", cl, i, n, err)
-			}
-			key := cl + "/" + string(rune('0'+i))
-			if prev, dup := seen[n]; dup {
-				t.Errorf("TapName(%q, %d) = %q, as for %s", cl, i, n, prev)
-			}
-			seen[n] = key
-		}
-	}
-	if got := vnet.TapName("example", 1); got != "pvt-example-1" {
-		t.Errorf("TapName(example, 1) = %q, want pvt-example-1", got)
-	}
-}

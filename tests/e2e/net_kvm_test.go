@@ -18,6 +18,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/popvmm/popvmm/internal/linkname"
 	"github.com/popvmm/popvmm/internal/testenv"
 	"github.com/popvmm/popvmm/supervisor"
 	"github.com/popvmm/popvmm/vnet"
@@ -117,7 +118,7 @@ func waitGone(pid int, timeout time.Duration) error {
 }
 
 // linksOf lists the host's links that belong to a cluster: its bridge and
-// the taps vnet.TapName gives its kernels.
+// the taps linkname.Tap gives its kernels.
 func linksOf(t testing.TB, bridge, cluster string) []string {
 	t.Helper()
 	ls, err := netlink.LinkList()
@@ -127,7 +128,7 @@ func linksOf(t testing.TB, bridge, cluster string) []string {
 	var names []string
 	for _, l := range ls {
 		n := l.Attrs().Name
-		if n == bridge || strings.HasPrefix(n, strings.TrimSuffix(vnet.TapName(cluster, 0), "0")) {
+		if n == bridge || strings.HasPrefix(n, strings.TrimSuffix(linkname.Tap(cluster, 0), "0")) {
 			names = append(names, n)
 		}
 	}
@@ -243,7 +244,7 @@ func TestKVMClusterNetwork(tt *testing.T) {
 	st := c.status()
 	t.Cleanup(func() { c.killAll(st) })
 	for _, k := range st.Kernels {
-		if want := vnet.TapName(st.Cluster, k.PeerID); k.Tap != want {
+		if want := linkname.Tap(st.Cluster, k.PeerID); k.Tap != want {
 			t.Errorf("status: kernel %s has tap %q, want %q", k.Name, k.Tap, want)
 		}
 	}

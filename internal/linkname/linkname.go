@@ -1,4 +1,9 @@
-package vnet
+// Package linkname is the rule every Linux link name popvmm makes or looks
+// up passes (Check: IFNAMSIZ and the kernel's dev_valid_name) and the name
+// of each kernel's tap (Tap). It is pure, so cluster.Check can refuse a
+// name without pulling in netlink, and vnet checks every name it hands the
+// kernel here.
+package linkname
 
 import (
 	"errors"
@@ -9,11 +14,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// MaxLinkName is the longest interface name the kernel takes: IFNAMSIZ
-// bytes, NUL included.
-const MaxLinkName = unix.IFNAMSIZ - 1
+// Max is the longest interface name the kernel takes: IFNAMSIZ bytes less
+// the NUL.
+const Max = unix.IFNAMSIZ - 1
 
-// CheckLinkName reports why name cannot be the name of a link popvmm makes
+// Check reports why name cannot be the name of a link popvmm makes
 // or looks up: the kernel's own rules (dev_valid_name: 1 to 15 bytes, not
 // "." or "..", no '/', ':' or white space as the kernel's isspace sees it),
 // plus the two ways a name turns silently into another one: a NUL byte,
@@ -21,12 +26,12 @@ const MaxLinkName = unix.IFNAMSIZ - 1
 // ("tap%d" becomes tap0). Every name vnet hands the kernel passes here first,
 // so a name is refused with its reason instead of being truncated (the TUN
 // ioctl copies 15 bytes) or failing later with EINVAL, ERANGE or EBUSY.
-func CheckLinkName(name string) error {
+func Check(name string) error {
 	switch {
 	case name == "":
 		return errors.New("link name is empty")
-	case len(name) > MaxLinkName:
-		return fmt.Errorf("link name %q is %d bytes, over the IFNAMSIZ limit of %d", name, len(name), MaxLinkName)
+	case len(name) > Max:
+		return fmt.Errorf("link name %q is %d bytes, over the IFNAMSIZ limit of %d", name, len(name), Max)
 	case name == "." || name == "..":
 		return fmt.Errorf("link name %q is not a valid interface name", name)
 	}
@@ -52,20 +57,20 @@ func kernelSpace(c byte) bool {
 	return c == ' ' || (c >= '\t' && c <= '\r') || c == 0xa0
 }
 
-// TapName is the tap of kernel index (its peer id) of cluster: "pvt-" plus
+// Tap is the tap of kernel index (its peer id) of cluster: "pvt-" plus
 // the cluster name plus "-" and the index, within IFNAMSIZ; a cluster name
 // too long for that is cut and followed by a hash of the whole name, so the
 // taps of two clusters up at once differ. cluster.Check checks the result
-// with CheckLinkName.
-func TapName(cluster string, index int) string {
+// with Check.
+func Tap(cluster string, index int) string {
 	idx := "-" + strconv.Itoa(index)
 	name := "pvt-" + cluster + idx
-	if len(name) <= MaxLinkName {
+	if len(name) <= Max {
 		return name
 	}
 	h := fnv.New32a()
 	h.Write([]byte(cluster))
 	hash := fmt.Sprintf("-%04x", h.Sum32()&0xffff)
-	keep := max(MaxLinkName-len("pvt-")-len(hash)-len(idx), 0)
+	keep := max(Max-len("pvt-")-len(hash)-len(idx), 0)
 	return "pvt-" + cluster[:min(keep, len(cluster))] + hash + idx
 }
