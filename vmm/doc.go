@@ -8,14 +8,15 @@
 // protocol, PVH, or a flat test binary) with an MP table through which the
 // boot vCPU wakes the others with INIT-SIPI.
 //
-// Start runs one OS thread per vCPU, locked for life, pinned to its host
-// core and named (ThreadName); each loops over KVM_RUN and HandleExit, a
-// pure function of the kvm_run page that sends port I/O and MMIO to the
-// buses. A triple fault, a guest-reported crash, pvpanic or (with
+// Start runs one OS thread per vCPU (vcpu.go; never the process's main
+// thread), locked for life, pinned to its host core and named
+// (ThreadName); each loops over KVM_RUN and HandleExit, a pure function of
+// the kvm_run page that sends port I/O and MMIO to the buses and returns
+// an Action. A triple fault, a guest-reported crash, pvpanic or (with
 // RestartNever) a reset ends that VM only, in state crashed with the
-// reason kept; RestartAlways reboots it. Stop kicks vCPUs out of KVM_RUN
-// with immediate_exit and a signal to each thread; Close releases every
-// fd, mapping and thread.
+// reason kept and Status.Ending saying how it ended; RestartAlways
+// reboots it. Stop kicks vCPUs out of KVM_RUN with immediate_exit and a
+// signal to each thread; Close releases every fd, mapping and thread.
 //
 // The package never imports a device package: the supervisor inserts
 // devices (bus.Device) on PIO and MMIO and gives them interrupt lines

@@ -93,15 +93,15 @@ type Action int
 
 // Actions.
 const (
-	Continue Action = iota // run the vCPU again
-	Halt                   // the vCPU halted: wait for an interrupt (without in-kernel irqchip)
-	Stop                   // the guest powered off
-	Reset                  // the guest asked for a reset (restart policy decides)
-	Crash                  // triple fault, guest-reported crash, or entry failure: this kernel only
+	ActionContinue Action = iota // run the vCPU again
+	ActionHalt                   // the vCPU halted: wait for an interrupt (without in-kernel irqchip)
+	ActionPowerOff               // the guest powered off
+	ActionReset                  // the guest asked for a reset (restart policy decides)
+	ActionCrash                  // triple fault, guest-reported crash, or entry failure: this kernel only
 )
 
 func (a Action) String() string {
-	return [...]string{"continue", "halt", "stop", "reset", "crash"}[a]
+	return [...]string{"continue", "halt", "poweroff", "reset", "crash"}[a]
 }
 
 // Exit is a decoded exit, for counters and error messages.
@@ -118,7 +118,7 @@ type Exit struct {
 // offset without a bounds check.
 func HandleExit(run []byte, pio, mmio *bus.Bus) (Action, Exit, error) {
 	if len(run) < runHeaderSize {
-		return Crash, Exit{}, fmt.Errorf("kvm_run of %d bytes", len(run))
+		return ActionCrash, Exit{}, fmt.Errorf("kvm_run of %d bytes", len(run))
 	}
 	le := binary.LittleEndian
 	reason := le.Uint32(run[runExitReason:])
@@ -130,11 +130,11 @@ func HandleExit(run []byte, pio, mmio *bus.Bus) (Action, Exit, error) {
 		off := le.Uint64(run[ioDataOffset:])
 		port := uint64(le.Uint16(run[ioPort:]))
 		if size != 1 && size != 2 && size != 4 {
-			return Crash, e, fmt.Errorf("port I/O of %d bytes", size)
+			return ActionCrash, e, fmt.Errorf("port I/O of %d bytes", size)
 		}
 		n := uint64(size) * uint64(count)
 		if off > uint64(len(run)) || n > uint64(len(run))-off {
-			return Crash, e, fmt.Errorf("port I/O data at %#x+%d outside kvm_run", off, n)
+			return ActionCrash, e, fmt.Errorf("port I/O data at %#x+%d outside kvm_run", off, n)
 		}
 		data := run[off : off+n]
 		for i := range count {
@@ -145,11 +145,11 @@ func HandleExit(run []byte, pio, mmio *bus.Bus) (Action, Exit, error) {
 				pio.Read(port, d)
 			}
 		}
-		return Continue, e, nil
+		return ActionContinue, e, nil
 	case ExitMMIO:
 		l := int(le.Uint32(run[mmioLen:]))
 		if l < 1 || l > 8 {
-			return Crash, e, fmt.Errorf("MMIO access of %d bytes", l)
+			return ActionCrash, e, fmt.Errorf("MMIO access of %d bytes", l)
 		}
 		addr := le.Uint64(run[mmioAddr:])
 		data := run[mmioData : mmioData+l]
@@ -158,38 +158,38 @@ func HandleExit(run []byte, pio, mmio *bus.Bus) (Action, Exit, error) {
 		} else {
 			mmio.Read(addr, data)
 		}
-		return Continue, e, nil
+		return ActionContinue, e, nil
 	case ExitHLT:
-		return Halt, e, nil
+		return ActionHalt, e, nil
 	case ExitIntr:
-		return Continue, e, nil // a signal kicked us out (EINTR-like): not an error
+		return ActionContinue, e, nil // a signal kicked us out (EINTR-like): not an error
 	case ExitShutdown:
 		e.Detail = "triple fault"
-		return Crash, e, nil
+		return ActionCrash, e, nil
 	case ExitFailEntry:
 		e.Detail = fmt.Sprintf("hardware entry failure %#x", le.Uint64(run[failReason:]))
-		return Crash, e, nil
+		return ActionCrash, e, nil
 	case ExitInternalError:
 		nd := min(int(le.Uint32(run[internalNData:])), 16)
 		e.Detail = fmt.Sprintf("internal error, suberror %d", le.Uint32(run[internalSuberror:]))
 		for i := range nd {
 			e.Detail += fmt.Sprintf(" %#x", le.Uint64(run[internalData+8*i:]))
 		}
-		return Crash, e, nil
+		return ActionCrash, e, nil
 	case ExitSystemEvent:
 		switch le.Uint32(run[sysEventType:]) {
 		case systemEventShutdown:
-			return Stop, e, nil
+			return ActionPowerOff, e, nil
 		case systemEventReset:
-			return Reset, e, nil
+			return ActionReset, e, nil
 		case systemEventCrash:
 			e.Detail = "guest reported a crash"
-			return Crash, e, nil
+			return ActionCrash, e, nil
 		}
-		return Continue, e, nil
+		return ActionContinue, e, nil
 	}
 	e.Detail = "unexpected exit " + ExitName(reason)
-	return Crash, e, nil
+	return ActionCrash, e, nil
 }
 
 // SetImmediateExit sets or clears kvm_run.immediate_exit: set, the next

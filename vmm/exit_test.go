@@ -59,12 +59,12 @@ func TestPortIO(t *testing.T) {
 	pio, mmio, com, _ := buses(t)
 	// outsb of "hi" (a string I/O of count 2).
 	a, _, err := vmm.HandleExit(ioExit(true, 0x3f8, 1, 2, []byte("hi")), pio, mmio)
-	if err != nil || a != vmm.Continue || string(com.written) != "hi" {
+	if err != nil || a != vmm.ActionContinue || string(com.written) != "hi" {
 		t.Fatalf("out: %v %v written %q", a, err, com.written)
 	}
 	// inb from LSR: the device's byte lands in the run page.
 	r := ioExit(false, 0x3fd, 1, 1, nil)
-	if a, _, err := vmm.HandleExit(r, pio, mmio); err != nil || a != vmm.Continue || r[0x800] != 0x60 {
+	if a, _, err := vmm.HandleExit(r, pio, mmio); err != nil || a != vmm.ActionContinue || r[0x800] != 0x60 {
 		t.Fatalf("in: %v %v data %#x", a, err, r[0x800])
 	}
 	// Nobody at port 0x80: reads all ones.
@@ -80,7 +80,7 @@ func TestMMIO(t *testing.T) {
 	r := runPage(vmm.ExitMMIO)
 	le.PutUint64(r[32:], 0xd0000010)
 	le.PutUint32(r[48:], 4)
-	if a, _, err := vmm.HandleExit(r, pio, mmio); err != nil || a != vmm.Continue || le.Uint32(r[40:]) != 0xabababab {
+	if a, _, err := vmm.HandleExit(r, pio, mmio); err != nil || a != vmm.ActionContinue || le.Uint32(r[40:]) != 0xabababab {
 		t.Fatalf("mmio read: %v %v %#x", a, err, le.Uint32(r[40:]))
 	}
 	r[52] = 1
@@ -108,15 +108,15 @@ func TestLifecycleExits(t *testing.T) {
 		want   vmm.Action
 		detail string
 	}{
-		{"hlt", runPage(vmm.ExitHLT), vmm.Halt, ""},
-		{"signal", runPage(vmm.ExitIntr), vmm.Continue, ""},
-		{"triple fault", runPage(vmm.ExitShutdown), vmm.Crash, "triple fault"},
-		{"poweroff", sys(1), vmm.Stop, ""},
-		{"reset", sys(2), vmm.Reset, ""},
-		{"guest crash", sys(3), vmm.Crash, "guest reported a crash"},
-		{"emulation failure", internal, vmm.Crash, "internal error, suberror 1 0xf0b 0x0"},
-		{"fail entry", runPage(vmm.ExitFailEntry), vmm.Crash, "hardware entry failure"},
-		{"unknown", runPage(99), vmm.Crash, "unexpected exit exit99"},
+		{"hlt", runPage(vmm.ExitHLT), vmm.ActionHalt, ""},
+		{"signal", runPage(vmm.ExitIntr), vmm.ActionContinue, ""},
+		{"triple fault", runPage(vmm.ExitShutdown), vmm.ActionCrash, "triple fault"},
+		{"poweroff", sys(1), vmm.ActionPowerOff, ""},
+		{"reset", sys(2), vmm.ActionReset, ""},
+		{"guest crash", sys(3), vmm.ActionCrash, "guest reported a crash"},
+		{"emulation failure", internal, vmm.ActionCrash, "internal error, suberror 1 0xf0b 0x0"},
+		{"fail entry", runPage(vmm.ExitFailEntry), vmm.ActionCrash, "hardware entry failure"},
+		{"unknown", runPage(99), vmm.ActionCrash, "unexpected exit exit99"},
 	}
 	for _, tt := range tests {
 		a, e, err := vmm.HandleExit(tt.run, pio, mmio)
@@ -130,7 +130,7 @@ func TestHostileExits(t *testing.T) {
 	pio, mmio, _, _ := buses(t)
 	bad := ioExit(true, 0x3f8, 1, 1, nil)
 	le.PutUint64(bad[40:], 1<<40) // data offset outside the page
-	if a, _, err := vmm.HandleExit(bad, pio, mmio); err == nil || a != vmm.Crash {
+	if a, _, err := vmm.HandleExit(bad, pio, mmio); err == nil || a != vmm.ActionCrash {
 		t.Errorf("data offset outside kvm_run: %v %v", a, err)
 	}
 	huge := ioExit(true, 0x3f8, 4, 1<<30, nil)

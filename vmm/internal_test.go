@@ -86,8 +86,8 @@ func TestHugeFlags(t *testing.T) {
 }
 
 func TestPlatformPorts(t *testing.T) {
-	var got []Action
-	exit := func(a Action, _ string) { got = append(got, a) }
+	var got []Ending
+	exit := func(a Ending, _ string) { got = append(got, a) }
 	kbd, pp := &i8042{exit: exit}, &pvpanic{exit: exit}
 	b := []byte{0xff}
 	kbd.Read(0, b)
@@ -102,7 +102,7 @@ func TestPlatformPorts(t *testing.T) {
 	}
 	pp.Write(0, []byte{2}) // crash kernel loaded: not a panic
 	pp.Write(0, []byte{1})
-	if len(got) != 2 || got[0] != Reset || got[1] != Crash {
+	if len(got) != 2 || got[0] != EndingReset || got[1] != EndingCrash {
 		t.Errorf("actions %v, want [reset crash]", got)
 	}
 }
@@ -117,5 +117,25 @@ func TestResetHooksInOrder(t *testing.T) {
 	v.runResetHooks()
 	if want := []int{0, 1, 2, 0, 1, 2}; !slices.Equal(got, want) {
 		t.Errorf("hooks ran as %v, want %v", got, want)
+	}
+}
+
+// TestEndBeforeStart: a VM stopped or crashed by the host before Start
+// says so in Status.Ending, not only in its reason text.
+func TestEndBeforeStart(t *testing.T) {
+	for _, tc := range []struct {
+		end   func(*VM)
+		state State
+		want  Ending
+	}{
+		{(*VM).Stop, StateStopped, EndingHostStop},
+		{func(v *VM) { v.Crash("backend died") }, StateCrashed, EndingCrash},
+	} {
+		v := &VM{state: StateCreated, done: make(chan struct{}), cfg: Config{Layout: &memmap.Layout{}}}
+		tc.end(v)
+		<-v.Done()
+		if st := v.Status(); st.State != tc.state || st.Ending != tc.want {
+			t.Errorf("state %s, ending %q, want %s, %q", st.State, st.Ending, tc.state, tc.want)
+		}
 	}
 }

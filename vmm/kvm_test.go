@@ -300,8 +300,8 @@ func TestKVMTripleFaultIsolated(t *testing.T) {
 	bad.start(t)
 	waitDone(t, bad)
 	st := bad.Status()
-	if st.State != vmm.StateCrashed || !strings.Contains(st.Reason, "triple fault") {
-		t.Errorf("faulting VM: state %s, reason %q", st.State, st.Reason)
+	if st.State != vmm.StateCrashed || st.Ending != vmm.EndingCrash || !strings.Contains(st.Reason, "triple fault") {
+		t.Errorf("faulting VM: state %s, ending %q, reason %q", st.State, st.Ending, st.Reason)
 	}
 	if !strings.Contains(bad.con.String(), "triple fault now") {
 		t.Errorf("faulting VM's console lost: %q", bad.con.String())
@@ -406,8 +406,8 @@ func TestKVMStopCloseReleases(t *testing.T) {
 		tids = append(tids, vc.TID)
 	}
 	g.Stop()
-	if st := g.Status(); st.State != vmm.StateStopped || st.Reason != "stopped by the host" {
-		t.Errorf("after Stop: %s (%s)", st.State, st.Reason)
+	if st := g.Status(); st.State != vmm.StateStopped || st.Ending != vmm.EndingHostStop || st.Reason != "stopped by the host" {
+		t.Errorf("after Stop: %s, ending %q (%s)", st.State, st.Ending, st.Reason)
 	}
 	for _, vc := range g.Status().VCPUs {
 		if vc.TID != 0 {
@@ -454,8 +454,8 @@ func TestKVMResetPolicy(t *testing.T) {
 		g.start(t)
 		waitDone(t, g)
 		st := g.Status()
-		if st.State != vmm.StateCrashed || !strings.Contains(st.Reason, "reset") || st.Resets != 0 {
-			t.Errorf("state %s, reason %q, resets %d", st.State, st.Reason, st.Resets)
+		if st.State != vmm.StateCrashed || st.Ending != vmm.EndingReset || !strings.Contains(st.Reason, "reset") || st.Resets != 0 {
+			t.Errorf("state %s, ending %q, reason %q, resets %d", st.State, st.Ending, st.Reason, st.Resets)
 		}
 	})
 	t.Run("always", func(t *testing.T) {
@@ -464,8 +464,8 @@ func TestKVMResetPolicy(t *testing.T) {
 		g.con.waitFor(t, "three boots", func(s string) bool { return strings.Count(s, "popvmm-guest: boot") >= 3 })
 		g.Stop()
 		st := g.Status()
-		if st.State != vmm.StateStopped || st.Resets < 2 {
-			t.Errorf("state %s (%s), resets %d", st.State, st.Reason, st.Resets)
+		if st.State != vmm.StateStopped || st.Ending != vmm.EndingHostStop || st.Resets < 2 {
+			t.Errorf("state %s, ending %q (%s), resets %d", st.State, st.Ending, st.Reason, st.Resets)
 		}
 	})
 }
@@ -554,11 +554,11 @@ func TestKVMHostCrash(t *testing.T) {
 	g.con.waitText(t, "popvmm-guest: hello")
 	g.Crash("guest panic: Kernel panic - not syncing: test")
 	st := g.Status()
-	if st.State != vmm.StateCrashed || st.Reason != "guest panic: Kernel panic - not syncing: test" {
-		t.Errorf("state %s, reason %q", st.State, st.Reason)
+	if st.State != vmm.StateCrashed || st.Ending != vmm.EndingCrash || st.Reason != "guest panic: Kernel panic - not syncing: test" {
+		t.Errorf("state %s, ending %q, reason %q", st.State, st.Ending, st.Reason)
 	}
 	g.Stop() // already ended: no change
-	if st := g.Status(); st.State != vmm.StateCrashed {
-		t.Errorf("Stop after Crash: state %s", st.State)
+	if st := g.Status(); st.State != vmm.StateCrashed || st.Ending != vmm.EndingCrash {
+		t.Errorf("Stop after Crash: state %s, ending %q", st.State, st.Ending)
 	}
 }

@@ -20,7 +20,7 @@ const (
 // (drivers/input/serio/i8042.c) takes for "No controller found" at once.
 // A status of 0 made the driver time out on each controller command
 // instead: about 2 s of every boot ("Can't read CTR").
-type i8042 struct{ exit func(Action, string) }
+type i8042 struct{ exit func(Ending, string) }
 
 // i8042Status is OBF (bit 0) set, IBF (bit 1) clear.
 const i8042Status = 0x01
@@ -36,13 +36,13 @@ func (d *i8042) Read(_ uint64, data []byte) {
 
 func (d *i8042) Write(_ uint64, data []byte) {
 	if len(data) == 1 && data[0] == 0xfe {
-		d.exit(Reset, "reset requested by the guest (i8042 reset line)")
+		d.exit(EndingReset, "reset requested by the guest (i8042 reset line)")
 	}
 }
 
 // pvpanic reports features panicked|crash-loaded and turns a panicked
 // write into a crash.
-type pvpanic struct{ exit func(Action, string) }
+type pvpanic struct{ exit func(Ending, string) }
 
 var _ bus.Device = (*pvpanic)(nil)
 
@@ -55,6 +55,6 @@ func (d *pvpanic) Read(_ uint64, data []byte) {
 
 func (d *pvpanic) Write(_ uint64, data []byte) {
 	if data[0]&pvpanicPanicked != 0 {
-		d.exit(Crash, "guest panic (pvpanic)")
+		d.exit(EndingCrash, "guest panic (pvpanic)")
 	}
 }

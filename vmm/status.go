@@ -4,11 +4,29 @@ import (
 	"time"
 )
 
+// Ending is how a VM ended.
+type Ending string
+
+// Endings. A guest reset under RestartAlways is a reboot, not an ending.
+const (
+	EndingNone     Ending = ""          // created or running
+	EndingHostStop Ending = "host-stop" // Stop or Close from the host (also before Start)
+	EndingPowerOff Ending = "poweroff"  // the guest powered off (state stopped)
+	EndingReset    Ending = "reset"     // the guest reset under RestartNever (state crashed)
+	// EndingCrash: a triple fault, an entry failure, a KVM_RUN error, a
+	// guest-reported crash (pvpanic, KVM_SYSTEM_EVENT_CRASH), a reboot
+	// that failed, or Crash from the host (state crashed).
+	EndingCrash Ending = "crash"
+)
+
 // Status is what the supervisor shows of a VM.
 type Status struct {
 	Name   string `json:"name"`
 	State  State  `json:"state"`
-	Reason string `json:"reason,omitempty"` // why it stopped or crashed
+	Reason string `json:"reason,omitempty"` // why it stopped or crashed, for people
+	// Ending is how the VM ended, for code to act on (never parse
+	// Reason): empty while created or running.
+	Ending Ending `json:"ending,omitempty"`
 	// Started is when Start ran (zero before); Uptime runs until the VM
 	// stops or crashes.
 	Started time.Time     `json:"started"`
@@ -37,7 +55,7 @@ type VCPUStatus struct {
 // Status reports the VM's state, threads and counters.
 func (v *VM) Status() Status {
 	v.mu.Lock()
-	s := Status{Name: v.cfg.Name, State: v.state, Reason: v.reason, Started: v.started,
+	s := Status{Name: v.cfg.Name, State: v.state, Reason: v.reason, Ending: v.ending, Started: v.started,
 		Resets: v.resets, Memory: ramBytes(v.cfg.Layout), Exits: map[string]uint64{}}
 	switch {
 	case v.started.IsZero():

@@ -2,6 +2,7 @@ package vmm
 
 import (
 	"fmt"
+	"runtime"
 
 	"golang.org/x/sys/unix"
 )
@@ -51,3 +52,33 @@ func threadAffinity(tid int) ([]int, error) {
 	}
 	return cpus, nil
 }
+
+// offMainThread runs f with the calling goroutine locked to an OS thread
+// that is not the process's main thread, and never unlocks it (f's
+// thread ends with it). Any goroutine may be running on the main thread
+// (the Go scheduler puts goroutines there like on any other), and a vCPU
+// thread is pinned and renamed: on the main thread that renamed the whole
+// process in ps, top and pgrep and pinned it to the vCPU's core (issue 21,
+// item 11). So when the caller finds itself on the main thread it stays
+// locked there until a fresh goroutine has locked itself to another thread
+// (it cannot be scheduled onto the main thread meanwhile: a locked thread
+// runs only its own goroutine), hands f to it, and lets the main thread go.
+func offMainThread(f func()) {
+	runtime.LockOSThread()
+	if !onMainThread() {
+		f()
+		return
+	}
+	locked := make(chan struct{})
+	go func() {
+		runtime.LockOSThread()
+		close(locked)
+		f()
+	}()
+	<-locked
+	runtime.UnlockOSThread()
+}
+
+// onMainThread says whether the calling thread is the process's main
+// thread (its thread id is the process id).
+func onMainThread() bool { return unix.Gettid() == unix.Getpid() }

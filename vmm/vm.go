@@ -4,17 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"runtime"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/popvmm/popvmm/vmm/boot"
 	"github.com/popvmm/popvmm/vmm/bus"
 	"github.com/popvmm/popvmm/vmm/guestmem"
 	"github.com/popvmm/popvmm/vmm/kvm"
-	"golang.org/x/sys/unix"
 )
 
 // State is where a VM is in its life.
@@ -29,11 +25,6 @@ const (
 	StateStopped State = "stopped"
 	StateCrashed State = "crashed"
 )
-
-// kickSignal interrupts a vCPU thread's KVM_RUN. The Go runtime already
-// handles SIGURG (its preemption signal) and tolerates spurious ones, and
-// KVM_RUN returns EINTR rather than restarting.
-const kickSignal = unix.SIGURG
 
 // VM is one kernel running under KVM: guest memory, the in-kernel irqchip
 // and PIT, one pinned OS thread per vCPU, and the port-I/O and MMIO buses
@@ -57,6 +48,7 @@ type VM struct {
 	mu        sync.Mutex
 	state     State
 	reason    string
+	ending    Ending
 	started   time.Time
 	ended     time.Time
 	resets    int
@@ -69,49 +61,6 @@ type VM struct {
 	ioevents  []kvm.IOEvent
 	extra     extraSlots // AddMemory's slots (slots.go)
 	onReset   []func()   // OnReset's hooks, in registration order
-}
-
-// machine is one boot's KVM objects: the KVM VM and its vCPUs. A reboot
-// replaces it; guest memory and devices outlive it.
-type machine struct {
-	vm       *kvm.VM
-	vcpus    []*vcpu
-	stopping atomic.Bool
-	gate     chan struct{}
-	wg       sync.WaitGroup
-
-	outMu   sync.Mutex
-	outSet  bool
-	outcome outcome
-	closed  bool // vCPUs and VM closed (kvm_run pages unmapped); under outMu
-}
-
-type outcome struct {
-	action Action
-	reason string
-}
-
-type vcpu struct {
-	index int
-	k     *kvm.VCPU
-	st    *vcpuStats
-}
-
-// vcpuStats is what status shows of one vCPU; it outlives reboots.
-type vcpuStats struct {
-	index      int
-	cpu        int
-	comm, full string
-	tid        atomic.Int64
-	exits      [maxExitReason + 1]atomic.Uint64
-}
-
-// maxExitReason bounds the per-reason exit counters; higher reasons are
-// counted in the last one.
-const maxExitReason = 63
-
-func (s *vcpuStats) count(reason uint32) {
-	s.exits[min(reason, maxExitReason)].Add(1)
 }
 
 // cpuidCache holds KVM_GET_SUPPORTED_CPUID, which cannot change while
@@ -295,37 +244,8 @@ func (v *VM) load() (boot.Entry, error) {
 	return e, nil
 }
 
-// setupVCPU gives vCPU i its CPUID and LAPIC pins; the boot vCPU gets the
-// entry registers, the others wait for INIT-SIPI from it.
-func (v *VM) setupVCPU(k *kvm.VCPU, i int, entry boot.Entry) error {
-	if err := k.SetCPUID(FilterCPUID(v.cpuid, i, len(v.cfg.CPUs))); err != nil {
-		return err
-	}
-	l, err := k.LAPIC()
-	if err != nil {
-		return err
-	}
-	SetupLINT(l)
-	if err := k.SetLAPIC(l); err != nil {
-		return err
-	}
-	if i != 0 {
-		return k.SetMPState(kvm.MPStateUninitialized)
-	}
-	s, err := k.Sregs()
-	if err != nil {
-		return err
-	}
-	var r kvm.Regs
-	BootRegs(entry, s, &r)
-	if err := k.SetSregs(s); err != nil {
-		return err
-	}
-	return k.SetRegs(&r)
-}
-
-// Start runs the vCPUs: each on its own OS thread, pinned to its host
-// core and named. It returns once every thread is pinned (an error if one
+// Start runs the vCPUs: each on its own OS thread (never the process's
+// main thread), pinned to its host core and named. It returns once every thread is pinned (an error if one
 // could not be, with none left running).
 func (v *VM) Start() error {
 	v.mu.Lock()
@@ -342,159 +262,13 @@ func (v *VM) Start() error {
 	return nil
 }
 
-func (v *VM) startMachine(m *machine) error {
-	m.gate = make(chan struct{})
-	ready := make(chan error, len(m.vcpus))
-	for _, c := range m.vcpus {
-		m.wg.Add(1)
-		go v.runVCPU(m, c, ready)
-	}
-	var errs []error
-	for range m.vcpus {
-		if err := <-ready; err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if len(errs) > 0 {
-		m.stopping.Store(true)
-		close(m.gate)
-		m.wg.Wait()
-		return errors.Join(errs...)
-	}
-	close(m.gate)
-	return nil
-}
-
-// runVCPU is a vCPU thread: locked to its OS thread for life (never
-// unlocked, so the pinned and renamed thread exits with the goroutine and
-// is not reused), pinned, named, then KVM_RUN and exit handling until the
-// machine stops.
-func (v *VM) runVCPU(m *machine, c *vcpu, ready chan<- error) {
-	defer m.wg.Done()
-	runtime.LockOSThread()
-	err := pinThread(c.st.cpu)
-	if err == nil {
-		if err = setThreadName(c.st.comm); err != nil {
-			err = fmt.Errorf("name thread %q: %w", c.st.comm, err)
-		}
-	}
-	if err != nil {
-		err = fmt.Errorf("vCPU %d: %w", c.index, err)
-	}
-	c.st.tid.Store(int64(unix.Gettid()))
-	defer c.st.tid.Store(0)
-	ready <- err
-	<-m.gate
-	if err != nil {
-		return
-	}
-	run := c.k.RunData()
-	for !m.stopping.Load() {
-		if err := c.k.Run(); err != nil {
-			if errors.Is(err, unix.EINTR) || errors.Is(err, unix.EAGAIN) {
-				c.st.count(ExitIntr)
-				continue
-			}
-			m.finish(Crash, fmt.Sprintf("vCPU %d: KVM_RUN: %v", c.index, err))
-			return
-		}
-		act, exit, err := HandleExit(run, v.pio, v.mmio)
-		c.st.count(exit.Reason)
-		switch act {
-		case Continue, Halt:
-		case Stop:
-			m.finish(Stop, "guest powered off")
-		case Reset:
-			m.finish(Reset, "reset requested by the guest")
-		case Crash:
-			reason := fmt.Sprintf("vCPU %d: %s", c.index, exit.Detail)
-			if err != nil {
-				reason += ": " + err.Error()
-			}
-			m.finish(Crash, reason+c.snapshot())
-		}
-	}
-}
-
-// snapshot is the vCPU's state at a crash, for the crash reason:
-// " (RIP=... RSP=... CR0=... CR2=... CR3=... CR4=... EFER=...)", or ""
-// when KVM_GET_REGS or KVM_GET_SREGS fails. After a triple fault on Intel
-// (VMX) they are those of the instruction that faulted the third time; on
-// AMD (SVM) KVM has already reset the vCPU (the VMCB is undefined after a
-// shutdown intercept: arch/x86/kvm/svm/svm.c shutdown_interception), and
-// the snapshot says so instead of showing the reset state.
-func (c *vcpu) snapshot() string {
-	r, err := c.k.Regs()
-	if err != nil {
-		return ""
-	}
-	s, err := c.k.Sregs()
-	if err != nil {
-		return ""
-	}
-	if r.RIP == 0xfff0 && s.CS.Selector == 0xf000 && s.CR0&1 == 0 {
-		return " (registers lost: KVM reset the vCPU, as it does on AMD SVM)"
-	}
-	return fmt.Sprintf(" (RIP=%#x RSP=%#x RFLAGS=%#x CS=%#x CR0=%#x CR2=%#x CR3=%#x CR4=%#x EFER=%#x IDT=%#x/%d)",
-		r.RIP, r.RSP, r.RFLAGS, s.CS.Selector, s.CR0, s.CR2, s.CR3, s.CR4, s.EFER, s.IDT.Base, s.IDT.Limit)
-}
-
-// finish records why the machine stops (the first reason wins) and kicks
-// every vCPU out of KVM_RUN.
-func (m *machine) finish(a Action, reason string) {
-	// outMu is held throughout: close takes it too, so a kick can never
-	// write into a kvm_run page that a reboot has unmapped meanwhile (a
-	// host Stop racing a guest reset).
-	m.outMu.Lock()
-	defer m.outMu.Unlock()
-	if !m.outSet {
-		m.outSet, m.outcome = true, outcome{a, reason}
-	}
-	m.stopping.Store(true)
-	if m.closed {
-		return
-	}
-	pid := os.Getpid()
-	for _, c := range m.vcpus {
-		c.k.SetImmediateExit(true)
-		// A thread that has just exited may have its TID reused by another
-		// thread of this process; it then gets a harmless SIGURG.
-		if tid := c.st.tid.Load(); tid != 0 {
-			unix.Tgkill(pid, int(tid), kickSignal)
-		}
-	}
-}
-
-func (m *machine) result() outcome {
-	m.outMu.Lock()
-	defer m.outMu.Unlock()
-	return m.outcome
-}
-
-// close releases the machine's vCPUs and KVM VM; its threads have exited.
-func (m *machine) close() error {
-	m.outMu.Lock()
-	defer m.outMu.Unlock()
-	if m.closed {
-		return nil
-	}
-	m.closed = true
-	var errs []error
-	for _, c := range m.vcpus {
-		errs = append(errs, c.k.Close())
-	}
-	m.vcpus = nil
-	errs = append(errs, m.vm.Close())
-	return errors.Join(errs...)
-}
-
 // exit is how platform devices (i8042 reset, pvpanic) end the current boot.
-func (v *VM) exit(a Action, reason string) {
+func (v *VM) exit(e Ending, reason string) {
 	v.mu.Lock()
 	m := v.m
 	v.mu.Unlock()
 	if m != nil {
-		m.finish(a, reason)
+		m.finish(e, reason)
 	}
 }
 
@@ -506,7 +280,7 @@ func (v *VM) watch(m *machine) {
 		m.wg.Wait()
 		out := m.result()
 		v.mu.Lock()
-		if out.action == Reset && v.cfg.Restart == RestartAlways && !v.hostStop {
+		if out.ending == EndingReset && v.cfg.Restart == RestartAlways && !v.hostStop {
 			v.mu.Unlock()
 			v.log.Info("rebooting", "reason", out.reason)
 			m2, err := v.reboot(m)
@@ -523,20 +297,20 @@ func (v *VM) watch(m *machine) {
 				v.m = m2
 			}
 			if err != nil {
-				out = outcome{Crash, fmt.Sprintf("%s; reboot failed: %v", out.reason, err)}
+				out = outcome{EndingCrash, fmt.Sprintf("%s; reboot failed: %v", out.reason, err)}
 			} else {
-				out = outcome{Stop, "stopped by the host"}
+				out = outcome{EndingHostStop, hostStopReason}
 			}
 		}
-		if out.action == Reset && v.hostStop {
+		if out.ending == EndingReset && v.hostStop {
 			// The host's stop came while the guest was resetting.
-			out = outcome{Stop, "stopped by the host"}
+			out = outcome{EndingHostStop, hostStopReason}
 		}
-		v.state, v.reason, v.ended = StateStopped, out.reason, time.Now()
-		switch out.action {
-		case Crash:
+		v.state, v.reason, v.ending, v.ended = StateStopped, out.reason, out.ending, time.Now()
+		switch out.ending {
+		case EndingCrash:
 			v.state = StateCrashed
-		case Reset:
+		case EndingReset:
 			v.state = StateCrashed
 			v.reason = out.reason + " (restart policy: never)"
 		}
@@ -593,24 +367,30 @@ func (v *VM) reboot(old *machine) (*machine, error) {
 	return v.newMachine()
 }
 
+// hostStopReason is Status.Reason after Stop (Status.Ending says
+// EndingHostStop; read that, not this text).
+const hostStopReason = "stopped by the host"
+
 // Stop stops the VM: every vCPU is kicked out of KVM_RUN and its thread
 // ends; state becomes stopped (or crashed, if the guest crashed first). It
 // returns when the vCPU threads are gone. Calling it again is harmless.
-func (v *VM) Stop() { v.end(Stop, "stopped by the host") }
+func (v *VM) Stop() { v.end(EndingHostStop, hostStopReason) }
 
 // Crash ends the VM as crashed with reason, for a failure seen from
 // outside it (a kernel panic line on its console, a device back-end that
 // died). Like Stop it returns when the vCPU threads are gone; on a VM
 // that has already ended it does nothing.
-func (v *VM) Crash(reason string) { v.end(Crash, reason) }
+func (v *VM) Crash(reason string) { v.end(EndingCrash, reason) }
 
-func (v *VM) end(a Action, reason string) {
+// end ends the VM from the host with e (EndingHostStop or EndingCrash);
+// a guest's own ending that came first wins.
+func (v *VM) end(e Ending, reason string) {
 	v.mu.Lock()
 	switch v.state {
 	case StateCreated:
-		v.state, v.reason, v.ended = StateStopped, "stopped before it started", time.Now()
-		if a == Crash {
-			v.state, v.reason = StateCrashed, reason
+		v.state, v.reason, v.ending, v.ended = StateStopped, "stopped before it started", EndingHostStop, time.Now()
+		if e == EndingCrash {
+			v.state, v.reason, v.ending = StateCrashed, reason, EndingCrash
 		}
 		close(v.done)
 		v.mu.Unlock()
@@ -619,7 +399,7 @@ func (v *VM) end(a Action, reason string) {
 		v.hostStop = true
 		m := v.m
 		v.mu.Unlock()
-		m.finish(a, reason)
+		m.finish(e, reason)
 		<-v.done
 		return
 	}
