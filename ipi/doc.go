@@ -18,7 +18,7 @@
 // that no doorbell passes through popvmm: an ioeventfd per bell on the
 // Doorbell register of every VM, and an irqfd per vector on the kernel's
 // own bells. PlanDoorbells and PlanWindow are that wiring as data, and
-// WindowSlots the window's KVM slots, read-only outside the kernel's own
+// windowgeom.Slots the window's KVM slots, read-only outside the kernel's own
 // section and the common page when the window is protected
 // (docs/window.md).
 //

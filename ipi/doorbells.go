@@ -7,17 +7,13 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/popvmm/popvmm/internal/windowgeom"
 	"golang.org/x/sys/unix"
 )
 
 // BellID names one doorbell: interrupt vector Vector of peer Peer. Each has
 // one eventfd, shared by everyone who rings it or is rung through it.
 type BellID struct{ Peer, Vector int }
-
-// MaxBells bounds peers × vectors: every VM registers one KVM_IOEVENTFD per
-// bell on its Doorbell register, and KVM holds at most 1000 devices
-// (ioeventfds included) on a VM's MMIO bus, which virtio queues share.
-const MaxBells = 768
 
 // Doorbells holds the cluster's doorbell eventfds, one per (peer, vector):
 // the kernels' are made here and live as long as the Doorbells (a kernel
@@ -73,9 +69,9 @@ func NewDoorbells(kernels, hostPeers, vectors int) (*Doorbells, error) {
 		return nil, fmt.Errorf("doorbells: %d vectors, want 1-%d", vectors, MaxVectors)
 	case kernels < 1 || hostPeers < 0 || kernels+hostPeers > maxPeerID+1:
 		return nil, fmt.Errorf("doorbells: %d kernels and %d host peers", kernels, hostPeers)
-	case (kernels+hostPeers)*vectors > MaxBells:
+	case (kernels+hostPeers)*vectors > windowgeom.MaxBells:
 		return nil, fmt.Errorf("doorbells: %d peers × %d vectors is over %d doorbells (one KVM ioeventfd each in every VM)",
-			kernels+hostPeers, vectors, MaxBells)
+			kernels+hostPeers, vectors, windowgeom.MaxBells)
 	}
 	d := &Doorbells{kernels: kernels, vectors: vectors, up: make([]bool, kernels), boots: make([]uint64, kernels),
 		hosts: map[int][]*eventfd{}, subs: map[int]func(){}}

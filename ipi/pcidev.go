@@ -60,7 +60,7 @@ type DeviceConfig struct {
 	Bells *Doorbells
 	// WindowSize is BAR2's size, the window's (a power of two).
 	WindowSize uint64
-	// Slots is how the window is mapped (WindowSlots); nil: one writable
+	// Slots is how the window is mapped (windowgeom.Slots); nil: one writable
 	// slot.
 	Slots []Slot
 	// Regs, MSIX and Window are where the BARs start (a pci.Allocator
@@ -157,7 +157,7 @@ func NewDevice(cfg DeviceConfig) (*Device, error) {
 		return nil, fmt.Errorf("window device: window of %#x bytes is not a power of two of at least 4 KiB", cfg.WindowSize)
 	}
 	if cfg.Slots == nil {
-		cfg.Slots = []Slot{{0, cfg.WindowSize, false}}
+		cfg.Slots = []Slot{{Offset: 0, Size: cfg.WindowSize}}
 	}
 	if err := checkSlots(cfg.Slots, cfg.WindowSize); err != nil {
 		return nil, fmt.Errorf("window device: %w", err)

@@ -10,79 +10,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/popvmm/popvmm/internal/windowgeom"
 	"github.com/popvmm/popvmm/ipi"
 	"github.com/popvmm/popvmm/ipi/msg"
 )
-
-// TestWindowSlots: for every window size, peer count and peer, the slots
-// cover the window exactly, in order, page-aligned, without overlap or two
-// adjacent slots of one kind, and the writable bytes are exactly the
-// common page and the peer's own section.
-func TestWindowSlots(t *testing.T) {
-	for _, size := range []uint64{1 << 20, 4 << 20, 16 << 20, 256 << 20} {
-		for _, peers := range []int{2, 3, 10, 56} {
-			g, err := msg.GeometryFor(int(size), peers)
-			if err != nil {
-				continue // too small for so many peers: WindowSlots must say so
-			}
-			for p := range peers {
-				slots, err := ipi.WindowSlots(size, peers, p, true)
-				if err != nil {
-					t.Fatalf("WindowSlots(%#x, %d, %d) = %v", size, peers, p, err)
-				}
-				checkSlots(t, fmt.Sprintf("size %#x peers %d peer %d", size, peers, p), slots, size, g, p)
-			}
-			if _, err := ipi.WindowSlots(size, peers, peers, true); err == nil {
-				t.Errorf("WindowSlots for peer %d of %d: no error", peers, peers)
-			}
-		}
-		slots, err := ipi.WindowSlots(size, 2, 0, false)
-		if err != nil || len(slots) != 1 || slots[0] != (ipi.Slot{Offset: 0, Size: size}) {
-			t.Errorf("unprotected: %+v, %v; want one writable slot", slots, err)
-		}
-	}
-	if _, err := ipi.WindowSlots(1<<20, 56, 0, true); err == nil {
-		t.Error("1 MiB for 56 peers: no error")
-	}
-	if _, err := ipi.WindowSlots(4097, 2, 0, false); err == nil {
-		t.Error("a window that is not whole pages: no error")
-	}
-}
-
-func checkSlots(t *testing.T, what string, slots []ipi.Slot, size uint64, g msg.Geometry, p int) {
-	t.Helper()
-	var at uint64
-	for i, s := range slots {
-		switch {
-		case s.Offset != at:
-			t.Errorf("%s: slot %d at %#x, want %#x (gap or overlap)", what, i, s.Offset, at)
-		case s.Size == 0 || s.Offset%msg.PageSize != 0 || s.Size%msg.PageSize != 0:
-			t.Errorf("%s: slot %d %+v not whole pages", what, i, s)
-		case i > 0 && slots[i-1].ReadOnly == s.ReadOnly:
-			t.Errorf("%s: slots %d and %d of one kind not merged", what, i-1, i)
-		}
-		at = s.Offset + s.Size
-	}
-	if at != size {
-		t.Errorf("%s: slots end at %#x, want %#x", what, at, size)
-	}
-	writable := func(off uint64) bool {
-		for _, s := range slots {
-			if off >= s.Offset && off < s.Offset+s.Size {
-				return !s.ReadOnly
-			}
-		}
-		t.Fatalf("%s: %#x in no slot", what, off)
-		return false
-	}
-	own := uint64(g.Section(p))
-	for off := uint64(0); off < size; off += msg.PageSize {
-		want := (off >= uint64(g.Common) && off < uint64(g.Common+g.CommonSize)) || (off >= own && off < own+uint64(g.SectionSize))
-		if writable(off) != want {
-			t.Errorf("%s: page %#x writable %v, want %v", what, off, !want, want)
-		}
-	}
-}
 
 // TestPlanWindow: the cluster's slots, each VM's at its own BAR2.
 func TestPlanWindow(t *testing.T) {
@@ -92,7 +23,7 @@ func TestPlanWindow(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, vm := range vms {
-		slots, _ := ipi.WindowSlots(4<<20, 4, vm.VM, true)
+		slots, _ := windowgeom.Slots(4<<20, 4, vm.VM, true)
 		var got []ipi.Slot
 		for _, s := range plan {
 			if s.VM == vm.VM {
@@ -118,7 +49,7 @@ func protectedMapping(t *testing.T, win *ipi.Window, maxPeers, peer int) []byte 
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ipi.Unmap(mem) })
-	slots, err := ipi.WindowSlots(uint64(win.Size()), maxPeers, peer, true)
+	slots, err := windowgeom.Slots(uint64(win.Size()), maxPeers, peer, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -234,7 +165,7 @@ func TestProtectedMessaging(t *testing.T) {
 
 	// The protection holds: kernel 0 cannot write kernel 1's section nor
 	// the header.
-	g, _ := msg.GeometryFor(int(win.Size()), maxPeers)
+	g, _ := windowgeom.For(int(win.Size()), maxPeers)
 	mem0 := protectedMapping(t, win, maxPeers, 0)
 	for _, off := range []int{g.Section(1), g.Section(3) + 100, 8} {
 		if !faults(func() { mem0[off] = 1 }) {

@@ -11,6 +11,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+
+	"github.com/popvmm/popvmm/internal/windowgeom"
 )
 
 // Protocol constants (docs/window-protocol.md).
@@ -18,9 +20,9 @@ const (
 	Magic   = 0x31304753_4D504F50 // "POPMSG01" little-endian
 	Version = 2
 
-	pageSize   = 4096
-	lineSize   = 64 // a cache line: slot size, and the stride of hot fields
-	SlotSize   = lineSize
+	pageSize   = windowgeom.PageSize
+	lineSize   = windowgeom.LineSize // a cache line: slot size, and the stride of hot fields
+	SlotSize   = windowgeom.SlotSize
 	slotHeader = 8
 	// SlotPayload is how many message bytes the first slot of a message
 	// carries; the following slots carry SlotSize bytes each.
@@ -30,7 +32,7 @@ const (
 
 	// MaxPeers bounds the peer table: a section header holds one receive
 	// head per possible sender, a cache line each.
-	MaxPeers = 56
+	MaxPeers = windowgeom.MaxPeers
 	// Services is the number of service ids (0-255).
 	Services = 256
 )
@@ -54,13 +56,7 @@ const (
 // (one-shot, like NAPI masking the interrupt at its first firing), so a
 // burst costs one doorbell. It lives in the common area, the one page every
 // peer may write, because senders write it.
-const (
-	commonOffset = pageSize
-	commonArmed  = commonOffset
-	// sectionsOffset is where section 0 begins: after the header page and
-	// the common page.
-	sectionsOffset = 2 * pageSize
-)
+const commonArmed = windowgeom.CommonOffset
 
 func armedOff(p int) int { return commonArmed + p*lineSize }
 
@@ -107,14 +103,16 @@ func (s State) String() string {
 	return fmt.Sprintf("state(%d)", uint32(s))
 }
 
-// layout is the geometry of a formatted window, read once at Join and
-// checked against the window's size; nothing later trusts the header again.
+// layout is the geometry of a formatted window (windowgeom.Layout), read
+// once at Join and checked against the window's size; nothing later trusts
+// the header again.
 type layout struct {
 	maxPeers    int
 	sectionSize int
 	sections    int // offset of section 0
 	slots       int // slots per ring, a power of two
 	ringBytes   int
+	bytes       int // the size the layout uses
 }
 
 func (l layout) section(p int) int        { return l.sections + p*l.sectionSize }
@@ -123,66 +121,29 @@ func (l layout) slot(ring, i int) int     { return ring + lineSize + (i&(l.slots
 func (l layout) head(owner, from int) int { return l.section(owner) + secHeads + from*lineSize }
 
 func newLayout(maxPeers, slots int) layout {
-	ringBytes := lineSize + slots*SlotSize
-	sec := pageSize + maxPeers*ringBytes
-	sec = (sec + pageSize - 1) &^ (pageSize - 1)
-	return layout{maxPeers: maxPeers, sectionSize: sec, sections: sectionsOffset, slots: slots, ringBytes: ringBytes}
+	return layoutOf(windowgeom.Layout(maxPeers, slots))
 }
 
-func (l layout) size() int { return l.sections + l.maxPeers*l.sectionSize }
+func layoutOf(g windowgeom.Geometry) layout {
+	return layout{maxPeers: g.MaxPeers, sectionSize: g.SectionSize, sections: g.Sections, slots: g.Slots,
+		ringBytes: g.RingSize, bytes: g.Size}
+}
+
+func (l layout) size() int { return l.bytes }
 
 // ErrFormat marks a window that is not (or not validly) formatted.
 var ErrFormat = errors.New("window not formatted for protocol v2")
 
-// Geometry says where the parts of a window formatted for MaxPeers peers
-// lie, in bytes from the window's start: the header page, the common page
-// and one section per peer, all page-aligned. It is what window.protect
-// maps: every kernel writes the common page and its own section only.
-type Geometry struct {
-	MaxPeers    int
-	Slots       int // per ring
-	HeaderSize  int // page 0, at offset 0
-	Common      int // offset of the common page
-	CommonSize  int
-	Sections    int // offset of section 0
-	SectionSize int
-	// Size is the bytes the layout uses; the window's rest is unused.
-	Size int
-}
-
-// Section returns the offset of peer p's section.
-func (g Geometry) Section(p int) int { return g.Sections + p*g.SectionSize }
-
-// PageSize is the granularity of the geometry: every part starts and ends
-// on a multiple of it.
-const PageSize = pageSize
-
-// GeometryFor returns the geometry Format gives a window of size bytes for
-// maxPeers peers: the largest power-of-two ring (16 to 4096 slots) that
-// fits.
-func GeometryFor(size, maxPeers int) (Geometry, error) {
-	if maxPeers < 2 || maxPeers > MaxPeers {
-		return Geometry{}, fmt.Errorf("format window: %d peers, want 2-%d", maxPeers, MaxPeers)
-	}
-	for s := 4096; s >= 16; s /= 2 {
-		if l := newLayout(maxPeers, s); l.size() <= size {
-			return Geometry{MaxPeers: maxPeers, Slots: s, HeaderSize: pageSize, Common: commonOffset, CommonSize: pageSize,
-				Sections: l.sections, SectionSize: l.sectionSize, Size: l.size()}, nil
-		}
-	}
-	return Geometry{}, fmt.Errorf("format window: %d bytes is too small for %d peers (need %d)", size, maxPeers, newLayout(maxPeers, 16).size())
-}
-
 // Format lays protocol v2 out on a window of len(mem) bytes for maxPeers
-// peers (see GeometryFor) and returns the slot count. Every peer starts
+// peers (see windowgeom.For) and returns the slot count. Every peer starts
 // offline. Only the window's owner (popvmm) formats, before any peer joins.
 func Format(mem []byte, maxPeers int) (int, error) {
-	g, err := GeometryFor(len(mem), maxPeers)
+	g, err := windowgeom.For(len(mem), maxPeers)
 	if err != nil {
 		return 0, err
 	}
 	slots := g.Slots
-	l := newLayout(maxPeers, slots)
+	l := layoutOf(g)
 	clear(mem[:l.size()])
 	le := binary.LittleEndian
 	le.PutUint32(mem[hdrVersion:], Version)
@@ -209,7 +170,7 @@ func readLayout(mem []byte) (layout, error) {
 	}
 	maxPeers := int(le.Uint32(mem[hdrMaxPeers:]))
 	slots := int(le.Uint32(mem[hdrRingSlots:]))
-	if maxPeers < 2 || maxPeers > MaxPeers || slots < 16 || slots > 4096 || slots&(slots-1) != 0 ||
+	if maxPeers < 2 || maxPeers > MaxPeers || slots < windowgeom.MinSlots || slots > windowgeom.MaxSlots || slots&(slots-1) != 0 ||
 		le.Uint32(mem[hdrSlotSize:]) != SlotSize {
 		return layout{}, fmt.Errorf("%w: %d peers, %d slots", ErrFormat, maxPeers, slots)
 	}
