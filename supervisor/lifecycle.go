@@ -12,6 +12,7 @@ import (
 	"github.com/popvmm/popvmm/cluster"
 	"github.com/popvmm/popvmm/guest"
 	"github.com/popvmm/popvmm/ipi"
+	"github.com/popvmm/popvmm/machine"
 	"github.com/popvmm/popvmm/vtty"
 )
 
@@ -22,8 +23,8 @@ type kernelRun struct {
 	state   State
 	machine Machine
 	console *vtty.Console
-	exit    *MachineExit // how the last run ended
-	since   time.Time    // of the current state
+	exit    *machine.Exit // how the last run ended
+	since   time.Time     // of the current state
 	boots   int
 	booted  chan struct{} // closed when a start attempt ends (running or failed)
 	// winBoot is the current VM's run as the window's doorbells know it
@@ -57,7 +58,7 @@ func (s *Supervisor) startKernel(ctx context.Context, k *cluster.Kernel) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err != nil {
-		r.exit = &MachineExit{Kind: ExitCrash, Reason: "did not start: " + err.Error()}
+		r.exit = &machine.Exit{Kind: machine.ExitCrash, Reason: "did not start: " + err.Error()}
 		r.setState(StateCrashed)
 		s.log.Error("kernel did not start", "kernel", k.Name, "err", err)
 		return err
@@ -124,8 +125,9 @@ func (s *Supervisor) launch(ctx context.Context, r *kernelRun) (Machine, error) 
 }
 
 // watch waits for m to end and moves the kernel to its next state:
-// stopped for Stop and poweroff, crashed for a crash (the reason kept), and
-// for a reset a new boot unless the cluster is going down.
+// stopped for Stop and poweroff, crashed for a crash (the reason kept). A
+// reboot inside the VM never ends it: the VM resets its platform and boots
+// again in place (rebootedInVM), or ends as a crash under restart "never".
 func (s *Supervisor) watch(ctx context.Context, r *kernelRun, m Machine) {
 	defer s.watchers.Done()
 	<-m.Done()
@@ -137,21 +139,16 @@ func (s *Supervisor) watch(ctx context.Context, r *kernelRun, m Machine) {
 	}
 	r.exit = &ex
 	switch ex.Kind {
-	case ExitCrash:
+	case machine.ExitCrash:
 		r.setState(StateCrashed)
 	default:
 		r.setState(StateStopped)
 	}
 	s.mu.Unlock()
-	s.peerGone(r, ex.Kind == ExitCrash)
+	s.peerGone(r, ex.Kind == machine.ExitCrash)
 	switch {
-	case ex.Kind == ExitCrash:
+	case ex.Kind == machine.ExitCrash:
 		s.log.Error("kernel crashed; the others run on", "kernel", r.k.Name, "reason", ex.Reason, "console_log", r.k.ConsoleLog)
-	case ex.Kind == ExitReset && ctx.Err() == nil:
-		s.log.Info("kernel reset; booting it again", "kernel", r.k.Name)
-		if err := s.startKernel(ctx, r.k); err != nil {
-			s.log.Error("reboot after reset failed", "kernel", r.k.Name, "err", err)
-		}
 	default:
 		s.log.Info("kernel stopped", "kernel", r.k.Name, "how", ex.Kind, "reason", ex.Reason)
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/popvmm/popvmm/cluster"
+	"github.com/popvmm/popvmm/machine"
 	"github.com/popvmm/popvmm/supervisor"
 	"github.com/popvmm/popvmm/vtty"
 )
@@ -50,24 +51,24 @@ type fakeMachine struct {
 	name    string
 	once    sync.Once
 	done    chan struct{}
-	exit    supervisor.MachineExit
+	exit    machine.Exit
 	stopped int
 	mu      sync.Mutex
 }
 
-func (m *fakeMachine) end(ex supervisor.MachineExit) {
+func (m *fakeMachine) end(ex machine.Exit) {
 	m.once.Do(func() { m.exit = ex; close(m.done) })
 }
-func (m *fakeMachine) Done() <-chan struct{}        { return m.done }
-func (m *fakeMachine) Exit() supervisor.MachineExit { return m.exit }
-func (m *fakeMachine) Info() supervisor.MachineInfo {
-	return supervisor.MachineInfo{VCPUs: []supervisor.VCPUInfo{{TID: 42, Affinity: []int{0}}}}
+func (m *fakeMachine) Done() <-chan struct{} { return m.done }
+func (m *fakeMachine) Exit() machine.Exit    { return m.exit }
+func (m *fakeMachine) Info() machine.Info {
+	return machine.Info{VCPUs: []machine.VCPUInfo{{TID: 42, Affinity: []int{0}}}}
 }
 func (m *fakeMachine) Stop() error {
 	m.mu.Lock()
 	m.stopped++
 	m.mu.Unlock()
-	m.end(supervisor.MachineExit{Kind: supervisor.ExitStopped})
+	m.end(machine.Exit{Kind: machine.ExitStopped})
 	return nil
 }
 
@@ -124,18 +125,23 @@ func TestLifecycle(t *testing.T) {
 	}
 
 	// A crash stops only that kernel, with its reason kept.
-	l.last("secondary").end(supervisor.MachineExit{Kind: supervisor.ExitCrash, Reason: "triple fault at rip 0x1000"})
+	l.last("secondary").end(machine.Exit{Kind: machine.ExitCrash, Reason: "triple fault at rip 0x1000"})
 	s := waitState(t, c, "secondary", supervisor.StateCrashed)
 	if s.Exit == nil || !strings.Contains(s.Exit.Reason, "triple fault") || s.Machine != nil {
 		t.Errorf("crashed secondary status = %+v", s)
 	}
 	waitState(t, c, "primary", supervisor.StateRunning)
 
-	// A reset reboots the kernel; booting a crashed kernel again works.
-	l.last("primary").end(supervisor.MachineExit{Kind: supervisor.ExitReset})
+	// A power-off stops the kernel, which boots again on request; booting
+	// a crashed kernel again works.
+	l.last("primary").end(machine.Exit{Kind: machine.ExitPoweroff, Reason: "guest powered off"})
+	waitState(t, c, "primary", supervisor.StateStopped)
+	if _, err := c.Call(ctxT(t), supervisor.Request{Op: supervisor.OpBoot, Name: "primary"}); err != nil {
+		t.Fatalf("boot stopped primary again: %v", err)
+	}
 	<-l.launched
 	if p := waitState(t, c, "primary", supervisor.StateRunning); p.Boots != 2 {
-		t.Errorf("primary after reset: boots %d, want 2", p.Boots)
+		t.Errorf("primary after power-off and boot: boots %d, want 2", p.Boots)
 	}
 	if _, err := c.Call(ctxT(t), supervisor.Request{Op: supervisor.OpBoot, Name: "secondary"}); err != nil {
 		t.Fatalf("boot crashed secondary again: %v", err)

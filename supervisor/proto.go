@@ -5,6 +5,7 @@ import (
 
 	"github.com/popvmm/popvmm/ipi/agent"
 	"github.com/popvmm/popvmm/ipi/msg"
+	"github.com/popvmm/popvmm/machine"
 )
 
 // The control protocol: a client connects to the control socket, writes one
@@ -113,11 +114,11 @@ type KernelStatus struct {
 	ConsoleLog string `json:"console_log"`
 	// Run time: since when in State, how many boots, how the last run
 	// ended, the running VM's detail, its console PTY.
-	Since   time.Time    `json:"since"`
-	Boots   int          `json:"boots"`
-	Exit    *MachineExit `json:"exit,omitempty"`
-	Machine *MachineInfo `json:"machine,omitempty"`
-	PTY     string       `json:"pty,omitempty"`
+	Since   time.Time     `json:"since"`
+	Boots   int           `json:"boots"`
+	Exit    *machine.Exit `json:"exit,omitempty"`
+	Machine *machine.Info `json:"machine,omitempty"`
+	PTY     string        `json:"pty,omitempty"`
 	// TapExists: Tap is on the host now (read at status time); false while
 	// the kernel has no NIC, Tap being only its planned name.
 	TapExists bool `json:"tap_exists"`

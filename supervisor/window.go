@@ -14,6 +14,7 @@ import (
 	"github.com/popvmm/popvmm/ipi"
 	"github.com/popvmm/popvmm/ipi/agent"
 	"github.com/popvmm/popvmm/ipi/msg"
+	"github.com/popvmm/popvmm/machine"
 )
 
 // WindowSocketName is the ivshmem server's socket in the run directory:
@@ -162,6 +163,6 @@ func (s *Supervisor) refuseImpostors(ctx context.Context, n *msg.Node) {
 }
 
 // attach is what the launcher needs to give a VM its window device.
-func (w *windowHost) attach() *WindowAttach {
-	return &WindowAttach{Bells: w.bells, Mem: w.mem, MaxPeers: w.maxPeers, Protect: w.protect}
+func (w *windowHost) attach() *machine.Window {
+	return &machine.Window{Bells: w.bells, Mem: w.mem, MaxPeers: w.maxPeers, Protect: w.protect}
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/popvmm/popvmm/ipi"
 	"github.com/popvmm/popvmm/ipi/agent"
 	"github.com/popvmm/popvmm/ipi/msg"
+	"github.com/popvmm/popvmm/machine"
 	"github.com/popvmm/popvmm/supervisor"
 	"github.com/popvmm/popvmm/vtty"
 	"golang.org/x/sys/unix"
@@ -60,7 +61,7 @@ type agentMachine struct {
 	ran    chan struct{}
 	once   sync.Once
 	done   chan struct{}
-	exit   supervisor.MachineExit
+	exit   machine.Exit
 }
 
 func (l *agentLauncher) Launch(ctx context.Context, k *cluster.Kernel, b supervisor.Boot, console *vtty.Console) (supervisor.Machine, error) {
@@ -92,7 +93,7 @@ func (l *agentLauncher) get(name string) *agentMachine {
 }
 
 // end stops the agent (the vCPUs are out of KVM_RUN) and ends the machine.
-func (m *agentMachine) end(ex supervisor.MachineExit) {
+func (m *agentMachine) end(ex machine.Exit) {
 	m.once.Do(func() {
 		m.cancel()
 		<-m.ran
@@ -100,11 +101,11 @@ func (m *agentMachine) end(ex supervisor.MachineExit) {
 		close(m.done)
 	})
 }
-func (m *agentMachine) Done() <-chan struct{}        { return m.done }
-func (m *agentMachine) Exit() supervisor.MachineExit { return m.exit }
-func (m *agentMachine) Info() supervisor.MachineInfo { return supervisor.MachineInfo{} }
+func (m *agentMachine) Done() <-chan struct{} { return m.done }
+func (m *agentMachine) Exit() machine.Exit    { return m.exit }
+func (m *agentMachine) Info() machine.Info    { return machine.Info{} }
 func (m *agentMachine) Stop() error {
-	m.end(supervisor.MachineExit{Kind: supervisor.ExitStopped})
+	m.end(machine.Exit{Kind: machine.ExitStopped})
 	return nil
 }
 
@@ -150,7 +151,7 @@ func TestWindowKernelCrashAndRejoin(t *testing.T) {
 		t.Errorf("host peer rings the secondary: %v", err)
 	}
 
-	l.get("secondary").end(supervisor.MachineExit{Kind: supervisor.ExitCrash, Reason: "guest panic: test"})
+	l.get("secondary").end(machine.Exit{Kind: machine.ExitCrash, Reason: "guest panic: test"})
 	waitState(t, c, "secondary", supervisor.StateCrashed)
 	resp, err := call(supervisor.MsgStat, "")
 	if err != nil {

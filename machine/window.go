@@ -1,12 +1,11 @@
-package supervisor
+package machine
 
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"sync"
 
-	"github.com/popvmm/popvmm/cluster"
+	"github.com/popvmm/popvmm/internal/windowgeom"
 	"github.com/popvmm/popvmm/ipi"
 	"github.com/popvmm/popvmm/vmm"
 	"github.com/popvmm/popvmm/vmm/boot"
@@ -14,18 +13,6 @@ import (
 	"github.com/popvmm/popvmm/vmm/kvm"
 	"github.com/popvmm/popvmm/vmm/pci"
 )
-
-// WindowAttach is what a kernel's VM needs of the cluster's shared window
-// to get its window device: the doorbells, the supervisor's mapping of the
-// window memfd (every VM maps it as BAR2's memory slots) and the geometry
-// the protection slots follow. The supervisor hands it to the launcher in
-// Boot; it outlives every VM.
-type WindowAttach struct {
-	Bells    *ipi.Doorbells
-	Mem      []byte
-	MaxPeers int
-	Protect  bool
-}
 
 // windowDev is one VM's window device: the PCI function (1af4:1110) with
 // its BARs, doorbells through KVM and INTx on the GSI the MP table routes
@@ -40,17 +27,22 @@ type windowDev struct {
 	window uint64
 }
 
-// attachWindow gives v kernel k's window device on h: BAR0 (registers) and
-// BAR1 (MSI-X) from h's allocator, BAR2 the window at the layout's Window,
-// mapped as k's slots (read-only ones where window.protect says),
-// ioeventfds for every bell, and the INTx watcher. Nothing runs in the
-// guest yet; h.Close undoes it all (also on error).
-func attachWindow(v *vmm.VM, h *pciHost, k *cluster.Kernel, wa *WindowAttach, log *slog.Logger) (*windowDev, error) {
+// attachWindow gives b's VM kernel k's window device when the cluster
+// has a window: BAR0 (registers) and BAR1 (MSI-X) from the PCI host's
+// allocator, BAR2 the window at the layout's Window, mapped as k's slots
+// (read-only ones where window.protect says), ioeventfds for every bell,
+// and the INTx watcher. Nothing runs in the guest yet; the PCI host's
+// Close undoes it all (also on error).
+func attachWindow(b *builder) (device, error) {
+	wa, k, h, v, log := b.cfg.Window, b.cfg.Kernel, b.pci, b.vm, b.log
+	if wa == nil {
+		return nil, nil
+	}
 	size := uint64(len(wa.Mem))
 	if k.Layout.Window.Size != size {
 		return nil, fmt.Errorf("window device: the layout's window is %#x bytes, the window %#x", k.Layout.Window.Size, size)
 	}
-	slots, err := ipi.WindowSlots(size, wa.MaxPeers, k.Index, wa.Protect)
+	slots, err := windowgeom.Slots(size, wa.MaxPeers, k.Index, wa.Protect)
 	if err != nil {
 		return nil, fmt.Errorf("window device: %w", err)
 	}
@@ -67,7 +59,7 @@ func attachWindow(v *vmm.VM, h *pciHost, k *cluster.Kernel, wa *WindowAttach, lo
 	if !ok {
 		return nil, fmt.Errorf("window device: PCI device %d has no INTx route in the MP table (1-%d have)", slot, boot.PCIINTxDevices)
 	}
-	w := &vmWiring{vm: v, h: h, mem: wa.Mem, windows: map[uint64][]uint64{}, irqfds: map[int]irqfdState{}}
+	w := &vmWiring{vm: v, mem: wa.Mem, windows: map[uint64][]uint64{}, routes: h.newMSIRoutes("window device")}
 	h.onClose(w.close)
 	dev, err := ipi.NewDevice(ipi.DeviceConfig{
 		Peer: k.Index, Bells: wa.Bells, WindowSize: size, Slots: slots,
@@ -95,6 +87,12 @@ func attachWindow(v *vmm.VM, h *pciHost, k *cluster.Kernel, wa *WindowAttach, lo
 	return wd, nil
 }
 
+func (wd *windowDev) name() string { return "window" }
+
+// stop is nothing of its own: the device's goroutines end with its Close,
+// which the PCI host's Close runs.
+func (wd *windowDev) stop() error { return nil }
+
 // info is the device as status shows it.
 func (wd *windowDev) info() []string {
 	s := wd.dev.Stats()
@@ -107,18 +105,6 @@ func (wd *windowDev) info() []string {
 	}
 }
 
-// withWindowInfo adds the window device, if d has one, to devs (status).
-func withWindowInfo(devs map[string][]string, d *vmDevices) map[string][]string {
-	if d == nil || d.win == nil {
-		return devs
-	}
-	if devs == nil {
-		devs = map[string][]string{}
-	}
-	devs["window"] = d.win.info()
-	return devs
-}
-
 // vmWiring is ipi.Wiring over one VM: BARs on its MMIO bus, the window as
 // memory slots over the supervisor's mapping of the memfd, ioeventfds and
 // irqfds with GSI routes for MSI-X. Its methods run on vCPU threads (a
@@ -128,18 +114,12 @@ func withWindowInfo(devs map[string][]string, d *vmDevices) map[string][]string 
 // access that BARMoved would wait for.
 type vmWiring struct {
 	vm  *vmm.VM
-	h   *pciHost
 	mem []byte
+
+	routes *msiRoutes // the MSI-X vectors' irqfds
 
 	mu      sync.Mutex
 	windows map[uint64][]uint64 // BAR2 address → its slots' addresses
-	irqfds  map[int]irqfdState  // by MSI-X vector
-}
-
-type irqfdState struct {
-	gsi      uint32
-	fd       int
-	assigned bool
 }
 
 var _ ipi.Wiring = (*vmWiring)(nil)
@@ -203,54 +183,19 @@ func (w *vmWiring) RemoveIoeventfd(e ipi.Ioeventfd, fd int) error {
 	return w.vm.RemoveIOEventFD(ioevent(e, fd))
 }
 
-// SetIrqfd implements ipi.Wiring as pci.MSIRouter's contract says: the
-// vector's GSI (one per vector, from the PCI host) routed to r's message
-// with fd as its irqfd while unmasked; deassigned while masked.
+// SetIrqfd implements ipi.Wiring through the PCI host's one MSI-X route
+// (msiRoutes): the vector's GSI routed to r's message with fd as its irqfd
+// while unmasked; deassigned while masked.
 func (w *vmWiring) SetIrqfd(f ipi.Irqfd, fd int, r pci.MSIRoute) error {
-	if fd < 0 {
-		return fmt.Errorf("vector %d: no eventfd", f.Vector)
-	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	st, ok := w.irqfds[f.Vector]
-	if !ok {
-		st = irqfdState{gsi: w.h.allocGSI(), fd: fd}
-	}
-	if st.assigned && (r.Masked || st.fd != fd) {
-		if err := w.vm.RemoveIRQFD(st.fd, st.gsi); err != nil {
-			return err
-		}
-		st.assigned = false
-	}
-	st.fd = fd
-	w.irqfds[f.Vector] = st
-	if r.Masked {
-		return nil
-	}
-	if err := w.vm.SetMSIRoute(st.gsi, r.Addr, r.Data); err != nil {
-		return err
-	}
-	if !st.assigned {
-		if err := w.vm.IRQFD(fd, st.gsi); err != nil {
-			return err
-		}
-		st.assigned = true
-		w.irqfds[f.Vector] = st
-	}
-	return nil
+	return w.routes.set(f.Vector, fd, r)
 }
 
-// close deassigns the irqfds and removes the window's slots (after the
-// device is closed; errors once the VM is closed are expected).
+// close removes the window's slots (after the device is closed; errors
+// once the VM is closed are expected). The irqfds go with the PCI host's
+// msiRoutes.
 func (w *vmWiring) close() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	for v, st := range w.irqfds {
-		if st.assigned {
-			w.vm.RemoveIRQFD(st.fd, st.gsi)
-		}
-		delete(w.irqfds, v)
-	}
 	for gpa, gpas := range w.windows {
 		w.removeLocked(gpas)
 		delete(w.windows, gpa)

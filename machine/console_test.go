@@ -1,4 +1,4 @@
-package supervisor
+package machine
 
 import (
 	"path/filepath"

@@ -1,4 +1,4 @@
-package supervisor
+package machine
 
 import (
 	"errors"
@@ -8,8 +8,7 @@ import (
 	"slices"
 	"sync"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/popvmm/popvmm/internal/eventfd"
 	"github.com/popvmm/popvmm/memmap"
 	"github.com/popvmm/popvmm/vmm"
 	"github.com/popvmm/popvmm/vmm/bus"
@@ -136,124 +135,6 @@ func (h *pciHost) AddFunction(name string, fn pci.Function, bars map[int]bus.Dev
 	return dev, nil
 }
 
-// newEventFD makes a non-blocking, close-on-exec eventfd.
-func newEventFD() (int, error) {
-	fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
-	if err != nil {
-		return -1, os.NewSyscallError("eventfd", err)
-	}
-	return fd, nil
-}
-
-// msiRouter is pci.MSIRouter over KVM: one eventfd and one GSI per vector.
-// SetRoute rewrites the vector's GSI route (KVM_SET_GSI_ROUTING) and
-// assigns its eventfd as the GSI's irqfd while the vector is unmasked,
-// deassigning it while masked (KVM injects what the eventfd counted in the
-// meantime on the next assign); Signal writes the eventfd, so an interrupt
-// from a device goroutine goes straight into KVM.
-type msiRouter struct {
-	vm   *vmm.VM
-	name string
-
-	mu       sync.Mutex
-	fds      []int
-	gsis     []uint32
-	assigned []bool
-}
-
-var _ pci.MSIRouter = (*msiRouter)(nil)
-
-// newMSIRouter makes the router for n vectors of device name; h.Close
-// deassigns and closes its eventfds.
-func (h *pciHost) newMSIRouter(name string, n int) (_ *msiRouter, err error) {
-	r := &msiRouter{vm: h.vm, name: name}
-	defer func() {
-		if err != nil {
-			r.close()
-		}
-	}()
-	for range n {
-		fd, err := newEventFD()
-		if err != nil {
-			return nil, fmt.Errorf("%s: MSI-X: %w", name, err)
-		}
-		r.fds = append(r.fds, fd)
-		r.gsis = append(r.gsis, h.allocGSI())
-		r.assigned = append(r.assigned, false)
-	}
-	h.onClose(r.close)
-	return r, nil
-}
-
-// SetRoute implements pci.MSIRouter.
-func (r *msiRouter) SetRoute(vector int, rt pci.MSIRoute) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if vector < 0 || vector >= len(r.fds) {
-		return fmt.Errorf("%s: no MSI-X vector %d", r.name, vector)
-	}
-	fd, gsi := r.fds[vector], r.gsis[vector]
-	if rt.Masked {
-		if !r.assigned[vector] {
-			return nil
-		}
-		r.assigned[vector] = false
-		return r.vm.RemoveIRQFD(fd, gsi)
-	}
-	if err := r.vm.SetMSIRoute(gsi, rt.Addr, rt.Data); err != nil {
-		return err
-	}
-	if r.assigned[vector] {
-		return nil
-	}
-	if err := r.vm.IRQFD(fd, gsi); err != nil {
-		return err
-	}
-	r.assigned[vector] = true
-	return nil
-}
-
-// Signal implements pci.MSIRouter: one count on the vector's eventfd.
-func (r *msiRouter) Signal(vector int) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.fds == nil {
-		return nil // closed at teardown
-	}
-	if vector < 0 || vector >= len(r.fds) {
-		return fmt.Errorf("%s: no MSI-X vector %d", r.name, vector)
-	}
-	return signalEventFD(r.fds[vector])
-}
-
-func signalEventFD(fd int) error {
-	one := [8]byte{1}
-	for {
-		_, err := unix.Write(fd, one[:])
-		switch {
-		case err == nil, errors.Is(err, unix.EAGAIN): // a full counter still signals
-			return nil
-		case errors.Is(err, unix.EINTR):
-			continue
-		}
-		return os.NewSyscallError("write eventfd", err)
-	}
-}
-
-// close deassigns the irqfds still assigned and closes the eventfds.
-func (r *msiRouter) close() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for i, fd := range r.fds {
-		if r.assigned[i] {
-			r.vm.RemoveIRQFD(fd, r.gsis[i]) // fails harmlessly once the VM is closed
-			r.assigned[i] = false
-		}
-		unix.Close(fd)
-	}
-	r.fds = nil
-}
-
 // notifier is a guest-write doorbell: a KVM ioeventfd at an MMIO address
 // whose eventfd a goroutine reads, calling kick for each batch of writes.
 // The vCPU never leaves the guest for it.
@@ -269,7 +150,7 @@ type notifier struct {
 // notify registers an ioeventfd for writes of length n (0: any) at addr
 // and starts its goroutine; h.Close stops it.
 func (h *pciHost) notify(addr uint64, n int, kick func()) (*notifier, error) {
-	fd, err := newEventFD()
+	fd, err := eventfd.New()
 	if err != nil {
 		return nil, err
 	}

@@ -1,4 +1,4 @@
-package supervisor
+package machine
 
 // Tier 2: the window device wired into real KVM VMs by the launcher's own
 // code (attachWindow on a pciHost), two freestanding guests
@@ -23,6 +23,7 @@ import (
 
 	"github.com/popvmm/popvmm/cluster"
 	"github.com/popvmm/popvmm/internal/testenv"
+	"github.com/popvmm/popvmm/internal/windowgeom"
 	"github.com/popvmm/popvmm/ipi"
 	"github.com/popvmm/popvmm/ipi/msg"
 	"github.com/popvmm/popvmm/memmap"
@@ -157,7 +158,7 @@ func TestKVMWindowDoorbells(t *testing.T) {
 	if _, err := msg.Format(mem, maxPeers); err != nil {
 		t.Fatal(err)
 	}
-	g, _ := msg.GeometryFor(size, maxPeers)
+	g, _ := windowgeom.For(size, maxPeers)
 	le := binary.LittleEndian
 	le.PutUint32(mem[paramsOff:], uint32(rounds))
 	headerWord := le.Uint32(mem[32:])
@@ -203,9 +204,12 @@ func TestKVMWindowDoorbells(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if gst.win, err = attachWindow(v, h, kern, &WindowAttach{Bells: bells, Mem: mem, MaxPeers: maxPeers, Protect: true}, log); err != nil {
+		b := &builder{cfg: Config{Kernel: kern, Window: &Window{Bells: bells, Mem: mem, MaxPeers: maxPeers, Protect: true}}, vm: v, pci: h, log: log}
+		d, err := attachWindow(b)
+		if err != nil {
 			t.Fatal(err)
 		}
+		gst.win = d.(*windowDev)
 		if gst.boot, err = bells.KernelStarted(k); err != nil {
 			t.Fatal(err)
 		}
