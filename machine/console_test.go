@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/popvmm/popvmm/vmm"
 	"github.com/popvmm/popvmm/vtty"
 )
 
@@ -55,5 +56,23 @@ func TestPanicWatch(t *testing.T) {
 	case l := <-panics:
 		t.Errorf("panic reported twice (%q)", l)
 	case <-time.After(100 * time.Millisecond): // nothing more may come: a bounded look
+	}
+}
+
+// TestExitKind: how a VM ended comes from vmm's typed Ending, never from
+// the reason's text.
+func TestExitKind(t *testing.T) {
+	for _, c := range []struct {
+		st   vmm.Status
+		want ExitKind
+	}{
+		{vmm.Status{State: vmm.StateStopped, Ending: vmm.EndingHostStop, Reason: "power off"}, ExitStopped},
+		{vmm.Status{State: vmm.StateStopped, Ending: vmm.EndingPowerOff, Reason: "stopped by the host"}, ExitPoweroff},
+		{vmm.Status{State: vmm.StateCrashed, Ending: vmm.EndingReset}, ExitCrash},
+		{vmm.Status{State: vmm.StateCrashed, Ending: vmm.EndingCrash, Reason: "triple fault"}, ExitCrash},
+	} {
+		if got := exitKind(c.st); got != c.want {
+			t.Errorf("exitKind(%+v) = %s, want %s", c.st, got, c.want)
+		}
 	}
 }

@@ -2,7 +2,6 @@ package machine
 
 import (
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/popvmm/popvmm/vmm"
@@ -54,15 +53,24 @@ func (m *Machine) Exit() Exit {
 	m.mu.Lock()
 	pm := m.panicMsg
 	m.mu.Unlock()
-	switch {
-	case pm != "":
+	if pm != "" {
 		return Exit{Kind: ExitCrash, Reason: "guest panic: " + pm}
-	case st.State == vmm.StateCrashed:
-		return Exit{Kind: ExitCrash, Reason: st.Reason}
-	case strings.Contains(st.Reason, "stopped by the host"):
-		return Exit{Kind: ExitStopped, Reason: st.Reason}
 	}
-	return Exit{Kind: ExitPoweroff, Reason: st.Reason}
+	return Exit{Kind: exitKind(st), Reason: st.Reason}
+}
+
+// exitKind is how the supervisor sees a VM's ending: a reset under
+// restart "never" is a crash (the kernel did not mean to stop).
+func exitKind(st vmm.Status) ExitKind {
+	switch {
+	case st.Ending == vmm.EndingHostStop:
+		return ExitStopped
+	case st.Ending == vmm.EndingPowerOff:
+		return ExitPoweroff
+	case st.State == vmm.StateCrashed, st.Ending == vmm.EndingCrash, st.Ending == vmm.EndingReset:
+		return ExitCrash
+	}
+	return ExitPoweroff
 }
 
 // Info is the VM's live detail for status.
