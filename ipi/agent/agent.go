@@ -6,7 +6,6 @@ package agent
 import (
 	"bufio"
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,7 +13,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/popvmm/popvmm/ipi/msg"
@@ -78,15 +76,15 @@ func ReadInfo(name, procRoot string) (Info, error) {
 }
 
 // Serve registers the agent's services on node: it answers pings and info
-// requests from any peer.
+// requests from any peer, each to the incarnation that asked.
 func Serve(node *msg.Node, name, procRoot string) {
-	node.Register(SvcPing, func(from int, p []byte) {
-		if len(p) == 8 {
-			reply(node, from, SvcPong, p)
+	node.HandleRequests(SvcPing, func(r msg.Request) {
+		if len(r.Body) == 0 {
+			reply(node, r, SvcPong, nil)
 		}
 	})
-	node.Register(SvcInfo, func(from int, p []byte) {
-		if len(p) != 8 {
+	node.HandleRequests(SvcInfo, func(r msg.Request) {
+		if len(r.Body) != 0 {
 			return
 		}
 		info, err := ReadInfo(name, procRoot)
@@ -94,22 +92,28 @@ func Serve(node *msg.Node, name, procRoot string) {
 			info = Info{Name: name, Release: "unknown: " + err.Error()}
 		}
 		b, _ := json.Marshal(info)
-		reply(node, from, SvcInfoReply, append(append([]byte{}, p...), b...))
+		reply(node, r, SvcInfoReply, b)
 	})
 }
 
-// reply sends, retrying briefly on a full ring (the requester is draining).
-// It runs in the receive loop, so it gives up after 100 ms.
-func reply(node *msg.Node, to int, svc uint8, p []byte) {
-	sendWithin(node, to, svc, p, 100*time.Millisecond)
+// reply answers r, retrying briefly on a full ring (the requester is
+// draining). It runs in the receive loop, so it gives up after 100 ms.
+func reply(node *msg.Node, r msg.Request, svc uint8, body []byte) {
+	retryFull(100*time.Millisecond, func() error { return node.Reply(r, svc, body) })
 }
 
 // sendWithin sends p, retrying while the destination ring is full, for at
 // most d.
 func sendWithin(node *msg.Node, to int, svc uint8, p []byte, d time.Duration) error {
+	return retryFull(d, func() error { return node.Send(to, svc, p) })
+}
+
+// retryFull calls send until it does not fail with a full ring, for at
+// most d.
+func retryFull(d time.Duration, send func() error) error {
 	deadline := time.Now().Add(d)
 	for {
-		err := node.Send(to, svc, p)
+		err := send()
 		if !errors.Is(err, msg.ErrRingFull) || time.Now().After(deadline) {
 			return err
 		}
@@ -117,87 +121,28 @@ func sendWithin(node *msg.Node, to int, svc uint8, p []byte, d time.Duration) er
 	}
 }
 
-// pending is a table of requests awaiting their replies: a request is
-// its id (8 bytes, little-endian), and its reply starts with the same id.
-type pending struct {
-	mu   sync.Mutex
-	next uint64
-	wait map[uint64]chan []byte
-}
-
-// send sends svc to peer as a request with a fresh id. It returns the
-// channel the reply comes on and a func that forgets the request, to call
-// once it is answered or abandoned.
-func (q *pending) send(node *msg.Node, peer int, svc uint8) (<-chan []byte, func(), error) {
-	q.mu.Lock()
-	if q.wait == nil {
-		q.wait = map[uint64]chan []byte{}
-	}
-	q.next++
-	id := q.next
-	ch := make(chan []byte, 1)
-	q.wait[id] = ch
-	q.mu.Unlock()
-	forget := func() {
-		q.mu.Lock()
-		delete(q.wait, id)
-		q.mu.Unlock()
-	}
-	var req [8]byte
-	binary.LittleEndian.PutUint64(req[:], id)
-	if err := node.Send(peer, svc, req[:]); err != nil {
-		forget()
-		return nil, nil, err
-	}
-	return ch, forget, nil
-}
-
-// deliver hands reply to the request whose id p starts with (at least 8
-// bytes), if one awaits it; a request takes only its first reply.
-func (q *pending) deliver(p []byte, reply []byte) {
-	id := binary.LittleEndian.Uint64(p)
-	q.mu.Lock()
-	ch, ok := q.wait[id]
-	delete(q.wait, id)
-	q.mu.Unlock()
-	if ok {
-		ch <- reply
-	}
-}
-
-// Caller sends requests from a node and matches replies to them by id.
+// Caller sends requests from a node and takes their replies through the
+// node's table of requests (msg.Node.Ask): a reply counts only from the
+// peer asked, in the incarnation asked.
 type Caller struct {
-	node    *msg.Node
-	pending pending
+	node *msg.Node
 }
 
 // NewCaller takes over the reply services on node.
 func NewCaller(node *msg.Node) *Caller {
-	c := &Caller{node: node}
-	deliver := func(_ int, p []byte) {
-		if len(p) < 8 {
-			return
-		}
-		c.pending.deliver(p, append([]byte(nil), p[8:]...))
-	}
-	node.Register(SvcPong, deliver)
-	node.Register(SvcInfoReply, deliver)
-	return c
+	node.HandleReplies(SvcPong)
+	node.HandleReplies(SvcInfoReply)
+	return &Caller{node: node}
 }
 
 // call sends a request with a fresh id and waits for its reply.
 func (c *Caller) call(ctx context.Context, peer int, svc uint8) ([]byte, error) {
-	ch, forget, err := c.pending.send(c.node, peer, svc)
+	call, err := c.node.Ask(peer, svc, nil)
 	if err != nil {
 		return nil, err
 	}
-	defer forget()
-	select {
-	case r := <-ch:
-		return r, nil
-	case <-ctx.Done():
-		return nil, fmt.Errorf("no reply from peer %d: %w", peer, ctx.Err())
-	}
+	defer call.Close()
+	return call.Wait(ctx)
 }
 
 // Ping measures one round trip to peer's agent.

@@ -2,7 +2,10 @@ package agent_test
 
 import (
 	"context"
+	"encoding/binary"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -250,5 +253,105 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("waiting for %s: not within 10s", what)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestRepliesOnlyFromThePeerAsked: peer 2 floods peer 0 with answers to
+// every id peer 0 is likely to use (ids carry the asker's generation, which
+// the peer table shows to all): pongs, info replies, TTY opened. Peer 1,
+// which was asked, runs no agent. None of peer 2's answers may pass for
+// peer 1's; peer 2's own agent still answers what is asked of it.
+func TestRepliesOnlyFromThePeerAsked(t *testing.T) {
+	mem := make([]byte, 4<<20)
+	if _, err := msg.Format(mem, 3); err != nil {
+		t.Fatal(err)
+	}
+	bells := make([]chan struct{}, 3)
+	for i := range bells {
+		bells[i] = make(chan struct{}, 1)
+	}
+	var nodes []*msg.Node
+	for i, name := range []string{"popvmm", "primary", "secondary"} {
+		n, err := msg.Join(mem, i, name, multiBell{bells, i}, msg.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		start(t, n)
+		nodes = append(nodes, n)
+	}
+	host, rogue := nodes[0], nodes[2]
+	agent.Serve(rogue, "secondary", "")
+	caller := agent.NewCaller(host)
+	ttys := agent.NewTTYClient(host)
+
+	forged, _ := json.Marshal(agent.Info{Name: "primary", Release: "forged-by-peer-2"})
+	stop := make(chan struct{})
+	flooded := make(chan struct{})
+	go func() {
+		defer close(flooded)
+		for {
+			for k := range uint64(16) {
+				id := binary.LittleEndian.AppendUint64(nil, uint64(rogue.Generation(0))<<32|k)
+				rogue.Send(0, agent.SvcPong, id)
+				rogue.Send(0, agent.SvcInfoReply, append(id, forged...))
+				rogue.Send(0, agent.SvcTTYOpened, append(id, 1, 0, 0, 0))
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(time.Millisecond): // a flood, not a handshake
+			}
+		}
+	}()
+	defer func() { close(stop); <-flooded }()
+
+	for _, tc := range []struct {
+		name string
+		ask  func(ctx context.Context) error
+	}{
+		{"ping", func(ctx context.Context) error { _, err := caller.Ping(ctx, 1); return err }},
+		{"info", func(ctx context.Context) error {
+			info, err := caller.Info(ctx, 1)
+			if err == nil {
+				return fmt.Errorf("got %+v", info)
+			}
+			return err
+		}},
+		{"tty", func(ctx context.Context) error { return ttys.Open(ctx, 1, strings.NewReader(""), io.Discard) }},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		err := tc.ask(ctx)
+		cancel()
+		if err == nil || !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("%s of peer 1 (no agent) = %v, want no reply within the deadline", tc.name, err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if info, err := caller.Info(ctx, 2); err != nil || info.Name != "secondary" {
+		t.Errorf("Info(peer 2) = %+v, %v; want its own agent's answer", info, err)
+	}
+}
+
+// multiBell is an in-process doorbell fabric for any number of peers.
+type multiBell struct {
+	ch []chan struct{}
+	id int
+}
+
+func (b multiBell) Ring(peer int) error {
+	select {
+	case b.ch[peer] <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+func (b multiBell) Wait(ctx context.Context) error {
+	select {
+	case <-b.ch[b.id]:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }

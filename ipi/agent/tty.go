@@ -20,7 +20,7 @@ import (
 // down): a shell of one kernel, reached from another kernel or the host
 // over the window.
 //
-//	SvcTTYOpen   client → agent  8-byte request id
+//	SvcTTYOpen   client → agent  8-byte request id (msg.Node.Ask)
 //	SvcTTYOpened agent → client  8-byte request id, 4-byte session (0: refused, then a reason)
 //	SvcTTYInput  client → agent  4-byte session, bytes (^D: end of input)
 //	SvcTTYOutput agent → client  4-byte session, bytes
@@ -54,8 +54,7 @@ type ttyServer struct {
 }
 
 type ttySession struct {
-	peer int
-	gen  uint32 // the requester's incarnation: the session is its alone
+	peer msg.Sender // the requester's incarnation: the session is its alone
 	pty  *os.File
 	cmd  *exec.Cmd
 }
@@ -64,47 +63,44 @@ type ttySession struct {
 // on its other side is still there: a session outlives neither.
 const peerCheck = time.Second
 
-// present reports whether incarnation gen of peer is still on the window.
-func present(node *msg.Node, peer int, gen uint32) bool {
-	return node.PeerState(peer) == msg.StateOnline && node.Generation(peer) == gen
-}
-
 // ServeTTY registers the TTY services on node: each open request gets a new
 // shell (shell, e.g. /bin/sh -l, on a fresh PTY) for the requesting peer.
 func ServeTTY(node *msg.Node, shell string) {
 	s := &ttyServer{node: node, shell: shell, open: map[uint32]*ttySession{}}
-	node.Register(SvcTTYOpen, s.openSession)
-	node.Register(SvcTTYInput, func(from int, p []byte) {
+	node.HandleRequests(SvcTTYOpen, s.openSession)
+	node.RegisterSender(SvcTTYInput, func(from msg.Sender, p []byte) {
 		if sess := s.session(from, p); sess != nil {
 			sess.pty.Write(p[4:])
 		}
 	})
-	node.Register(SvcTTYClose, func(from int, p []byte) {
+	node.RegisterSender(SvcTTYClose, func(from msg.Sender, p []byte) {
 		if sess := s.session(from, p); sess != nil {
 			sess.cmd.Process.Kill()
 		}
 	})
 }
 
-func (s *ttyServer) session(from int, p []byte) *ttySession {
+// session is the session p names, if it belongs to the incarnation that
+// sent p.
+func (s *ttyServer) session(from msg.Sender, p []byte) *ttySession {
 	if len(p) < 4 {
 		return nil
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	sess := s.open[binary.LittleEndian.Uint32(p)]
-	if sess == nil || sess.peer != from || s.node.Generation(from) != sess.gen {
+	if sess == nil || sess.peer != from {
 		return nil // another peer's session (or an earlier incarnation's under your id) is not yours to type into
 	}
 	return sess
 }
 
-func (s *ttyServer) openSession(from int, p []byte) {
-	if len(p) != 8 {
+func (s *ttyServer) openSession(r msg.Request) {
+	if len(r.Body) != 0 {
 		return
 	}
 	refuse := func(why string) {
-		reply(s.node, from, SvcTTYOpened, append(append(append([]byte{}, p...), 0, 0, 0, 0), why...))
+		reply(s.node, r, SvcTTYOpened, append([]byte{0, 0, 0, 0}, why...))
 	}
 	s.mu.Lock()
 	if len(s.open) >= maxSessions {
@@ -115,7 +111,6 @@ func (s *ttyServer) openSession(from int, p []byte) {
 	s.next++
 	id := s.next
 	s.mu.Unlock()
-	gen := s.node.Generation(from)
 
 	cmd := exec.Command(s.shell, "-l")
 	cmd.Env = append(os.Environ(), "TERM=vt100")
@@ -124,13 +119,13 @@ func (s *ttyServer) openSession(from int, p []byte) {
 		refuse(err.Error())
 		return
 	}
-	sess := &ttySession{peer: from, gen: gen, pty: f, cmd: cmd}
+	sess := &ttySession{peer: r.From, pty: f, cmd: cmd}
 	s.mu.Lock()
 	s.open[id] = sess
 	s.mu.Unlock()
 	var sid [4]byte
 	binary.LittleEndian.PutUint32(sid[:], id)
-	reply(s.node, from, SvcTTYOpened, append(append([]byte{}, p...), sid[:]...))
+	reply(s.node, r, SvcTTYOpened, sid[:])
 	go s.pump(id, sess, sid)
 }
 
@@ -146,7 +141,7 @@ func (s *ttyServer) pump(id uint32, sess *ttySession, sid [4]byte) {
 			case <-ended:
 				return
 			case <-t.C:
-				if !present(s.node, sess.peer, sess.gen) {
+				if !s.node.Present(sess.peer) {
 					sess.cmd.Process.Kill()
 					return
 				}
@@ -156,10 +151,10 @@ func (s *ttyServer) pump(id uint32, sess *ttySession, sid [4]byte) {
 	buf := make([]byte, ttyChunk)
 	for {
 		n, err := sess.pty.Read(buf)
-		if !present(s.node, sess.peer, sess.gen) {
+		if !s.node.Present(sess.peer) {
 			break // its output is not for whoever holds the id now
 		}
-		if n > 0 && sendAll(s.node, sess.peer, SvcTTYOutput, append(sid[:], buf[:n]...)) != nil {
+		if n > 0 && sendAll(s.node, sess.peer.ID, SvcTTYOutput, append(sid[:], buf[:n]...)) != nil {
 			break
 		}
 		if err != nil {
@@ -173,8 +168,8 @@ func (s *ttyServer) pump(id uint32, sess *ttySession, sid [4]byte) {
 	s.mu.Lock()
 	delete(s.open, id)
 	s.mu.Unlock()
-	if present(s.node, sess.peer, sess.gen) {
-		s.node.Send(sess.peer, SvcTTYClosed, sid[:])
+	if s.node.Present(sess.peer) {
+		s.node.Send(sess.peer.ID, SvcTTYClosed, sid[:])
 	}
 }
 
@@ -183,6 +178,9 @@ func (s *ttyServer) pump(id uint32, sess *ttySession, sid [4]byte) {
 func sendAll(node *msg.Node, to int, svc uint8, p []byte) error {
 	return sendWithin(node, to, svc, p, 10*time.Second)
 }
+
+// openTimeout bounds the wait for a shell to be opened.
+const openTimeout = 10 * time.Second
 
 // DetachKey (Ctrl-]) ends a TTY session from the user's side.
 const DetachKey = 0x1d
@@ -212,7 +210,6 @@ func (d *DetachReader) Read(p []byte) (int, error) {
 // sessions may run at once.
 type TTYClient struct {
 	node *msg.Node
-	reqs pending // open requests awaiting SvcTTYOpened
 	mu   sync.Mutex
 	sess map[ttyKey]*clientSession // open sessions
 }
@@ -223,7 +220,7 @@ type ttyKey struct {
 }
 
 type clientSession struct {
-	gen    uint32 // the serving peer's incarnation
+	gen    uint32 // the serving peer's incarnation, the one asked
 	out    io.Writer
 	closed chan struct{}
 	once   sync.Once
@@ -232,18 +229,13 @@ type clientSession struct {
 // NewTTYClient takes over the client-side TTY services on node.
 func NewTTYClient(node *msg.Node) *TTYClient {
 	c := &TTYClient{node: node, sess: map[ttyKey]*clientSession{}}
-	node.Register(SvcTTYOpened, func(from int, p []byte) {
-		if len(p) < 12 {
-			return
-		}
-		c.reqs.deliver(p, append([]byte{byte(from), byte(from >> 8)}, p[8:]...))
-	})
-	node.Register(SvcTTYOutput, func(from int, p []byte) {
+	node.HandleReplies(SvcTTYOpened)
+	node.RegisterSender(SvcTTYOutput, func(from msg.Sender, p []byte) {
 		if s := c.session(from, p); s != nil {
 			s.out.Write(p[4:])
 		}
 	})
-	node.Register(SvcTTYClosed, func(from int, p []byte) {
+	node.RegisterSender(SvcTTYClosed, func(from msg.Sender, p []byte) {
 		if s := c.session(from, p); s != nil {
 			s.once.Do(func() { close(s.closed) })
 		}
@@ -251,14 +243,15 @@ func NewTTYClient(node *msg.Node) *TTYClient {
 	return c
 }
 
-func (c *TTYClient) session(from int, p []byte) *clientSession {
+// session is the session p names, if the incarnation that sent p serves it.
+func (c *TTYClient) session(from msg.Sender, p []byte) *clientSession {
 	if len(p) < 4 {
 		return nil
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	s := c.sess[ttyKey{from, binary.LittleEndian.Uint32(p)}]
-	if s == nil || c.node.Generation(from) != s.gen {
+	s := c.sess[ttyKey{from.ID, binary.LittleEndian.Uint32(p)}]
+	if s == nil || from.Gen != s.gen {
 		return nil
 	}
 	return s
@@ -269,28 +262,28 @@ func (c *TTYClient) session(from int, p []byte) *clientSession {
 // passed to the shell as ^D. It also ends, with an error, when the peer's
 // incarnation that opened the shell goes. The node must be running (Run).
 func (c *TTYClient) Open(ctx context.Context, peer int, in io.Reader, out io.Writer) error {
-	gen := c.node.Generation(peer)
-	opened, forget, err := c.reqs.send(c.node, peer, SvcTTYOpen)
+	call, err := c.node.Ask(peer, SvcTTYOpen, nil)
 	if err != nil {
 		return fmt.Errorf("open tty on peer %d: %w", peer, err)
 	}
-	defer forget()
-	var r []byte
-	select {
-	case r = <-opened:
-	case <-ctx.Done():
-		return fmt.Errorf("open tty on peer %d: no answer: %w", peer, ctx.Err())
-	case <-time.After(10 * time.Second):
-		return fmt.Errorf("open tty on peer %d: no answer in 10s (is popagent running there?)", peer)
-	}
-	if int(r[0])|int(r[1])<<8 != peer {
-		return fmt.Errorf("open tty on peer %d: answered by another peer", peer)
+	defer call.Close()
+	wctx, cancel := context.WithTimeout(ctx, openTimeout)
+	r, err := call.Wait(wctx)
+	cancel()
+	switch {
+	case err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("open tty on peer %d: no answer in %v (is popagent running there?)", peer, openTimeout)
+	case err != nil:
+		return fmt.Errorf("open tty on peer %d: %w", peer, err)
+	case len(r) < 4:
+		return fmt.Errorf("open tty on peer %d: a %d-byte answer, want at least 4", peer, len(r))
 	}
 	var sid [4]byte
-	copy(sid[:], r[2:6])
+	copy(sid[:], r[:4])
 	if sid == [4]byte{} {
-		return fmt.Errorf("open tty on peer %d: refused: %s", peer, r[6:])
+		return fmt.Errorf("open tty on peer %d: refused: %s", peer, r[4:])
 	}
+	gen := call.Peer().Gen
 	key := ttyKey{peer, binary.LittleEndian.Uint32(sid[:])}
 	s := &clientSession{gen: gen, out: out, closed: make(chan struct{})}
 	c.mu.Lock()
@@ -341,7 +334,7 @@ func (c *TTYClient) Open(ctx context.Context, peer int, in io.Reader, out io.Wri
 			c.node.Send(peer, SvcTTYClose, sid[:])
 			return nil
 		case <-check.C:
-			if !present(c.node, peer, gen) {
+			if !c.node.Present(call.Peer()) {
 				return fmt.Errorf("tty on peer %d: the peer went away", peer)
 			}
 		}

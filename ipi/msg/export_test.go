@@ -67,3 +67,6 @@ func Tail(mem []byte, from, to int) uint64 {
 	}
 	return load64(mem, l.ring(from, to))
 }
+
+// CallID is the id a Call's request went out under.
+func CallID(c *Call) uint64 { return c.key.id }

@@ -2,6 +2,7 @@ package msg
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"runtime"
@@ -106,6 +107,7 @@ type Node struct {
 	events   chan PeerEvent
 	perPeer  []struct{ sent, received atomic.Uint64 }
 	reserved atomic.Pointer[[]string] // names[i] belongs to peer i (Reserve)
+	reqs     requests                 // requests awaiting replies (Ask)
 	stats    struct {
 		sent, received, rung, saved, wakeups, full, errors, bellErrors atomic.Uint64
 	}
@@ -150,8 +152,11 @@ func Join(mem []byte, id int, name string, bell Doorbell, opt Options) (*Node, e
 
 	sec := l.section(id)
 	store32(mem, sec+secState, uint32(StateBooting))
-	copy(mem[sec+secName:sec+secName+nameLen], make([]byte, nameLen))
-	copy(mem[sec+secName:], name)
+	var nb [nameLen]byte
+	copy(nb[:], name)
+	for i := 0; i < nameLen; i += 8 { // word stores: peers read it meanwhile
+		store64(mem, sec+secName+i, binary.LittleEndian.Uint64(nb[i:]))
+	}
 	clear(mem[sec+secServices : sec+secServices+Services/8])
 	for p := range l.maxPeers {
 		// Messages to this node's previous incarnation are not ours…
@@ -429,6 +434,13 @@ func (n *Node) drain(from, budget int) int {
 			n.fail(from)
 			return got
 		}
+		if load32(n.mem, n.l.section(from)+secGeneration) != n.gens[from] {
+			// The sender checked in anew while this was read: the
+			// message may be its new incarnation's, and must not be
+			// taken as the old one's (a reply counts only from the
+			// incarnation asked). poll takes the new one up.
+			return got
+		}
 		head += used
 		store64(n.mem, headOff, head) // slots free for the sender again
 		got++
@@ -665,8 +677,10 @@ func (n *Node) emit(e PeerEvent) {
 
 func (n *Node) peerName(p int) string {
 	off := n.l.section(p) + secName
-	b := make([]byte, nameLen)
-	copy(b, n.mem[off:off+nameLen])
+	b := make([]byte, 0, nameLen)
+	for i := 0; i < nameLen; i += 8 { // word loads: the peer may write it meanwhile
+		b = binary.LittleEndian.AppendUint64(b, load64(n.mem, off+i))
+	}
 	for i, c := range b {
 		if c == 0 {
 			return string(b[:i])
