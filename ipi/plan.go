@@ -8,19 +8,6 @@ import (
 	"github.com/popvmm/popvmm/internal/windowgeom"
 )
 
-// The window device's BARs (QEMU's ivshmem layout).
-const (
-	RegsBAR   = 0   // BAR0: the registers
-	MSIXBAR   = 1   // BAR1: MSI-X table and PBA
-	WindowBAR = 2   // BAR2: the window, 64-bit prefetchable
-	RegsSize  = 256 // BAR0's size
-	// MSIXBARSize is BAR1's size: the table (16 bytes a vector, at most
-	// MaxVectors) at 0 and the PBA at MSIXPBAOffset, as QEMU's
-	// msix_init_exclusive_bar lays them out.
-	MSIXBARSize   = 4096
-	MSIXPBAOffset = MSIXBARSize / 2
-)
-
 // Ioeventfd is one KVM_IOEVENTFD: in VM (a kernel's peer id), a Len-byte
 // MMIO write of Data at GPA signals the eventfd of Bell, inside KVM.
 type Ioeventfd struct {

@@ -14,21 +14,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The ivshmem PCI device as a guest sees it (QEMU's ivshmem-doorbell
-// register layout, which popvmm's window device keeps).
-const (
-	VendorID = 0x1af4
-	DeviceID = 0x1110
-
-	RegIntrMask   = 0  // BAR0: interrupt mask (INTx mode)
-	RegIntrStatus = 4  // BAR0: interrupt status (INTx mode)
-	RegIVPosition = 8  // BAR0: this peer's id, read-only
-	RegDoorbell   = 12 // BAR0: write (peer << 16) | vector to ring peer
-)
-
-// DoorbellValue is what a guest writes to RegDoorbell to ring vector of peer.
-func DoorbellValue(peer, vector int) uint32 { return uint32(peer)<<16 | uint32(vector)&0xffff }
-
 // FindDevice returns the sysfs directory of the first window device under
 // sysRoot ("" is /sys), e.g. /sys/bus/pci/devices/0000:00:03.0.
 func FindDevice(sysRoot string) (string, error) {
