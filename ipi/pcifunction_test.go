@@ -366,18 +366,35 @@ func TestPlanFollowsBARMove(t *testing.T) {
 	}
 }
 
-// TestBARMoveOntoAnother: a guest that moves BAR0 onto BAR1 gets no
-// registers (the bus refuses the overlap, counted), and a later move puts
-// everything back; nothing panics.
+// TestBARMoveOntoAnother: a guest that moves BAR0 onto BAR1, or where it
+// would end past 2^64, is refused (an error for pci to roll the register
+// back, counted): BAR0 stays mapped where it was, with its doorbell
+// ioeventfds; a later move to free space works; nothing panics.
 func TestBARMoveOntoAnother(t *testing.T) {
 	bells := newBells(t, 1, 0, 1)
 	v := newVM(t, bells, 0, 1<<20, nil)
-	v.dev.BARMoved(ipi.RegsBAR, testRegs+0x1000)
-	if v.dev.Stats().WiringErrors == 0 {
-		t.Error("BAR0 over BAR1 was not refused")
+	stayed := func(what string) {
+		t.Helper()
+		if got := v.kvm.guestRead(testRegs + ipi.RegIVPosition); got != 0 {
+			t.Errorf("after %s: IVPosition at the old BAR0 reads %#x, want 0 (peer 0)", what, got)
+		}
+		for _, e := range v.dev.Ioeventfds() {
+			if e.GPA != testRegs+ipi.RegDoorbell {
+				t.Errorf("after %s: ioeventfd at %#x, want the old BAR0's doorbell", what, e.GPA)
+			}
+		}
 	}
-	v.dev.BARMoved(ipi.RegsBAR, 0xffff_ffff_ffff_ff00) // 2^64 - 256: ends exactly at 2^64
-	v.dev.BARMoved(ipi.RegsBAR, testRegs+0x2000)
+	if err := v.dev.BARMoved(ipi.RegsBAR, testRegs+0x1000); err == nil || v.dev.Stats().WiringErrors == 0 {
+		t.Errorf("BAR0 over BAR1 was not refused and counted: %v", err)
+	}
+	stayed("a move onto BAR1")
+	if err := v.dev.BARMoved(ipi.RegsBAR, 0xffff_ffff_ffff_ff00); err == nil { // 2^64 - 256: ends exactly at 2^64
+		t.Error("BAR0 ending at 2^64 was not refused")
+	}
+	stayed("a move to the top of the address space")
+	if err := v.dev.BARMoved(ipi.RegsBAR, testRegs+0x2000); err != nil {
+		t.Fatalf("a move to free space: %v", err)
+	}
 	if got := v.kvm.guestRead(testRegs + 0x2000 + ipi.RegIVPosition); got != 0 {
 		t.Errorf("IVPosition at the final BAR0 = %#x", got)
 	}

@@ -49,7 +49,9 @@ func (d *Device) Wire() error {
 	d.wired = true
 	before := d.stats.wiringErrors.Load()
 	for i := range d.bars {
-		d.mapBARLocked(i)
+		if err := d.mapBARLocked(i); err != nil {
+			d.wiringError(fmt.Sprintf("BAR%d at %#x", i, d.bars[i]), err)
+		}
 	}
 	d.syncLocked()
 	failed := d.stats.wiringErrors.Load() != before
@@ -64,21 +66,32 @@ func (d *Device) Wire() error {
 }
 
 // BARMoved implements pci.Function: the guest moved BAR i; its mapping and
-// (for BAR0) the ioeventfds follow.
-func (d *Device) BARMoved(i int, addr uint64) {
+// (for BAR0) the ioeventfds follow. A move that cannot be mapped (onto
+// another device's range, past 2^64) is refused: the BAR stays mapped
+// where it was, and pci makes its register read that address again.
+func (d *Device) BARMoved(i int, addr uint64) error {
 	if i < 0 || i >= len(d.bars) {
-		return
+		return fmt.Errorf("window device: no BAR%d", i)
 	}
 	d.wireMu.Lock()
 	defer d.wireMu.Unlock()
+	prev := d.bars[i]
 	d.bars[i] = addr
 	if !d.wired || d.closed {
-		return
+		return nil
 	}
-	d.mapBARLocked(i)
+	err := d.mapBARLocked(i)
+	if err != nil {
+		// Refused (onto another device's range, or past 2^64): back
+		// where it was, and the register reads that address again.
+		d.wiringError(fmt.Sprintf("guest moved BAR%d to %#x: refused", i, addr), err)
+		d.bars[i] = prev
+		d.mapBARLocked(i)
+	}
 	if i == RegsBAR {
 		d.syncLocked()
 	}
+	return err
 }
 
 func (d *Device) barSize(i int) uint64 {
@@ -93,11 +106,11 @@ func (d *Device) barSize(i int) uint64 {
 
 // mapBARLocked moves BAR i's mapping to its address. A BAR whose range
 // would pass 2^64 stays unmapped until the guest moves it again.
-func (d *Device) mapBARLocked(i int) {
+func (d *Device) mapBARLocked(i int) error {
 	w := d.cfg.Wiring
 	if d.mapped[i] {
 		if d.at[i] == d.bars[i] {
-			return
+			return nil
 		}
 		w.UnmapMMIO(i, d.at[i])
 		if i == WindowBAR {
@@ -107,7 +120,7 @@ func (d *Device) mapBARLocked(i int) {
 	}
 	addr, size := d.bars[i], d.barSize(i)
 	if addr+size < addr {
-		return
+		return fmt.Errorf("window device: BAR%d at %#x+%#x runs past 2^64", i, addr, size)
 	}
 	var dev bus.Device = d
 	switch i {
@@ -117,17 +130,16 @@ func (d *Device) mapBARLocked(i int) {
 		dev = refusedWrites{d}
 	}
 	if err := w.MapMMIO(i, addr, size, dev); err != nil {
-		d.wiringError(fmt.Sprintf("BAR%d at %#x", i, addr), err)
-		return
+		return fmt.Errorf("window device: BAR%d at %#x: %w", i, addr, err)
 	}
 	if i == WindowBAR {
 		if err := w.MapWindow(addr, d.cfg.Slots); err != nil {
 			w.UnmapMMIO(i, addr)
-			d.wiringError(fmt.Sprintf("window at %#x", addr), err)
-			return
+			return fmt.Errorf("window device: window at %#x: %w", addr, err)
 		}
 	}
 	d.mapped[i], d.at[i] = true, addr
+	return nil
 }
 
 // sync brings the ioeventfds in line with the peers (a subscriber of the

@@ -1,11 +1,9 @@
 package machine
 
 import (
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
-	"slices"
 	"sync"
 
 	"github.com/popvmm/popvmm/internal/eventfd"
@@ -40,7 +38,6 @@ type pciHost struct {
 
 	mu      sync.Mutex
 	nextGSI uint32
-	movers  []*barMover
 	closers []func() // in the order they were added; run backwards
 	closed  bool
 }
@@ -57,20 +54,17 @@ func newPCIHost(v *vmm.VM, l *memmap.Layout, log *slog.Logger) (*pciHost, error)
 }
 
 // reset is the VM's platform reset (vmm.VM.OnReset): every function stops
-// and returns to power-on (pci.Bus.Reset), and the BAR moves back to where
-// the functions were placed are applied before it returns, so that the
-// next boot's KVM VM gets the eventfds at their first addresses.
+// and returns to power-on (pci.Bus.Reset), its BARs moved back to where
+// they were placed (synchronously, so the next boot finds the eventfds at
+// their first addresses).
 func (h *pciHost) reset() {
 	h.mu.Lock()
-	closed, movers := h.closed, slices.Clone(h.movers)
+	closed := h.closed
 	h.mu.Unlock()
 	if closed {
 		return
 	}
 	h.bus.Reset()
-	for _, m := range movers {
-		m.flush()
-	}
 	h.log.Debug("pci: platform reset")
 }
 
@@ -208,13 +202,15 @@ func (nt *notifier) close() {
 }
 
 // barMover re-maps a function's BAR when the guest moves it: the MMIO
-// mapping and the notifiers inside it (at fixed offsets into the BAR). The
-// guest's BAR write arrives on a vCPU thread holding the device's lock,
-// while taking the MMIO bus's write lock waits for accesses in flight,
-// which may wait for that device lock: so the re-mapping runs on a
-// goroutine of its own, in the order the moves came.
+// mapping (bus.Move: all or nothing, never another device's range) and the
+// notifiers inside it (at fixed offsets into the BAR). It runs on the vCPU
+// thread of the guest's configuration-space write, which holds the PIO
+// bus and the PCI bus's lock but no device's (vmm/bus's lock order: the
+// PIO bus before the MMIO bus). A move that cannot be applied is undone
+// whole and refused, so the BAR register reads back the old address.
 type barMover struct {
 	h    *pciHost
+	mmio *bus.Bus // the VM's MMIO bus
 	name string
 	dev  bus.Device
 	size uint64
@@ -222,91 +218,34 @@ type barMover struct {
 	notifiers []*notifier
 	offsets   []uint64
 
-	mu     sync.Mutex
-	queue  [][2]uint64 // {old, new}
-	wake   chan struct{}
-	flushc chan chan struct{} // flush's requests: closed once applied
-	wg     sync.WaitGroup
-	stop   chan struct{}
+	mu sync.Mutex // one move at a time
 }
 
 func (h *pciHost) newBARMover(name string, dev bus.Device, size uint64) *barMover {
-	m := &barMover{h: h, name: name, dev: dev, size: size, wake: make(chan struct{}, 1),
-		flushc: make(chan chan struct{}), stop: make(chan struct{})}
-	m.wg.Add(1)
-	go m.run()
-	h.mu.Lock()
-	h.movers = append(h.movers, m)
-	h.mu.Unlock()
-	h.onClose(func() { close(m.stop); m.wg.Wait() })
-	return m
+	return &barMover{h: h, mmio: h.vm.MMIO(), name: name, dev: dev, size: size}
 }
 
-// flush returns once the moves queued so far are applied (or the mover
-// stopped). Never call it on a vCPU thread: see barMover.
-func (m *barMover) flush() {
-	done := make(chan struct{})
-	select {
-	case m.flushc <- done:
-		<-done
-	case <-m.stop:
-	}
-}
-
-// MoveBAR implements virtio.BARMover: it queues the move and returns.
+// MoveBAR implements virtio.BARMover.
 func (m *barMover) MoveBAR(old, new uint64) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	if _, ok := memmap.End(new, m.size); !ok {
 		return fmt.Errorf("%s: BAR at %#x+%#x runs past 2^64", m.name, new, m.size)
 	}
-	m.mu.Lock()
-	m.queue = append(m.queue, [2]uint64{old, new})
-	m.mu.Unlock()
-	select {
-	case m.wake <- struct{}{}:
-	default:
-	}
-	return nil
-}
-
-func (m *barMover) run() {
-	defer m.wg.Done()
-	for {
-		var flushed chan struct{}
-		select {
-		case <-m.stop:
-			return
-		case <-m.wake:
-		case flushed = <-m.flushc:
-		}
-		m.mu.Lock()
-		q := m.queue
-		m.queue = nil
-		m.mu.Unlock()
-		for _, mv := range q {
-			if err := m.apply(mv[0], mv[1]); err != nil {
-				m.h.log.Warn("pci: guest moved a BAR; not re-mapped", "device", m.name,
-					"from", fmt.Sprintf("%#x", mv[0]), "to", fmt.Sprintf("%#x", mv[1]), "err", err)
-			} else {
-				m.h.log.Debug("pci: BAR moved", "device", m.name, "from", fmt.Sprintf("%#x", mv[0]), "to", fmt.Sprintf("%#x", mv[1]))
-			}
-		}
-		if flushed != nil {
-			close(flushed)
-		}
-	}
-}
-
-func (m *barMover) apply(old, new uint64) error {
-	mmio := m.h.vm.MMIO()
-	mmio.Remove(old)
-	var errs []error
-	if err := mmio.Insert(m.dev, m.name, new, m.size); err != nil {
-		errs = append(errs, err)
+	mmio := m.mmio
+	if err := mmio.Move(m.dev, m.name, old, true, new, m.size); err != nil {
+		return fmt.Errorf("%s: %w", m.name, err)
 	}
 	for i, nt := range m.notifiers {
 		if err := nt.move(new + m.offsets[i]); err != nil {
-			errs = append(errs, fmt.Errorf("notifier %d: %w", i, err))
+			// Undo: the notifiers moved so far, then the mapping.
+			for j := range i {
+				m.notifiers[j].move(old + m.offsets[j])
+			}
+			mmio.Move(m.dev, m.name, new, true, old, m.size)
+			return fmt.Errorf("%s: notifier %d at %#x: %w", m.name, i, new+m.offsets[i], err)
 		}
 	}
-	return errors.Join(errs...)
+	m.h.log.Debug("pci: BAR moved", "device", m.name, "from", fmt.Sprintf("%#x", old), "to", fmt.Sprintf("%#x", new))
+	return nil
 }

@@ -95,6 +95,41 @@ func (b *Bus) Remove(base uint64) bool {
 	return false
 }
 
+// Move re-maps dev, mapped at from (or nowhere: mapped false), to
+// [to, to+size), as one step under the bus's write lock: either dev ends
+// at to, or — when the new range is empty, wraps or overlaps another
+// device's (ErrOverlap) — nothing changes. It never removes or displaces
+// another device's range: the entry at from is taken only when it is
+// dev's. This is how a guest's BAR move is applied (PCI BARs can be
+// programmed anywhere, onto another device's BAR included).
+func (b *Bus) Move(dev Device, name string, from uint64, mapped bool, to, size uint64) error {
+	if size == 0 || to+size < to {
+		return fmt.Errorf("%s bus: %s to %#x size %#x: empty or wrapping range", b.name, name, to, size)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	old := -1
+	if mapped {
+		for i, e := range b.entries {
+			if e.base == from && e.dev == dev {
+				old = i
+				break
+			}
+		}
+	}
+	for i, e := range b.entries {
+		if i != old && e.base < to+size && to < e.base+e.size {
+			return fmt.Errorf("%s bus: %s to %#x size %#x %w (%s at %#x size %#x)", b.name, name, to, size, ErrOverlap, e.name, e.base, e.size)
+		}
+	}
+	if old >= 0 {
+		b.entries = slices.Delete(b.entries, old, old+1)
+	}
+	i, _ := slices.BinarySearchFunc(b.entries, to, func(e entry, t uint64) int { return cmp.Compare(e.base, t) })
+	b.entries = slices.Insert(b.entries, i, entry{base: to, size: size, name: name, dev: dev})
+	return nil
+}
+
 // find returns the device whose range holds the whole access; the caller
 // holds b.mu (read).
 func (b *Bus) find(addr uint64, n int) (entry, bool) {

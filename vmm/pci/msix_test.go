@@ -65,8 +65,8 @@ func (f *msixFn) Header() pci.Header {
 func (f *msixFn) BARs() [pci.NumBARs]pci.BAR {
 	return [pci.NumBARs]pci.BAR{1: {Size: 0x1000, Addr: 0xc0001000}}
 }
-func (f *msixFn) BARMoved(int, uint64) {}
-func (f *msixFn) INTx() *pci.INTx      { return f.x }
+func (f *msixFn) BARMoved(int, uint64) error { return nil }
+func (f *msixFn) INTx() *pci.INTx            { return f.x }
 
 func newMSIXFn(t *testing.T, vectors int, r pci.MSIRouter) (*pci.Ports, *msixFn, int) {
 	t.Helper()

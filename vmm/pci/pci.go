@@ -108,9 +108,11 @@ type Function interface {
 	ConfigWrite(off int, data []byte)
 	// BARMoved tells the function the guest moved BAR slot i to addr. The
 	// guest may choose any size-aligned addr, up to a 64-bit BAR whose end
-	// is 2^64: check BAR.End before mapping it (bus.Insert refuses a
-	// wrapping range).
-	BARMoved(i int, addr uint64)
+	// is 2^64, or onto another device's BAR. A function that cannot map
+	// the BAR there returns an error and keeps its old mapping (bus.Move
+	// does both, never touching another device's range); the register
+	// then reads back the old address, as a move that never happened.
+	BARMoved(i int, addr uint64) error
 }
 
 // Resetter is implemented by functions with state of their own that a
@@ -140,10 +142,13 @@ type Header struct {
 
 // config is a type-0 configuration space around a Function.
 type config struct {
-	fn      Function
-	hdr     Header
-	bars    [NumBARs]BAR
-	init    [NumBARs]BAR // as Add found them: what Bus.Reset restores
+	fn   Function
+	hdr  Header
+	bars [NumBARs]BAR // as the registers read
+	init [NumBARs]BAR // as Add found them: what Bus.Reset restores
+	// mapped is where each BAR is mapped now: the registers' address but
+	// between the two halves of a 64-bit BAR's move.
+	mapped  [NumBARs]uint64
 	command uint16
 	intLine uint8
 	sizing  [NumBARs]bool // the guest wrote all ones: the next read returns the size mask
@@ -152,7 +157,11 @@ type config struct {
 func newConfig(fn Function) *config {
 	h := fn.Header()
 	bars := fn.BARs()
-	return &config{fn: fn, hdr: h, bars: bars, init: bars, intLine: h.IntLine}
+	c := &config{fn: fn, hdr: h, bars: bars, init: bars, intLine: h.IntLine}
+	for i, b := range bars {
+		c.mapped[i] = b.Addr
+	}
+	return c
 }
 
 // reset returns the function to power-on: MSI-X, then the function's own
@@ -174,13 +183,32 @@ func (c *config) reset() {
 	}
 	c.intLine = c.hdr.IntLine
 	c.sizing = [NumBARs]bool{}
+	c.placeBARs()
+}
+
+// placeBARs moves every BAR back where Add found it; one whose move is
+// refused (another function, not reset yet, holds that place) stays
+// mapped where it is, and its register says so.
+func (c *config) placeBARs() {
 	for i, b := range c.init {
-		if b.Size == 0 || c.bars[i].Addr == b.Addr {
+		if b.Size == 0 {
 			continue
 		}
-		c.bars[i].Addr = b.Addr
-		c.fn.BARMoved(i, b.Addr)
+		if c.mapped[i] != b.Addr && c.fn.BARMoved(i, b.Addr) == nil {
+			c.mapped[i] = b.Addr
+		}
+		c.bars[i].Addr = c.mapped[i]
 	}
+}
+
+// unplaced says whether a BAR of the function is not where Add found it.
+func (c *config) unplaced() bool {
+	for i, b := range c.init {
+		if b.Size != 0 && c.mapped[i] != b.Addr {
+			return true
+		}
+	}
+	return false
 }
 
 // read returns the 32-bit register at a dword-aligned offset.
@@ -298,7 +326,19 @@ func (c *config) writeBAR(i int, v uint32) {
 	}
 	b := &c.bars[slot]
 	b.Addr &^= b.Size - 1 // the low bits of a BAR are read-only zero
-	c.fn.BARMoved(slot, b.Addr)
+	if b.Addr == c.mapped[slot] {
+		return
+	}
+	if err := c.fn.BARMoved(slot, b.Addr); err != nil {
+		if b.Is64 && slot == i {
+			// The low half of a 64-bit move: the address is half
+			// written, and the high half's write decides.
+			return
+		}
+		b.Addr = c.mapped[slot] // refused: the register reads back where the BAR is
+		return
+	}
+	c.mapped[slot] = b.Addr
 }
 
 // Bus is the PCI bus: functions by device number on bus 0, and the 0xCF8
@@ -349,6 +389,13 @@ func (b *Bus) Reset() {
 	for _, c := range b.devs {
 		if c != nil {
 			c.reset()
+		}
+	}
+	// A function's move back can be refused while another still sat on
+	// its first address (the guest moved both); the others are back now.
+	for _, c := range b.devs {
+		if c != nil && c.unplaced() {
+			c.placeBARs()
 		}
 	}
 }
@@ -443,7 +490,7 @@ type hostBridge struct{}
 func (hostBridge) Header() Header {
 	return Header{Vendor: 0x8086, Device: 0x0d57, Class: 0x060000}
 }
-func (hostBridge) BARs() [NumBARs]BAR      { return [NumBARs]BAR{} }
-func (hostBridge) ConfigRead(int, []byte)  {}
-func (hostBridge) ConfigWrite(int, []byte) {}
-func (hostBridge) BARMoved(int, uint64)    {}
+func (hostBridge) BARs() [NumBARs]BAR         { return [NumBARs]BAR{} }
+func (hostBridge) ConfigRead(int, []byte)     {}
+func (hostBridge) ConfigWrite(int, []byte)    {}
+func (hostBridge) BARMoved(int, uint64) error { return nil }

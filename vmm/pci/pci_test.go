@@ -2,6 +2,7 @@ package pci_test
 
 import (
 	"encoding/binary"
+	"errors"
 	"testing"
 
 	"github.com/popvmm/popvmm/vmm/pci"
@@ -12,6 +13,9 @@ import (
 type fn struct {
 	moved map[int]uint64
 	cap   byte
+	// refuse, when set, decides whether a move is refused (as the VMM
+	// refuses one onto another device's BAR).
+	refuse func(i int, addr uint64) error
 }
 
 func (f *fn) Header() pci.Header {
@@ -33,7 +37,15 @@ func (f *fn) ConfigWrite(off int, data []byte) {
 		f.cap = data[0]
 	}
 }
-func (f *fn) BARMoved(i int, addr uint64) { f.moved[i] = addr }
+func (f *fn) BARMoved(i int, addr uint64) error {
+	if f.refuse != nil {
+		if err := f.refuse(i, addr); err != nil {
+			return err
+		}
+	}
+	f.moved[i] = addr
+	return nil
+}
 
 func cfgAddr(dev, reg int) []byte {
 	return binary.LittleEndian.AppendUint32(nil, 1<<31|uint32(dev)<<11|uint32(reg))
@@ -164,7 +176,7 @@ func (b bars) Header() pci.Header              { return pci.Header{Vendor: 0x1af
 func (b bars) BARs() [pci.NumBARs]pci.BAR      { return b }
 func (b bars) ConfigRead(off int, data []byte) {}
 func (b bars) ConfigWrite(int, []byte)         {}
-func (b bars) BARMoved(int, uint64)            {}
+func (b bars) BARMoved(int, uint64) error      { return nil }
 
 // TestAddChecksBARs: malformed BARs (a range past 2^64 or above 4 GiB for
 // a 32-bit BAR, sizes that break the sizing math) are refused at Add.
@@ -243,4 +255,63 @@ func FuzzPorts(f *testing.F) {
 			t.Fatalf("host bridge id became %#x", v)
 		}
 	})
+}
+
+// TestBARMoveRefused: a move the function cannot apply (onto another
+// device's range) leaves the register reading the old address, for a
+// 32-bit BAR and for a 64-bit one whichever half's write brings the
+// refused address; a 64-bit move whose half-written address is refused
+// still lands when the high half is written; a platform reset puts back a
+// BAR whose first place was taken, once the taker moved away.
+func TestBARMoveRefused(t *testing.T) {
+	b := pci.NewBus()
+	taken := map[uint64]bool{0xd0000000: true, 0x100_4000_0000: true, 0x300_0000_0000: true}
+	f := &fn{moved: map[int]uint64{}, refuse: func(i int, addr uint64) error {
+		if taken[addr] {
+			return errors.New("overlaps another device")
+		}
+		return nil
+	}}
+	b.Add(f)
+	p := b.ConfigPorts()
+	write32(p, 1, 0x10, 0xd0000000)
+	if v := read32(p, 1, 0x10); v != 0xc0000000 {
+		t.Errorf("BAR0 after a refused move reads %#x, want the old 0xc0000000", v)
+	}
+	if _, ok := f.moved[0]; ok {
+		t.Error("the refused move was applied")
+	}
+	// 64-bit: low half first gives 0x100_4000_0000 (refused), the high
+	// half then gives 0x200_4000_0000 (free): the move lands.
+	write32(p, 1, 0x18, 0x4000000c)
+	write32(p, 1, 0x1c, 0x200)
+	if got := b.BARs(1)[2].Addr; got != 0x200_4000_0000 || f.moved[2] != 0x200_4000_0000 {
+		t.Errorf("64-bit move through a refused half: BAR2 %#x, moved %#x; want 0x200_4000_0000", got, f.moved[2])
+	}
+	// A 64-bit move refused at the high half rolls both halves back to
+	// where the BAR is mapped (the free half-written address, here).
+	write32(p, 1, 0x18, 0x0000000c)
+	write32(p, 1, 0x1c, 0x300)
+	if lo, hi := read32(p, 1, 0x18), read32(p, 1, 0x1c); hi != 0x200 || lo != 0x0000000c {
+		t.Errorf("BAR2 after a refused 64-bit move reads %#x:%#x, want 0x200:0x0000000c", hi, lo)
+	}
+	if f.moved[2] != 0x200_0000_0000 {
+		t.Errorf("BAR2 mapped at %#x, want 0x200_0000_0000", f.moved[2])
+	}
+	// Reset: BAR0's first place is taken while the first pass runs;
+	// the second pass finds it free.
+	write32(p, 1, 0x10, 0xc1000000)
+	calls := 0
+	f.refuse = func(i int, addr uint64) error {
+		if i == 0 && addr == 0xc0000000 {
+			if calls++; calls == 1 {
+				return errors.New("overlaps another device")
+			}
+		}
+		return nil
+	}
+	b.Reset()
+	if got := b.BARs(1); got[0].Addr != 0xc0000000 || got[2].Addr != 0x100_0000_0000 {
+		t.Errorf("after reset BAR0 %#x BAR2 %#x, want where Add found them", got[0].Addr, got[2].Addr)
+	}
 }

@@ -33,8 +33,9 @@ func (f *resetFn) BARs() [pci.NumBARs]pci.BAR {
 		2: {Size: 16 << 20, Is64: true, Prefetchable: true, Addr: 0x100_0000_0000},
 	}
 }
-func (f *resetFn) BARMoved(i int, addr uint64) {
+func (f *resetFn) BARMoved(i int, addr uint64) error {
 	f.events = append(f.events, fmt.Sprintf("moved %d %#x", i, addr))
+	return nil
 }
 func (f *resetFn) INTx() *pci.INTx { return f.x }
 func (f *resetFn) MSIX() *pci.MSIX { return f.m }

@@ -107,7 +107,11 @@ type Host interface {
 // BARMover is the VMM's side of a guest moving BAR0: it re-maps the
 // transport (bus.Device, BARSize bytes) from old to new on the MMIO bus and
 // moves the queue-notify ioeventfds with it (NotifyAddr gives the new
-// addresses once MoveBAR is called). old is where the BAR was mapped.
+// addresses once MoveBAR returned nil). old is where the BAR was mapped.
+// A move it cannot apply (new overlaps another device) returns an error
+// and leaves everything where it was; it never touches another device's
+// mapping. Called on a vCPU thread in a configuration-space write, with
+// the PCI bus's lock held, never the transport's.
 type BARMover interface {
 	MoveBAR(old, new uint64) error
 }
@@ -269,26 +273,34 @@ func (p *PCI) BARAddr() uint64 {
 	return p.bar
 }
 
-// BARMoved implements pci.Function.
-func (p *PCI) BARMoved(i int, addr uint64) {
+// BARMoved implements pci.Function: the mover re-maps BAR0 and its
+// notifiers (synchronously, without the transport's lock: an MMIO access
+// to BAR0 in flight on another vCPU holds the MMIO bus and waits for that
+// lock). A move the mover refuses (onto another device's range) leaves
+// the transport where it was, and the error makes the BAR register read
+// back the old address.
+func (p *PCI) BARMoved(i int, addr uint64) error {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	if i != BARIndex || addr == p.bar {
-		return
-	}
 	old := p.bar
+	p.mu.Unlock()
+	if i != BARIndex || addr == old {
+		return nil
+	}
 	if _, ok := memmap.End(addr, BARSize); !ok {
-		p.log.Warn("virtio: guest moved BAR0 where it cannot be mapped; not moved", "addr", fmt.Sprintf("%#x", addr))
-		return
+		return fmt.Errorf("virtio: BAR0 at %#x runs past 2^64", addr)
 	}
 	if p.mover == nil {
 		p.log.Warn("virtio: guest moved BAR0; not moved", "from", fmt.Sprintf("%#x", old), "to", fmt.Sprintf("%#x", addr))
-		return
+		return fmt.Errorf("virtio: BAR0 cannot move")
 	}
-	p.bar = addr
 	if err := p.mover.MoveBAR(old, addr); err != nil {
-		p.log.Warn("virtio: move BAR0", "from", fmt.Sprintf("%#x", old), "to", fmt.Sprintf("%#x", addr), "err", err)
+		p.log.Warn("virtio: guest moved BAR0; refused", "from", fmt.Sprintf("%#x", old), "to", fmt.Sprintf("%#x", addr), "err", err)
+		return err
 	}
+	p.mu.Lock()
+	p.bar = addr
+	p.mu.Unlock()
+	return nil
 }
 
 // Read implements bus.Device for BAR0.

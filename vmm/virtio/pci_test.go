@@ -330,9 +330,15 @@ func TestBrokenQueueNeedsReset(t *testing.T) {
 	}
 }
 
-type mover struct{ moves [][2]uint64 }
+type mover struct {
+	moves  [][2]uint64
+	refuse uint64 // a move to here is refused, as onto another device
+}
 
 func (m *mover) MoveBAR(old, new uint64) error {
+	if new == m.refuse {
+		return errors.New("overlaps another device")
+	}
 	m.moves = append(m.moves, [2]uint64{old, new})
 	return nil
 }
@@ -360,6 +366,30 @@ func TestBARMove(t *testing.T) {
 	}
 	if a, _ := p.NotifyAddr(1); a != 0x2_0000_3004 {
 		t.Errorf("NotifyAddr after the move %#x", a)
+	}
+}
+
+// TestBARMoveRefused: a move the VMM refuses leaves the transport where it
+// was: BAR0 reads back the old address and the notify addresses stay.
+func TestBARMoveRefused(t *testing.T) {
+	ram, mem := virtiotest.NewMemory(t)
+	mv := &mover{refuse: 0xc001_0000}
+	p, err := virtio.NewPCI(&echo{}, virtio.PCIConfig{Mem: mem, BARAddr: 0xc000_0000, Router: virtiotest.NewRouter(3), Mover: mv})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := virtiotest.New(t, p, ram, mem)
+	// BAR0 is a 64-bit BAR: a move is both halves written, low first.
+	d.ConfigWrite(pci.OffBAR0, []byte{0x00, 0x00, 0x01, 0xc0})
+	d.ConfigWrite(pci.OffBAR0+4, []byte{0, 0, 0, 0})
+	if v := uint64(d.ConfigRead32(pci.OffBAR0) &^ 0xf); v != 0xc000_0000 {
+		t.Errorf("BAR0 after a refused move reads %#x, want 0xc0000000", v)
+	}
+	if p.BARAddr() != 0xc000_0000 {
+		t.Errorf("transport at %#x after a refused move", p.BARAddr())
+	}
+	if a, _ := p.NotifyAddr(0); a>>16 != 0xc000 {
+		t.Errorf("NotifyAddr after a refused move %#x", a)
 	}
 }
 
