@@ -17,10 +17,12 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 
 	"github.com/popvmm/popvmm/cluster"
 	"github.com/popvmm/popvmm/guest"
 	"github.com/popvmm/popvmm/internal/kvmhost"
+	"github.com/popvmm/popvmm/internal/termfilter"
 	"github.com/popvmm/popvmm/memmap"
 	"github.com/popvmm/popvmm/supervisor"
 	"github.com/popvmm/popvmm/vtty"
@@ -377,7 +379,7 @@ func (c *cli) attachCmd() *cobra.Command {
 }
 
 func (c *cli) logsCmd() *cobra.Command {
-	var follow bool
+	var follow, raw bool
 	cmd := &cobra.Command{
 		Use:   "logs NAME",
 		Short: "Print a kernel's console log (-f follows it)",
@@ -389,11 +391,18 @@ func (c *cli) logsCmd() *cobra.Command {
 				}
 				ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 				defer stop()
-				return vtty.CopyLog(ctx, k.ConsoleLog, c.stdout, follow)
+				out := c.stdout
+				if !raw && isTerminal(out) {
+					// The guest's queries (ESC [ 6 n…) would make the
+					// terminal type its answers into the user's shell.
+					out = termfilter.New(out)
+				}
+				return vtty.CopyLog(ctx, k.ConsoleLog, out, follow)
 			})
 		},
 	}
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output until interrupted")
+	cmd.Flags().BoolVar(&raw, "raw", false, "copy the log byte for byte, control sequences included (to a terminal, only colours pass without it)")
 	c.targetFlag(cmd)
 	return cmd
 }
@@ -484,9 +493,9 @@ func (c *cli) msgCmd() *cobra.Command {
 			if asJSON {
 				return writeJSON(c.stdout, r.Info)
 			}
-			i := r.Info
+			i := r.Info // the guest's words: no control sequences reach the terminal
 			fmt.Fprintf(c.stdout, "%s (peer %d): Linux %s, up %s, load %.2f %.2f %.2f, memory %s available of %s\n",
-				i.Name, r.Peer, i.Release, (time.Duration(i.Uptime) * time.Second).Round(time.Second), i.Load[0], i.Load[1], i.Load[2],
+				termfilter.String(i.Name), r.Peer, termfilter.String(i.Release), (time.Duration(i.Uptime) * time.Second).Round(time.Second), i.Load[0], i.Load[1], i.Load[2],
 				memmap.FormatSize(i.MemAvailable&^(memmap.MiB-1)), memmap.FormatSize(i.MemTotal&^(memmap.MiB-1)))
 			return nil
 		},
@@ -504,7 +513,8 @@ func (c *cli) msgCmd() *cobra.Command {
 			if asJSON {
 				return writeJSON(c.stdout, r.Stat)
 			}
-			return supervisor.WriteWindowStat(c.stdout, r.Stat)
+			// Peer names are what each peer wrote in its section.
+			return supervisor.WriteWindowStat(termfilter.New(c.stdout), r.Stat)
 		},
 	}
 	stat.Flags().BoolVar(&asJSON, "json", false, "print JSON")
@@ -537,6 +547,12 @@ func (c *cli) versionCmd() *cobra.Command {
 			return nil
 		},
 	}
+}
+
+// isTerminal reports whether w is a terminal.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
 }
 
 func writeJSON(w io.Writer, v any) error {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/popvmm/popvmm/cluster"
 	"github.com/popvmm/popvmm/internal/kvmhost"
+	"github.com/popvmm/popvmm/internal/termfilter"
 	"github.com/popvmm/popvmm/lab"
 )
 
@@ -296,16 +297,36 @@ func (c *cli) labBuildCmd() *cobra.Command {
 func (c *cli) runLabInteractive(cfg lab.Config, f *labFlags) error {
 	cfg.Interactive = true
 	cfg.Stdin = os.Stdin
-	if fd := int(os.Stdin.Fd()); term.IsTerminal(fd) {
-		old, err := term.MakeRaw(fd)
+	if term.IsTerminal(int(os.Stdin.Fd())) {
+		restore, err := c.rawTerminal(os.Stdin)
 		if err != nil {
 			return err
 		}
-		defer term.Restore(fd, old)
+		defer restore()
 		// The guest's terminal speaks \n; the raw host terminal needs \r\n
 		// from the guest's own line discipline, which it has (sane mode).
+		// popvmm's own lines (progress, the lab's last words) get theirs
+		// from rawTerminal.
+		cfg.Progress = c.stderr
 	}
 	return c.runLab(cfg, f)
+}
+
+// rawTerminal puts the terminal in raw mode until restore, and until
+// then ends every line popvmm writes to stdout and stderr with CR LF: a raw
+// terminal does not return to the margin on a line feed.
+func (c *cli) rawTerminal(in *os.File) (restore func(), err error) {
+	fd := int(in.Fd())
+	old, err := term.MakeRaw(fd)
+	if err != nil {
+		return nil, fmt.Errorf("raw mode for the terminal: %w", err)
+	}
+	stdout, stderr := c.stdout, c.stderr
+	c.stdout, c.stderr = termfilter.CRLF(stdout), termfilter.CRLF(stderr)
+	return func() {
+		c.stdout, c.stderr = stdout, stderr
+		term.Restore(fd, old)
+	}, nil
 }
 
 // runLab runs cfg and turns its outcome into popvmm's exit status: the

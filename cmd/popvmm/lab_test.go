@@ -363,6 +363,49 @@ func runPTY(t *testing.T, prompt, input string, want []string, args ...string) {
 	case <-time.After(2 * time.Minute):
 		t.Fatalf("popvmm lab %v did not exit after the shell did:\n%s", args, text())
 	}
+	// Every line the person saw is a clean line: none ends in a bare
+	// line feed, which a raw terminal prints as a staircase.
+	if i := strings.Index(strings.ReplaceAll(text(), "\r\n", ""), "\n"); i >= 0 {
+		t.Errorf("popvmm lab %v wrote a bare line feed to the raw terminal:\n%q", args, text())
+	}
+}
+
+// TestRawTerminalLines: while popvmm holds the terminal raw (lab shell,
+// lab up), its own lines (progress, errors) end with CR LF, and after
+// restore the terminal is as it was.
+func TestRawTerminalLines(t *testing.T) {
+	ptmx, tty, err := pty.Open()
+	if err != nil {
+		t.Skipf("no pseudo-terminal: %v", err)
+	}
+	defer ptmx.Close()
+	before, err := unix.IoctlGetTermios(int(tty.Fd()), unix.TCGETS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &cli{stdout: tty, stderr: tty}
+	restore, err := c.rawTerminal(tty)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(c.stderr, "lab: booting emulated KVM host\nlab: ready in 9.9 s\n")
+	fmt.Fprintf(c.stdout, "out\n")
+	restore()
+	after, err := unix.IoctlGetTermios(int(tty.Fd()), unix.TCGETS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *after != *before {
+		t.Errorf("terminal settings after restore = %+v, want %+v", *after, *before)
+	}
+	if c.stderr != tty || c.stdout != tty {
+		t.Error("restore left popvmm's writers wrapped")
+	}
+	tty.Close()
+	got, _ := io.ReadAll(ptmx) // EIO once the other side is closed and drained
+	if want := "lab: booting emulated KVM host\r\nlab: ready in 9.9 s\r\nout\r\n"; string(got) != want {
+		t.Errorf("the raw terminal got %q, want %q", got, want)
+	}
 }
 
 // TestLabShellPTY drives `popvmm lab shell` on a pseudo-terminal: a root

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/creack/pty"
 	"golang.org/x/sys/unix"
 
 	"github.com/popvmm/popvmm/internal/kvmhost"
@@ -177,6 +178,23 @@ func TestUpStatusDownInProcess(t *testing.T) {
 	if code, out, _ := popvmm(t, "logs", rr, "-c", "demo", "primary"); code != 0 || !strings.Contains(out, "Run /init") {
 		t.Errorf("logs = %d %q", code, out)
 	}
+	// To a terminal, logs passes colours but no sequence the terminal
+	// would answer (busybox's cursor query), nor any other; --raw does.
+	os.WriteFile(testLog, []byte(consoleQueries), 0o600)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"logs", rr, "primary"}, "login\x1b[1;32m OK\x1b[0m # end"},
+		{[]string{"logs", rr, "--raw", "primary"}, consoleQueries[:len(consoleQueries)-1]},
+	} {
+		if got := onTerminal(t, tc.args...); !strings.Contains(got, tc.want) {
+			t.Errorf("popvmm %q to a terminal wrote %q, want %q", tc.args, got, tc.want)
+		}
+	}
+	if code, out, _ := popvmm(t, "logs", rr, "primary"); code != 0 || out != consoleQueries {
+		t.Errorf("logs to a pipe = %d %q, want the log as it is", code, out)
+	}
 
 	// -c with a config path finds the run directory from the file.
 	if code, out, errs := popvmm(t, "down", rr, "-c", "../../examples/cluster.toml"); code != 0 || !strings.Contains(out, "cluster demo is down") {
@@ -193,6 +211,30 @@ func TestUpStatusDownInProcess(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(root, "demo", supervisor.SocketName)); !os.IsNotExist(err) {
 		t.Errorf("control socket left after down: %v", err)
 	}
+}
+
+// consoleQueries is console output with sequences a terminal answers:
+// busybox's cursor position query, a device attributes query, an OSC
+// colour query, then a line's end.
+const consoleQueries = "login\x1b7\x1b[r\x1b[999;999H\x1b[6n\x1b8\x1b[1;32m OK\x1b[0m\x1b[c\x1b]11;?\x07 # end\n"
+
+// onTerminal runs popvmm in-process with a terminal as its standard
+// output and returns what the terminal received.
+func onTerminal(t *testing.T, args ...string) string {
+	t.Helper()
+	ptmx, tty, err := pty.Open()
+	if err != nil {
+		t.Skipf("no pseudo-terminal: %v", err)
+	}
+	defer ptmx.Close()
+	var errb bytes.Buffer
+	code := run(args, tty, &errb)
+	tty.Close()
+	if code != 0 {
+		t.Fatalf("popvmm %q = %d: %s", args, code, errb.String())
+	}
+	b, _ := io.ReadAll(ptmx) // EIO once the terminal's other side is closed and drained
+	return string(b)
 }
 
 func waitLine(t *testing.T, r io.Reader, want string) {
