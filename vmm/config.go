@@ -92,6 +92,11 @@ type Config struct {
 	Restart RestartPolicy
 	// Log receives the VM's events (nil: discarded).
 	Log *slog.Logger
+	// ConsoleTail returns the guest console's recent output (e.g.
+	// vtty.Console.Replay); a crash's reason quotes its last line, so that
+	// a triple fault says where the boot was. It is called once, from the
+	// crashing vCPU's thread, and must not block. nil: not quoted.
+	ConsoleTail func() []byte
 }
 
 func (c *Config) check() error {

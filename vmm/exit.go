@@ -107,7 +107,38 @@ func (a Action) String() string {
 // Exit is a decoded exit, for counters and error messages.
 type Exit struct {
 	Reason uint32
-	Detail string // set for Crash, e.g. the internal error's suberror and data
+	Detail string // set for ActionCrash, e.g. the internal error's suberror and data
+	// Addr is the port (ExitIO) or guest-physical address (ExitMMIO)
+	// accessed, Size the access's bytes (times the count of a string
+	// I/O) and Write its direction.
+	Addr  uint64
+	Size  int
+	Write bool
+}
+
+// String describes the exit for a crash report: "io out 0x3f8 (1 byte)",
+// "mmio read 0xfee00030 (4 bytes)", or the exit's name.
+func (e Exit) String() string {
+	var kind, dir string
+	switch e.Reason {
+	case ExitIO:
+		kind, dir = "io", "in"
+		if e.Write {
+			dir = "out"
+		}
+	case ExitMMIO:
+		kind, dir = "mmio", "read"
+		if e.Write {
+			dir = "write"
+		}
+	default:
+		return ExitName(e.Reason)
+	}
+	unit := "bytes"
+	if e.Size == 1 {
+		unit = "byte"
+	}
+	return fmt.Sprintf("%s %s %#x (%d %s)", kind, dir, e.Addr, e.Size, unit)
 }
 
 // HandleExit decodes the exit in run (the vCPU's mmapped kvm_run) and
@@ -129,6 +160,7 @@ func HandleExit(run []byte, pio, mmio *bus.Bus) (Action, Exit, error) {
 		count := int(le.Uint32(run[ioCount:]))
 		off := le.Uint64(run[ioDataOffset:])
 		port := uint64(le.Uint16(run[ioPort:]))
+		e.Addr, e.Size, e.Write = port, size*count, run[ioDirection] == ioOut
 		if size != 1 && size != 2 && size != 4 {
 			return ActionCrash, e, fmt.Errorf("port I/O of %d bytes", size)
 		}
@@ -152,6 +184,7 @@ func HandleExit(run []byte, pio, mmio *bus.Bus) (Action, Exit, error) {
 			return ActionCrash, e, fmt.Errorf("MMIO access of %d bytes", l)
 		}
 		addr := le.Uint64(run[mmioAddr:])
+		e.Addr, e.Size, e.Write = addr, l, run[mmioWrite] != 0
 		data := run[mmioData : mmioData+l]
 		if run[mmioWrite] != 0 {
 			mmio.Write(addr, data)

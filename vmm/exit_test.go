@@ -58,9 +58,12 @@ func ioExit(out bool, port uint16, size uint8, count uint32, data []byte) []byte
 func TestPortIO(t *testing.T) {
 	pio, mmio, com, _ := buses(t)
 	// outsb of "hi" (a string I/O of count 2).
-	a, _, err := vmm.HandleExit(ioExit(true, 0x3f8, 1, 2, []byte("hi")), pio, mmio)
+	a, e, err := vmm.HandleExit(ioExit(true, 0x3f8, 1, 2, []byte("hi")), pio, mmio)
 	if err != nil || a != vmm.ActionContinue || string(com.written) != "hi" {
 		t.Fatalf("out: %v %v written %q", a, err, com.written)
+	}
+	if got, want := e.String(), "io out 0x3f8 (2 bytes)"; got != want {
+		t.Errorf("exit %q, want %q", got, want)
 	}
 	// inb from LSR: the device's byte lands in the run page.
 	r := ioExit(false, 0x3fd, 1, 1, nil)
@@ -85,7 +88,9 @@ func TestMMIO(t *testing.T) {
 	}
 	r[52] = 1
 	copy(r[40:], []byte{1, 2, 3, 4})
-	vmm.HandleExit(r, pio, mmio)
+	if _, e, _ := vmm.HandleExit(r, pio, mmio); e.String() != "mmio write 0xd0000010 (4 bytes)" {
+		t.Errorf("exit %q, want \"mmio write 0xd0000010 (4 bytes)\"", e)
+	}
 	if string(dev.written) != "\x01\x02\x03\x04" {
 		t.Errorf("mmio write %v", dev.written)
 	}

@@ -2,8 +2,10 @@ package vmm
 
 import (
 	"slices"
+	"strings"
 	"testing"
 
+	gokvm "github.com/bobuhiro11/gokvm/kvm"
 	"github.com/popvmm/popvmm/memmap"
 	"github.com/popvmm/popvmm/vmm/kvm"
 )
@@ -137,5 +139,32 @@ func TestEndBeforeStart(t *testing.T) {
 		if st := v.Status(); st.State != tc.state || st.Ending != tc.want {
 			t.Errorf("state %s, ending %q, want %s, %q", st.State, st.Ending, tc.state, tc.want)
 		}
+	}
+}
+
+// TestCrashReportParts: the pieces a triple fault's reason is made of.
+func TestCrashReportParts(t *testing.T) {
+	for in, want := range map[string]string{
+		"a\nb\n":                     "b",
+		"a\r\nMPTABLE: Processor #0": "MPTABLE: Processor #0",
+		"x\n\n  \n":                  "x",
+		"\x1b[0mcolour\n":            "[0mcolour",
+		"":                           "",
+	} {
+		if got := lastLine([]byte(in)); got != want {
+			t.Errorf("lastLine(%q) = %q, want %q", in, got, want)
+		}
+	}
+	if got := lastLine([]byte(strings.Repeat("x", 300))); len(got) != 200 {
+		t.Errorf("lastLine of 300 bytes kept %d", len(got))
+	}
+	var e kvm.Events
+	if s := eventsString(&e); s != "" {
+		t.Errorf("no events: %q", s)
+	}
+	e.E = gokvm.Exception{Inject: 1, Nr: 14, HadErrorCode: 1, ErrorCode: 2}
+	e.N.Pending = 1
+	if got, want := eventsString(&e), "exception 14 (error 0x2) injected, nmi pending"; got != want {
+		t.Errorf("events %q, want %q", got, want)
 	}
 }

@@ -294,7 +294,11 @@ func TestKVMSecondVCPU(t *testing.T) {
 func TestKVMTripleFaultIsolated(t *testing.T) {
 	testenv.RequireKVM(t)
 	good := startGuest(t, "hello", 1, nil)
-	bad := startGuest(t, "triple", 1, nil)
+	var badCon *console
+	bad := startGuest(t, "triple", 1, func(c *vmm.Config) {
+		c.ConsoleTail = func() []byte { return []byte(badCon.String()) }
+	})
+	badCon = bad.con
 	good.start(t)
 	good.con.waitText(t, "popvmm-guest: hello")
 	bad.start(t)
@@ -302,6 +306,13 @@ func TestKVMTripleFaultIsolated(t *testing.T) {
 	st := bad.Status()
 	if st.State != vmm.StateCrashed || st.Ending != vmm.EndingCrash || !strings.Contains(st.Reason, "triple fault") {
 		t.Errorf("faulting VM: state %s, ending %q, reason %q", st.State, st.Ending, st.Reason)
+	}
+	// The crash report says where the guest was: its last port access
+	// (the UART's transmit register) and the console's last line.
+	for _, want := range []string{"last exit: io ", `console: "popvmm-guest: triple fault now"`} {
+		if !strings.Contains(st.Reason, want) {
+			t.Errorf("crash report %q lacks %q", st.Reason, want)
+		}
 	}
 	if !strings.Contains(bad.con.String(), "triple fault now") {
 		t.Errorf("faulting VM's console lost: %q", bad.con.String())

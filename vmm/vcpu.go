@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -42,6 +43,9 @@ type vcpu struct {
 	index int
 	k     *kvm.VCPU
 	st    *vcpuStats
+	// last is the vCPU's last exit that did not end the machine, for a
+	// crash report; only its own thread touches it.
+	last Exit
 }
 
 // vcpuStats is what status shows of one vCPU; it outlives reboots.
@@ -153,18 +157,102 @@ func (v *VM) runVCPU(m *machine, c *vcpu, ready chan<- error) {
 		c.st.count(exit.Reason)
 		switch act {
 		case ActionContinue, ActionHalt:
+			c.last = exit
 		case ActionPowerOff:
 			m.finish(EndingPowerOff, "guest powered off")
 		case ActionReset:
 			m.finish(EndingReset, "reset requested by the guest")
 		case ActionCrash:
-			reason := fmt.Sprintf("vCPU %d: %s", c.index, exit.Detail)
-			if err != nil {
-				reason += ": " + err.Error()
-			}
-			m.finish(EndingCrash, reason+c.snapshot())
+			m.finish(EndingCrash, v.crashReport(c, exit, err))
 		}
 	}
+}
+
+// crashReport is the reason of a crash seen by vCPU c: what ended it,
+// then what is left to say where the guest was, since after a triple
+// fault under AMD SVM KVM has already reset the vCPU:
+//
+//	vCPU 0: triple fault (RIP=... or "registers lost: ..."); events: ...;
+//	last exit: io out 0x3f8 (1 byte); console: "[    0.52] MPTABLE: ..."
+//
+// the registers (snapshot), the exception, interrupt and NMI KVM still
+// holds as injected or pending (KVM_GET_VCPU_EVENTS; empty after an SVM
+// reset), the vCPU's last exit before the crash (its last port or MMIO
+// access), and the console's last line (Config.ConsoleTail).
+func (v *VM) crashReport(c *vcpu, exit Exit, err error) string {
+	reason := fmt.Sprintf("vCPU %d: %s", c.index, exit.Detail)
+	if err != nil {
+		reason += ": " + err.Error()
+	}
+	reason += c.snapshot()
+	if ev, err := c.k.Events(); err == nil {
+		if s := eventsString(ev); s != "" {
+			reason += "; events: " + s
+		}
+	}
+	if c.last.Reason != 0 || c.last.Size != 0 {
+		reason += "; last exit: " + c.last.String()
+	}
+	if v.cfg.ConsoleTail != nil {
+		if line := lastLine(v.cfg.ConsoleTail()); line != "" {
+			reason += fmt.Sprintf("; console: %q", line)
+		}
+	}
+	return reason
+}
+
+// eventsString lists what e holds: "exception 14 (error 0x2) injected,
+// interrupt 0x20 pending, nmi pending"; "" when nothing.
+func eventsString(e *kvm.Events) string {
+	var parts []string
+	if e.E.Inject != 0 || e.E.Pending != 0 {
+		s := fmt.Sprintf("exception %d", e.E.Nr)
+		if e.E.HadErrorCode != 0 {
+			s += fmt.Sprintf(" (error %#x)", e.E.ErrorCode)
+		}
+		if e.E.Inject != 0 {
+			s += " injected"
+		} else {
+			s += " pending"
+		}
+		if e.ExceptionHasPayload != 0 {
+			s += fmt.Sprintf(" payload %#x", e.ExceptionPayload)
+		}
+		parts = append(parts, s)
+	}
+	if e.I.Inject != 0 {
+		parts = append(parts, fmt.Sprintf("interrupt %#x injected", e.I.Nr))
+	}
+	if e.N.Inject != 0 {
+		parts = append(parts, "nmi injected")
+	} else if e.N.Pending != 0 {
+		parts = append(parts, "nmi pending")
+	}
+	if e.TripleFault != 0 {
+		parts = append(parts, "triple fault pending")
+	}
+	return strings.Join(parts, ", ")
+}
+
+// lastLine is the last non-blank line of console output b, without
+// control characters, at most 200 bytes (its end).
+func lastLine(b []byte) string {
+	lines := strings.Split(strings.ReplaceAll(string(b), "\r", "\n"), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		l := strings.Map(func(r rune) rune {
+			if r < 0x20 || r == 0x7f {
+				return -1
+			}
+			return r
+		}, lines[i])
+		if l = strings.TrimSpace(l); l != "" {
+			if len(l) > 200 {
+				l = l[len(l)-200:]
+			}
+			return l
+		}
+	}
+	return ""
 }
 
 // snapshot is the vCPU's state at a crash, for the crash reason:

@@ -19,6 +19,7 @@ func TestABISizes(t *testing.T) {
 		"kvm_irq_routing":             8,
 		"kvm_irq_routing_entry":       48,
 		"kvm_msi":                     32,
+		"kvm_vcpu_events":             64,
 	}
 	for name, size := range want {
 		if got := abiSizes[name]; got != size {

@@ -79,4 +79,5 @@ var abiSizes = map[string]uintptr{
 	"kvm_irq_routing":             unsafe.Sizeof(kvmIRQRoutingHeader{}),
 	"kvm_irq_routing_entry":       unsafe.Sizeof(kvmIRQRoutingEntry{}),
 	"kvm_msi":                     unsafe.Sizeof(kvmMSI{}),
+	"kvm_vcpu_events":             unsafe.Sizeof(Events{}),
 }

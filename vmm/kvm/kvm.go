@@ -36,6 +36,9 @@ type (
 	Descriptor = gokvm.Descriptor
 	CPUIDEntry = gokvm.CPUIDEntry2
 	LAPICState = gokvm.LAPICState
+	// Events mirrors struct kvm_vcpu_events (KVM_GET_VCPU_EVENTS): the
+	// exception, interrupt and NMI a vCPU has pending or being injected.
+	Events     = gokvm.VCPUEvents
 	Capability = gokvm.Capability
 )
 
@@ -452,6 +455,14 @@ func (c *VCPU) LAPIC() (*LAPICState, error) {
 // SetLAPIC writes the in-kernel local APIC's registers.
 func (c *VCPU) SetLAPIC(l *LAPICState) error {
 	return ioctlErr("KVM_SET_LAPIC", eintr0(func() error { return gokvm.SetLocalAPIC(uintptr(c.fd), l) }))
+}
+
+// Events reads the vCPU's pending and injected events
+// (KVM_GET_VCPU_EVENTS).
+func (c *VCPU) Events() (*Events, error) {
+	var e Events
+	err := eintr0(func() error { return gokvm.GetVCPUEvents(uintptr(c.fd), &e) })
+	return &e, ioctlErr("KVM_GET_VCPU_EVENTS", err)
 }
 
 // SetMSRs writes model-specific registers, index to value.

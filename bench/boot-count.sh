@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# boot-count.sh — boot each flavour's kernel N times under popvmm and N
+# times under QEMU (-enable-kvm -cpu host -M microvm), all in ONE lab run
+# (same lab kernel, same KVM, same nested-paging setting), and tally how
+# each boot ended: reached init ("Run /init" on the console), triple fault,
+# another crash, or hung. Issue 20: under nested paging popvmm's bzImage
+# boots triple-faulted about one boot in two while QEMU's never did.
+#
+#   bench/boot-count.sh [N]          N boots per kernel and VMM (default 10)
+#
+# Environment:
+#   FLAVOURS="full light"   images/out/<flavour> to boot (make images)
+#   FORMAT=bzImage|pvh      popvmm's boot protocol (QEMU boots the same file)
+#   APPEND="..."            added to the guests' "console=ttyS0 panic=-1"
+#   TIMEOUT=240             seconds to init before a boot counts as hung
+#   NPT=1                   the lab KVM's nested paging (lab.kvm_amd=npt=N)
+#   VMMS="popvmm qemu"      which VMMs to run
+#   TRACE=1                 keep the KVM trace (kvm_exit, kvm_inj_*, kvm_entry)
+#                           of every failed popvmm boot
+#   OUT=DIR                 where logs and the tally go (default a new dir
+#                           under /var/tmp); POPVMM=path: another popvmm
+#
+# Prints one line per boot and a table; exits 0 only if every boot
+# reached init. Failed boots' consoles (and traces) are kept in OUT.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+if [ "${1:-}" = --in-lab ]; then
+  n=$2 out=$3
+  tally() { echo "boot-count: $*" | tee -a "$out/tally.txt"; }
+  tracing=/sys/kernel/tracing
+  trace_on() {
+    [ "${TRACE:-0}" = 1 ] || return 0
+    [ -d "$tracing/events" ] || mount -t tracefs nodev "$tracing"
+    echo 0 >"$tracing/tracing_on"
+    echo 8192 >"$tracing/buffer_size_kb"
+    : >"$tracing/trace"
+    for e in kvm/kvm_exit kvm/kvm_entry kvm/kvm_inj_exception kvm/kvm_inj_virq kvm/kvm_pio kvm/kvm_mmio kvm/kvm_msr kvm/kvm_cr; do
+      [ -e "$tracing/events/$e/enable" ] && echo 1 >"$tracing/events/$e/enable"
+    done
+    echo 1 >"$tracing/tracing_on"
+  }
+  trace_keep() {
+    [ "${TRACE:-0}" = 1 ] || return 0
+    echo 0 >"$tracing/tracing_on"
+    tail -n 3000 "$tracing/trace" >"$1"
+  }
+  echo "lab: $(uname -r), kvm_amd npt=$(cat /sys/module/kvm_amd/parameters/npt 2>/dev/null || echo ?), $(qemu-system-x86_64 --version | head -1)"
+  for f in ${FLAVOURS:-full light}; do
+    dir=$root/images/out/$f
+    file=bzImage
+    [ "${FORMAT:-bzImage}" = pvh ] && file=vmlinux
+    for vmm in ${VMMS:-popvmm qemu}; do
+      declare -A c=([init]=0 [triple-fault]=0 [crash]=0 [hung]=0)
+      for i in $(seq "$n"); do
+        log=$out/$vmm-$f-$file-$i.log
+        t0=$(date +%s.%N)
+        if [ "$vmm" = popvmm ]; then
+          trace_on
+          # One boot per test run, so that a failed boot's trace ends at it.
+          set +e
+          (cd "$root/vmm" && POPVMM_REQUIRE_KVM=1 POPVMM_BOOT_COUNT=1 POPVMM_BOOT_FLAVOURS=$f \
+            POPVMM_BOOT_FORMAT=${FORMAT:-bzImage} POPVMM_BOOT_APPEND="${APPEND:-}" \
+            POPVMM_BOOT_TIMEOUT=${TIMEOUT:-240} POPVMM_BOOT_LOGDIR=$out \
+            "$out/vmm.test" -test.run '^TestKVMBootCount$' -test.v -test.count 1 -test.timeout 0) >"$log.test" 2>&1
+          set -e
+          line=$(grep -o 'boot-count: popvmm [^:]*: [a-z-]*.*' "$log.test" | head -1 || true)
+          kind=$(sed -E 's/^boot-count: popvmm [^:]*: ([a-z-]+).*/\1/' <<<"$line")
+          [ -n "$kind" ] || kind=crash
+          detail=${line#*: }
+          if [ "$kind" != init ]; then
+            mv "$out/popvmm-$f-${FORMAT:-bzImage}-1.log" "$log" 2>/dev/null || true
+            trace_keep "$log.trace"
+          else
+            rm -f "$log.test"
+          fi
+        else
+          qemu-system-x86_64 -M microvm,acpi=off -enable-kvm -cpu host -m 512 -smp 1 \
+            -nodefaults -nographic -no-reboot -serial "file:$log" \
+            -kernel "$dir/$file" -initrd "$dir/initramfs.cpio" \
+            -append "console=ttyS0 panic=-1 ${APPEND:-}" </dev/null >"$log.qemu" 2>&1 &
+          q=$!
+          kind=hung
+          deadline=$(( $(date +%s) + ${TIMEOUT:-240} ))
+          while [ "$(date +%s)" -lt "$deadline" ]; do
+            if grep -q "Run /init" "$log" 2>/dev/null; then kind=init; break; fi
+            if ! kill -0 "$q" 2>/dev/null; then
+              # -no-reboot: a triple fault (a reset) or a panic ends QEMU.
+              kind=triple-fault
+              grep -q "Kernel panic" "$log" && kind=crash
+              break
+            fi
+            sleep 1 # polling a log file, bounded by the deadline
+          done
+          kill "$q" 2>/dev/null || true
+          wait "$q" 2>/dev/null || true
+          detail="$kind $(echo "$(date +%s.%N) - $t0" | bc | xargs printf '%.1f')s"
+          [ "$kind" = init ] && rm -f "$log" "$log.qemu"
+        fi
+        c[$kind]=$(( ${c[$kind]:-0} + 1 ))
+        last=""
+        [ "$kind" != init ] && [ -f "$log" ] && last=$(tr -d '\r' <"$log" | grep -v '^\s*$' | tail -1)
+        tally "$vmm $f $file $i/$n: $detail${last:+; last line: $last}"
+      done
+      tally "TOTAL $vmm $f $file: $n boots: ${c[init]} init, ${c[triple-fault]} triple fault, ${c[crash]} crash, ${c[hung]} hung"
+      unset c
+    done
+  done
+  exit 0
+fi
+
+n=${1:-10}
+popvmm=${POPVMM:-bin/popvmm}
+out=${OUT:-$(mktemp -d /var/tmp/popvmm-boot-count.XXXXXX)}
+mkdir -p "$out"
+"$popvmm" lab build --check >/dev/null || { echo "boot-count.sh: no lab image (make lab)" >&2; exit 1; }
+for f in ${FLAVOURS:-full light}; do
+  [ -f "images/out/$f/bzImage" ] || { echo "boot-count.sh: no images/out/$f (make images)" >&2; exit 1; }
+done
+go test -c -o "$out/vmm.test" ./vmm
+echo "==> $n boots per kernel of ${FLAVOURS:-full light} (${FORMAT:-bzImage}) under ${VMMS:-popvmm qemu}, lab npt=${NPT:-1}; logs in $out"
+POPVMM_LAB_APPEND="${POPVMM_LAB_APPEND:-} lab.kvm_amd=npt=${NPT:-1}" \
+  "$popvmm" lab run --share "$out" -- env TRACE="${TRACE:-0}" FLAVOURS="${FLAVOURS:-full light}" \
+  FORMAT="${FORMAT:-bzImage}" APPEND="${APPEND:-}" TIMEOUT="${TIMEOUT:-240}" VMMS="${VMMS:-popvmm qemu}" \
+  bench/boot-count.sh --in-lab "$n" "$out"
+echo "==> tally (one lab run, npt=${NPT:-1})"
+grep '^boot-count: TOTAL' "$out/tally.txt" | sed 's/^boot-count: TOTAL //'
+! grep '^boot-count: TOTAL' "$out/tally.txt" | grep -vq " $n init,"
