@@ -33,8 +33,8 @@ type windowHost struct {
 	maxPeers int
 	protect  bool
 	socket   string
-	client   *ipi.Client
-	node     *msg.Node
+	peer     *ipi.HostPeer // popvmm's own node
+	node     *msg.Node     // peer.Node
 	caller   *agent.Caller
 	wg       sync.WaitGroup
 	cancel   context.CancelFunc
@@ -94,24 +94,19 @@ func (s *Supervisor) startWindow(ctx context.Context, runDir string) (_ *windowH
 			s.log.Error("window server stopped", "err", err)
 		}
 	})
-	if w.client, err = ipi.Dial(sctx, w.socket, 1); err != nil {
-		return nil, err
-	}
-	if w.node, err = msg.Join(w.client.Mem, w.client.ID, "popvmm", ipi.Bell{C: w.client}, msg.Options{}); err != nil {
-		return nil, err
-	}
-	node.Store(w.node)
 	// A kernel's name and peer id belong to its VM: no host peer may
 	// answer for them.
-	var names []string
-	for _, k := range s.cl.Kernels {
-		names = append(names, k.Name)
+	if w.peer, err = ipi.JoinHostPeer(sctx, ipi.HostPeerConfig{Socket: w.socket, Name: "popvmm",
+		Vectors: cluster.WindowVectors, Reserved: kernelNames(s.cl)}); err != nil {
+		return nil, err
 	}
-	w.node.Reserve(names)
+	w.node = w.peer.Node
+	node.Store(w.node)
 	w.wg.Go(func() { s.refuseImpostors(sctx, w.node) })
 	w.caller = agent.NewCaller(w.node)
 	w.wg.Go(func() {
-		if err := w.node.Run(sctx); err != nil {
+		<-w.peer.Done()
+		if err := w.peer.Err(); err != nil {
 			s.log.Error("popvmm's window node stopped", "err", err)
 		}
 	})
@@ -124,12 +119,12 @@ func (w *windowHost) stop() {
 	if w.cancel != nil {
 		w.cancel()
 	}
-	if w.client != nil {
-		// The node's Run must have returned before the mapping goes.
-		w.wg.Wait()
-		w.client.Close()
-	}
+	// The server (whose OnLeave writes through popvmm's node) and the
+	// node's Run must have returned before the node's mapping goes.
 	w.wg.Wait()
+	if w.peer != nil {
+		w.peer.Close()
+	}
 	if w.bells != nil {
 		w.bells.Close() // the VMs are gone, the server has stopped
 	}
@@ -140,6 +135,15 @@ func (w *windowHost) stop() {
 		w.win.Close()
 	}
 	os.Remove(w.socket)
+}
+
+// kernelNames are the names of cl's kernels, each reserved for its peer id.
+func kernelNames(cl *cluster.Cluster) []string {
+	names := make([]string, len(cl.Kernels))
+	for i, k := range cl.Kernels {
+		names[i] = k.Name
+	}
+	return names
 }
 
 // refuseImpostors marks offline, in the peer table, every peer that checks

@@ -77,42 +77,17 @@ type agentConfig struct {
 // run joins the window (through the server in host mode, the device in a
 // guest) and serves until ctx ends.
 func run(ctx context.Context, cfg agentConfig, log *slog.Logger) error {
-	var (
-		mem  []byte
-		id   int
-		bell msg.Doorbell
-	)
-	if cfg.window != "" {
-		c, err := ipi.Dial(ctx, cfg.window, 1)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		mem, id, bell = c.Mem, c.ID, ipi.Bell{C: c}
-	} else {
-		dir, err := ipi.FindDevice("")
-		if err != nil {
-			return fmt.Errorf("%w (or use -window SOCKET on a host)", err)
-		}
-		dev, err := ipi.OpenGuestDevice(dir)
-		if err != nil {
-			return err
-		}
-		defer func() {
-			if dev.NoIRQ {
-				log.Warn("the window device had no usable interrupt; the agent polled it every millisecond")
-			}
-			dev.Close()
-		}()
-		mem, id, bell = dev.Mem, dev.ID(), dev
-	}
-	node, err := msg.Join(mem, id, cfg.name, bell, msg.Options{})
+	var ttys *agent.TTYClient
+	w, err := joinWindow(ctx, cfg, func(node *msg.Node) {
+		agent.Serve(node, cfg.name, cfg.proc)
+		agent.ServeTTY(node, "/bin/sh")
+		ttys = agent.NewTTYClient(node)
+	}, log)
 	if err != nil {
 		return err
 	}
-	agent.Serve(node, cfg.name, cfg.proc)
-	agent.ServeTTY(node, "/bin/sh")
-	ttys := agent.NewTTYClient(node)
+	defer w.close()
+	node, id := w.node, w.id
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -128,7 +103,57 @@ func run(ctx context.Context, cfg agentConfig, log *slog.Logger) error {
 	}
 	log.Info("popagent on the window", "name", cfg.name, "peer", id)
 	fmt.Printf("popagent %s: peer %d\n", cfg.name, id)
-	return node.Run(ctx)
+	return w.run(ctx)
+}
+
+// window is the agent's node on the window: run runs it until ctx ends,
+// close leaves the window.
+type window struct {
+	node  *msg.Node
+	id    int
+	run   func(context.Context) error
+	close func()
+}
+
+// joinWindow joins as a host peer through the ivshmem server at
+// cfg.window, or else through the window device of this guest, and has
+// serve register the node's services before it runs.
+func joinWindow(ctx context.Context, cfg agentConfig, serve func(*msg.Node), log *slog.Logger) (window, error) {
+	if cfg.window != "" {
+		hp, err := ipi.JoinHostPeer(ctx, ipi.HostPeerConfig{Socket: cfg.window, Name: cfg.name, Serve: serve})
+		if err != nil {
+			return window{}, err
+		}
+		run := func(ctx context.Context) error {
+			select {
+			case <-ctx.Done():
+			case <-hp.Done():
+			}
+			return hp.Err()
+		}
+		return window{node: hp.Node, id: hp.Client.ID, run: run, close: func() { hp.Close() }}, nil
+	}
+	dir, err := ipi.FindDevice("")
+	if err != nil {
+		return window{}, fmt.Errorf("%w (or use -window SOCKET on a host)", err)
+	}
+	dev, err := ipi.OpenGuestDevice(dir)
+	if err != nil {
+		return window{}, err
+	}
+	closeDev := func() {
+		if dev.NoIRQ {
+			log.Warn("the window device had no usable interrupt; the agent polled it every millisecond")
+		}
+		dev.Close()
+	}
+	node, err := msg.Join(dev.Mem, dev.ID(), cfg.name, dev, msg.Options{})
+	if err != nil {
+		closeDev()
+		return window{}, err
+	}
+	serve(node)
+	return window{node: node, id: dev.ID(), run: node.Run, close: closeDev}, nil
 }
 
 // serveLocal answers `popagent tty NAME` from this kernel's users: one line

@@ -13,7 +13,6 @@ import (
 
 	"github.com/popvmm/popvmm/ipi"
 	"github.com/popvmm/popvmm/ipi/agent"
-	"github.com/popvmm/popvmm/ipi/msg"
 	"github.com/popvmm/popvmm/supervisor"
 )
 
@@ -23,26 +22,17 @@ func (c *cli) tty(ctx context.Context, st *supervisor.Status, name string, stdin
 	if st.Window == "" {
 		return fmt.Errorf("cluster %q has no shared window", st.Cluster)
 	}
-	client, err := ipi.Dial(ctx, st.Window, 1)
-	if err != nil {
-		return err
-	}
-	node, err := msg.Join(client.Mem, client.ID, "tty-"+strconv.Itoa(os.Getpid()), ipi.Bell{C: client}, msg.Options{})
-	if err != nil {
-		client.Close()
-		return err
-	}
-	rctx, stopRun := context.WithCancel(ctx)
-	ran := make(chan struct{})
-	go func() { node.Run(rctx); close(ran) }()
-	defer func() { stopRun(); <-ran; client.Close() }()
-
 	// A kernel's name is its kernel's peer id: no host peer answers for it.
 	var names []string
 	for _, k := range st.Kernels {
 		names = append(names, k.Name)
 	}
-	node.Reserve(names)
+	hp, err := ipi.JoinHostPeer(ctx, ipi.HostPeerConfig{Socket: st.Window, Name: "tty-" + strconv.Itoa(os.Getpid()), Reserved: names})
+	if err != nil {
+		return err
+	}
+	defer hp.Close()
+	node := hp.Node
 	var peer int
 	if k := st.Kernel(name); k != nil {
 		peer = k.PeerID
