@@ -7,9 +7,6 @@
 package guest
 
 import (
-	"crypto/ed25519"
-	"crypto/rand"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -85,28 +82,19 @@ func EnsureKey(dir, comment string) ([]byte, error) {
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("cluster key: %w", err)
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("cluster key directory: %w", err)
-	}
-	pk, sk, err := ed25519.GenerateKey(rand.Reader)
+	sk, err := newKeyFile(filepath.Join(dir, PrivateKeyName), comment)
 	if err != nil {
-		return nil, fmt.Errorf("generate cluster key: %w", err)
+		return nil, fmt.Errorf("cluster key: %w", err)
 	}
-	block, err := ssh.MarshalPrivateKey(sk, comment)
-	if err != nil {
-		return nil, fmt.Errorf("encode cluster key: %w", err)
-	}
-	sshPub, err := ssh.NewPublicKey(pk)
+	sshPub, err := ssh.NewPublicKey(sk.Public())
 	if err != nil {
 		return nil, fmt.Errorf("encode cluster public key: %w", err)
 	}
 	pub := ssh.MarshalAuthorizedKey(sshPub)
 	pub = append(pub[:len(pub)-1], []byte(" "+comment+"\n")...)
-	if err := os.WriteFile(filepath.Join(dir, PrivateKeyName), pem.EncodeToMemory(block), 0o600); err != nil {
-		return nil, fmt.Errorf("write cluster key: %w", err)
-	}
-	if err := os.WriteFile(pubPath, pub, 0o644); err != nil {
-		return nil, fmt.Errorf("write cluster public key: %w", err)
+	// Last: the public key's presence says the pair is whole.
+	if err := writeFileAtomic(pubPath, pub, 0o644); err != nil {
+		return nil, fmt.Errorf("cluster public key: %w", err)
 	}
 	return pub, nil
 }

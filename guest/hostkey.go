@@ -2,9 +2,7 @@ package guest
 
 import (
 	"crypto/ed25519"
-	"crypto/rand"
 	"encoding/binary"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -55,24 +53,9 @@ func EnsureHostKey(dir, name string) (*HostKey, error) {
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("host key: %w", err)
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("host key directory: %w", err)
-	}
-	_, sk, err := ed25519.GenerateKey(rand.Reader)
+	sk, err := newKeyFile(p, "popvmm host key of "+name)
 	if err != nil {
-		return nil, fmt.Errorf("generate host key: %w", err)
-	}
-	block, err := ssh.MarshalPrivateKey(sk, "popvmm host key of "+name)
-	if err != nil {
-		return nil, fmt.Errorf("encode host key: %w", err)
-	}
-	// Written whole under a temporary name, so a crash leaves no half key.
-	tmp := p + ".tmp"
-	if err := os.WriteFile(tmp, pem.EncodeToMemory(block), 0o600); err != nil {
-		return nil, fmt.Errorf("write host key: %w", err)
-	}
-	if err := os.Rename(tmp, p); err != nil {
-		return nil, fmt.Errorf("write host key: %w", err)
+		return nil, fmt.Errorf("host key: %w", err)
 	}
 	return &HostKey{priv: sk}, nil
 }
