@@ -22,11 +22,11 @@ var ErrNotUp = errors.New("cluster is not up")
 
 // OpError is a failed Response as an error.
 type OpError struct {
-	Code string
-	Msg  string
+	Code    string
+	Message string
 }
 
-func (e *OpError) Error() string { return e.Msg }
+func (e *OpError) Error() string { return e.Message }
 
 // Client talks to one supervisor.
 type Client struct {
@@ -61,7 +61,7 @@ func (c Client) Call(ctx context.Context, req Request) (*Response, error) {
 		return nil, fmt.Errorf("malformed %s reply: %w", req.Op, err)
 	}
 	if !resp.OK {
-		return &resp, &OpError{Code: resp.Code, Msg: resp.Error}
+		return &resp, &OpError{Code: resp.Code, Message: resp.Error}
 	}
 	return &resp, nil
 }
@@ -115,38 +115,49 @@ func (c Client) Down(ctx context.Context) error {
 	}
 }
 
-// Live lists the names of clusters whose supervisor listens under runRoot.
-// Accepting a connection is the proof: a supervisor that died left a socket
-// nobody listens on (connection refused at once), and a busy one is not
-// mistaken for a dead one however long its status takes.
+// Live lists the names of clusters whose supervisor listens under runRoot:
+// in a run directory RUNROOT/NAME, or in one the run root's registry names
+// (Register). Accepting a connection is the proof: a supervisor that died
+// left a socket nobody listens on (connection refused at once), and a busy
+// one is not mistaken for a dead one however long its status takes.
 func Live(ctx context.Context, runRoot string) []string {
 	socks, _ := filepath.Glob(filepath.Join(runRoot, "*", SocketName))
-	var names []string
+	names := registered(runRoot)
 	for _, s := range socks {
+		names = append(names, filepath.Base(filepath.Dir(s)))
+	}
+	slices.Sort(names)
+	names = slices.Compact(names)
+	live := names[:0]
+	for _, n := range names {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		conn, err := (&net.Dialer{}).DialContext(cctx, "unix", s)
+		conn, err := (&net.Dialer{}).DialContext(cctx, "unix", socketOf(runRoot, n))
 		cancel()
 		if err == nil {
 			conn.Close()
-			names = append(names, filepath.Base(filepath.Dir(s)))
+			live = append(live, n)
 		}
 	}
-	slices.Sort(names)
-	return names
+	return live
+}
+
+// socketOf is the control socket of cluster name under runRoot.
+func socketOf(runRoot, name string) string {
+	return filepath.Join(ClusterDir(runRoot, name), SocketName)
 }
 
 // Find picks the cluster a command addresses: the one named, or, when name
 // is empty, the only one up under runRoot.
 func Find(ctx context.Context, runRoot, name string) (Client, error) {
 	if name != "" {
-		return Client{Socket: filepath.Join(runRoot, name, SocketName)}, nil
+		return Client{Socket: socketOf(runRoot, name)}, nil
 	}
 	live := Live(ctx, runRoot)
 	switch len(live) {
 	case 0:
 		return Client{}, fmt.Errorf("%w: no cluster is up under %s", ErrNotUp, runRoot)
 	case 1:
-		return Client{Socket: filepath.Join(runRoot, live[0], SocketName)}, nil
+		return Client{Socket: socketOf(runRoot, live[0])}, nil
 	}
 	return Client{}, fmt.Errorf("%d clusters are up (%s): choose one with -c NAME", len(live), strings.Join(live, ", "))
 }

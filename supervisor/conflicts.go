@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"path/filepath"
 	"slices"
 	"time"
 
@@ -23,7 +22,7 @@ func Conflicts(ctx context.Context, runRoot string, cl *cluster.Cluster) error {
 			continue
 		}
 		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		st, err := Client{Socket: filepath.Join(runRoot, name, SocketName)}.Status(cctx)
+		st, err := Client{Socket: socketOf(runRoot, name)}.Status(cctx)
 		cancel()
 		if err != nil {
 			continue // went down meanwhile

@@ -31,6 +31,7 @@ type Supervisor struct {
 	launcher Launcher // nil: no VMM here; kernels stay defined
 	nested   bool     // guest kernels get the nested-backend flags
 	noVMM    string   // why there is no launcher, for status and boot
+	runRoot  string   // Options.RunRoot, for the commands it suggests
 
 	mu       sync.Mutex
 	runs     map[string]*kernelRun
@@ -60,6 +61,10 @@ type Options struct {
 	NoVMM    string
 	// Nested adds the kvm_pvm workaround flags to every command line.
 	Nested bool
+	// RunRoot is the run root whose registry records the cluster by name
+	// while it is up (Register), so that -c NAME finds it wherever its run
+	// directory is; empty records it nowhere.
+	RunRoot string
 }
 
 // Run takes the cluster's run directory, serves the control socket and
@@ -71,6 +76,14 @@ func (s *Supervisor) Run(ctx context.Context, opt Options) error {
 		return err
 	}
 	defer rd.Release()
+	if opt.RunRoot != "" {
+		unregister, err := Register(opt.RunRoot, s.cl.Name, rd.Path)
+		if err != nil {
+			return err
+		}
+		defer unregister() // before the lock goes
+	}
+	s.runRoot = opt.RunRoot
 
 	// The lock is ours, so a socket left behind is stale.
 	if err := os.Remove(rd.Socket()); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -228,8 +241,8 @@ func (s *Supervisor) handle(req Request) Response {
 		return s.boot(req.Name)
 	case OpConsole:
 		return s.consoleOf(req.Name)
-	case OpMsg:
-		return s.msg(req)
+	case OpWindow:
+		return s.windowRequest(req)
 	}
 	return Response{Error: fmt.Sprintf("unknown op %q", req.Op), Code: CodeBadRequest}
 }
@@ -255,38 +268,38 @@ func (s *Supervisor) boot(name string) Response {
 	return Response{OK: true}
 }
 
-// msgTimeout bounds a window request (ping, info).
-const msgTimeout = 5 * time.Second
+// windowTimeout bounds a window request (ping, info).
+const windowTimeout = 5 * time.Second
 
-func (s *Supervisor) msg(req Request) Response {
+func (s *Supervisor) windowRequest(req Request) Response {
 	s.mu.Lock()
 	w := s.win
 	s.mu.Unlock()
 	if w == nil {
 		return Response{Error: "the shared window is not up", Code: CodeState}
 	}
-	if req.Action == MsgStat {
-		return Response{OK: true, Msg: &MsgReply{Peer: w.node.ID(), Stat: &WindowStat{Socket: w.socket, Node: w.node.Stats(), Peers: w.node.Peers()}}}
+	if req.Action == ActionStat {
+		return Response{OK: true, Window: &WindowReply{Peer: w.node.ID(), Stat: &WindowStat{Socket: w.socket, Node: w.node.Stats(), Peers: w.node.Peers()}}}
 	}
 	peer, ok := s.peerByName(w, req.Name)
 	if !ok {
 		return Response{Error: fmt.Sprintf("no kernel or window peer named %q (kernels: %s)", req.Name, s.names()), Code: CodeNotFound}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), msgTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), windowTimeout)
 	defer cancel()
 	switch req.Action {
-	case MsgPing:
+	case ActionPing:
 		rtt, err := w.caller.Ping(ctx, peer)
 		if err != nil {
-			return s.msgErr(req.Name, peer, err)
+			return s.windowErr(req.Name, peer, err)
 		}
-		return Response{OK: true, Msg: &MsgReply{Peer: peer, RTTns: rtt.Nanoseconds()}}
-	case MsgInfo:
+		return Response{OK: true, Window: &WindowReply{Peer: peer, RTTns: rtt.Nanoseconds()}}
+	case ActionInfo:
 		info, err := w.caller.Info(ctx, peer)
 		if err != nil {
-			return s.msgErr(req.Name, peer, err)
+			return s.windowErr(req.Name, peer, err)
 		}
-		return Response{OK: true, Msg: &MsgReply{Peer: peer, Info: &info}}
+		return Response{OK: true, Window: &WindowReply{Peer: peer, Info: &info}}
 	}
 	return Response{Error: fmt.Sprintf("unknown msg action %q (ping, info, stat)", req.Action), Code: CodeBadRequest}
 }
@@ -301,7 +314,7 @@ func (s *Supervisor) peerByName(w *windowHost, name string) (int, bool) {
 	return w.node.PeerByName(name)
 }
 
-func (s *Supervisor) msgErr(name string, peer int, err error) Response {
+func (s *Supervisor) windowErr(name string, peer int, err error) Response {
 	if errors.Is(err, msg.ErrPeerOffline) {
 		return Response{Error: fmt.Sprintf("%q (peer %d) is not on the window: no agent has checked in for it", name, peer), Code: CodeState}
 	}
@@ -382,7 +395,7 @@ func (s *Supervisor) consoleOf(name string) Response {
 		return Response{Error: fmt.Sprintf("cluster %q has no kernel %q (kernels: %s)", s.cl.Name, name, s.names()), Code: CodeNotFound}
 	}
 	if r.console == nil {
-		return Response{Error: fmt.Sprintf("kernel %q is %s: it has no console until it boots (popvmm boot %s)", name, r.state, name), Code: CodeState}
+		return Response{Error: fmt.Sprintf("kernel %q is %s: it has no console until it boots (`%s`)", name, r.state, Command(s.runRoot, "boot", "-c", s.cl.Name, name)), Code: CodeState}
 	}
 	return Response{OK: true, Console: &ConsoleReply{PTY: r.console.PTY(), Replay: r.console.Replay(), State: r.state}}
 }

@@ -179,7 +179,7 @@ func (c *cli) up(ctx context.Context, path string, detach, noKernels bool, notif
 		return configErr(path, err)
 	}
 	// Fail before anything is set up when this host cannot run the kernels.
-	opt := supervisor.Options{NoVMM: "the cluster was brought up with --no-kernels"}
+	opt := supervisor.Options{NoVMM: "the cluster was brought up with --no-kernels", RunRoot: c.runRoot}
 	if !noKernels {
 		kv := kvmhost.Probe(kvmhost.SysHost{})
 		if !kv.Full() {
@@ -206,7 +206,7 @@ func (c *cli) up(ctx context.Context, path string, detach, noKernels bool, notif
 			return err
 		}
 		fmt.Fprintf(c.stdout, "cluster %s is up: supervisor pid %d, log %s/%s\n", cl.Name, pid, cl.RunDir, supervisor.LogName)
-		fmt.Fprintf(c.stdout, "`popvmm status -c %s` shows it, `popvmm down -c %s` stops it\n", cl.Name, cl.Name)
+		fmt.Fprintf(c.stdout, "`%s` shows it, `%s` stops it\n", c.suggest("status", "-c", cl.Name), c.suggest("down", "-c", cl.Name))
 		return nil
 	}
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
@@ -214,17 +214,24 @@ func (c *cli) up(ctx context.Context, path string, detach, noKernels bool, notif
 	sup := supervisor.New(cl, c.logger())
 	opt.Ready = func(sock string) {
 		fmt.Fprintf(c.stdout, "cluster %s is up; control socket %s\n", cl.Name, sock)
-		fmt.Fprintf(c.stdout, "Ctrl-C or `popvmm down -c %s` stops it\n", cl.Name)
+		fmt.Fprintf(c.stdout, "Ctrl-C or `%s` stops it\n", c.suggest("down", "-c", cl.Name))
 		notify.Notify(nil)
 	}
 	err = sup.Run(ctx, opt)
 	var ae *supervisor.AlreadyUpError
 	if errors.As(err, &ae) {
-		return fmt.Errorf("cluster %q is already up (supervisor pid %d, run directory %s); stop it first with `popvmm down -c %s`",
-			cl.Name, ae.PID, ae.RunDir, cl.Name)
+		return fmt.Errorf("cluster %q is already up (supervisor pid %d, run directory %s); stop it first with `%s`",
+			cl.Name, ae.PID, ae.RunDir, c.suggest("down", "-c", cl.Name))
+	}
+	if errors.Is(err, supervisor.ErrNameTaken) {
+		return fmt.Errorf("%w; `%s` shows it", err, c.suggest("status", "-c", cl.Name))
 	}
 	return err
 }
+
+// suggest is a popvmm command line to print for the user: it works as
+// printed (with this command's --run-root when it is not the default).
+func (c *cli) suggest(args ...string) string { return supervisor.Command(c.runRoot, args...) }
 
 // client finds the supervisor the command addresses.
 func (c *cli) client(ctx context.Context) (supervisor.Client, error) {
@@ -420,7 +427,7 @@ func (c *cli) sshCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return c.withKernel(cmd, args[0], func(st *supervisor.Status, k *supervisor.KernelStatus) error {
 				if k.State != supervisor.StateRunning && k.State != supervisor.StateBooting {
-					return &exitError{exitFailure, fmt.Errorf("kernel %q is %s; `popvmm boot -c %s %s` starts it", k.Name, k.State, st.Cluster, k.Name)}
+					return &exitError{exitFailure, fmt.Errorf("kernel %q is %s; `%s` starts it", k.Name, k.State, c.suggest("boot", "-c", st.Cluster, k.Name))}
 				}
 				ssh, err := exec.LookPath("ssh")
 				if err != nil {
@@ -444,17 +451,17 @@ func (c *cli) sshCmd() *cobra.Command {
 
 func (c *cli) msgCmd() *cobra.Command {
 	var asJSON bool
-	call := func(cmd *cobra.Command, req supervisor.Request) (*supervisor.MsgReply, error) {
-		var out *supervisor.MsgReply
+	call := func(cmd *cobra.Command, req supervisor.Request) (*supervisor.WindowReply, error) {
+		var out *supervisor.WindowReply
 		err := c.withCluster(cmd, func(ctx context.Context, cl supervisor.Client) error {
 			resp, err := cl.Call(ctx, req)
 			if err != nil {
 				return opExit(err)
 			}
-			if resp.Msg == nil {
+			if resp.Window == nil {
 				return errors.New("msg reply without a body")
 			}
-			out = resp.Msg
+			out = resp.Window
 			return nil
 		})
 		return out, err
@@ -473,7 +480,7 @@ func (c *cli) msgCmd() *cobra.Command {
 		Short: "Round trip to a kernel's agent over the window",
 		Args:  exactArgs("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			r, err := call(cmd, supervisor.Request{Op: supervisor.OpMsg, Action: supervisor.MsgPing, Name: args[0]})
+			r, err := call(cmd, supervisor.Request{Op: supervisor.OpWindow, Action: supervisor.ActionPing, Name: args[0]})
 			if err != nil {
 				return err
 			}
@@ -486,7 +493,7 @@ func (c *cli) msgCmd() *cobra.Command {
 		Short: "A kernel's release, uptime, load and memory, from its agent",
 		Args:  exactArgs("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			r, err := call(cmd, supervisor.Request{Op: supervisor.OpMsg, Action: supervisor.MsgInfo, Name: args[0]})
+			r, err := call(cmd, supervisor.Request{Op: supervisor.OpWindow, Action: supervisor.ActionInfo, Name: args[0]})
 			if err != nil {
 				return err
 			}
@@ -506,7 +513,7 @@ func (c *cli) msgCmd() *cobra.Command {
 		Short: "The window's peer table and popvmm's message counters",
 		Args:  exactArgs(),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			r, err := call(cmd, supervisor.Request{Op: supervisor.OpMsg, Action: supervisor.MsgStat})
+			r, err := call(cmd, supervisor.Request{Op: supervisor.OpWindow, Action: supervisor.ActionStat})
 			if err != nil {
 				return err
 			}

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/popvmm/popvmm/internal/kvmhost"
+	"github.com/popvmm/popvmm/internal/syncbuf"
 	"github.com/popvmm/popvmm/supervisor"
 )
 
@@ -379,3 +380,96 @@ func TestUpWithoutKVMFailsFast(t *testing.T) {
 // planWords must never reach a user: messages say what is, not what the
 // project plans.
 var planWords = []string{"issue", "lands", "not built yet", "will be", "VMM is not built"}
+
+// TestRunDirElsewhere: a cluster whose cluster.toml sets its own run_dir is
+// found by name (-c NAME) under the run root, and the command up suggests
+// for stopping it works as printed; after down its registry entry is gone.
+func TestRunDirElsewhere(t *testing.T) {
+	root, runDir := t.TempDir(), filepath.Join(t.TempDir(), "rd")
+	images, err := filepath.Abs("../../images/out")
+	if err != nil {
+		t.Fatal(err)
+	}
+	config := filepath.Join(t.TempDir(), "elsewhere.toml")
+	toml := `[cluster]
+name = "elsewhere"
+images = "` + images + `"
+run_dir = "` + runDir + `"
+[cluster.network]
+bridge = "pv-elsewhere"
+subnet = "10.198.0.0/24"
+host_address = "10.198.0.1"
+[[kernel]]
+name = "only"
+flavour = "light"
+cpus = "0"
+memory = "128M"
+boot = "up"
+ip = "10.198.0.2"
+`
+	if err := os.WriteFile(config, []byte(toml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pr, pw := io.Pipe()
+	done := make(chan int, 1)
+	var upErr syncbuf.Buffer
+	go func() {
+		c := newRoot(pw, &upErr)
+		c.SetArgs([]string{"up", "--no-kernels", "--run-root", root, config})
+		code := 0
+		if err := c.ExecuteContext(t.Context()); err != nil {
+			code = 1
+		}
+		pw.Close()
+		done <- code
+	}()
+	suggested := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			if _, cmd, ok := strings.Cut(sc.Text(), "Ctrl-C or `"); ok {
+				cmd, _, _ = strings.Cut(cmd, "`")
+				suggested <- cmd
+			}
+		}
+		close(suggested)
+	}()
+	down, ok := "", false
+	select {
+	case down, ok = <-suggested:
+		if !ok {
+			t.Fatalf("up ended without suggesting how to stop it: %s", upErr.String())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("up printed no command that stops the cluster within 20s")
+	}
+	if want := "popvmm --run-root " + root + " down -c elsewhere"; down != want {
+		t.Errorf("up suggests %q, want %q", down, want)
+	}
+	rr := "--run-root=" + root
+	if code, out, errs := popvmm(t, "status", rr, "-c", "elsewhere"); code != 0 || !strings.Contains(out, "only") {
+		t.Errorf("status -c elsewhere = %d %q %q", code, out, errs)
+	}
+	if code, out, errs := popvmm(t, "status", rr); code != 0 || !strings.Contains(out, "only") {
+		t.Errorf("status (the only cluster up) = %d %q %q", code, out, errs)
+	}
+	// The suggestion, word for word.
+	args := strings.Fields(down)
+	if code, out, errs := popvmm(t, args[1:]...); code != 0 || !strings.Contains(out, "cluster elsewhere is down") {
+		t.Fatalf("%s = %d %q %q", down, code, out, errs)
+	}
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Errorf("up exited %d after down", code)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("up did not return after down")
+	}
+	if code, _, errs := popvmm(t, "status", rr, "-c", "elsewhere"); code == 0 || !strings.Contains(errs, "not up") {
+		t.Errorf("status -c elsewhere after down = %d %q, want not up", code, errs)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(root, ".clusters")); len(ents) != 0 {
+		t.Errorf("registry entries left after down: %v", ents)
+	}
+}
