@@ -46,15 +46,15 @@ func Detach(exe string, args []string, runDir string) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("start supervisor: %w", err)
 	}
-	msg, _ := io.ReadAll(io.LimitReader(r, 64<<10))
-	if bytes.Equal(bytes.TrimSpace(msg), []byte(ReadyWord)) {
+	said, _ := io.ReadAll(io.LimitReader(r, 64<<10))
+	if bytes.Equal(bytes.TrimSpace(said), []byte(ReadyWord)) {
 		pid := cmd.Process.Pid
 		cmd.Process.Release()
 		return pid, nil
 	}
 	werr := cmd.Wait()
-	if len(bytes.TrimSpace(msg)) > 0 {
-		return 0, errors.New(string(bytes.TrimSpace(msg)))
+	if len(bytes.TrimSpace(said)) > 0 {
+		return 0, errors.New(string(bytes.TrimSpace(said)))
 	}
 	return 0, fmt.Errorf("supervisor exited before it was ready (%v); see %s", werr, logPath)
 }

@@ -17,15 +17,15 @@ const (
 	OpStatus  = "status"  // the cluster's and every kernel's state
 	OpDown    = "down"    // stop the cluster; the reply comes before the stop
 	OpBoot    = "boot"    // boot a manual kernel (Name)
-	OpMsg     = "msg"     // window messaging: Action ping|info to Name, or stat
+	OpWindow  = "msg"     // window messaging (`popvmm msg`): Action ping|info to Name, or stat
 	OpConsole = "console" // a kernel's PTY and recent output (Name), for attach
 )
 
-// Msg actions.
+// Actions of an OpWindow request.
 const (
-	MsgPing = "ping"
-	MsgInfo = "info"
-	MsgStat = "stat"
+	ActionPing = "ping"
+	ActionInfo = "info"
+	ActionStat = "stat"
 )
 
 // Codes for a failed Response.
@@ -50,7 +50,7 @@ type Response struct {
 	Error   string        `json:"error,omitempty"`
 	Code    string        `json:"code,omitempty"`
 	Status  *Status       `json:"status,omitempty"`
-	Msg     *MsgReply     `json:"msg,omitempty"`
+	Window  *WindowReply  `json:"msg,omitempty"`
 	Console *ConsoleReply `json:"console,omitempty"`
 }
 
@@ -61,8 +61,8 @@ type ConsoleReply struct {
 	State  State  `json:"state"`
 }
 
-// MsgReply answers an OpMsg request.
-type MsgReply struct {
+// WindowReply answers an OpWindow request.
+type WindowReply struct {
 	Peer  int         `json:"peer"`
 	RTTns int64       `json:"rtt_ns,omitempty"`
 	Info  *agent.Info `json:"info,omitempty"`

@@ -138,7 +138,7 @@ func TestRunStatusBootDown(t *testing.T) {
 	for _, tt := range tests {
 		_, err := c.Call(ctxT(t), tt.req)
 		var oe *supervisor.OpError
-		if !errors.As(err, &oe) || oe.Code != tt.wantCode || !strings.Contains(oe.Msg, tt.wantMsg) {
+		if !errors.As(err, &oe) || oe.Code != tt.wantCode || !strings.Contains(oe.Message, tt.wantMsg) {
 			t.Errorf("Call(%+v) = %v, want code %s with %q", tt.req, err, tt.wantCode, tt.wantMsg)
 		}
 	}

@@ -23,15 +23,15 @@ func TestWindowMessaging(t *testing.T) {
 	sock := filepath.Join(cl.RunDir, supervisor.WindowSocketName)
 
 	call := func(action, name string) (*supervisor.Response, error) {
-		return c.Call(ctxT(t), supervisor.Request{Op: supervisor.OpMsg, Action: action, Name: name})
+		return c.Call(ctxT(t), supervisor.Request{Op: supervisor.OpWindow, Action: action, Name: name})
 	}
 	// No agent yet: the kernel exists but is not on the window.
-	_, err := call(supervisor.MsgPing, "primary")
+	_, err := call(supervisor.ActionPing, "primary")
 	var oe *supervisor.OpError
-	if !errors.As(err, &oe) || oe.Code != supervisor.CodeState || !strings.Contains(oe.Msg, "not on the window") {
+	if !errors.As(err, &oe) || oe.Code != supervisor.CodeState || !strings.Contains(oe.Message, "not on the window") {
 		t.Errorf("ping before any agent = %v", err)
 	}
-	if _, err := call(supervisor.MsgPing, "nobody"); !errors.As(err, &oe) || oe.Code != supervisor.CodeNotFound {
+	if _, err := call(supervisor.ActionPing, "nobody"); !errors.As(err, &oe) || oe.Code != supervisor.CodeNotFound {
 		t.Errorf("ping unknown name = %v, want not_found", err)
 	}
 
@@ -48,19 +48,19 @@ func TestWindowMessaging(t *testing.T) {
 	ran := make(chan struct{})
 	go func() { node.Run(ctx); close(ran) }()
 
-	resp, err := call(supervisor.MsgPing, "hostagent")
-	if err != nil || resp.Msg.Peer != client.ID || resp.Msg.RTTns <= 0 {
+	resp, err := call(supervisor.ActionPing, "hostagent")
+	if err != nil || resp.Window.Peer != client.ID || resp.Window.RTTns <= 0 {
 		t.Fatalf("ping = %+v, %v", resp, err)
 	}
-	resp, err = call(supervisor.MsgInfo, "hostagent")
-	if err != nil || resp.Msg.Info.Name != "hostagent" || resp.Msg.Info.Release == "" || resp.Msg.Info.MemTotal == 0 {
+	resp, err = call(supervisor.ActionInfo, "hostagent")
+	if err != nil || resp.Window.Info.Name != "hostagent" || resp.Window.Info.Release == "" || resp.Window.Info.MemTotal == 0 {
 		t.Fatalf("info = %+v, %v", resp, err)
 	}
-	resp, err = call(supervisor.MsgStat, "")
-	if err != nil || len(resp.Msg.Stat.Peers) != 2 || resp.Msg.Stat.Node.Received < 2 {
-		t.Fatalf("stat = %+v, %v", resp.Msg.Stat, err)
+	resp, err = call(supervisor.ActionStat, "")
+	if err != nil || len(resp.Window.Stat.Peers) != 2 || resp.Window.Stat.Node.Received < 2 {
+		t.Fatalf("stat = %+v, %v", resp.Window.Stat, err)
 	}
-	for _, p := range resp.Msg.Stat.Peers {
+	for _, p := range resp.Window.Stat.Peers {
 		if p.Name == "hostagent" && (p.Sent != 2 || p.Received != 2) {
 			t.Errorf("per-peer counters for hostagent: sent %d received %d, want 2 and 2", p.Sent, p.Received)
 		}
@@ -71,7 +71,7 @@ func TestWindowMessaging(t *testing.T) {
 	client.Close()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		_, err := call(supervisor.MsgPing, "hostagent")
+		_, err := call(supervisor.ActionPing, "hostagent")
 		if errors.As(err, &oe) && oe.Code == supervisor.CodeNotFound {
 			break
 		}
@@ -116,8 +116,8 @@ func TestWindowHostPeerIDReuse(t *testing.T) {
 		if i > 0 && client.ID != lastID {
 			t.Fatalf("round %d: id %d, not the freed %d", i, client.ID, lastID)
 		}
-		resp, err := c.Call(ctxT(t), supervisor.Request{Op: supervisor.OpMsg, Action: supervisor.MsgPing, Name: "hostagent"})
-		if err != nil || resp.Msg.Peer != client.ID {
+		resp, err := c.Call(ctxT(t), supervisor.Request{Op: supervisor.OpWindow, Action: supervisor.ActionPing, Name: "hostagent"})
+		if err != nil || resp.Window.Peer != client.ID {
 			t.Errorf("round %d: ping the new holder of id %d = %+v, %v", i, client.ID, resp, err)
 		}
 		if st := node.PeerState(client.ID); st != msg.StateOnline {
@@ -178,12 +178,12 @@ func TestWindowHostPeerCannotPoseAsKernel(t *testing.T) {
 	go func() { node.Run(ctx); close(ran) }()
 	defer func() { cancel(); <-ran }()
 
-	for _, action := range []string{supervisor.MsgPing, supervisor.MsgInfo} {
-		resp, err := c.Call(ctxT(t), supervisor.Request{Op: supervisor.OpMsg, Action: action, Name: "primary"})
+	for _, action := range []string{supervisor.ActionPing, supervisor.ActionInfo} {
+		resp, err := c.Call(ctxT(t), supervisor.Request{Op: supervisor.OpWindow, Action: action, Name: "primary"})
 		var oe *supervisor.OpError
 		if err == nil {
-			t.Errorf("msg %s primary answered by peer %d (the host process is %d), want a refusal: kernel primary is not on the window", action, resp.Msg.Peer, client.ID)
-		} else if !errors.As(err, &oe) || oe.Code != supervisor.CodeState || !strings.Contains(oe.Msg, "peer 0") {
+			t.Errorf("msg %s primary answered by peer %d (the host process is %d), want a refusal: kernel primary is not on the window", action, resp.Window.Peer, client.ID)
+		} else if !errors.As(err, &oe) || oe.Code != supervisor.CodeState || !strings.Contains(oe.Message, "peer 0") {
 			t.Errorf("msg %s primary = %v, want bad_state naming peer 0", action, err)
 		}
 	}
@@ -191,18 +191,18 @@ func TestWindowHostPeerCannotPoseAsKernel(t *testing.T) {
 	// off the table.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		resp, err := c.Call(ctxT(t), supervisor.Request{Op: supervisor.OpMsg, Action: supervisor.MsgStat})
+		resp, err := c.Call(ctxT(t), supervisor.Request{Op: supervisor.OpWindow, Action: supervisor.ActionStat})
 		if err != nil {
 			t.Fatal(err)
 		}
 		var me *msg.PeerInfo
-		for i, p := range resp.Msg.Stat.Peers {
+		for i, p := range resp.Window.Stat.Peers {
 			if p.ID == client.ID {
-				me = &resp.Msg.Stat.Peers[i]
+				me = &resp.Window.Stat.Peers[i]
 			}
 		}
 		if me == nil || !me.Impostor {
-			t.Fatalf("peer table = %+v, want peer %d flagged as an impostor", resp.Msg.Stat.Peers, client.ID)
+			t.Fatalf("peer table = %+v, want peer %d flagged as an impostor", resp.Window.Stat.Peers, client.ID)
 		}
 		if me.State == msg.StateOffline.String() {
 			break
@@ -213,8 +213,8 @@ func TestWindowHostPeerCannotPoseAsKernel(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	var b strings.Builder
-	resp, _ := c.Call(ctxT(t), supervisor.Request{Op: supervisor.OpMsg, Action: supervisor.MsgStat})
-	supervisor.WriteWindowStat(&b, resp.Msg.Stat)
+	resp, _ := c.Call(ctxT(t), supervisor.Request{Op: supervisor.OpWindow, Action: supervisor.ActionStat})
+	supervisor.WriteWindowStat(&b, resp.Window.Stat)
 	if !strings.Contains(b.String(), "not kernel primary") {
 		t.Errorf("msg stat table does not say the peer is not kernel primary:\n%s", b.String())
 	}

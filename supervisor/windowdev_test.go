@@ -118,7 +118,7 @@ func TestWindowKernelCrashAndRejoin(t *testing.T) {
 	l := &agentLauncher{machines: map[string]*agentMachine{}}
 	c, _ := startWith(t, cl, supervisor.Options{Launcher: l})
 	call := func(action, name string) (*supervisor.Response, error) {
-		return c.Call(ctxT(t), supervisor.Request{Op: supervisor.OpMsg, Action: action, Name: name})
+		return c.Call(ctxT(t), supervisor.Request{Op: supervisor.OpWindow, Action: action, Name: name})
 	}
 	host, err := ipi.Dial(ctxT(t), filepath.Join(cl.RunDir, supervisor.WindowSocketName), cluster.WindowVectors)
 	if err != nil {
@@ -130,8 +130,8 @@ func TestWindowKernelCrashAndRejoin(t *testing.T) {
 		t.Helper()
 		deadline := time.Now().Add(10 * time.Second)
 		for {
-			resp, err := call(supervisor.MsgPing, name)
-			if err == nil && resp.Msg.RTTns > 0 {
+			resp, err := call(supervisor.ActionPing, name)
+			if err == nil && resp.Window.RTTns > 0 {
 				return
 			}
 			if time.Now().After(deadline) {
@@ -153,11 +153,11 @@ func TestWindowKernelCrashAndRejoin(t *testing.T) {
 
 	l.get("secondary").end(machine.Exit{Kind: machine.ExitCrash, Reason: "guest panic: test"})
 	waitState(t, c, "secondary", supervisor.StateCrashed)
-	resp, err := call(supervisor.MsgStat, "")
+	resp, err := call(supervisor.ActionStat, "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range resp.Msg.Stat.Peers {
+	for _, p := range resp.Window.Stat.Peers {
 		if p.ID == 1 && p.State != msg.StateCrashed.String() {
 			t.Errorf("secondary in the peer table right after its crash: %+v, want crashed", p)
 		}
@@ -167,7 +167,7 @@ func TestWindowKernelCrashAndRejoin(t *testing.T) {
 	}
 	waitEvent(t, host, 1, false)
 	var oe *supervisor.OpError
-	if _, err := call(supervisor.MsgPing, "secondary"); !errors.As(err, &oe) {
+	if _, err := call(supervisor.ActionPing, "secondary"); !errors.As(err, &oe) {
 		t.Errorf("ping of the crashed secondary = %v, want refused", err)
 	}
 	waitPing("primary")
@@ -207,7 +207,7 @@ func TestWindowKernelRebootInVM(t *testing.T) {
 	if err := host.Ring(0, 0); err != nil {
 		t.Errorf("host peer rings the rebooted primary: %v", err)
 	}
-	if _, err := c.Call(ctxT(t), supervisor.Request{Op: supervisor.OpMsg, Action: supervisor.MsgStat}); err != nil {
+	if _, err := c.Call(ctxT(t), supervisor.Request{Op: supervisor.OpWindow, Action: supervisor.ActionStat}); err != nil {
 		t.Errorf("window stat after the reboot: %v", err)
 	}
 }
