@@ -15,10 +15,14 @@
 #   TIMEOUT=240             seconds to init before a boot counts as hung
 #   NPT=1                   the lab KVM's nested paging (lab.kvm_amd=npt=N)
 #   VMMS="popvmm qemu"      which VMMs to run
+#   POPULATE=1, HUGEPAGES=1 popvmm's guest RAM faulted in before boot, or on
+#                           2 MiB hugetlbfs pages (the lab reserves 300)
 #   TRACE=1                 keep the KVM trace (kvm_exit, kvm_inj_*, kvm_entry)
 #                           of every failed popvmm boot
 #   OUT=DIR                 where logs and the tally go (default a new dir
-#                           under /var/tmp); POPVMM=path: another popvmm
+#                           under /var/tmp); POPVMM=path: another popvmm;
+#                           VMMTEST=path: a vmm test binary built elsewhere
+#                           (go test -c ./vmm), e.g. from another commit
 #
 # Prints one line per boot and a table; exits 0 only if every boot
 # reached init. Failed boots' consoles (and traces) are kept in OUT.
@@ -46,6 +50,7 @@ if [ "${1:-}" = --in-lab ]; then
     echo 0 >"$tracing/tracing_on"
     tail -n 3000 "$tracing/trace" >"$1"
   }
+  [ "${HUGEPAGES:-0}" = 1 ] && echo 300 >/proc/sys/vm/nr_hugepages
   echo "lab: $(uname -r), kvm_amd npt=$(cat /sys/module/kvm_amd/parameters/npt 2>/dev/null || echo ?), $(qemu-system-x86_64 --version | head -1)"
   for f in ${FLAVOURS:-full light}; do
     dir=$root/images/out/$f
@@ -63,6 +68,7 @@ if [ "${1:-}" = --in-lab ]; then
           (cd "$root/vmm" && POPVMM_REQUIRE_KVM=1 POPVMM_BOOT_COUNT=1 POPVMM_BOOT_FLAVOURS=$f \
             POPVMM_BOOT_FORMAT=${FORMAT:-bzImage} POPVMM_BOOT_APPEND="${APPEND:-}" \
             POPVMM_BOOT_TIMEOUT=${TIMEOUT:-240} POPVMM_BOOT_LOGDIR=$out \
+            POPVMM_BOOT_POPULATE=${POPULATE:-0} POPVMM_BOOT_HUGEPAGES=${HUGEPAGES:-0} \
             "$out/vmm.test" -test.run '^TestKVMBootCount$' -test.v -test.count 1 -test.timeout 0) >"$log.test" 2>&1
           set -e
           line=$(grep -o 'boot-count: popvmm [^:]*: [a-z-]*.*' "$log.test" | head -1 || true)
@@ -118,10 +124,10 @@ mkdir -p "$out"
 for f in ${FLAVOURS:-full light}; do
   [ -f "images/out/$f/bzImage" ] || { echo "boot-count.sh: no images/out/$f (make images)" >&2; exit 1; }
 done
-go test -c -o "$out/vmm.test" ./vmm
+if [ -n "${VMMTEST:-}" ]; then cp "$VMMTEST" "$out/vmm.test"; else go test -c -o "$out/vmm.test" ./vmm; fi
 echo "==> $n boots per kernel of ${FLAVOURS:-full light} (${FORMAT:-bzImage}) under ${VMMS:-popvmm qemu}, lab npt=${NPT:-1}; logs in $out"
 POPVMM_LAB_APPEND="${POPVMM_LAB_APPEND:-} lab.kvm_amd=npt=${NPT:-1}" \
-  "$popvmm" lab run --share "$out" -- env TRACE="${TRACE:-0}" FLAVOURS="${FLAVOURS:-full light}" \
+  "$popvmm" lab run --share "$out" -- env TRACE="${TRACE:-0}" POPULATE="${POPULATE:-0}" HUGEPAGES="${HUGEPAGES:-0}" FLAVOURS="${FLAVOURS:-full light}" \
   FORMAT="${FORMAT:-bzImage}" APPEND="${APPEND:-}" TIMEOUT="${TIMEOUT:-240}" VMMS="${VMMS:-popvmm qemu}" \
   bench/boot-count.sh --in-lab "$n" "$out"
 echo "==> tally (one lab run, npt=${NPT:-1})"

@@ -30,6 +30,8 @@ import (
 //	POPVMM_BOOT_APPEND="..."     added to "console=ttyS0 panic=-1"
 //	POPVMM_BOOT_TIMEOUT=S        seconds to init before "hung" (default 240)
 //	POPVMM_BOOT_LOGDIR=DIR       each failed boot's console goes to DIR
+//	POPVMM_BOOT_POPULATE=1       fault all guest RAM in before the boot
+//	POPVMM_BOOT_HUGEPAGES=1      back guest RAM with 2 MiB hugetlbfs pages
 func TestKVMBootCount(t *testing.T) {
 	n, _ := strconv.Atoi(os.Getenv("POPVMM_BOOT_COUNT"))
 	if n <= 0 {
@@ -90,12 +92,17 @@ type bootResult struct {
 // and returns how it ended and its console.
 func bootOnce(t *testing.T, name string, format vmm.Format, img, initrd []byte, cmdline string, timeout time.Duration) (bootResult, []byte) {
 	t.Helper()
-	l, err := memmap.New(memmap.Spec{RAM: 512 * memmap.MiB, RAMAlign: memmap.PageSize})
+	var huge uint64
+	if os.Getenv("POPVMM_BOOT_HUGEPAGES") == "1" {
+		huge = 2 * memmap.MiB
+	}
+	l, err := memmap.New(memmap.Spec{RAM: 512 * memmap.MiB, RAMAlign: max(huge, memmap.PageSize)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	con := &bootConsole{want: []byte("Run /init"), found: make(chan struct{})}
 	v, err := vmm.New(vmm.Config{Name: "count-" + name, Layout: l, CPUs: cpusFor(t, 1), NUMANode: -1,
+		HugePageSize: huge, Populate: os.Getenv("POPVMM_BOOT_POPULATE") == "1",
 		Boot:        vmm.Boot{Format: format, Image: img, Initrd: initrd, Cmdline: cmdline},
 		ConsoleTail: con.bytes})
 	if err != nil {
