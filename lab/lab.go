@@ -318,29 +318,93 @@ func validEnvName(k string) bool {
 func Run(ctx context.Context, c Config) (Result, error) {
 	start := time.Now()
 	var res Result
+	qemu, err := c.resolve()
+	if err != nil {
+		return res, err
+	}
+	tmp, job, err := makeJobDir(c)
+	if tmp != "" {
+		defer os.RemoveAll(tmp)
+	}
+	if err != nil {
+		return res, err
+	}
+	sock, ln, err := listenSerial(tmp)
+	defer closeAll(ln[:])
+	if err != nil {
+		return res, err
+	}
+	emu, err := startEmulator(qemu, c.QEMUArgs(job, sock))
+	if err != nil {
+		return res, err
+	}
+	fmt.Fprintf(c.Progress, "lab: booting emulated KVM host (%d CPUs, %d MiB)…\n", c.CPUs, c.Memory>>20)
+	defer emu.kill()
+	conns, err := acceptSerial(ln, emu)
+	defer closeAll(conns[:])
+	if err != nil {
+		return res, err
+	}
+	res.Timing.QEMU = time.Since(start)
+
+	ports := copySerial(c, conns)
+	failure, ready, err := c.watch(ctx, start, emu, ports, &res)
+	// The emulator is gone: its sockets are closed, the copies end.
+	ports.wg.Wait()
+	if err != nil {
+		res.Console = ports.consoleText()
+		return res, err
+	}
+	for m := range ports.markers { // seen after the emulator exited
+		if step, _, _ := strings.Cut(m, " "); step == "done" {
+			res.Timing.Done = time.Since(start)
+		}
+	}
+	res.Console = ports.consoleText()
+	if failure == nil {
+		res.ExitCode, failure = jobStatus(job, ready, emu.stderr.String())
+		if failure == nil {
+			return res, nil
+		}
+	}
+	failure.Console = tail(res.Console, 20)
+	return res, failure
+}
+
+// resolve fills in c's defaults and checks what a run needs before it
+// starts anything: the request, the lab image, and the emulator, whose
+// path it returns.
+func (c *Config) resolve() (qemu string, err error) {
 	if err := c.defaults(); err != nil {
-		return res, labErr(err, "bad lab request")
+		return "", labErr(err, "bad lab request")
 	}
 	if err := c.Image.Check(); err != nil {
-		return res, labErr(err, "no lab image")
+		return "", labErr(err, "no lab image")
 	}
-	qemu, err := exec.LookPath(c.QEMU)
+	qemu, err = exec.LookPath(c.QEMU)
 	if err != nil {
-		return res, labErr(err, "%s not found (make deps installs qemu-system-x86)", c.QEMU)
+		return "", labErr(err, "%s not found (make deps installs qemu-system-x86)", c.QEMU)
 	}
+	return qemu, nil
+}
+
+// makeJobDir makes the run's temporary directory (tmp, removed by the
+// caller, even on error, when not empty) with its owner's pid in it, and
+// the job directory the lab host mounts (job: the job script, the shares,
+// and the interactive flag), after sweeping the ones killed runs left.
+func makeJobDir(c Config) (tmp, job string, err error) {
 	sweepJobDirs(os.TempDir())
-	tmp, err := os.MkdirTemp("", "popvmm-lab-")
+	tmp, err = os.MkdirTemp("", "popvmm-lab-")
 	if err != nil {
-		return res, labErr(err, "job directory")
+		return "", "", labErr(err, "job directory")
 	}
-	defer os.RemoveAll(tmp)
 	// Its owner, for the sweep of a later run should this one be killed.
 	if err := os.WriteFile(filepath.Join(tmp, "owner"), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
-		return res, labErr(err, "job directory")
+		return tmp, "", labErr(err, "job directory")
 	}
-	job := filepath.Join(tmp, "job")
+	job = filepath.Join(tmp, "job")
 	if err := os.Mkdir(job, 0o755); err != nil {
-		return res, labErr(err, "job directory")
+		return tmp, "", labErr(err, "job directory")
 	}
 	files := map[string]string{"job.sh": c.JobScript(), "shares": strings.Join(c.shares(), "\n") + "\n"}
 	if c.Interactive {
@@ -348,100 +412,149 @@ func Run(ctx context.Context, c Config) (Result, error) {
 	}
 	for name, data := range files {
 		if err := os.WriteFile(filepath.Join(job, name), []byte(data), 0o644); err != nil {
-			return res, labErr(err, "job directory")
+			return tmp, "", labErr(err, "job directory")
 		}
 	}
-	var sock [3]string
-	var ln [3]*net.UnixListener
+	return tmp, job, nil
+}
+
+// listenSerial listens on a socket in dir for each of the emulator's
+// three serial ports; the caller closes what it returns, on error too.
+func listenSerial(dir string) (sock [3]string, ln [3]*net.UnixListener, err error) {
 	for i := range sock {
-		sock[i] = filepath.Join(tmp, fmt.Sprintf("ttyS%d.sock", i))
+		sock[i] = filepath.Join(dir, fmt.Sprintf("ttyS%d.sock", i))
 		l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock[i], Net: "unix"})
 		if err != nil {
-			return res, labErr(err, "serial socket")
+			return sock, ln, labErr(err, "serial socket")
 		}
-		defer l.Close()
 		ln[i] = l
 	}
+	return sock, ln, nil
+}
 
-	var qemuErr strings.Builder
-	cmd := exec.Command(qemu, c.QEMUArgs(job, sock)...)
-	cmd.Stderr = &qemuErr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
-	exited := make(chan error, 1)
+// closeAll closes every one of cs that is set.
+func closeAll[T interface {
+	comparable
+	io.Closer
+}](cs []T) {
+	var unset T
+	for _, c := range cs {
+		if c != unset {
+			c.Close()
+		}
+	}
+}
+
+// emulator is the running QEMU: its process (in a process group of its
+// own), its stderr, and its exit.
+type emulator struct {
+	cmd    *exec.Cmd
+	stderr strings.Builder
+	exited chan error // Wait's result, once
+}
+
+// startEmulator starts QEMU on a thread kept for its lifetime: its
+// Pdeathsig kills it should popvmm die.
+func startEmulator(qemu string, args []string) (*emulator, error) {
+	e := &emulator{cmd: exec.Command(qemu, args...), exited: make(chan error, 1)}
+	e.cmd.Stderr = &e.stderr
+	e.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	started := make(chan error, 1)
 	go func() {
 		// PR_SET_PDEATHSIG fires when the creating thread exits: keep it
 		// alive for as long as the emulator runs.
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
-		if err := cmd.Start(); err != nil {
+		if err := e.cmd.Start(); err != nil {
 			started <- err
 			return
 		}
 		started <- nil
-		exited <- cmd.Wait()
+		e.exited <- e.cmd.Wait()
 	}()
 	if err := <-started; err != nil {
-		return res, labErr(err, "start %s", qemu)
+		return nil, labErr(err, "start %s", qemu)
 	}
-	fmt.Fprintf(c.Progress, "lab: booting emulated KVM host (%d CPUs, %d MiB)…\n", c.CPUs, c.Memory>>20)
-	kill := func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	defer kill()
+	return e, nil
+}
 
-	// Accept the three serial connections QEMU makes at start-up.
-	var conns [3]*net.UnixConn
+// kill kills the emulator's process group.
+func (e *emulator) kill() { syscall.Kill(-e.cmd.Process.Pid, syscall.SIGKILL) }
+
+// acceptSerial accepts the three serial connections QEMU makes at
+// start-up; the caller closes what it returns, on error too. On error the
+// emulator is killed and waited for.
+func acceptSerial(ln [3]*net.UnixListener, e *emulator) (conns [3]*net.UnixConn, err error) {
 	for i, l := range ln {
 		l.SetDeadline(time.Now().Add(30 * time.Second))
 		conn, err := l.AcceptUnix()
 		if err != nil {
-			kill()
-			<-exited
-			return res, labErr(err, "QEMU did not connect its serial ports: %s", lastLine(qemuErr.String()))
+			e.kill()
+			<-e.exited
+			return conns, labErr(err, "QEMU did not connect its serial ports: %s", lastLine(e.stderr.String()))
 		}
-		defer conn.Close()
 		conns[i] = conn
 	}
-	res.Timing.QEMU = time.Since(start)
+	return conns, nil
+}
 
-	var console strings.Builder
-	var consoleMu sync.Mutex
-	markers := make(chan string, 16)
-	var wg sync.WaitGroup
-	wg.Add(3)
+// serialPorts is what the lab host says on its serial ports: the console
+// (ttyS0) kept whole, with /init's markers, and the command's stdout and
+// stderr (ttyS1, ttyS2) copied out.
+type serialPorts struct {
+	mu      sync.Mutex
+	console strings.Builder
+	markers chan string // closed when the console ends
+	wg      sync.WaitGroup
+}
+
+// copySerial starts copying conns: ttyS0 into the console (and c.Console),
+// its markers to markers; ttyS1 and ttyS2 to c.Stdout and c.Stderr; and
+// c.Stdin to ttyS1 when c.Interactive. wg ends when the emulator's sockets
+// close.
+func copySerial(c Config, conns [3]*net.UnixConn) *serialPorts {
+	p := &serialPorts{markers: make(chan string, 16)}
+	p.wg.Add(3)
 	go func() { // ttyS0: console log and /init's markers
-		defer wg.Done()
-		defer close(markers)
+		defer p.wg.Done()
+		defer close(p.markers)
 		sc := bufio.NewScanner(conns[0])
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
 		for sc.Scan() {
 			line := strings.TrimRight(sc.Text(), "\r")
-			consoleMu.Lock()
-			console.WriteString(line + "\n")
-			consoleMu.Unlock()
+			p.mu.Lock()
+			p.console.WriteString(line + "\n")
+			p.mu.Unlock()
 			if c.Console != nil {
 				io.WriteString(c.Console, line+"\n") // a copy: its errors do not stop the run
 			}
 			if m, ok := consoleMarker(line); ok {
-				markers <- m
+				p.markers <- m
 			}
 		}
 	}()
-	go func() { defer wg.Done(); io.Copy(c.Stdout, conns[1]) }()
-	go func() { defer wg.Done(); io.Copy(c.Stderr, conns[2]) }()
+	go func() { defer p.wg.Done(); io.Copy(c.Stdout, conns[1]) }()
+	go func() { defer p.wg.Done(); io.Copy(c.Stderr, conns[2]) }()
 	if c.Interactive && c.Stdin != nil {
 		go io.Copy(conns[1], c.Stdin)
 	}
-	consoleText := func() string {
-		consoleMu.Lock()
-		defer consoleMu.Unlock()
-		return console.String()
-	}
+	return p
+}
 
+func (p *serialPorts) consoleText() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.console.String()
+}
+
+// watch follows the run until the emulator exits: /init's markers set
+// res.Timing (and a fail marker the failure), the boot timeout kills the
+// emulator, and so does ctx, whose error watch then returns once the
+// emulator is gone. ready says the lab host reached /init's ready marker.
+func (c *Config) watch(ctx context.Context, start time.Time, e *emulator, p *serialPorts, res *Result) (failure *Error, ready bool, err error) {
 	boot := time.NewTimer(c.BootTimeout)
 	defer boot.Stop()
-	var failure *Error
-	ready := false
-wait:
+	markers := p.markers
 	for {
 		select {
 		case m, ok := <-markers:
@@ -449,69 +562,68 @@ wait:
 				markers = nil
 				continue
 			}
-			step, rest, _ := strings.Cut(m, " ")
 			at := time.Since(start)
-			switch step {
-			case "kernel":
-				res.Timing.Kernel = at
-			case "modules":
-				res.Timing.Modules = at
-			case "ready":
-				res.Timing.Ready = at
+			step, rest, _ := strings.Cut(m, " ")
+			if step == "ready" {
 				ready = true
 				boot.Stop()
-				fmt.Fprintf(c.Progress, "lab: ready in %.1f s (%s)\n", at.Seconds(), res.Timing)
-			case "done":
-				res.Timing.Done = at
-			case "fail":
-				failure = labErr(nil, "%s", rest)
 			}
-		case <-exited:
-			exited = nil
+			if f := c.mark(step, rest, at, &res.Timing); f != nil {
+				failure = f
+			}
+		case <-e.exited:
 			res.Timing.Exit = time.Since(start)
-			if ps := cmd.ProcessState; ps != nil {
+			if ps := e.cmd.ProcessState; ps != nil {
 				res.Timing.CPU = ps.UserTime() + ps.SystemTime()
 			}
-			break wait
+			return failure, ready, nil
 		case <-boot.C:
 			failure = labErr(nil, "the lab host was not ready within %s", c.BootTimeout)
-			kill()
+			e.kill()
 		case <-ctx.Done():
-			kill()
-			<-exited
-			wg.Wait() // the emulator is gone: its sockets are closed
-			res.Console = consoleText()
-			return res, ctx.Err()
+			e.kill()
+			<-e.exited
+			return failure, ready, ctx.Err()
 		}
 	}
-	// The emulator is gone: its sockets are closed, the copies end.
-	wg.Wait()
-	if markers != nil {
-		for m := range markers { // seen after the emulator exited
-			if step, _, _ := strings.Cut(m, " "); step == "done" {
-				res.Timing.Done = time.Since(start)
-			}
-		}
+}
+
+// mark records /init's marker step (with the rest of its line) seen at
+// at; a fail marker is the lab's failure.
+func (c *Config) mark(step, rest string, at time.Duration, t *Timing) *Error {
+	switch step {
+	case "kernel":
+		t.Kernel = at
+	case "modules":
+		t.Modules = at
+	case "ready":
+		t.Ready = at
+		fmt.Fprintf(c.Progress, "lab: ready in %.1f s (%s)\n", at.Seconds(), *t)
+	case "done":
+		t.Done = at
+	case "fail":
+		return labErr(nil, "%s", rest)
 	}
-	res.Console = consoleText()
-	if failure == nil {
-		st, err := os.ReadFile(filepath.Join(job, "status"))
-		switch {
-		case err == nil:
-			code, perr := strconv.Atoi(strings.TrimSpace(string(st)))
-			if perr == nil {
-				res.ExitCode = code
-				return res, nil
-			}
-			failure = labErr(perr, "bad exit status %q from the lab host", st)
-		case !ready:
-			failure = labErr(nil, "the lab host stopped while booting (QEMU: %s)", lastLine(qemuErr.String()))
-		default:
-			failure = labErr(nil, "the lab host stopped before the command finished (QEMU: %s)", lastLine(qemuErr.String()))
+	return nil
+}
+
+// jobStatus is the command's exit status, from the status file the job
+// writes in job; without one, the failure says where the lab host
+// stopped, with the emulator's last word (qemuErr).
+func jobStatus(job string, ready bool, qemuErr string) (int, *Error) {
+	st, err := os.ReadFile(filepath.Join(job, "status"))
+	switch {
+	case err == nil:
+		code, perr := strconv.Atoi(strings.TrimSpace(string(st)))
+		if perr == nil {
+			return code, nil
 		}
+		return 0, labErr(perr, "bad exit status %q from the lab host", st)
+	case !ready:
+		return 0, labErr(nil, "the lab host stopped while booting (QEMU: %s)", lastLine(qemuErr))
+	default:
+		return 0, labErr(nil, "the lab host stopped before the command finished (QEMU: %s)", lastLine(qemuErr))
 	}
-	failure.Console = tail(res.Console, 20)
-	return res, failure
 }
 
 // sweepJobDirs removes the job directories (popvmm-lab-*) in dir that a
