@@ -117,51 +117,81 @@ func Dial(ctx context.Context, socket string, vectors int) (*Client, error) {
 // through setDeadline (which caps it at the handshake's and reports false
 // once the handshake was cancelled).
 func (c *Client) greet(setDeadline func(time.Time) bool) error {
-	var gap time.Time // set once the window came: the rest follows at once
-	read := func() (int64, int, error) {
-		var dl time.Time // none of its own: the handshake's
-		if !gap.IsZero() {
-			gap = time.Now().Add(greetGap)
-			dl = gap
-		}
-		if !setDeadline(dl) {
-			return 0, -1, context.Canceled // Dial reports the context's error
-		}
-		v, fd, err := recvMsg(c.conn)
-		switch {
-		case errors.Is(err, os.ErrDeadlineExceeded) && !gap.IsZero() && !time.Now().Before(gap):
-			return 0, -1, errGap
-		case errors.Is(err, os.ErrDeadlineExceeded):
-			return 0, -1, fmt.Errorf("server's greeting incomplete at the handshake's deadline: %w", err)
-		case errors.Is(err, io.EOF):
-			return 0, -1, fmt.Errorf("%w: server closed the connection during the greeting", ErrProtocol)
-		}
-		return v, fd, err
-	}
-	v, fd, err := read()
+	g := &greeting{conn: c.conn, setDeadline: setDeadline}
+	v, err := g.readValue("version")
 	if err != nil {
 		return err
-	}
-	if fd >= 0 {
-		unix.Close(fd)
-		return fmt.Errorf("%w: version message carries an fd", ErrProtocol)
 	}
 	if v != ProtocolVersion {
 		return fmt.Errorf("%w: version %d, want %d", ErrProtocol, v, ProtocolVersion)
 	}
-	id, fd, err := read()
+	id, err := g.readValue("own id")
 	if err != nil {
 		return err
-	}
-	if fd >= 0 {
-		unix.Close(fd)
-		return fmt.Errorf("%w: own id message carries an fd", ErrProtocol)
 	}
 	if id < 0 || id > maxPeerID {
 		return fmt.Errorf("%w: own id %d out of range 0-%d", ErrProtocol, id, maxPeerID)
 	}
 	c.ID = int(id)
-	m, shm, err := read()
+	if err := c.mapWindow(g); err != nil {
+		return err
+	}
+	g.gap = time.Now() // the window came: the rest follows at once
+	if err := c.readEventfds(g); err != nil {
+		return err
+	}
+	return c.refuseExtraVectors(setDeadline)
+}
+
+// greeting reads the server's greeting, one message at a time, each under
+// a deadline: the handshake's, and once the window came (gap set) also
+// greetGap from the message before.
+type greeting struct {
+	conn        *net.UnixConn
+	setDeadline func(time.Time) bool
+	gap         time.Time
+}
+
+// read reads one message: its value and its fd (-1: none). A deadline
+// that ends inside the gap after the window is errGap.
+func (g *greeting) read() (int64, int, error) {
+	var dl time.Time // none of its own: the handshake's
+	if !g.gap.IsZero() {
+		g.gap = time.Now().Add(greetGap)
+		dl = g.gap
+	}
+	if !g.setDeadline(dl) {
+		return 0, -1, context.Canceled // Dial reports the context's error
+	}
+	v, fd, err := recvMsg(g.conn)
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded) && !g.gap.IsZero() && !time.Now().Before(g.gap):
+		return 0, -1, errGap
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return 0, -1, fmt.Errorf("server's greeting incomplete at the handshake's deadline: %w", err)
+	case errors.Is(err, io.EOF):
+		return 0, -1, fmt.Errorf("%w: server closed the connection during the greeting", ErrProtocol)
+	}
+	return v, fd, err
+}
+
+// readValue reads a message that carries a value and no fd (what names
+// it in the error).
+func (g *greeting) readValue(what string) (int64, error) {
+	v, fd, err := g.read()
+	if err != nil {
+		return 0, err
+	}
+	if fd >= 0 {
+		unix.Close(fd)
+		return 0, fmt.Errorf("%w: %s message carries an fd", ErrProtocol, what)
+	}
+	return v, nil
+}
+
+// mapWindow reads the window's fd and maps the window.
+func (c *Client) mapWindow(g *greeting) error {
+	m, shm, err := g.read()
 	if err != nil {
 		return err
 	}
@@ -169,29 +199,25 @@ func (c *Client) greet(setDeadline func(time.Time) bool) error {
 		closeFd(shm)
 		return fmt.Errorf("%w: expected the window fd, got message %d (fd %v)", ErrProtocol, m, shm >= 0)
 	}
+	defer unix.Close(shm)
 	size, err := fdSize(shm)
 	if err == nil && size <= 0 {
 		err = fmt.Errorf("%w: window of %d bytes", ErrProtocol, size)
 	}
-	if err == nil {
-		c.Mem, err = MapFd(shm, size)
-	}
-	unix.Close(shm)
 	if err != nil {
 		return err
 	}
-	gap = time.Now()
+	c.Mem, err = MapFd(shm, size)
+	return err
+}
+
+// readEventfds reads the other peers' eventfds, then this client's own,
+// which come last, until it has one per vector.
+func (c *Client) readEventfds(g *greeting) error {
 	for len(c.own) < c.vectors {
-		pid, fd, err := read()
+		pid, fd, err := g.read()
 		if errors.Is(err, errGap) {
-			if n := len(c.own); n > 0 {
-				return c.mismatch(n, false, fmt.Sprintf("%d eventfds for this client, then nothing for %v", n, greetGap))
-			}
-			if c.assembling >= 0 {
-				n := len(c.peers[c.assembling].fds)
-				return c.mismatch(n, false, fmt.Sprintf("%d eventfds for peer %d, then nothing for %v", n, c.assembling, greetGap))
-			}
-			return fmt.Errorf("%w: server stopped in the greeting, before this client's eventfds", ErrProtocol)
+			return c.stoppedError()
 		}
 		if err != nil {
 			return err
@@ -209,22 +235,49 @@ func (c *Client) greet(setDeadline func(time.Time) bool) error {
 			}
 			continue
 		}
-		if c.assembling >= 0 {
-			unix.Close(fd)
-			n := len(c.peers[c.assembling].fds)
-			return c.mismatch(n, false, fmt.Sprintf("%d eventfds for peer %d, then this client's own", n, c.assembling))
-		}
-		if err := checkEventfd(fd); err != nil {
-			unix.Close(fd)
+		if err := c.addOwn(fd); err != nil {
 			return err
 		}
-		unix.SetNonblock(fd, true)
-		c.own = append(c.own, os.NewFile(uintptr(fd), fmt.Sprintf("eventfd-%d-%d", c.ID, len(c.own))))
-		c.last = c.ID
 	}
-	// More eventfds for this client's own id, already waiting, mean the
-	// server has more vectors. (One that comes later is the message
-	// loop's protocol error.)
+	return nil
+}
+
+// stoppedError is the error for a greeting that stopped before this
+// client had its eventfds: a server with fewer vectors, when it stopped
+// inside one peer's set.
+func (c *Client) stoppedError() error {
+	if n := len(c.own); n > 0 {
+		return c.mismatch(n, false, fmt.Sprintf("%d eventfds for this client, then nothing for %v", n, greetGap))
+	}
+	if c.assembling >= 0 {
+		n := len(c.peers[c.assembling].fds)
+		return c.mismatch(n, false, fmt.Sprintf("%d eventfds for peer %d, then nothing for %v", n, c.assembling, greetGap))
+	}
+	return fmt.Errorf("%w: server stopped in the greeting, before this client's eventfds", ErrProtocol)
+}
+
+// addOwn takes fd as this client's next own eventfd, after another peer's
+// set is complete.
+func (c *Client) addOwn(fd int) error {
+	if c.assembling >= 0 {
+		unix.Close(fd)
+		n := len(c.peers[c.assembling].fds)
+		return c.mismatch(n, false, fmt.Sprintf("%d eventfds for peer %d, then this client's own", n, c.assembling))
+	}
+	if err := checkEventfd(fd); err != nil {
+		unix.Close(fd)
+		return err
+	}
+	unix.SetNonblock(fd, true)
+	c.own = append(c.own, os.NewFile(uintptr(fd), fmt.Sprintf("eventfd-%d-%d", c.ID, len(c.own))))
+	c.last = c.ID
+	return nil
+}
+
+// refuseExtraVectors checks that no more eventfds for this client's own
+// id are already waiting: they would mean the server has more vectors.
+// (One that comes later is the message loop's protocol error.)
+func (c *Client) refuseExtraVectors(setDeadline func(time.Time) bool) error {
 	extra := 0
 	for {
 		v, ok := peekValue(c.conn)
