@@ -1,0 +1,440 @@
+package vblk_test
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/popvmm/popvmm/vblk"
+	"github.com/popvmm/popvmm/vmm/virtio"
+	"github.com/popvmm/popvmm/vmm/virtio/virtiotest"
+)
+
+// memBackend is a disk in memory whose next operations can be made to
+// fail, as a host's EIO or ENOSPC would.
+type memBackend struct {
+	mu      sync.Mutex
+	data    []byte
+	fail    error // returned by the next ReadAt, WriteAt or Flush
+	flushes int
+}
+
+func (m *memBackend) take() error {
+	err := m.fail
+	m.fail = nil
+	return err
+}
+
+func (m *memBackend) ReadAt(p []byte, off int64) (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.take(); err != nil {
+		return 0, err
+	}
+	return copy(p, m.data[off:]), nil
+}
+
+func (m *memBackend) WriteAt(p []byte, off int64) (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.take(); err != nil {
+		return 0, err
+	}
+	return copy(m.data[off:], p), nil
+}
+
+func (m *memBackend) Size() (int64, error) { return int64(len(m.data)), nil }
+func (m *memBackend) Flush() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.flushes++
+	return m.take()
+}
+func (m *memBackend) CanDiscard() bool { return true }
+func (m *memBackend) Discard(off, n int64) error {
+	return m.WriteZeroes(off, n, true)
+}
+func (m *memBackend) WriteZeroes(off, n int64, _ bool) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	clear(m.data[off : off+n])
+	return nil
+}
+
+// guest drives a virtio-blk device as Linux's driver would: MSI-X vector
+// 0 for configuration, 1 for the request queue.
+type guest struct {
+	t   *testing.T
+	b   *vblk.Block
+	d   *virtiotest.Driver
+	r   *virtiotest.Router
+	q   *virtiotest.DriverQueue
+	hdr uint64
+	buf uint64
+	st  uint64
+}
+
+const bufLen = 64 << 10
+
+func newGuest(t *testing.T, cfg vblk.Config, queueSize uint16) *guest {
+	t.Helper()
+	ram, mem := virtiotest.NewMemory(t)
+	b, err := vblk.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := virtiotest.NewRouter(2)
+	p, err := virtio.NewPCI(b, virtio.PCIConfig{Mem: mem, BARAddr: 0xc000_0000, Router: r})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() }) // before the memory goes
+	g := &guest{t: t, b: b, d: virtiotest.New(t, p, ram, mem), r: r}
+	g.hdr, g.buf, g.st = g.d.Alloc(vblk.HeaderLen), g.d.Alloc(bufLen), g.d.Alloc(1)
+	g.up(queueSize)
+	return g
+}
+
+// up negotiates, sets the queue up with size (0: the device's maximum)
+// and sets DRIVER_OK.
+func (g *guest) up(size uint16) {
+	g.t.Helper()
+	if _, ok := g.d.Negotiate(virtio.FeatureVersion1 | g.b.Features()&^virtio.FeatureEventIdx); !ok {
+		g.t.Fatal("features refused")
+	}
+	g.d.EnableMSIX()
+	g.d.Write(0x10, 2, 0)
+	g.q = g.d.SetupQueue(0, size, 1)
+	g.d.SetStatus(virtio.StatusAcknowledge | virtio.StatusDriver | virtio.StatusFeaturesOK | virtio.StatusDriverOK)
+	if g.d.Status()&virtio.StatusDriverOK == 0 {
+		g.t.Fatal("DRIVER_OK refused")
+	}
+}
+
+// do sends one request: out after the header as readable data, then in
+// writable bytes and the status byte; it returns the status, what the
+// device wrote and the used length.
+func (g *guest) do(typ uint32, sector uint64, out []byte, in int) (byte, []byte, uint32) {
+	g.t.Helper()
+	var h [vblk.HeaderLen]byte
+	binary.LittleEndian.PutUint32(h[0:], typ)
+	binary.LittleEndian.PutUint64(h[8:], sector)
+	g.d.Mem.Write(g.hdr, h[:])
+	g.d.Mem.Write(g.st, []byte{0xee})
+	bufs := []virtiotest.Buf{{Addr: g.hdr, Len: vblk.HeaderLen}}
+	if len(out) > 0 {
+		g.d.Mem.Write(g.buf, out)
+		bufs = append(bufs, virtiotest.Buf{Addr: g.buf, Len: uint32(len(out))})
+	}
+	if in > 0 {
+		bufs = append(bufs, virtiotest.Buf{Addr: g.buf, Len: uint32(in), Write: true})
+	}
+	bufs = append(bufs, virtiotest.Buf{Addr: g.st, Len: 1, Write: true})
+	return g.submit(bufs, in)
+}
+
+func (g *guest) submit(bufs []virtiotest.Buf, in int) (byte, []byte, uint32) {
+	g.t.Helper()
+	if _, ok := g.q.Offer(bufs...); !ok {
+		g.t.Fatal("queue full")
+	}
+	g.q.Kick()
+	deadline := time.After(10 * time.Second)
+	for {
+		if used := g.q.TakeUsed(); len(used) > 0 {
+			st := make([]byte, 1)
+			g.d.Mem.Read(g.st, st)
+			data := make([]byte, in)
+			g.d.Mem.Read(g.buf, data)
+			return st[0], data, used[0].Len
+		}
+		select {
+		case <-g.r.Signals[1]:
+		case <-g.r.Signals[0]:
+			g.t.Fatalf("configuration interrupt: device status %#x", g.d.Status())
+		case <-deadline:
+			g.t.Fatalf("no completion within 10s (device status %#x, stats %+v)", g.d.Status(), g.b.Stats())
+		}
+	}
+}
+
+func pattern(n int, seed byte) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = seed + byte(i*7)
+	}
+	return b
+}
+
+// TestReadWriteFlushID: writes land at their sector, reads return them,
+// FLUSH reaches the backend, GET_ID returns the serial, and the config
+// space says the capacity and limits.
+func TestReadWriteFlushID(t *testing.T) {
+	be := &memBackend{data: make([]byte, 1<<20)}
+	g := newGuest(t, vblk.Config{Backend: be, Serial: "disk-0001"}, 0)
+	if c := g.d.Read(g.d.DevCfg, 8); c != 2048 {
+		t.Errorf("capacity %d sectors, want 2048", c)
+	}
+	if g.b.Features()&vblk.FeatureRO != 0 {
+		t.Error("a writable disk offers VIRTIO_BLK_F_RO")
+	}
+	data := pattern(8192, 3)
+	if st, _, n := g.do(vblk.TypeOut, 10, data, 0); st != vblk.StatusOK || n != 1 {
+		t.Fatalf("write: status %d, used %d", st, n)
+	}
+	if !bytes.Equal(be.data[10*512:10*512+8192], data) {
+		t.Fatal("the write did not land at sector 10")
+	}
+	st, got, n := g.do(vblk.TypeIn, 10, nil, 8192)
+	if st != vblk.StatusOK || n != 8193 || !bytes.Equal(got, data) {
+		t.Fatalf("read back: status %d, used %d, equal %v", st, n, bytes.Equal(got, data))
+	}
+	if st, _, _ := g.do(vblk.TypeFlush, 0, nil, 0); st != vblk.StatusOK || be.flushes != 1 {
+		t.Fatalf("flush: status %d, backend flushes %d", st, be.flushes)
+	}
+	st, id, n := g.do(vblk.TypeGetID, 0, nil, vblk.IDBytes)
+	if st != vblk.StatusOK || n != vblk.IDBytes+1 || string(bytes.TrimRight(id, "\x00")) != "disk-0001" {
+		t.Fatalf("GET_ID: status %d, used %d, id %q", st, n, id)
+	}
+	s := g.b.Stats()
+	if s.Reads != 1 || s.Writes != 1 || s.Flushes != 1 || s.ReadBytes != 8192 || s.WriteBytes != 8192 || s.Errors != 0 || s.Refused != 0 {
+		t.Errorf("stats %+v", s)
+	}
+}
+
+// TestRefused: writes to a read-only disk, ranges past the end (also
+// ones that would wrap 2^64), partial sectors and unknown requests
+// complete with an error status and never reach the backend.
+func TestRefused(t *testing.T) {
+	be := &memBackend{data: pattern(1<<20, 1)}
+	orig := bytes.Clone(be.data)
+	ro := newGuest(t, vblk.Config{Backend: be, ReadOnly: true}, 0)
+	if ro.b.Features()&vblk.FeatureRO == 0 {
+		t.Error("a read-only disk does not offer VIRTIO_BLK_F_RO")
+	}
+	seg := make([]byte, 16)
+	binary.LittleEndian.PutUint32(seg[8:], 8)
+	for _, c := range []struct {
+		what   string
+		typ    uint32
+		sector uint64
+		out    []byte
+		in     int
+		want   byte
+	}{
+		{"write to a read-only disk", vblk.TypeOut, 0, pattern(512, 9), 0, vblk.StatusIOErr},
+		{"write-zeroes on a read-only disk", vblk.TypeWriteZeroes, 0, seg, 0, vblk.StatusIOErr},
+		{"discard on a read-only disk", vblk.TypeDiscard, 0, seg, 0, vblk.StatusIOErr},
+		{"read at the capacity", vblk.TypeIn, 2048, nil, 512, vblk.StatusIOErr},
+		{"read across the end", vblk.TypeIn, 2047, nil, 1024, vblk.StatusIOErr},
+		{"read at a sector that wraps 2^64", vblk.TypeIn, 1 << 55, nil, 512, vblk.StatusIOErr},
+		{"read of half a sector", vblk.TypeIn, 0, nil, 100, vblk.StatusIOErr},
+		{"an unknown request", 99, 0, nil, 0, vblk.StatusUnsupp},
+	} {
+		if st, _, _ := ro.do(c.typ, c.sector, c.out, c.in); st != c.want {
+			t.Errorf("%s: status %d, want %d", c.what, st, c.want)
+		}
+	}
+	if !bytes.Equal(be.data, orig) {
+		t.Error("a refused request changed the disk")
+	}
+	if s := ro.b.Stats(); s.Refused != 8 || s.Writes != 0 || s.Errors != 0 {
+		t.Errorf("stats %+v, want 8 refused and nothing else", s)
+	}
+	// The device still serves good requests.
+	if st, got, _ := ro.do(vblk.TypeIn, 2047, nil, 512); st != vblk.StatusOK || !bytes.Equal(got, orig[2047*512:]) {
+		t.Errorf("the last sector: status %d", st)
+	}
+}
+
+// TestHostErrors: EIO and ENOSPC from the host become IOERR for that
+// request, counted; the next request works.
+func TestHostErrors(t *testing.T) {
+	be := &memBackend{data: make([]byte, 1<<20)}
+	g := newGuest(t, vblk.Config{Backend: be}, 0)
+	for _, c := range []struct {
+		typ uint32
+		err error
+	}{{vblk.TypeOut, syscall.ENOSPC}, {vblk.TypeIn, syscall.EIO}, {vblk.TypeFlush, syscall.EIO}} {
+		be.mu.Lock()
+		be.fail = c.err
+		be.mu.Unlock()
+		var out []byte
+		in := 0
+		switch c.typ {
+		case vblk.TypeOut:
+			out = pattern(512, 4)
+		case vblk.TypeIn:
+			in = 512
+		}
+		if st, _, _ := g.do(c.typ, 1, out, in); st != vblk.StatusIOErr {
+			t.Errorf("type %d with %v: status %d, want IOERR", c.typ, c.err, st)
+		}
+	}
+	if s := g.b.Stats(); s.Errors != 3 {
+		t.Errorf("stats %+v, want 3 errors", s)
+	}
+	if st, _, _ := g.do(vblk.TypeOut, 1, pattern(512, 5), 0); st != vblk.StatusOK {
+		t.Errorf("a write after the errors: status %d", st)
+	}
+	if g.d.Status()&virtio.StatusDeviceNeedsReset != 0 {
+		t.Error("a host error broke the device")
+	}
+}
+
+// TestMalformedChain: a chain without room for the header or the status
+// byte sets DEVICE_NEEDS_RESET; a reset and a new activation bring the
+// device back.
+func TestMalformedChain(t *testing.T) {
+	be := &memBackend{data: make([]byte, 1<<20)}
+	for _, bufs := range [][]virtiotest.Buf{
+		{{Addr: 0x1000, Len: 8}, {Addr: 0x2000, Len: 1, Write: true}}, // a short header
+		{{Addr: 0x1000, Len: vblk.HeaderLen}},                          // no status byte
+	} {
+		g := newGuest(t, vblk.Config{Backend: be}, 0)
+		g.q.Offer(bufs...)
+		g.q.Kick()
+		select {
+		case <-g.r.Signals[0]:
+		case <-time.After(10 * time.Second):
+			t.Fatal("no configuration interrupt for a malformed chain")
+		}
+		if g.d.Status()&virtio.StatusDeviceNeedsReset == 0 {
+			t.Fatal("DEVICE_NEEDS_RESET not set")
+		}
+		g.d.SetStatus(0)
+		g.up(0)
+		if st, _, _ := g.do(vblk.TypeIn, 0, nil, 512); st != vblk.StatusOK {
+			t.Errorf("after a reset: status %d", st)
+		}
+	}
+}
+
+// TestReactivateQueueSize: what the device derives from the queue is
+// taken again at every activation: a driver that resets and comes back
+// with a smaller, then a larger queue is served both times (the kind of
+// Firecracker PR #2127).
+func TestReactivateQueueSize(t *testing.T) {
+	be := &memBackend{data: make([]byte, 1<<20)}
+	g := newGuest(t, vblk.Config{Backend: be, QueueSize: 256}, 256)
+	for _, size := range []uint16{16, 256, 4} {
+		g.d.SetStatus(0)
+		g.up(size)
+		if g.q.Size != size {
+			t.Fatalf("queue size %d, want %d", g.q.Size, size)
+		}
+		for i := range int(size) * 2 {
+			if st, _, _ := g.do(vblk.TypeOut, uint64(i), pattern(512, byte(i)), 0); st != vblk.StatusOK {
+				t.Fatalf("queue size %d, request %d: status %d", size, i, st)
+			}
+		}
+	}
+}
+
+// TestScatteredRequest: the device takes a request however the driver
+// splits it into descriptors: header and data in one buffer, data and
+// status in one buffer.
+func TestScatteredRequest(t *testing.T) {
+	be := &memBackend{data: make([]byte, 1<<20)}
+	g := newGuest(t, vblk.Config{Backend: be}, 0)
+	data := pattern(1024, 6)
+	var h [vblk.HeaderLen]byte
+	binary.LittleEndian.PutUint32(h[0:], vblk.TypeOut)
+	binary.LittleEndian.PutUint64(h[8:], 4)
+	a := g.d.Alloc(vblk.HeaderLen + 1024)
+	g.d.Mem.Write(a, append(h[:], data...))
+	g.submit([]virtiotest.Buf{{Addr: a, Len: 100}, {Addr: a + 100, Len: vblk.HeaderLen + 1024 - 100}, {Addr: g.st, Len: 1, Write: true}}, 0)
+	if !bytes.Equal(be.data[4*512:4*512+1024], data) {
+		t.Fatal("a write whose header shares a buffer with data did not land")
+	}
+	binary.LittleEndian.PutUint32(h[0:], vblk.TypeIn)
+	g.d.Mem.Write(g.hdr, h[:])
+	b := g.d.Alloc(1024 + 1)
+	g.d.Mem.Write(g.st, []byte{0xee})
+	st, _, n := g.submit([]virtiotest.Buf{{Addr: g.hdr, Len: vblk.HeaderLen}, {Addr: b, Len: 1025, Write: true}}, 0)
+	got := make([]byte, 1025)
+	g.d.Mem.Read(b, got)
+	if st != 0xee || n != 1025 || !bytes.Equal(got[:1024], data) || got[1024] != vblk.StatusOK {
+		t.Fatalf("a read whose status shares the data buffer: used %d, status byte %d", n, got[1024])
+	}
+}
+
+// TestDiskFile: a real file: discard and write-zeroes read back as
+// zeroes, a read-only open refuses writes at the file too, sizes that
+// are not whole sectors are refused, and close flushes.
+func TestDiskFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "disk.img")
+	if err := os.WriteFile(path, pattern(1<<20, 2), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d, err := vblk.OpenDisk(path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := newGuest(t, vblk.Config{Backend: d}, 0)
+	seg := make([]byte, 16)
+	binary.LittleEndian.PutUint64(seg[0:], 8)
+	binary.LittleEndian.PutUint32(seg[8:], 16)
+	for _, typ := range []uint32{vblk.TypeWriteZeroes, vblk.TypeDiscard} {
+		if typ == vblk.TypeDiscard && g.b.Features()&vblk.FeatureDiscard == 0 {
+			continue // the host file system cannot punch holes
+		}
+		if st, _, _ := g.do(typ, 0, seg, 0); st != vblk.StatusOK {
+			t.Fatalf("type %d: status %d", typ, st)
+		}
+		if _, got, _ := g.do(vblk.TypeIn, 8, nil, 16*512); !bytes.Equal(got, make([]byte, 16*512)) {
+			t.Errorf("type %d: the range does not read back as zeroes", typ)
+		}
+		g.do(vblk.TypeOut, 8, pattern(16*512, 1), 0)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path+".odd", make([]byte, 1000), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := vblk.OpenDisk(path+".odd", true); err == nil {
+		t.Error("a 1000-byte disk was accepted")
+	}
+	if _, err := vblk.OpenDisk(t.TempDir(), true); err == nil {
+		t.Error("a directory was accepted as a disk")
+	}
+}
+
+// TestLocks: a writable disk excludes every other open of it; read-only
+// opens share; the refusal names the holder when it is another process.
+func TestLocks(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "disk.img")
+	if err := os.WriteFile(path, make([]byte, 4096), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	w, err := vblk.OpenDisk(path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ro := range []bool{false, true} {
+		if _, err := vblk.OpenDisk(path, ro); !errors.Is(err, vblk.ErrLocked) {
+			t.Errorf("open (read-only %v) beside a writer: %v, want ErrLocked", ro, err)
+		}
+	}
+	w.Close()
+	r1, err := vblk.OpenDisk(path, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r1.Close()
+	r2, err := vblk.OpenDisk(path, true)
+	if err != nil {
+		t.Fatalf("a second read-only open: %v", err)
+	}
+	r2.Close()
+	if _, err := vblk.OpenDisk(path, false); !errors.Is(err, vblk.ErrLocked) {
+		t.Errorf("a writable open beside a reader: %v, want ErrLocked", err)
+	}
+}

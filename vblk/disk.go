@@ -1,0 +1,242 @@
+package vblk
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// Backend holds a disk's bytes. ReadAt and WriteAt run on the device's
+// workers, several at once.
+type Backend interface {
+	io.ReaderAt
+	io.WriterAt
+	// Size is the disk's size in bytes.
+	Size() (int64, error)
+	// Flush makes every completed write durable (fdatasync).
+	Flush() error
+	// CanDiscard says whether Discard deallocates (the host file
+	// system punches holes).
+	CanDiscard() bool
+	// Discard deallocates [off, off+n); reads of it return zeroes.
+	Discard(off, n int64) error
+	// WriteZeroes zeroes [off, off+n), deallocating it when unmap allows
+	// and the host can.
+	WriteZeroes(off, n int64, unmap bool) error
+}
+
+// Disk is an open disk image or block device, locked for as long as it is
+// open: a writable disk with an exclusive OFD lock over the whole file, a
+// read-only one with a shared lock, so that no two writers, and no writer
+// beside readers, share a disk — another popvmm cluster or a QEMU (whose
+// image locking uses OFD locks too) included.
+type Disk struct {
+	f        *os.File
+	path     string
+	readOnly bool
+	block    bool // a block device, not a regular file
+	discard  bool
+}
+
+var _ Backend = (*Disk)(nil)
+
+// ErrLocked is wrapped by OpenDisk's error for a disk another process
+// holds.
+var ErrLocked = errors.New("disk is in use")
+
+// OpenDisk opens path (a regular file or a block device) and locks it. A
+// disk another process holds in a conflicting way is refused with
+// ErrLocked, naming the holder when /proc shows it. The size must be a
+// whole number of 512-byte sectors.
+func OpenDisk(path string, readOnly bool) (*Disk, error) {
+	flags := os.O_RDWR
+	if readOnly {
+		flags = os.O_RDONLY
+	}
+	f, err := os.OpenFile(path, flags|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("disk %s: %w", path, err)
+	}
+	d := &Disk{f: f, path: path, readOnly: readOnly}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("disk %s: %w", path, err)
+	}
+	switch {
+	case st.Mode().IsRegular():
+	case st.Mode()&os.ModeDevice != 0 && st.Mode()&os.ModeCharDevice == 0:
+		d.block = true
+	default:
+		f.Close()
+		return nil, fmt.Errorf("disk %s: not a regular file or block device (%s)", path, st.Mode().Type())
+	}
+	if err := d.lock(); err != nil {
+		f.Close()
+		return nil, err
+	}
+	size, err := d.Size()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	if size%SectorSize != 0 {
+		f.Close()
+		return nil, fmt.Errorf("disk %s: %d bytes is not a whole number of %d-byte sectors", path, size, SectorSize)
+	}
+	if !readOnly && !d.block {
+		// Punch a hole past the end (nothing there, the size kept): it
+		// works where the file system can deallocate.
+		d.discard = unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, size, SectorSize) == nil
+	}
+	return d, nil
+}
+
+// lock takes the OFD lock (fcntl F_OFD_SETLK over the whole file).
+func (d *Disk) lock() error {
+	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: 0, Start: 0, Len: 0}
+	how := "writable"
+	if d.readOnly {
+		lk.Type = unix.F_RDLCK
+		how = "read-only"
+	}
+	err := unix.FcntlFlock(d.f.Fd(), unix.F_OFD_SETLK, &lk)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, unix.EAGAIN) && !errors.Is(err, unix.EACCES) {
+		return fmt.Errorf("disk %s: lock: %w", d.path, err)
+	}
+	return fmt.Errorf("disk %s: %w: %s holds it %s, so it cannot be attached %s", d.path, ErrLocked, Holders(d.f), holderMode(d.readOnly), how)
+}
+
+func holderMode(readOnly bool) string {
+	if readOnly {
+		return "writable"
+	}
+	return "open"
+}
+
+// Holders names the processes other than this one that have the file
+// open (from /proc/PID/fd), e.g. `qemu-system-x86 (pid 812)`, or says
+// that none could be found (another user's processes are not visible).
+func Holders(f *os.File) string {
+	st, err := f.Stat()
+	if err != nil {
+		return "another process"
+	}
+	sys, ok := st.Sys().(*unix.Stat_t)
+	if !ok {
+		return "another process"
+	}
+	self := os.Getpid()
+	procs, _ := os.ReadDir("/proc")
+	var names []string
+	for _, p := range procs {
+		pid, err := strconv.Atoi(p.Name())
+		if err != nil || pid == self {
+			continue
+		}
+		fds, _ := os.ReadDir(filepath.Join("/proc", p.Name(), "fd"))
+		for _, fd := range fds {
+			var s unix.Stat_t
+			if unix.Stat(filepath.Join("/proc", p.Name(), "fd", fd.Name()), &s) != nil || s.Dev != sys.Dev || s.Ino != sys.Ino {
+				continue
+			}
+			comm, _ := os.ReadFile(filepath.Join("/proc", p.Name(), "comm"))
+			names = append(names, fmt.Sprintf("%s (pid %d)", strings.TrimSpace(string(comm)), pid))
+			break
+		}
+	}
+	if len(names) == 0 {
+		return "another process (not visible in /proc)"
+	}
+	return strings.Join(names, ", ")
+}
+
+// Path is where the disk was opened.
+func (d *Disk) Path() string { return d.path }
+
+// ReadOnly says whether the disk was opened read-only.
+func (d *Disk) ReadOnly() bool { return d.readOnly }
+
+// ReadAt implements io.ReaderAt.
+func (d *Disk) ReadAt(p []byte, off int64) (int, error) { return d.f.ReadAt(p, off) }
+
+// WriteAt implements io.WriterAt.
+func (d *Disk) WriteAt(p []byte, off int64) (int, error) { return d.f.WriteAt(p, off) }
+
+// Size implements Backend: the file's size, or the block device's.
+func (d *Disk) Size() (int64, error) {
+	if d.block {
+		n, err := d.f.Seek(0, io.SeekEnd)
+		if err != nil {
+			return 0, fmt.Errorf("disk %s: size: %w", d.path, err)
+		}
+		return n, nil
+	}
+	st, err := d.f.Stat()
+	if err != nil {
+		return 0, fmt.Errorf("disk %s: %w", d.path, err)
+	}
+	return st.Size(), nil
+}
+
+// Flush implements Backend: fdatasync.
+func (d *Disk) Flush() error {
+	for {
+		err := unix.Fdatasync(int(d.f.Fd()))
+		if !errors.Is(err, unix.EINTR) {
+			if err != nil {
+				return fmt.Errorf("disk %s: fdatasync: %w", d.path, err)
+			}
+			return nil
+		}
+	}
+}
+
+// CanDiscard implements Backend.
+func (d *Disk) CanDiscard() bool { return d.discard }
+
+// Discard implements Backend: a punched hole.
+func (d *Disk) Discard(off, n int64) error {
+	return unix.Fallocate(int(d.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
+}
+
+// WriteZeroes implements Backend: a punched hole when unmap is allowed,
+// else FALLOC_FL_ZERO_RANGE, else zeroes written.
+func (d *Disk) WriteZeroes(off, n int64, unmap bool) error {
+	fd := int(d.f.Fd())
+	if !d.block {
+		if unmap && d.discard && unix.Fallocate(fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n) == nil {
+			return nil
+		}
+		if unix.Fallocate(fd, unix.FALLOC_FL_ZERO_RANGE|unix.FALLOC_FL_KEEP_SIZE, off, n) == nil {
+			return nil
+		}
+	}
+	zero := make([]byte, min(n, 1<<20))
+	for n > 0 {
+		k := min(n, int64(len(zero)))
+		if _, err := d.f.WriteAt(zero[:k], off); err != nil {
+			return err
+		}
+		off, n = off+k, n-k
+	}
+	return nil
+}
+
+// Close flushes a writable disk and closes it, which drops its lock.
+func (d *Disk) Close() error {
+	var err error
+	if !d.readOnly {
+		err = d.Flush()
+	}
+	return errors.Join(err, d.f.Close())
+}
