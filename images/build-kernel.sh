@@ -19,7 +19,7 @@ src="$here/build/src/$src_pkg"
 # what a build produces (the make invocation, the merge of the fragments),
 # not for changes to what it prints, so a reworded message does not cost
 # every clone a 10-30 minute rebuild.
-recipe=1
+recipe=2
 key=$( { grep "^$src_pkg " "$here/packages.lock"; cat "$here"/patches/*.patch "$here/config/common.config" "$cfg"; echo "recipe $recipe"; } | sha256sum | cut -d' ' -f1)
 if [ -f "$out/.key" ] && [ "$(cat "$out/.key")" = "$key" ] && [ -f "$out/bzImage" ] && [ -f "$out/vmlinux" ]; then
   echo "==> $flavour kernel is up to date ($out)"
@@ -29,9 +29,9 @@ fi
 # the cache outside the work tree (images/cache.sh): reuse it.
 . "$here/cache.sh"
 cached="$POPVMM_CACHE/kernel/$flavour-$key"
-if [ -f "$cached/bzImage" ] && [ -f "$cached/vmlinux" ]; then
+if [ -f "$cached/bzImage" ] && [ -f "$cached/vmlinux" ] && [ -f "$cached/Module.symvers" ]; then
   mkdir -p "$out"
-  cp "$cached/bzImage" "$cached/vmlinux" "$cached/config" "$out/"
+  cp "$cached/bzImage" "$cached/vmlinux" "$cached/config" "$cached/Module.symvers" "$out/"
   echo "$key" > "$out/.key"
   echo "==> $flavour kernel from the cache ($cached)"
   exit 0
@@ -88,7 +88,9 @@ done
 jobs=$(nproc)
 echo "==> compile $flavour kernel with $jobs jobs (minutes; log in $obj/build.log)"
 start=$(date +%s)
-if ! make -C "$src" O="$obj" -j"$jobs" bzImage >"$obj/build.log" 2>&1 & then :; fi
+# "modules" too: with CONFIG_MODULES it writes Module.symvers, which a module
+# built outside the tree against this kernel needs (issue 23).
+if ! make -C "$src" O="$obj" -j"$jobs" bzImage modules >"$obj/build.log" 2>&1 & then :; fi
 pid=$!
 while kill -0 "$pid" 2>/dev/null; do
   sleep 30 &
@@ -104,8 +106,9 @@ mkdir -p "$out"
 cp "$obj/arch/x86/boot/bzImage" "$out/bzImage"
 cp "$obj/vmlinux" "$out/vmlinux"
 cp "$obj/.config" "$out/config"
+cp "$obj/Module.symvers" "$out/Module.symvers"
 echo "$key" > "$out/.key"
 mkdir -p "$cached.tmp"
-cp "$out/bzImage" "$out/vmlinux" "$out/config" "$cached.tmp/"
+cp "$out/bzImage" "$out/vmlinux" "$out/config" "$out/Module.symvers" "$cached.tmp/"
 rm -rf "$cached" && mv "$cached.tmp" "$cached"
 echo "==> $flavour kernel built in $(( $(date +%s) - start ))s: $(stat -c %s "$out/bzImage") bytes bzImage"
