@@ -70,6 +70,7 @@ func Check(f *File, host Host) (*Cluster, error) {
 		c.errf("kernel", "no [[kernel]] tables: a cluster needs at least one kernel")
 	}
 	c.checkAcross(cl)
+	c.checkDiskSharing(cl)
 	c.checkTapNames(cl)
 	if len(c.errs) > 0 {
 		return nil, errors.Join(c.errs...)
@@ -308,6 +309,7 @@ func (c *checker) checkKernel(cl *Cluster, i int) *Kernel {
 		k.Passthrough = append(k.Passthrough, p)
 		ptOK = ptOK && ok
 	}
+	c.checkDisks(k, ks, at)
 	if memOK && ptOK {
 		c.layout(cl, k, at)
 	}

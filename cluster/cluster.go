@@ -115,7 +115,25 @@ type Kernel struct {
 	MAC         net.HardwareAddr `json:"-"`
 	ConsoleLog  string           `json:"console_log"`
 	Passthrough []Passthrough    `json:"passthrough,omitempty"`
-	Layout      *memmap.Layout   `json:"layout"`
+	// Disks are the kernel's virtio-blk disks in the order the guest
+	// sees them (DeviceName): the root image, its upper disk, then the
+	// [[kernel.disk]] entries.
+	Disks  []Disk         `json:"disks,omitempty"`
+	Layout *memmap.Layout `json:"layout"`
+}
+
+// RootDisk is the kernel's root image and upper disk, if any, as the
+// guest names them ("" when absent).
+func (k *Kernel) RootDisk() (root, upper string) {
+	for i, d := range k.Disks {
+		switch d.Role {
+		case RoleRoot:
+			root = "/dev/" + DeviceName(i)
+		case RoleRootUpper:
+			upper = "/dev/" + DeviceName(i)
+		}
+	}
+	return root, upper
 }
 
 // MACString is the MAC in the usual colon form.

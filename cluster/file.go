@@ -74,6 +74,13 @@ type KernelSection struct {
 	MAC         string               `toml:"mac"`
 	ConsoleLog  string               `toml:"console_log"`
 	Passthrough []PassthroughSection `toml:"passthrough"`
+	// Root is an ext4 image the kernel boots into (read-only, shared by
+	// any number of kernels; the initramfs lays a private overlay on it),
+	// RootUpper an optional writable disk for that overlay's upper layer
+	// (default: RAM), Disks the kernel's other virtio-blk disks.
+	Root      string        `toml:"root"`
+	RootUpper string        `toml:"root_upper"`
+	Disks     []DiskSection `toml:"disk"`
 }
 
 // PassthroughSection is one [[kernel.passthrough]] table.

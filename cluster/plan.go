@@ -50,6 +50,17 @@ func (c *Cluster) WritePlan(w io.Writer, cmdline func(*Kernel) string) error {
 			}
 			p("  passthrough[%d]\t%s +%#x, %s at %#x, %s\n", j, pt.Path, pt.Offset, memmap.FormatSize(pt.Size), pt.GuestAddress, ro)
 		}
+		for j, d := range k.Disks {
+			ro := "read-write"
+			if d.ReadOnly {
+				ro = "read-only"
+			}
+			serial := ""
+			if d.Serial != "" {
+				serial = ", serial " + d.Serial
+			}
+			p("  disk /dev/%s\t%s, %s %s, %s%s\n", DeviceName(j), d.Path, d.Role, memmap.FormatSize(d.Size), ro, serial)
+		}
 		if k.Layout == nil {
 			continue
 		}

@@ -49,6 +49,14 @@ func Cmdline(cl *cluster.Cluster, k *cluster.Kernel, nested bool, log *slog.Logg
 		fmt.Sprintf("ip=%s::%s:%s:%s:eth0:off", k.IP, cl.Network.Host, mask, k.Name),
 		"popvmm.name=" + k.Name,
 	}
+	// The initramfs switches root into an overlay of the root image
+	// (images/initramfs/init), its upper layer on the upper disk or in RAM.
+	if root, upper := k.RootDisk(); root != "" {
+		parts = append(parts, "popvmm.root="+root)
+		if upper != "" {
+			parts = append(parts, "popvmm.upper="+upper)
+		}
+	}
 	if nested {
 		warnOnce.Do(func() {
 			if log != nil {

@@ -42,6 +42,16 @@ func TestCmdline(t *testing.T) {
 	if got := guest.Cmdline(cl, k, false, nil); strings.HasSuffix(got, " ") {
 		t.Errorf("Cmdline without extras ends in a space: %q", got)
 	}
+	// A root image (and its upper disk) are named for the initramfs by
+	// the guest's device names, in the order the disks are attached.
+	k.Disks = []cluster.Disk{{Role: cluster.RoleRoot}, {Role: cluster.RoleRootUpper}, {Role: cluster.RoleData}}
+	if got := guest.Cmdline(cl, k, false, nil); !strings.HasSuffix(got, " popvmm.name=secondary popvmm.root=/dev/vda popvmm.upper=/dev/vdb") {
+		t.Errorf("Cmdline with a root image = %q", got)
+	}
+	k.Disks = []cluster.Disk{{Role: cluster.RoleData}, {Role: cluster.RoleData}}
+	if got := guest.Cmdline(cl, k, false, nil); strings.Contains(got, "popvmm.root") {
+		t.Errorf("Cmdline with data disks only = %q", got)
+	}
 }
 
 func TestEnsureKey(t *testing.T) {
