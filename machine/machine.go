@@ -2,8 +2,8 @@
 // runs it: RAM and the boot image (package vmm), COM1's 16550 wired to the
 // kernel's console (vtty), the PCI host (pci.go) with its MSI-X routes
 // (irq.go), then one attach function per device kind — virtio-net on the
-// cluster's bridge (net.go), the shared window's device (window.go) — and
-// it answers the VM's status. What is cluster-wide (the bridge, the
+// cluster's bridge (net.go), the shared window's device (window.go), the
+// kernel's virtio-blk disks (blk.go) — and it answers the VM's status. What is cluster-wide (the bridge, the
 // window) is handed in by the supervisor, which drives the result through
 // Machine's four methods and never sees package vmm.
 package machine
@@ -86,12 +86,25 @@ type device interface {
 }
 
 // attachers are the device kinds, in the order they get their PCI device
-// numbers: each gives b's VM its device when the kernel's plan has one
-// (nil, nil otherwise). A new device kind is a file with its attach
-// function, listed here.
-var attachers = []func(b *builder) (device, error){
-	attachNIC,
-	attachWindow,
+// numbers (the window device first among its peers' INTx routes: the MP
+// table routes INTA# of the first devices only): each gives b's VM the
+// devices of its kind the kernel's plan has (none: nil, nil). A new device
+// kind is a file with its attach function, listed here.
+var attachers = []func(b *builder) ([]device, error){
+	one(attachNIC),
+	one(attachWindow),
+	attachDisks,
+}
+
+// one adapts an attach function for a kind a VM has at most one of.
+func one(attach func(*builder) (device, error)) func(*builder) ([]device, error) {
+	return func(b *builder) ([]device, error) {
+		d, err := attach(b)
+		if err != nil || d == nil {
+			return nil, err
+		}
+		return []device{d}, nil
+	}
 }
 
 // builder is what an attach function works with: the VM being built, its
@@ -146,14 +159,12 @@ func Build(cfg Config) (*Machine, error) {
 	}
 	b := &builder{cfg: cfg, vm: v, pci: m.pci, log: log}
 	for _, attach := range attachers {
-		d, err := attach(b)
+		ds, err := attach(b)
 		if err != nil {
 			m.release()
 			return nil, err
 		}
-		if d != nil {
-			m.devices = append(m.devices, d)
-		}
+		m.devices = append(m.devices, ds...)
 	}
 	if cfg.OnReset != nil {
 		v.OnReset(cfg.OnReset) // after the devices' own reset hooks

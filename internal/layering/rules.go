@@ -11,10 +11,10 @@ const (
 )
 
 // Roots are the directories whose packages the rules govern, for Load.
-var Roots = []string{"vtty", "vnet", "ipi", "vmm", "supervisor", "cluster"}
+var Roots = []string{"vtty", "vnet", "vblk", "ipi", "vmm", "supervisor", "cluster"}
 
 // Rules are popvmm's layering rules for module (its path):
-//   - the device models (vtty, vnet, ipi and their subpackages) never
+//   - the device models (vtty, vnet, vblk, ipi and their subpackages) never
 //     import the VM package vmm itself: they reach the VMM through the
 //     small interfaces of vmm/bus, vmm/pci and vmm/virtio;
 //   - vmm and its subpackages never import a device model;
@@ -25,7 +25,7 @@ var Roots = []string{"vtty", "vnet", "ipi", "vmm", "supervisor", "cluster"}
 //     dependencies.
 func Rules(module string) []Rule {
 	m := func(p string) string { return module + "/" + p }
-	devices := []string{m("vtty/..."), m("vnet/..."), m("ipi/...")}
+	devices := []string{m("vtty/..."), m("vnet/..."), m("vblk/..."), m("ipi/...")}
 	return []Rule{
 		{Name: RuleDevices, From: devices, Deny: []string{module + "/vmm"}},
 		{Name: RuleVMM, From: []string{m("vmm/...")}, Deny: devices},
