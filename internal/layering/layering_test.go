@@ -129,6 +129,7 @@ func TestLoadFabricated(t *testing.T) {
 		"cluster/cluster.go":        "package cluster\n\nimport _ \"" + mod + "/internal/pure\"\n",
 		"internal/pure/pure.go":     "package pure\n\nimport _ \"" + mod + "/vnet\"\n",
 		"vnet/vnet.go":              "package vnet\n",
+		"vblk/vblk.go":              "package vblk\n",
 		"supervisor/supervisor.go":  "package supervisor\n",
 		"ipi/ipi.go":                "package ipi\n",
 		"ipi/msg/msg.go":            "package msg\n",
