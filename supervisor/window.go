@@ -76,16 +76,9 @@ func (s *Supervisor) startWindow(ctx context.Context, runDir string) (_ *windowH
 	if err != nil {
 		return nil, err
 	}
-	if err := os.Remove(w.socket); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("remove stale window socket: %w", err)
-	}
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: w.socket, Net: "unix"})
+	ln, err := listenWindowSocket(w.socket)
 	if err != nil {
-		return nil, fmt.Errorf("listen on window socket: %w", err)
-	}
-	if err := os.Chmod(w.socket, 0o600); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("window socket: %w", err)
+		return nil, err
 	}
 	sctx, cancel := context.WithCancel(ctx)
 	w.cancel = cancel
@@ -94,24 +87,51 @@ func (s *Supervisor) startWindow(ctx context.Context, runDir string) (_ *windowH
 			s.log.Error("window server stopped", "err", err)
 		}
 	})
-	// A kernel's name and peer id belong to its VM: no host peer may
-	// answer for them.
-	if w.peer, err = ipi.JoinHostPeer(sctx, ipi.HostPeerConfig{Socket: w.socket, Name: "popvmm",
-		Vectors: cluster.WindowVectors, Reserved: kernelNames(s.cl)}); err != nil {
+	if err := s.joinOwnNode(sctx, w); err != nil {
 		return nil, err
 	}
-	w.node = w.peer.Node
 	node.Store(w.node)
-	w.wg.Go(func() { s.refuseImpostors(sctx, w.node) })
+	s.log.Info("shared window ready", "size", s.cl.Window.Size, "peers", maxPeers, "socket", w.socket)
+	return w, nil
+}
+
+// listenWindowSocket listens on the ivshmem server's socket at path (0600),
+// removing one a previous supervisor left.
+func listenWindowSocket(path string) (*net.UnixListener, error) {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale window socket: %w", err)
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("listen on window socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("window socket: %w", err)
+	}
+	return ln, nil
+}
+
+// joinOwnNode joins popvmm's own node to the window as a host peer named
+// "popvmm", with the kernels' names reserved for their peer ids (no host
+// peer may answer for them), refuses impostors and makes the agent caller
+// of `popvmm msg`; it runs until ctx ends.
+func (s *Supervisor) joinOwnNode(ctx context.Context, w *windowHost) (err error) {
+	w.peer, err = ipi.JoinHostPeer(ctx, ipi.HostPeerConfig{Socket: w.socket, Name: "popvmm",
+		Vectors: cluster.WindowVectors, Reserved: kernelNames(s.cl)})
+	if err != nil {
+		return err
+	}
+	w.node = w.peer.Node
 	w.caller = agent.NewCaller(w.node)
+	w.wg.Go(func() { s.refuseImpostors(ctx, w.node) })
 	w.wg.Go(func() {
 		<-w.peer.Done()
 		if err := w.peer.Err(); err != nil {
 			s.log.Error("popvmm's window node stopped", "err", err)
 		}
 	})
-	s.log.Info("shared window ready", "size", s.cl.Window.Size, "peers", maxPeers, "socket", w.socket)
-	return w, nil
+	return nil
 }
 
 // stop leaves the window and releases it; safe on a half-built windowHost.
