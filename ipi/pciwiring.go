@@ -112,11 +112,7 @@ func (d *Device) mapBARLocked(i int) error {
 		if d.at[i] == d.bars[i] {
 			return nil
 		}
-		w.UnmapMMIO(i, d.at[i])
-		if i == WindowBAR {
-			w.UnmapWindow(d.at[i])
-		}
-		d.mapped[i] = false
+		d.unmapBARLocked(i)
 	}
 	addr, size := d.bars[i], d.barSize(i)
 	if addr+size < addr {
@@ -220,13 +216,19 @@ func (d *Device) unwireLocked() {
 	}
 	for i := range d.mapped {
 		if d.mapped[i] {
-			w.UnmapMMIO(i, d.at[i])
-			if i == WindowBAR {
-				w.UnmapWindow(d.at[i])
-			}
-			d.mapped[i] = false
+			d.unmapBARLocked(i)
 		}
 	}
+}
+
+// unmapBARLocked takes mapped BAR i off the bus (and the window's slots
+// out of the VM) where it is mapped now.
+func (d *Device) unmapBARLocked(i int) {
+	d.cfg.Wiring.UnmapMMIO(i, d.at[i])
+	if i == WindowBAR {
+		d.cfg.Wiring.UnmapWindow(d.at[i])
+	}
+	d.mapped[i] = false
 }
 
 // refusedWrites takes the guest writes that exit on the window BAR: writes
