@@ -45,6 +45,14 @@ const repoRoot = "../.."
 // the images are there. Nothing runs until up.
 func newKVMCluster(t *testing.T, name string, kernels ...kvmKernel) *kvmCluster {
 	t.Helper()
+	return newKVMClusterExtra(t, name, nil, kernels...)
+}
+
+// newKVMClusterExtra is newKVMCluster with extra TOML appended to some
+// kernels' tables, by kernel name (more keys, then sub-tables such as
+// [[kernel.disk]]).
+func newKVMClusterExtra(t *testing.T, name string, extra map[string]string, kernels ...kvmKernel) *kvmCluster {
+	t.Helper()
 	testenv.RequireKVM(t)
 	root, _ := filepath.Abs(repoRoot)
 	c := &kvmCluster{t: &failT{T: t}, bin: testenv.PopvmmBin(root)}
@@ -67,6 +75,7 @@ func newKVMCluster(t *testing.T, name string, kernels ...kvmKernel) *kvmCluster 
 		}
 		fmt.Fprintf(&b, "[[kernel]]\nname = %q\nflavour = %q\ncpus = %q\nmemory = %q\nboot = %q\nkernel = %q\ninitrd = %q\n",
 			k.Name, k.Flavour, k.CPUs, k.Memory, k.Boot, filepath.Join(img, "bzImage"), filepath.Join(img, "initramfs.cpio"))
+		b.WriteString(extra[k.Name])
 		c.kernels = append(c.kernels, k.Name)
 	}
 	testenv.RequireImages(t, problem)
