@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	evfd "github.com/popvmm/popvmm/internal/eventfd"
 )
 
 // PeerEvent says a peer joined or left the window.
@@ -489,13 +491,10 @@ func (c *Client) Ring(peer, vector int) error {
 		c.mu.Unlock()
 		return fmt.Errorf("ring %d/%d: %w", peer, vector, ErrNoPeer)
 	}
-	fd := fds[vector]
-	var one [8]byte
-	binary.LittleEndian.PutUint64(one[:], 1)
-	_, err := unix.Write(fd, one[:])
+	err := evfd.Signal(fds[vector]) // a saturated counter still rings
 	c.mu.Unlock()
-	if err != nil && !errors.Is(err, unix.EAGAIN) { // EAGAIN: counter saturated, still pending
-		return fmt.Errorf("ring %d/%d: %w", peer, vector, os.NewSyscallError("write", err))
+	if err != nil {
+		return fmt.Errorf("ring %d/%d: %w", peer, vector, err)
 	}
 	return nil
 }

@@ -2,13 +2,12 @@ package ipi
 
 import (
 	"fmt"
-	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
 
+	evfd "github.com/popvmm/popvmm/internal/eventfd"
 	"github.com/popvmm/popvmm/internal/windowgeom"
-	"golang.org/x/sys/unix"
 )
 
 // BellID names one doorbell: interrupt vector Vector of peer Peer. Each has
@@ -76,10 +75,10 @@ func NewDoorbells(kernels, hostPeers, vectors int) (*Doorbells, error) {
 	d := &Doorbells{kernels: kernels, vectors: vectors, up: make([]bool, kernels), boots: make([]uint64, kernels),
 		hosts: map[int][]*eventfd{}, subs: map[int]func(){}}
 	for range kernels * vectors {
-		fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+		fd, err := evfd.New()
 		if err != nil {
 			d.Close()
-			return nil, os.NewSyscallError("eventfd", err)
+			return nil, err
 		}
 		e := &eventfd{fd: fd}
 		e.refs.Store(1)
@@ -199,11 +198,9 @@ func (d *Doorbells) Ring(b BellID) bool {
 }
 
 // signal adds one to an eventfd's counter. A full counter (2^64-2 rings
-// nobody read) refuses with EAGAIN, which changes nothing for the reader.
-func signal(fd int) {
-	var one = [8]byte{1}
-	unix.Write(fd, one[:])
-}
+// nobody read) changes nothing for the reader; a closed fd is a bell
+// whose holder is gone.
+func signal(fd int) { evfd.Signal(fd) }
 
 // hold returns b's eventfd held (release it when done), or nil.
 func (d *Doorbells) hold(b BellID) *eventfd {
@@ -261,8 +258,7 @@ func (d *Doorbells) hostLeft(id int) {
 
 // drain empties kernel k's eventfds: rings meant for a VM that is gone.
 func (d *Doorbells) drain(k int) {
-	var b [8]byte
 	for v := range d.vectors {
-		unix.Read(d.kernel[k*d.vectors+v].fd, b[:])
+		evfd.Drain(d.kernel[k*d.vectors+v].fd)
 	}
 }

@@ -12,6 +12,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	evfd "github.com/popvmm/popvmm/internal/eventfd"
+
 	"github.com/popvmm/popvmm/vmm/bus"
 	"github.com/popvmm/popvmm/vmm/pci"
 )
@@ -150,9 +152,9 @@ func NewDevice(cfg DeviceConfig) (*Device, error) {
 		return nil, fmt.Errorf("window device: %w", err)
 	}
 	d.intx = pci.NewINTx(cfg.IRQ)
-	fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	fd, err := evfd.New()
 	if err != nil {
-		return nil, os.NewSyscallError("eventfd", err)
+		return nil, fmt.Errorf("window device: %w", err)
 	}
 	d.wake = fd
 	return d, nil
@@ -378,7 +380,6 @@ func (d *Device) Run(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, d.kick)
 	defer stop()
 	fds := make([]unix.PollFd, 0, 1+d.vectors)
-	var b [8]byte
 	for {
 		d.wireMu.Lock()
 		closed := d.closed
@@ -395,12 +396,12 @@ func (d *Device) Run(ctx context.Context) error {
 		if _, err := unix.Poll(fds, -1); err != nil && !errors.Is(err, unix.EINTR) {
 			return fmt.Errorf("window device: INTx watcher: %w", os.NewSyscallError("poll", err))
 		}
-		unix.Read(d.wake, b[:])
+		evfd.Drain(d.wake)
 		for v, f := range fds[1:] {
 			if f.Revents&unix.POLLIN == 0 {
 				continue
 			}
-			if n, _ := unix.Read(int(f.Fd), b[:]); n != 8 {
+			if n, _ := evfd.Drain(int(f.Fd)); n == 0 {
 				continue // KVM or a drain took it
 			}
 			if d.msixOn.Load() {

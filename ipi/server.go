@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	evfd "github.com/popvmm/popvmm/internal/eventfd"
 )
 
 // Server hands the window and every peer's eventfds to host peers that
@@ -303,10 +305,10 @@ func (s *Server) join(c *net.UnixConn) (*serverPeer, error) {
 	greeting := 3 + (len(s.kernelsUp)+s.maxPeers)*s.vectors
 	p := &serverPeer{id: id, conn: c, out: outbox{limit: greeting + outboxSlack, ready: make(chan struct{}, 1)}}
 	for range s.vectors {
-		fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+		fd, err := evfd.New()
 		if err != nil {
 			p.releaseFds()
-			return nil, os.NewSyscallError("eventfd", err)
+			return nil, err
 		}
 		e := &eventfd{fd: fd}
 		e.refs.Store(1)
