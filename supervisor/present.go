@@ -3,6 +3,9 @@ package supervisor
 import (
 	"fmt"
 	"io"
+	"maps"
+	"slices"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -32,6 +35,29 @@ func WriteStatus(w io.Writer, st *Status, now time.Time) error {
 	for _, k := range st.Kernels {
 		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.Name, k.PeerID, k.State, k.Boot, k.Flavour,
 			cluster.FormatCPUList(k.CPUs), memmap.FormatSize(k.Memory), k.Backing, k.IP, k.MAC, tapText(k))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	return writeDevices(w, st)
+}
+
+// writeDevices lists the running kernels' devices with their counters,
+// one line each, by kernel and device name.
+func writeDevices(w io.Writer, st *Status) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	header := false
+	for _, k := range st.Kernels {
+		if k.Machine == nil {
+			continue
+		}
+		for _, name := range slices.Sorted(maps.Keys(k.Machine.Devs)) {
+			if !header {
+				fmt.Fprintln(tw, "\nKERNEL\tDEVICE\tDETAIL")
+				header = true
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", k.Name, name, strings.Join(k.Machine.Devs[name], ", "))
+		}
 	}
 	return tw.Flush()
 }

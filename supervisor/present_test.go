@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/popvmm/popvmm/machine"
 	"github.com/popvmm/popvmm/supervisor"
 )
 
@@ -54,5 +55,27 @@ func TestStatusShowsWhatExists(t *testing.T) {
 				t.Errorf("status table shows tap %s, which does not exist:\n%s", k.Tap, out)
 			}
 		}
+	}
+}
+
+// TestStatusShowsDevices: a running kernel's devices are listed under the
+// kernel table with their counters, in name order; a kernel without a VM
+// lists none.
+func TestStatusShowsDevices(t *testing.T) {
+	st := &supervisor.Status{Cluster: "demo", Kernels: []supervisor.KernelStatus{
+		{Name: "primary", State: supervisor.StateRunning, Machine: &machine.Info{Devs: map[string][]string{
+			"vdb":  {"virtio-blk", "data", "/d.img", "read-write", "io errors 2, refused 1"},
+			"net0": {"virtio-net", "tap pvt-demo-0"},
+		}}},
+		{Name: "secondary", State: supervisor.StateDefined},
+	}}
+	var b strings.Builder
+	if err := supervisor.WriteStatus(&b, st, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	net, vdb := strings.Index(out, "primary  net0"), strings.Index(out, "primary  vdb     virtio-blk, data, /d.img, read-write, io errors 2, refused 1")
+	if net < 0 || vdb < net || !strings.Contains(out, "KERNEL   DEVICE  DETAIL") || strings.Count(out, "secondary") != 1 {
+		t.Errorf("status devices:\n%s", out)
 	}
 }
