@@ -38,6 +38,12 @@ uninstall:
 images: deps
 	@images/build.sh all
 
+## rootfs: the Debian 12 root image kernels boot with root = (images/out/debian.ext4, and
+## debian.manifest: its packages); mmdebstrap + mkfs.ext4 -d, cached by recipe (docs/storage.md)
+.PHONY: rootfs
+rootfs: deps
+	@images/build-rootfs.sh
+
 ## initramfs: only the initramfs of both flavours (seconds; tests need it)
 initramfs:
 	@images/build.sh initramfs

@@ -18,6 +18,10 @@ pkgs=(gcc make git iproute2 xz-utils openssh-client)
 # Kernel build (images/build-kernel.sh) and QEMU, the reference VMM that
 # the image tests and benchmarks boot the kernels with.
 pkgs+=(build-essential flex bison bc libelf-dev patch qemu-system-x86)
+# The Debian root image (images/build-rootfs.sh, make rootfs) and popvmm disk
+# pack: mmdebstrap installs Debian into a directory, e2fsprogs' mkfs.ext4 -d
+# makes an ext4 image of it.
+pkgs+=(mmdebstrap e2fsprogs)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
