@@ -72,8 +72,10 @@ vet:
 	  if [ -n "$$bad" ]; then echo "gofmt would change: $$bad"; exit 1; fi
 	$(GO) vet ./...
 
-## test: the whole suite: tier 1 here, then the KVM tiers directly or in the lab
-test: vet initramfs lab
+## test: the whole suite, installing and building what it needs first (deps,
+## the guest images, the lab image): tier 1 here, then the KVM tiers
+## directly or in the lab
+test: deps images lab vet
 	@echo "==> go test, tier 1 (race detector on; fuzz targets run their seed corpus; KVM tiers next)"
 	POPVMM_KVM_LATER=1 $(GO) test -race -count=1 ./...
 	@scripts/test-kvm.sh

@@ -111,7 +111,11 @@ printf '%s$ popvmm msg tty secondary   (typing: hostname; uname -r; cat /proc/lo
   timeout 30 "$popvmm" msg tty -c "$cfg" secondary || true
 
 step "4. A host process joins the window as a peer"
-"$popagent" -window "$dir/run/window.sock" -name hostpeer -local "" &
+# The window's ivshmem socket, as the supervisor reports it (status --json).
+sock=$("$popvmm" status -c "$cfg" --json | sed -n 's/^ *"window_socket": *"\(.*\)",*$/\1/p')
+[ -S "$sock" ] || { echo "demo: no window socket in popvmm status --json (got '$sock')"; exit 1; }
+printf '%s$ popagent -window %s -name hostpeer &%s\n' "$bold" "$sock" "$plain"
+"$popagent" -window "$sock" -name hostpeer -local "" &
 agentpid=$!
 wait_for "the host peer" 60 "$popvmm" msg ping -c "$cfg" hostpeer
 run "$popvmm" msg ping -c "$cfg" hostpeer

@@ -248,18 +248,39 @@ func (c *cli) labUpCmd() *cobra.Command {
 		// The config's directory, and this binary's, which the lab's
 		// fresh /tmp would hide when it lives there (go run, tests).
 		cfg.Shares = append(cfg.Shares, filepath.Dir(config), filepath.Dir(exe))
-		script := `set -u
-exe=$1 config=$2
-export PATH="$(dirname "$exe"):$PATH"
-"$exe" up -d "$config" || exit $?
-echo "popvmm: cluster up in the lab; popvmm status, attach, ssh and msg work here. Leave the shell to bring it down."
-sh -i
-"$exe" down
-`
-		cfg.Args = []string{"/bin/sh", "-c", script, "lab-up", exe, config}
+		if !term.IsTerminal(int(os.Stdin.Fd())) {
+			// No terminal (make up </dev/null, a CI job): no one to
+			// give a shell to, so the cluster stays up until the lab is
+			// stopped, as a foreground `popvmm up` does.
+			cfg.Args = []string{"/bin/sh", "-c", labUpScript + labUpHold, "lab-up", exe, config}
+			return c.runLab(cfg, f)
+		}
+		cfg.Args = []string{"/bin/sh", "-c", labUpScript + labUpShell, "lab-up", exe, config}
 		return c.runLabInteractive(cfg, f)
 	})
 }
+
+// labUpScript brings the cluster up inside the lab and shows its status;
+// labUpShell or labUpHold follows it.
+const labUpScript = `set -u
+exe=$1 config=$2
+export PATH="$(dirname "$exe"):$PATH"
+"$exe" up -d "$config" || exit $?
+"$exe" status -c "$config" || exit $?
+`
+
+// labUpShell gives a person a shell next to the cluster; leaving it brings
+// the cluster down.
+const labUpShell = `echo "popvmm: cluster up in the lab; popvmm status, attach, ssh and msg work here. Leave the shell to bring it down."
+sh -i
+"$exe" down -c "$config"
+`
+
+// labUpHold keeps the cluster up, without a shell, until the lab is
+// stopped.
+const labUpHold = `echo "popvmm: cluster up in the lab, without a shell (standard input is not a terminal); Ctrl-C (SIGINT or SIGTERM to popvmm) stops the lab and the cluster with it"
+while :; do sleep 3600; done
+`
 
 func (c *cli) labBuildCmd() *cobra.Command {
 	var debs, dir string

@@ -427,3 +427,40 @@ func TestLabUpPTY(t *testing.T) {
 	t.Parallel()
 	runPTY(t, "cluster up in the lab", "popvmm status -c demo; exit\n", []string{"primary", "secondary", "is down"}, "up", "examples/cluster.toml")
 }
+
+// TestLabUpNoTerminal: `popvmm lab up` with its standard input closed (make
+// up </dev/null, a CI job) brings the cluster up, shows its status, and
+// keeps it up without a shell, instead of a shell that reads end of file
+// and takes the cluster down at once; Ctrl-C stops it all.
+func TestLabUpNoTerminal(t *testing.T) {
+	requireLab(t)
+	t.Parallel()
+	cmd, tmp := labCommand(t, "up", "examples/cluster.toml")
+	cmd.Dir = "../.."
+	stdout, _ := cmd.StdoutPipe()
+	stderr, _ := cmd.StderrPipe()
+	if err := cmd.Start(); err != nil { // Stdin nil: /dev/null
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill() })
+	out := newLineWaiter(stdout)
+	progress := newLineWaiter(stderr)
+	out.wait(t, "cluster demo is up", labBoot)
+	out.wait(t, "primary", time.Minute) // the status table
+	out.wait(t, "without a shell", time.Minute)
+	pids := qemuFor(t, tmp)
+	if len(pids) != 1 {
+		t.Fatalf("QEMU processes naming %s: %v, want one", tmp, pids)
+	}
+	fds := pidfds(t, pids)
+	cmd.Process.Signal(syscall.SIGINT)
+	waitGone(t, fds, 30*time.Second, "after SIGINT")
+	progress.wait(t, "the lab host was stopped", 30*time.Second)
+	var ee *exec.ExitError
+	if err := cmd.Wait(); !errors.As(err, &ee) || ee.ExitCode() != 130 {
+		t.Errorf("popvmm lab up after SIGINT: %v, want exit status 130\n%s", err, out.text())
+	}
+	if strings.Contains(out.text(), "is down") {
+		t.Errorf("the cluster went down before it was stopped:\n%s", out.text())
+	}
+}

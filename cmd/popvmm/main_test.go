@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -261,6 +262,48 @@ func waitLine(t *testing.T, r io.Reader, want string) {
 	}
 }
 
+// runDirMention finds the run directory's files the docs name.
+var runDirMention = regexp.MustCompile(`RUN_DIR/([A-Za-z0-9_.-]+)`)
+
+// checkDocRunDir: every RUN_DIR/FILE that README.md and docs/ name is in
+// the run directory of a cluster that is up (NAME standing for a kernel),
+// so a renamed socket cannot leave the docs behind. A console log exists
+// once its kernel has written, which no kernel of --no-kernels does: its
+// name is checked against the config's plan instead.
+func checkDocRunDir(t *testing.T, runDir string) {
+	t.Helper()
+	cl, err := newCLIForTest().load("../../examples/cluster.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := 0
+	for _, path := range docFiles(t) {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range runDirMention.FindAllStringSubmatch(string(b), -1) {
+			seen++
+			name := strings.ReplaceAll(m[1], "NAME", cl.Kernels[0].Name)
+			if strings.HasSuffix(name, ".console.log") {
+				if filepath.Base(cl.Kernels[0].ConsoleLog) != name {
+					t.Errorf("%s names RUN_DIR/%s; a kernel's console log is %s", path, m[1], filepath.Base(cl.Kernels[0].ConsoleLog))
+				}
+				continue
+			}
+			if _, err := os.Stat(filepath.Join(runDir, name)); err != nil {
+				t.Errorf("%s names RUN_DIR/%s, which a running cluster does not have: %v", path, m[1], err)
+			}
+		}
+	}
+	if seen < 4 {
+		t.Errorf("the docs name %d files of the run directory; the pattern no longer finds them", seen)
+	}
+}
+
+// newCLIForTest is a cli that writes nowhere.
+func newCLIForTest() *cli { return &cli{stdout: io.Discard, stderr: io.Discard} }
+
 // buildBinary builds popvmm once per test run.
 func buildBinary(t *testing.T) string {
 	t.Helper()
@@ -308,6 +351,27 @@ func TestBinary(t *testing.T) {
 		t.Fatalf("pidfd_open(%d): %v", st.PID, err)
 	}
 	defer unix.Close(pidfd)
+	checkDocRunDir(t, st.RunDir)
+	// make demo's host peer joins the window socket the way the script
+	// finds it (scripts/demo.sh, step 4).
+	demo, err := os.ReadFile("../../scripts/demo.sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sockLine string
+	for line := range strings.Lines(string(demo)) {
+		if strings.HasPrefix(line, "sock=$(") {
+			sockLine = line
+		}
+	}
+	if sockLine == "" {
+		t.Fatal("scripts/demo.sh has no sock=$(...) line: how does its host peer find the window?")
+	}
+	sh := exec.Command("bash", "-c", sockLine+`[ -S "$sock" ] && [ "$sock" = "$want" ]`)
+	sh.Env = append(os.Environ(), "popvmm="+bin, "cfg=../../examples/cluster.toml", "POPVMM_RUN_ROOT="+root, "want="+st.Window)
+	if out, err := sh.CombinedOutput(); err != nil || st.Window == "" {
+		t.Errorf("scripts/demo.sh's window socket line does not find %q: %v\n%s", st.Window, err, out)
+	}
 	if out, err := popvmmBin("up", "-d", "--no-kernels", "../../examples/cluster.toml"); err == nil || !strings.Contains(out, "already up") {
 		t.Errorf("second up -d = %v\n%s", err, out)
 	}

@@ -15,11 +15,18 @@ import (
 // walk-through that TestKVMReadme runs line by line, as written.
 const KVMMarker = "<!-- readme-test: run with kvm -->"
 
+// SetUpMarker, on the line before a ```sh block, marks the README's
+// set-up: exactly two commands, the one that brings the example cluster up
+// (the main job: tests/e2e's TestKVMSetUpUp runs it) and the one that runs
+// every test (.ci/run runs it as written).
+const SetUpMarker = "<!-- readme-test: set-up -->"
+
 // Block is one ```sh block of the README.
 type Block struct {
 	Line     int      // the line of its opening fence, 1-based
 	Commands []string // its commands, comments and blank lines removed
 	Run      bool     // marked with KVMMarker
+	SetUp    bool     // marked with SetUpMarker
 }
 
 // Blocks returns every ```sh block of the Markdown file at path.
@@ -42,7 +49,7 @@ func Blocks(path string) ([]Block, error) {
 		trimmed := strings.TrimSpace(line)
 		switch {
 		case cur == nil && trimmed == "```sh":
-			cur = &Block{Line: n, Run: strings.TrimSpace(prev) == KVMMarker}
+			cur = &Block{Line: n, Run: strings.TrimSpace(prev) == KVMMarker, SetUp: strings.TrimSpace(prev) == SetUpMarker}
 		case cur != nil && trimmed == "```":
 			out = append(out, *cur)
 			cur = nil
@@ -74,4 +81,21 @@ func Command(line string) string {
 		s = s[:i]
 	}
 	return strings.TrimSpace(s)
+}
+
+// SetUp returns the two commands of the Markdown file's set-up block (the
+// one marked SetUpMarker, which must be its first ```sh block): the one
+// that brings the example cluster up, and the one that runs every test.
+func SetUp(path string) (up, test string, err error) {
+	blocks, err := Blocks(path)
+	if err != nil {
+		return "", "", err
+	}
+	if len(blocks) == 0 || !blocks[0].SetUp {
+		return "", "", fmt.Errorf("%s: the first ```sh block is not marked %q", path, SetUpMarker)
+	}
+	if b := blocks[0]; len(b.Commands) != 2 {
+		return "", "", fmt.Errorf("%s:%d: the set-up block has %d commands, want 2 (bring the cluster up, run every test)", path, b.Line, len(b.Commands))
+	}
+	return blocks[0].Commands[0], blocks[0].Commands[1], nil
 }
