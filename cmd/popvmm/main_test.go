@@ -155,7 +155,8 @@ func TestUpStatusDownInProcess(t *testing.T) {
 		{[]string{"boot", rr, "secondary"}, exitNoKVM, `cannot boot "secondary": the cluster was brought up with --no-kernels`},
 		{[]string{"boot", rr, "nope"}, exitUsage, `no kernel "nope"`},
 		{[]string{"attach", rr, "secondary"}, exitFailure, `kernel "secondary" is defined: it has no console until it boots`},
-		{[]string{"ssh", rr, "secondary", "uname", "-a"}, exitFailure, "kernel \"secondary\" is defined; `popvmm boot -c demo secondary` starts it"},
+		// Suggestions carry the run root when it is not the default.
+		{[]string{"ssh", rr, "secondary", "uname", "-a"}, exitFailure, "kernel \"secondary\" is defined; `popvmm --run-root " + root + " boot -c demo secondary` starts it"},
 		{[]string{"msg", "ping", rr, "primary"}, exitFailure, `"primary" (peer 0) is not on the window`},
 		{[]string{"msg", "info", rr, "nobody"}, exitUsage, `no kernel or window peer named "nobody"`},
 		{[]string{"logs", rr, "primary"}, exitFailure, "no console output yet"},
