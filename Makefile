@@ -73,9 +73,9 @@ vet:
 	$(GO) vet ./...
 
 ## test: the whole suite, installing and building what it needs first (deps,
-## the guest images, the lab image): tier 1 here, then the KVM tiers
+## the guest images, the Debian root image, the lab image): tier 1 here, then the KVM tiers
 ## directly or in the lab
-test: deps images lab vet
+test: deps images rootfs lab vet
 	@echo "==> go test, tier 1 (race detector on; fuzz targets run their seed corpus; KVM tiers next)"
 	POPVMM_KVM_LATER=1 $(GO) test -race -count=1 ./...
 	@scripts/test-kvm.sh
@@ -88,8 +88,8 @@ guests:
 test-kvm: build lab
 	@scripts/test-kvm.sh
 
-## test-images: the end-to-end image tests, required to run (needs make images)
-test-images: images
+## test-images: the end-to-end image tests, required to run (needs make images rootfs)
+test-images: images rootfs
 	POPVMM_REQUIRE_IMAGES=1 $(GO) test -count=1 -v ./tests/e2e
 
 ## fuzz: run every fuzz target for FUZZTIME each (default 60s)
