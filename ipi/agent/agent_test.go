@@ -355,3 +355,33 @@ func (b multiBell) Wait(ctx context.Context) error {
 		return ctx.Err()
 	}
 }
+
+// TestTTYOutputBeforeOpenReturns: an agent's shell may write, and even
+// end, before the client has taken up the agent's answer (the agent
+// starts the shell as it answers). That output reaches the client's
+// writer, in order, and the session ends with the shell, instead of the
+// bytes being dropped and the session waiting for an end it missed.
+func TestTTYOutputBeforeOpenReturns(t *testing.T) {
+	a, b := pair(t)
+	a.HandleRequests(agent.SvcTTYOpen, func(r msg.Request) {
+		sid := []byte{7, 0, 0, 0}
+		a.Reply(r, agent.SvcTTYOpened, sid)
+		a.Send(r.From.ID, agent.SvcTTYOutput, append(append([]byte{}, sid...), "first "...))
+		a.Send(r.From.ID, agent.SvcTTYOutput, append(append([]byte{}, sid...), "second"...))
+		a.Send(r.From.ID, agent.SvcTTYClosed, sid)
+	})
+	var out syncbuf.Buffer
+	in, inW := io.Pipe()
+	defer inW.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := agent.NewTTYClient(b).Open(ctx, 0, in, &out); err != nil {
+		t.Fatalf("Open = %v (output so far %q)", err, out.String())
+	}
+	if ctx.Err() != nil {
+		t.Fatalf("the session ended only with the deadline: its end was missed (output %q)", out.String())
+	}
+	if got, want := out.String(), "first second"; got != want {
+		t.Errorf("output = %q, want %q", got, want)
+	}
+}

@@ -209,10 +209,27 @@ func (d *DetachReader) Read(p []byte) (int, error) {
 // TTYClient opens shells on other peers from one node; any number of
 // sessions may run at once.
 type TTYClient struct {
-	node *msg.Node
-	mu   sync.Mutex
-	sess map[ttyKey]*clientSession // open sessions
+	node    *msg.Node
+	mu      sync.Mutex
+	sess    map[ttyKey]*clientSession // open sessions
+	opening map[int]int               // opens awaiting their answer, by peer
+	early   map[ttyKey]*earlyOutput   // what came for a session before its Open took it up
+	earlyN  int                       // bytes in early
 }
+
+// earlyOutput is a session's output (and its end) that came before Open
+// took the session up: the agent starts the shell as it answers, and the
+// shell's first bytes can overtake the answer on its way to Open. It is
+// kept only while an open to that peer awaits its answer, at most
+// maxEarly bytes in all.
+type earlyOutput struct {
+	gen    uint32 // the sender's incarnation
+	data   []byte
+	closed bool
+}
+
+// maxEarly bounds the early output a client keeps.
+const maxEarly = 64 << 10
 
 type ttyKey struct {
 	peer int
@@ -228,33 +245,84 @@ type clientSession struct {
 
 // NewTTYClient takes over the client-side TTY services on node.
 func NewTTYClient(node *msg.Node) *TTYClient {
-	c := &TTYClient{node: node, sess: map[ttyKey]*clientSession{}}
+	c := &TTYClient{node: node, sess: map[ttyKey]*clientSession{}, opening: map[int]int{}, early: map[ttyKey]*earlyOutput{}}
 	node.HandleReplies(SvcTTYOpened)
 	node.RegisterSender(SvcTTYOutput, func(from msg.Sender, p []byte) {
-		if s := c.session(from, p); s != nil {
-			s.out.Write(p[4:])
-		}
+		c.deliver(from, p, false)
 	})
 	node.RegisterSender(SvcTTYClosed, func(from msg.Sender, p []byte) {
-		if s := c.session(from, p); s != nil {
-			s.once.Do(func() { close(s.closed) })
-		}
+		c.deliver(from, p, true)
 	})
 	return c
 }
 
-// session is the session p names, if the incarnation that sent p serves it.
-func (c *TTYClient) session(from msg.Sender, p []byte) *clientSession {
+// deliver hands a session's output (or its end) to the session p names, if
+// the incarnation that sent p serves it, or keeps it for an Open of that
+// peer still taking its answer up. Sessions' writes are ordered by c.mu.
+func (c *TTYClient) deliver(from msg.Sender, p []byte, end bool) {
 	if len(p) < 4 {
-		return nil
+		return
 	}
+	key := ttyKey{from.ID, binary.LittleEndian.Uint32(p)}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	s := c.sess[ttyKey{from.ID, binary.LittleEndian.Uint32(p)}]
-	if s == nil || from.Gen != s.gen {
-		return nil
+	if s := c.sess[key]; s != nil {
+		if s.gen != from.Gen {
+			return
+		}
+		if end {
+			s.once.Do(func() { close(s.closed) })
+		} else {
+			s.out.Write(p[4:])
+		}
+		return
 	}
-	return s
+	if c.opening[from.ID] == 0 {
+		return // nobody's session
+	}
+	e := c.early[key]
+	if e == nil {
+		e = &earlyOutput{gen: from.Gen}
+		c.early[key] = e
+	}
+	switch {
+	case e.gen != from.Gen:
+	case end:
+		e.closed = true
+	case c.earlyN+len(p)-4 <= maxEarly:
+		e.data = append(e.data, p[4:]...)
+		c.earlyN += len(p) - 4
+	}
+}
+
+// takeUp registers s as session key, with whatever came for it already.
+func (c *TTYClient) takeUp(key ttyKey, s *clientSession) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.sess[key] = s
+	if e := c.early[key]; e != nil && e.gen == s.gen {
+		s.out.Write(e.data)
+		if e.closed {
+			s.once.Do(func() { close(s.closed) })
+		}
+	}
+}
+
+// opened ends an Open's wait for its answer; what came early for sessions
+// of that peer no Open took up is dropped once none awaits one.
+func (c *TTYClient) opened(peer int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.opening[peer]--; c.opening[peer] > 0 {
+		return
+	}
+	delete(c.opening, peer)
+	for k, e := range c.early {
+		if k.peer == peer {
+			c.earlyN -= len(e.data)
+			delete(c.early, k)
+		}
+	}
 }
 
 // Open runs a shell on peer connected to in and out until the shell ends,
@@ -262,6 +330,15 @@ func (c *TTYClient) session(from msg.Sender, p []byte) *clientSession {
 // passed to the shell as ^D. It also ends, with an error, when the peer's
 // incarnation that opened the shell goes. The node must be running (Run).
 func (c *TTYClient) Open(ctx context.Context, peer int, in io.Reader, out io.Writer) error {
+	c.mu.Lock()
+	c.opening[peer]++
+	c.mu.Unlock()
+	opening := true
+	defer func() {
+		if opening {
+			c.opened(peer)
+		}
+	}()
 	call, err := c.node.Ask(peer, SvcTTYOpen, nil)
 	if err != nil {
 		return fmt.Errorf("open tty on peer %d: %w", peer, err)
@@ -286,9 +363,9 @@ func (c *TTYClient) Open(ctx context.Context, peer int, in io.Reader, out io.Wri
 	gen := call.Peer().Gen
 	key := ttyKey{peer, binary.LittleEndian.Uint32(sid[:])}
 	s := &clientSession{gen: gen, out: out, closed: make(chan struct{})}
-	c.mu.Lock()
-	c.sess[key] = s
-	c.mu.Unlock()
+	c.takeUp(key, s)
+	opening = false
+	c.opened(peer)
 	defer func() {
 		c.mu.Lock()
 		delete(c.sess, key)
