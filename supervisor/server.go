@@ -78,10 +78,14 @@ func (s *Supervisor) Run(ctx context.Context, opt Options) error {
 	defer rd.Release()
 	if opt.RunRoot != "" {
 		unregister, err := Register(opt.RunRoot, s.cl.Name, rd.Path)
-		if err != nil {
+		switch {
+		case errors.Is(err, ErrNameTaken):
 			return err
+		case err != nil: // e.g. a run root this user cannot write: -c FILE still works
+			s.log.Warn("the cluster is not in the run root's registry: -c NAME will not find it", "err", err)
+		default:
+			defer unregister() // before the lock goes
 		}
-		defer unregister() // before the lock goes
 	}
 	s.runRoot = opt.RunRoot
 
