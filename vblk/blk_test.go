@@ -295,7 +295,7 @@ func TestMalformedChain(t *testing.T) {
 	be := &memBackend{data: make([]byte, 1<<20)}
 	for _, bufs := range [][]virtiotest.Buf{
 		{{Addr: 0x1000, Len: 8}, {Addr: 0x2000, Len: 1, Write: true}}, // a short header
-		{{Addr: 0x1000, Len: vblk.HeaderLen}},                          // no status byte
+		{{Addr: 0x1000, Len: vblk.HeaderLen}},                         // no status byte
 	} {
 		g := newGuest(t, vblk.Config{Backend: be}, 0)
 		g.q.Offer(bufs...)
