@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -594,4 +595,40 @@ func waitPeers(t *testing.T, srv *ipi.Server, ok func([]int) bool) {
 		}
 		time.Sleep(time.Millisecond) // the server changes its table on its own goroutines
 	}
+}
+
+// TestServerOutlivesFdExhaustion: a server whose process runs out of file
+// descriptors for a while (its accept fails with EMFILE) waits and accepts
+// again (internal/retry): Serve does not return, and a host peer joins
+// once fds are back.
+func TestServerOutlivesFdExhaustion(t *testing.T) {
+	sock, srv := serve(t, ipi.ServerConfig{Vectors: 1, FirstID: 0, MaxPeers: 100})
+	var old unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &old); err != nil {
+		t.Fatal(err)
+	}
+	fds, _ := os.ReadDir("/proc/self/fd")
+	lim := old
+	lim.Cur = uint64(len(fds) + 8)
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	var conns []net.Conn
+	for range 64 {
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			break
+		}
+		conns = append(conns, c)
+	}
+	time.Sleep(200 * time.Millisecond) // the server's accepts meet EMFILE
+	for _, c := range conns {
+		c.Close()
+	}
+	unix.Setrlimit(unix.RLIMIT_NOFILE, &old)
+	if len(conns) == 0 {
+		t.Fatal("no connection made under the lowered limit")
+	}
+	b := dial(t, sock, 1)
+	waitPeers(t, srv, func(ids []int) bool { return slices.Contains(ids, b.ID) })
 }

@@ -10,11 +10,12 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"golang.org/x/sys/unix"
 
 	evfd "github.com/popvmm/popvmm/internal/eventfd"
+	"github.com/popvmm/popvmm/internal/ratelog"
+	"github.com/popvmm/popvmm/internal/retry"
 )
 
 // Server hands the window and every peer's eventfds to host peers that
@@ -220,10 +221,6 @@ func NewServer(win *Window, cfg ServerConfig, log *slog.Logger) (*Server, error)
 	return s, nil
 }
 
-// acceptRetry is how long Serve waits after a failed accept that may pass
-// (out of file descriptors or memory) before it accepts again.
-const acceptRetry = 100 * time.Millisecond
-
 // Serve accepts peers on ln until ctx ends, then disconnects them all and
 // closes every eventfd it made. Accepting never waits for a peer: a new
 // peer's greeting goes through its queue like every other message.
@@ -243,20 +240,15 @@ func (s *Server) Serve(ctx context.Context, ln *net.UnixListener) error {
 		s.mu.Unlock()
 		wg.Wait()
 	}()
+	// Out of file descriptors for a moment (or another error that passes):
+	// wait and accept again (internal/retry), logged rate-limited.
+	acceptLog := ratelog.Default(s.log)
+	defer acceptLog.Flush()
 	for {
-		c, err := ln.AcceptUnix()
+		c, err := retry.Accept(ctx, ln.AcceptUnix, acceptLog, "ivshmem server")
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
-			}
-			if temporaryAcceptError(err) {
-				s.log.Warn("ivshmem server accept", "err", err)
-				select {
-				case <-ctx.Done():
-					return nil
-				case <-time.After(acceptRetry):
-				}
-				continue
 			}
 			return fmt.Errorf("ivshmem server accept: %w", err)
 		}
@@ -275,15 +267,6 @@ func (s *Server) Serve(ctx context.Context, ln *net.UnixListener) error {
 		wg.Go(func() { s.write(p) })
 		wg.Go(func() { s.watch(p) })
 	}
-}
-
-func temporaryAcceptError(err error) bool {
-	for _, e := range []error{unix.EMFILE, unix.ENFILE, unix.ENOBUFS, unix.ENOMEM, unix.ECONNABORTED, unix.EINTR} {
-		if errors.Is(err, e) {
-			return true
-		}
-	}
-	return false
 }
 
 // join gives the new client an id and queues its greeting: the window,

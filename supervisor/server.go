@@ -16,6 +16,8 @@ import (
 
 	"github.com/popvmm/popvmm/cluster"
 	"github.com/popvmm/popvmm/guest"
+	"github.com/popvmm/popvmm/internal/ratelog"
+	"github.com/popvmm/popvmm/internal/retry"
 	"github.com/popvmm/popvmm/ipi/msg"
 )
 
@@ -144,8 +146,13 @@ func (s *Supervisor) Run(ctx context.Context, opt Options) error {
 		<-ctx.Done()
 		ln.Close()
 	}()
+	// An accept that fails for a moment (out of file descriptors: a burst
+	// of clients, the VMs' eventfds) waits and tries again: it must not
+	// end Run, whose cleanup stops every kernel.
+	acceptLog := ratelog.Default(s.log)
+	defer acceptLog.Flush()
 	for {
-		conn, err := ln.AcceptUnix()
+		conn, err := retry.Accept(ctx, ln.AcceptUnix, acceptLog, "control socket")
 		if err != nil {
 			if ctx.Err() != nil {
 				break
