@@ -1,6 +1,7 @@
 package vnet
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,6 +14,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/popvmm/popvmm/internal/ratelog"
+	"github.com/popvmm/popvmm/internal/retry"
 	"github.com/popvmm/popvmm/vmm/virtio"
 )
 
@@ -58,6 +61,11 @@ const (
 	// txBatch bounds the used elements published at once on tx, so the
 	// guest reclaims buffers while a long burst is still being sent.
 	txBatch = 64
+	// rxRefillGrace is how long a frame that the posted receive buffers
+	// cannot hold waits for the driver to post more (a refill under way)
+	// before it is dropped and the buffers go back: a frame that fits no
+	// posted buffers never holds the receive queue longer.
+	rxRefillGrace = 20 * time.Millisecond
 
 	configLen = 12 // mac, status, max_virtqueue_pairs, mtu
 	linkUp    = 1  // VIRTIO_NET_S_LINK_UP
@@ -91,23 +99,63 @@ type Net struct {
 	mac     [6]byte
 	tap     *os.File
 	raw     syscall.RawConn
-	log     *slog.Logger
+	log     *ratelog.Logger // the guest causes most of what is logged
 	qsize   uint16
 	offered uint64
 
 	rxKick, txKick chan struct{} // one pending kick each
 
-	mu      sync.Mutex // activation lifecycle
-	running bool
-	stop    chan struct{}
-	wg      sync.WaitGroup
+	mu  sync.Mutex  // activation lifecycle
+	act *activation // nil: not running
+	wg  sync.WaitGroup
 
+	// rxBuf and txBuf hold one frame each (maxFrame, whatever the driver
+	// negotiated); only the running activation's goroutines use them.
 	rxBuf, txBuf []byte
-	rxChains     []virtio.Chain // the chains one merged receive takes
-	txChain      virtio.Chain
 
 	txFrames, txBytes, txDropped atomic.Uint64
 	rxFrames, rxBytes, rxDropped atomic.Uint64
+}
+
+// activation is everything the device derives from what the driver
+// negotiated and set up: the features, the queues (their sizes) and
+// what is sized by them. Activate makes a new one at every DRIVER_OK and
+// Reset drops it, so nothing of one driver's choices outlives a reset into
+// the next (a driver may bring the device up again with other queue sizes
+// or features: virtio 1.2, 4.1.4.3).
+type activation struct {
+	h        virtio.Host
+	rx, tx   *virtio.Queue
+	features uint64
+	mrg      bool // VIRTIO_NET_F_MRG_RXBUF: a frame may take several chains
+	offload  int  // the tap's TUNSETOFFLOAD flags for these features
+	// rxChains holds the chains one receive takes: as many as the receive
+	// queue can hold (each chain takes at least one descriptor).
+	rxChains []virtio.Chain
+	txChain  virtio.Chain
+	// ctx ends when Reset stops the activation; stop is its Done.
+	ctx    context.Context
+	cancel context.CancelFunc
+	stop   <-chan struct{}
+}
+
+func newActivation(h virtio.Host, features uint64, rx, tx *virtio.Queue) *activation {
+	a := &activation{h: h, rx: rx, tx: tx, features: features, mrg: features&FeatureMrgRxbuf != 0,
+		rxChains: make([]virtio.Chain, rx.Size)}
+	a.ctx, a.cancel = context.WithCancel(context.Background())
+	a.stop = a.ctx.Done()
+	for _, m := range []struct {
+		feature uint64
+		flag    int
+	}{{FeatureGuestCsum, tunFCsum}, {FeatureGuestTSO4, tunFTSO4}, {FeatureGuestTSO6, tunFTSO6}, {FeatureGuestECN, tunFTSOECN}, {FeatureGuestUFO, tunFUFO}} {
+		if features&m.feature != 0 {
+			a.offload |= m.flag
+		}
+	}
+	if !a.mrg {
+		a.rxChains = a.rxChains[:1] // one chain per frame
+	}
+	return a
 }
 
 var _ virtio.Device = (*Net)(nil)
@@ -136,11 +184,7 @@ func NewNet(cfg NetConfig) (*Net, error) {
 	if qs > virtio.MaxQueueSize || qs&(qs-1) != 0 {
 		return nil, fmt.Errorf("virtio-net: queue size %d is not a power of two up to %d", qs, virtio.MaxQueueSize)
 	}
-	log := cfg.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	n := &Net{tap: cfg.Tap, raw: raw, log: log, qsize: qs,
+	n := &Net{tap: cfg.Tap, raw: raw, log: ratelog.Default(cfg.Log), qsize: qs,
 		rxKick: make(chan struct{}, 1), txKick: make(chan struct{}, 1),
 		rxBuf: make([]byte, maxFrame), txBuf: make([]byte, maxFrame),
 	}
@@ -221,40 +265,35 @@ func (n *Net) Stats() NetStats {
 	}
 }
 
-// Activate implements virtio.Device: it sets the tap's offloads to what
-// the guest accepts and starts the receive and transmit goroutines.
+// Activate implements virtio.Device: it derives everything the device
+// needs from the negotiated features and the queues as they are now (an
+// activation), sets the tap's offloads to what the guest accepts and
+// starts the receive and transmit goroutines.
 func (n *Net) Activate(h virtio.Host, features uint64, qs []*virtio.Queue) error {
 	if len(qs) != 2 || qs[rxQueue] == nil || qs[txQueue] == nil {
 		return errors.New("virtio-net: the driver did not enable both queues")
 	}
-	off := 0
-	for _, m := range []struct {
-		feature uint64
-		flag    int
-	}{{FeatureGuestCsum, tunFCsum}, {FeatureGuestTSO4, tunFTSO4}, {FeatureGuestTSO6, tunFTSO6}, {FeatureGuestECN, tunFTSOECN}, {FeatureGuestUFO, tunFUFO}} {
-		if features&m.feature != 0 {
-			off |= m.flag
-		}
-	}
-	if err := n.setOffload(off); err != nil {
-		return err
-	}
+	a := newActivation(h, features, qs[rxQueue], qs[txQueue])
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.running {
+	if n.act != nil {
 		return errors.New("virtio-net: activated twice without a reset")
+	}
+	if err := n.setOffload(a.offload); err != nil {
+		a.cancel()
+		return err
 	}
 	// A reset left deadlines in the past to stop the goroutines.
 	if err := n.tap.SetDeadline(time.Time{}); err != nil {
+		a.cancel()
 		return fmt.Errorf("virtio-net: tap: %w", err)
 	}
-	n.running = true
-	n.stop = make(chan struct{})
-	mrg := features&FeatureMrgRxbuf != 0
+	n.act = a
 	n.wg.Add(2)
-	go n.rxLoop(h, qs[rxQueue], mrg, n.stop)
-	go n.txLoop(h, qs[txQueue], n.stop)
-	n.log.Debug("virtio-net: running", "features", fmt.Sprintf("%#x", features), "offload", off)
+	go n.rxLoop(a)
+	go n.txLoop(a)
+	n.log.Slog().Debug("virtio-net: running", "features", fmt.Sprintf("%#x", features), "offload", a.offload,
+		"rx_queue", a.rx.Size, "tx_queue", a.tx.Size)
 	return nil
 }
 
@@ -276,13 +315,13 @@ func (n *Net) Notify(q int) {
 func (n *Net) Reset() {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if !n.running {
+	if n.act == nil {
 		return
 	}
-	close(n.stop)
+	n.act.cancel()
 	n.tap.SetDeadline(time.Unix(1, 0))
 	n.wg.Wait()
-	n.running = false
+	n.act = nil
 	if err := n.setOffload(0); err != nil {
 		n.log.Warn("virtio-net: reset offloads", "err", err)
 	}
@@ -291,6 +330,7 @@ func (n *Net) Reset() {
 // Close stops the device; the tap stays open (its owner closes it).
 func (n *Net) Close() error {
 	n.Reset()
+	n.log.Flush()
 	return nil
 }
 
@@ -303,24 +343,23 @@ func stopped(stop <-chan struct{}) bool {
 	}
 }
 
-// txLoop sends the transmit queue's frames to the tap.
-func (n *Net) txLoop(h virtio.Host, q *virtio.Queue, stop <-chan struct{}) {
+// txLoop sends the transmit queue's frames to the tap: what the driver
+// made available before DRIVER_OK first, then at every kick.
+func (n *Net) txLoop(a *activation) {
 	defer n.wg.Done()
-	for {
+	for n.txDrain(a) {
 		select {
-		case <-stop:
+		case <-a.stop:
 			return
 		case <-n.txKick:
-		}
-		if !n.txDrain(h, q, stop) {
-			return
 		}
 	}
 }
 
 // txDrain sends what is available; false when the device must stop.
-func (n *Net) txDrain(h virtio.Host, q *virtio.Queue, stop <-chan struct{}) bool {
-	c := &n.txChain
+func (n *Net) txDrain(a *activation) bool {
+	h, q, stop := a.h, a.tx, a.stop
+	c := &a.txChain
 	pending := 0
 	for {
 		ok, err := q.PopInto(c)
@@ -341,9 +380,10 @@ func (n *Net) txDrain(h virtio.Host, q *virtio.Queue, stop <-chan struct{}) bool
 				return false
 			}
 			// The tap refuses a frame whose header it cannot take (a GSO
-			// type it does not know): the guest's loss, counted.
+			// type it does not know), or any while it is down: the
+			// guest's loss, counted.
 			n.txDropped.Add(1)
-			n.log.Debug("virtio-net: tap refused a frame", "len", len(frame), "err", err)
+			n.log.Debug("virtio-net: tap refused a frame", "len", len(frame), "err", err, "dropped", n.txDropped.Load())
 		} else {
 			n.txFrames.Add(1)
 			n.txBytes.Add(uint64(len(frame) - HeaderLen))
@@ -397,22 +437,34 @@ func (n *Net) gather(q *virtio.Queue, c *virtio.Chain) ([]byte, error) {
 	return n.txBuf[:total], nil
 }
 
-// rxLoop reads frames from the tap into the receive queue.
-func (n *Net) rxLoop(h virtio.Host, q *virtio.Queue, mrg bool, stop <-chan struct{}) {
+// rxLoop reads frames from the tap into the receive queue. A read error
+// that passes (internal/retry: out of memory or buffers for a moment) is
+// retried with back-off; any other ends receiving until the next reset.
+func (n *Net) rxLoop(a *activation) {
 	defer n.wg.Done()
+	var b retry.Backoff
 	for {
 		m, err := n.tap.Read(n.rxBuf)
 		if err != nil {
-			if !stopped(stop) && !errors.Is(err, os.ErrDeadlineExceeded) {
-				n.log.Warn("virtio-net: tap read", "err", err)
+			if stopped(a.stop) || errors.Is(err, os.ErrDeadlineExceeded) {
+				return
 			}
+			if retry.Transient(err) {
+				n.log.Warn("virtio-net: tap read failed; retrying", "err", err)
+				if !retry.Sleep(a.ctx, b.Next()) {
+					return
+				}
+				continue
+			}
+			n.log.Warn("virtio-net: tap read failed; receive stops until the driver resets the device", "err", err)
 			return
 		}
+		b.Reset()
 		if m < HeaderLen {
 			n.rxDropped.Add(1)
 			continue
 		}
-		if !n.receive(h, q, n.rxBuf[:m], mrg, stop) {
+		if !n.receive(a, n.rxBuf[:m]) {
 			return
 		}
 	}
@@ -420,27 +472,49 @@ func (n *Net) rxLoop(h virtio.Host, q *virtio.Queue, mrg bool, stop <-chan struc
 
 // receive puts one frame (with its header) into receive buffers: one
 // chain, or with VIRTIO_NET_F_MRG_RXBUF as many as it takes, published
-// together. It waits for the driver to add buffers when there are none.
-func (n *Net) receive(h virtio.Host, q *virtio.Queue, frame []byte, mrg bool, stop <-chan struct{}) bool {
-	if n.rxChains == nil {
-		n.rxChains = make([]virtio.Chain, q.Size)
-	}
-	chains, room := 0, 0
-	for room < len(frame) {
-		if chains == len(n.rxChains) {
-			break // more chains than the queue holds: never fits
+// together. With no buffer posted it waits for the driver to post one
+// (holding nothing). A frame that the posted buffers cannot hold is
+// dropped, counted, and the buffers it took go back with nothing written:
+// at once when they are every buffer the receive queue can hold (its
+// descriptor table is used up) or the one chain a frame may take without
+// merged buffers, else after rxRefillGrace without the driver posting
+// more. It never waits holding buffers for longer.
+func (n *Net) receive(a *activation, frame []byte) bool {
+	h, q := a.h, a.rx
+	chains, room, descs := 0, 0, 0
+	var grace *time.Timer // runs while buffers too small are held
+	graceOver := false
+	defer func() {
+		if grace != nil {
+			grace.Stop()
 		}
-		c := &n.rxChains[chains]
+	}()
+	for room < len(frame) && chains < len(a.rxChains) && descs < int(q.Size) {
+		c := &a.rxChains[chains]
 		ok, err := q.PopInto(c)
 		if err != nil {
 			h.Fail(fmt.Errorf("virtio-net: receive queue: %w", err))
 			return false
 		}
 		if !ok {
+			if graceOver {
+				break // the frame fits no posted buffers
+			}
+			var expired <-chan time.Time
+			if chains > 0 {
+				// Holding buffers too small for the frame, with no
+				// more posted: wait a little for a refill, then drop.
+				if grace == nil {
+					grace = time.NewTimer(rxRefillGrace)
+				}
+				expired = grace.C
+			}
 			select {
-			case <-stop:
+			case <-a.stop:
 				return false
 			case <-n.rxKick:
+			case <-expired:
+				graceOver = true // one more look, then drop
 			}
 			continue
 		}
@@ -449,11 +523,9 @@ func (n *Net) receive(h virtio.Host, q *virtio.Queue, frame []byte, mrg bool, st
 			return false
 		}
 		chains++
+		descs += c.Descriptors()
 		for _, b := range c.Writable {
 			room += int(b.Len)
-		}
-		if !mrg {
-			break
 		}
 	}
 	fits := room >= len(frame)
@@ -462,7 +534,7 @@ func (n *Net) receive(h virtio.Host, q *virtio.Queue, frame []byte, mrg bool, st
 	}
 	rest := frame
 	for i := range chains {
-		c := &n.rxChains[i]
+		c := &a.rxChains[i]
 		written := 0
 		if fits {
 			for _, b := range c.Writable {
@@ -490,7 +562,8 @@ func (n *Net) receive(h virtio.Host, q *virtio.Queue, frame []byte, mrg bool, st
 		n.rxBytes.Add(uint64(len(frame) - HeaderLen))
 	} else {
 		n.rxDropped.Add(1)
-		n.log.Debug("virtio-net: frame larger than the receive buffers", "len", len(frame), "room", room)
+		n.log.Debug("virtio-net: frame larger than the posted receive buffers; dropped", "len", len(frame), "room", room,
+			"chains", chains, "queue", q.Size, "dropped", n.rxDropped.Load())
 	}
 	return n.publish(h, q, rxQueue)
 }

@@ -50,6 +50,20 @@ type Chain struct {
 	Head     uint16
 	Readable []Buf
 	Writable []Buf
+	// Indirect: the buffers came from an indirect table, and the chain
+	// takes one entry of the queue's descriptor table.
+	Indirect bool
+}
+
+// Descriptors is how many entries of the queue's descriptor table the
+// chain takes until it is returned: one for an indirect chain, one per
+// buffer otherwise. A device holding chains whose entries add up to the
+// queue's size holds every buffer the driver can post.
+func (c *Chain) Descriptors() int {
+	if c.Indirect {
+		return 1
+	}
+	return len(c.Readable) + len(c.Writable)
 }
 
 // Queue is one split virtqueue as configured by the driver.
@@ -137,7 +151,7 @@ func (q *Queue) Pop() (c Chain, ok bool, err error) {
 // PopInto is Pop into c, reusing the capacity of c's Readable and Writable
 // slices, so that a device's steady state allocates nothing.
 func (q *Queue) PopInto(c *Chain) (ok bool, err error) {
-	c.Head, c.Readable, c.Writable = 0, c.Readable[:0], c.Writable[:0]
+	c.Head, c.Readable, c.Writable, c.Indirect = 0, c.Readable[:0], c.Writable[:0], false
 	if err := q.ready(); err != nil {
 		return false, err
 	}
@@ -248,6 +262,7 @@ func (q *Queue) walkFrom(c *Chain, table uint64, size uint32, i uint16, indirect
 				return fmt.Errorf("indirect table: %w", err)
 			}
 			// The whole indirect table from its descriptor 0.
+			c.Indirect = true
 			return q.walkFrom(c, d.addr, d.len/descSize, 0, true)
 		}
 		if _, err := q.Mem.Slice(d.addr, uint64(d.len)); err != nil {

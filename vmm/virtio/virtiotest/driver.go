@@ -364,6 +364,44 @@ func (q *DriverQueue) Offer(bufs ...Buf) (uint16, bool) {
 	return head, true
 }
 
+// OfferIndirect makes bufs available as one chain through an indirect
+// table (VIRTIO_F_INDIRECT_DESC) in fresh guest memory: the chain takes one
+// descriptor of the queue's table. It returns the head, or false when the
+// queue is full.
+func (q *DriverQueue) OfferIndirect(bufs ...Buf) (uint16, bool) {
+	if len(bufs) == 0 || len(q.free) == 0 {
+		return 0, false
+	}
+	m := q.d.Mem
+	table := q.d.alloc(16*uint64(len(bufs)), 16)
+	for k, b := range bufs {
+		at := table + 16*uint64(k)
+		var flags uint16
+		if b.Write {
+			flags |= virtio.DescWrite
+		}
+		if k+1 < len(bufs) {
+			flags |= virtio.DescNext
+		}
+		m.WriteU64(at, b.Addr)
+		m.WriteU32(at+8, b.Len)
+		m.WriteU16(at+12, flags)
+		m.WriteU16(at+14, uint16(k+1))
+	}
+	head := q.free[0]
+	q.free = q.free[1:]
+	at := q.Desc + 16*uint64(head)
+	m.WriteU64(at, table)
+	m.WriteU32(at+8, uint32(16*len(bufs)))
+	m.WriteU16(at+12, virtio.DescIndirect)
+	m.WriteU16(at+14, 0)
+	q.ids[head] = []uint16{head}
+	m.WriteU16(q.Avail+4+2*uint64(q.availIdx%q.Size), head)
+	q.availIdx++
+	m.WriteU16(q.Avail+2, q.availIdx)
+	return head, true
+}
+
 // Kick notifies the device of the queue, through the notify register.
 func (q *DriverQueue) Kick() {
 	q.d.Write(q.d.Notify+uint32(q.Index)*q.d.NotifyMult, 2, uint64(q.Index))
