@@ -32,6 +32,11 @@ const (
 	maxWindow = 64 << 30
 	// defaultWindow is the window size when none is given.
 	defaultWindow = 16 << 20
+	// defaultConsoleLogMax and minConsoleLogMax are the console's
+	// vtty.DefaultLogMax and vtty.MinLogMax (cluster imports no device
+	// model; TestConsoleLogMax holds them equal).
+	defaultConsoleLogMax = 16 << 20
+	minConsoleLogMax     = 64 << 10
 )
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$`)
@@ -301,6 +306,19 @@ func (c *checker) checkKernel(cl *Cluster, i int) *Kernel {
 		k.ConsoleLog = filepath.Join(cl.RunDir, ks.Name+".console.log")
 	} else if st, err := os.Stat(filepath.Dir(k.ConsoleLog)); err != nil || !st.IsDir() {
 		c.errf(at("console_log"), "directory %s does not exist", filepath.Dir(k.ConsoleLog))
+	}
+	k.ConsoleLogMax = defaultConsoleLogMax
+	if ks.ConsoleLogMax.IsSet() {
+		switch n, err := scalarSize(ks.ConsoleLogMax); {
+		case err != nil:
+			c.errf(at("console_log_max"), "%v", err)
+		case n < minConsoleLogMax:
+			c.errf(at("console_log_max"), "%s is under the %s minimum", memmap.FormatSize(n), memmap.FormatSize(minConsoleLogMax))
+		case n > 1<<62:
+			c.errf(at("console_log_max"), "%s is too large", memmap.FormatSize(n))
+		default:
+			k.ConsoleLogMax = n
+		}
 	}
 
 	ptOK := true

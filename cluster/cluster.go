@@ -120,6 +120,10 @@ type Kernel struct {
 	// [[kernel.disk]] entries.
 	Disks  []Disk         `json:"disks,omitempty"`
 	Layout *memmap.Layout `json:"layout"`
+
+	// ConsoleLogMax is the console log's cap in bytes: output past it
+	// rotates the log to ConsoleLog.1 (vtty.ConsoleConfig.LogMax).
+	ConsoleLogMax uint64 `json:"console_log_max"`
 }
 
 // RootDisk is the kernel's root image and upper disk, if any, as the

@@ -81,6 +81,9 @@ type KernelSection struct {
 	Root      string        `toml:"root"`
 	RootUpper string        `toml:"root_upper"`
 	Disks     []DiskSection `toml:"disk"`
+
+	// ConsoleLogMax caps the console log (rotated at the cap).
+	ConsoleLogMax Scalar `toml:"console_log_max"`
 }
 
 // PassthroughSection is one [[kernel.passthrough]] table.

@@ -13,7 +13,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	evfd "github.com/popvmm/popvmm/internal/eventfd"
-
+	"github.com/popvmm/popvmm/internal/ratelog"
+	"github.com/popvmm/popvmm/internal/retry"
 	"github.com/popvmm/popvmm/vmm/bus"
 	"github.com/popvmm/popvmm/vmm/pci"
 )
@@ -65,7 +66,7 @@ type DeviceConfig struct {
 type Device struct {
 	cfg     DeviceConfig
 	vectors int
-	log     *slog.Logger
+	log     *ratelog.Logger // the guest causes what is logged: rate-limited
 
 	caps pci.CapList
 	msix *pci.MSIX
@@ -140,7 +141,7 @@ func NewDevice(cfg DeviceConfig) (*Device, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	d := &Device{cfg: cfg, vectors: cfg.Bells.Vectors(), log: cfg.Log.With("kernel", cfg.Peer, "device", "window"),
+	d := &Device{cfg: cfg, vectors: cfg.Bells.Vectors(), log: ratelog.Default(cfg.Log.With("kernel", cfg.Peer, "device", "window")),
 		bars: [3]uint64{cfg.Regs, cfg.MSIX, cfg.Window}, applied: map[Ioeventfd]*eventfd{}}
 	m, err := pci.NewMSIX(pci.MSIXConfig{Vectors: d.vectors, BAR: MSIXBAR, TableOffset: 0, PBAOffset: MSIXPBAOffset}, d,
 		func(err error) { d.wiringError("MSI-X", err) })
@@ -333,7 +334,8 @@ func (d *Device) doorbell(v uint32) {
 		d.stats.softDoorbells.Add(1)
 		return
 	}
-	d.stats.badDoorbells.Add(1)
+	n := d.stats.badDoorbells.Add(1)
+	d.log.Warn("window device: doorbell for no bell; dropped", "peer", b.Peer, "vector", b.Vector, "bad_doorbells", n)
 }
 
 // updateLocked drives INTx: asserted while IntrStatus & IntrMask is not
@@ -394,6 +396,11 @@ func (d *Device) Run(ctx context.Context) error {
 			}
 		}
 		if _, err := unix.Poll(fds, -1); err != nil && !errors.Is(err, unix.EINTR) {
+			if retry.Transient(err) { // out of memory for a moment: the watcher lasts the VM's life
+				d.log.Warn("window device: INTx watcher: poll failed; retrying", "err", err)
+				retry.Sleep(ctx, retry.MaxDelay/10)
+				continue
+			}
 			return fmt.Errorf("window device: INTx watcher: %w", os.NewSyscallError("poll", err))
 		}
 		evfd.Drain(d.wake)
@@ -445,5 +452,6 @@ func (d *Device) Close() error {
 	if unsub != nil {
 		unsub()
 	}
+	d.log.Flush() // the counts of lines held back
 	return nil
 }

@@ -242,4 +242,8 @@ func (r refusedWrites) Read(off uint64, data []byte) {
 	}
 }
 
-func (r refusedWrites) Write(off uint64, data []byte) { r.d.stats.refusedWrites.Add(1) }
+func (r refusedWrites) Write(off uint64, data []byte) {
+	n := r.d.stats.refusedWrites.Add(1)
+	r.d.log.Warn("window device: write to a read-only part of the window; refused", "offset", fmt.Sprintf("%#x", off),
+		"len", len(data), "refused_writes", n)
+}

@@ -12,6 +12,8 @@ import (
 	"github.com/creack/pty"
 	"golang.org/x/sys/unix"
 	"golang.org/x/term"
+
+	"github.com/popvmm/popvmm/internal/retry"
 )
 
 // ReplaySize is how much recent console output a new attach sees first.
@@ -24,6 +26,29 @@ const QueueSize = 256 << 10
 // chunk is the most the writer takes from the queue at once.
 const chunk = 32 << 10
 
+// DefaultLogMax caps a console log when ConsoleConfig names no cap
+// (cluster.toml's kernel console_log_max, docs/cluster-config.md).
+const DefaultLogMax = 16 << 20
+
+// MinLogMax is the smallest cap a console log may have.
+const MinLogMax = 64 << 10
+
+// ConsoleConfig tunes a Console.
+type ConsoleConfig struct {
+	// LogMax caps the console log at LOG: output that would take it past
+	// LogMax bytes first rotates it, renaming LOG to LOG.1 (replacing the
+	// one before) and starting LOG again, so at most 2*LogMax bytes of a
+	// kernel's console are ever on disk, whatever the guest prints (its
+	// default place, the run directory, is in RAM for root). 0 means
+	// DefaultLogMax; below MinLogMax counts as MinLogMax. A log that is
+	// not a regular file (a FIFO, a device) is not capped: it is never
+	// renamed.
+	LogMax int64
+}
+
+// RotatedLog is where a console log at path goes when it is rotated.
+func RotatedLog(path string) string { return path + ".1" }
+
 // Console is one kernel's serial console on the host: what the guest's
 // UART transmits goes to the console log and to a host PTY (whose other end
 // `popvmm attach` opens), and the last ReplaySize bytes are kept for
@@ -32,9 +57,12 @@ const chunk = 32 << 10
 // Output is written by the console's own goroutine: Write only queues, so
 // a vCPU thread never waits on the log's disk or a PTY.
 type Console struct {
-	log    *os.File
-	master *os.File
-	slave  *os.File
+	log     *os.File // nil after a rotation that could not reopen it
+	logPath string
+	logMax  int64 // 0: not capped (a FIFO, a device: nothing to rotate)
+	logSize int64 // bytes in log now
+	master  *os.File
+	slave   *os.File
 
 	input chan struct{} // held by the one running Input
 	done  chan struct{} // closed when the writer has stopped
@@ -46,16 +74,33 @@ type Console struct {
 	busy    bool       // the writer is writing what it took
 	dropped uint64     // bytes lost to a full queue
 	logErr  error      // the first failed log write
+	rotated uint64     // log rotations
 	closed  bool
 
 	rmu    sync.Mutex
 	replay ring // the newest ReplaySize bytes written
 }
 
-// OpenConsole creates the console log at logPath (appending) and a PTY.
+// OpenConsole creates the console log at logPath (appending; capped at
+// DefaultLogMax with rotation) and a PTY.
 func OpenConsole(logPath string) (*Console, error) {
+	return OpenConsoleConfig(logPath, ConsoleConfig{})
+}
+
+// OpenConsoleConfig is OpenConsole with the log's cap from cfg.
+func OpenConsoleConfig(logPath string, cfg ConsoleConfig) (*Console, error) {
+	logMax := cfg.LogMax
+	if logMax == 0 {
+		logMax = DefaultLogMax
+	}
+	logMax = max(logMax, MinLogMax)
 	log, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
+		return nil, fmt.Errorf("console log: %w", err)
+	}
+	st, err := log.Stat()
+	if err != nil {
+		log.Close()
 		return nil, fmt.Errorf("console log: %w", err)
 	}
 	ptm, slave, err := pty.Open()
@@ -79,7 +124,10 @@ func OpenConsole(logPath string) (*Console, error) {
 		slave.Close()
 		return nil, fmt.Errorf("console pty raw mode: %w", err)
 	}
-	c := &Console{log: log, master: master, slave: slave,
+	if !st.Mode().IsRegular() {
+		logMax = 0 // never rename a device node or a FIFO
+	}
+	c := &Console{log: log, logPath: logPath, logMax: logMax, logSize: st.Size(), master: master, slave: slave,
 		input: make(chan struct{}, 1), done: make(chan struct{}),
 		queue: newRing(QueueSize), replay: newRing(ReplaySize)}
 	c.more = sync.NewCond(&c.mu)
@@ -169,7 +217,7 @@ func (c *Console) writer() {
 		c.busy = true
 		c.mu.Unlock()
 
-		_, err := c.log.Write(buf[:n])
+		err := c.logWrite(buf[:n])
 		c.rmu.Lock()
 		c.replay.overwrite(buf[:n])
 		c.rmu.Unlock()
@@ -184,6 +232,53 @@ func (c *Console) writer() {
 			c.idle.Broadcast()
 		}
 	}
+}
+
+// logWrite appends p to the log, rotating it first when p would take it
+// past its cap. Only the writer goroutine calls it.
+func (c *Console) logWrite(p []byte) error {
+	var rerr error
+	if c.logMax > 0 && c.logSize > 0 && c.logSize+int64(len(p)) > c.logMax {
+		rerr = c.rotate()
+	}
+	if c.log == nil {
+		return rerr
+	}
+	n, err := c.log.Write(p)
+	c.logSize += int64(n)
+	return errors.Join(rerr, err)
+}
+
+// rotate renames the log to RotatedLog and starts a new one. If the new
+// one cannot be created the log stops (the PTY and replay go on) and the
+// error is the console's.
+func (c *Console) rotate() error {
+	var err error
+	if c.log != nil {
+		err = c.log.Close()
+		c.log = nil
+	}
+	if rerr := os.Rename(c.logPath, RotatedLog(c.logPath)); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+		// Not renamed (the directory is read-only, say): start the log
+		// over in place rather than let it grow.
+		err = errors.Join(err, rerr)
+	}
+	f, oerr := os.OpenFile(c.logPath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o600)
+	if oerr != nil {
+		return errors.Join(err, oerr)
+	}
+	c.log, c.logSize = f, 0
+	c.mu.Lock()
+	c.rotated++
+	c.mu.Unlock()
+	return err
+}
+
+// Rotations reports how many times the log was rotated.
+func (c *Console) Rotations() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.rotated
 }
 
 // ptyWrite makes one non-blocking attempt to pass p to the PTY: what does
@@ -235,21 +330,35 @@ func (c *Console) Input(ctx context.Context, sink func([]byte) int) error {
 		c.master.SetReadDeadline(time.Time{})
 	}()
 	buf := make([]byte, 1024)
+	var b retry.Backoff
 	for {
 		n, err := c.master.Read(buf)
 		for p := buf[:n]; len(p) > 0; {
 			taken := sink(p)
 			if taken == 0 {
-				break // the guest's receive queue is full: drop, like a real line
+				// The guest's receive queue is full, or its UART is in
+				// loopback (disconnected from the line): dropped, as on
+				// a real line; the UART counts them.
+				break
 			}
 			p = p[taken:]
 		}
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, os.ErrClosed) || errors.Is(err, io.EOF) {
+		if err == nil {
+			b.Reset()
+			continue
+		}
+		if ctx.Err() != nil || errors.Is(err, os.ErrClosed) || errors.Is(err, io.EOF) {
+			return nil
+		}
+		// Input lasts as long as the VM: an error that passes (out of
+		// memory for a moment) waits and reads again.
+		if retry.Transient(err) {
+			if !retry.Sleep(ctx, b.Next()) {
 				return nil
 			}
-			return fmt.Errorf("console input: %w", err)
+			continue
 		}
+		return fmt.Errorf("console input: %w", err)
 	}
 }
 
@@ -268,5 +377,9 @@ func (c *Console) Close() error {
 	<-c.done
 	c.slave.Close()
 	c.master.Close()
-	return errors.Join(c.logErr, c.log.Close())
+	var cerr error
+	if c.log != nil {
+		cerr = c.log.Close()
+	}
+	return errors.Join(c.logErr, cerr)
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -344,4 +345,130 @@ func TestConsoleInputOneAtATime(t *testing.T) {
 	tty.Write([]byte("c"))
 	second.waitFor(t, "c")
 	stopSecond()
+}
+
+// TestConsoleLogCapped: however much a guest prints, its console log stays
+// under the cap: output that would pass it rotates the log to LOG.1, so at
+// most twice the cap is on disk; the newest output is at the end of LOG,
+// LOG.1 holds what came just before it, and nothing between them is lost.
+// A log that is over the cap when the console opens (a chatty earlier
+// run) is rotated at the first output. The default cap is DefaultLogMax.
+func TestConsoleLogCapped(t *testing.T) {
+	const logMax = 256 << 10
+	logPath := filepath.Join(t.TempDir(), "k.console.log")
+	os.WriteFile(logPath, bytes.Repeat([]byte("old run\n"), logMax/4), 0o600) // 2 x the cap
+	c, err := vtty.OpenConsoleConfig(logPath, vtty.ConsoleConfig{LogMax: logMax})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var want bytes.Buffer
+	for i := range 200_000 { // about 3 MiB, numbered lines
+		line := fmt.Sprintf("line %06d yyyyyyyy\n", i)
+		want.WriteString(line)
+		c.Write([]byte(line))
+		if i%1000 == 0 {
+			c.Flush() // keep within the queue: nothing dropped
+		}
+	}
+	c.Flush()
+	cur, _ := os.ReadFile(logPath)
+	old, _ := os.ReadFile(vtty.RotatedLog(logPath))
+	if len(cur) > logMax || len(old) > logMax {
+		t.Fatalf("log %d bytes, rotated %d bytes: over the %d-byte cap", len(cur), len(old), logMax)
+	}
+	if c.Dropped() != 0 || c.Rotations() < 10 {
+		t.Errorf("dropped %d, rotated %d times", c.Dropped(), c.Rotations())
+	}
+	both := append(old, cur...)
+	if !bytes.HasSuffix(want.Bytes(), both) || len(both) < logMax {
+		t.Errorf("LOG.1 then LOG (%d bytes) is not the newest output whole", len(both))
+	}
+	// popvmm logs prints the two as one.
+	var b bytes.Buffer
+	if err := vtty.CopyLog(context.Background(), logPath, &b, false); err != nil || !bytes.Equal(b.Bytes(), both) {
+		t.Errorf("CopyLog: %d bytes, %v; want LOG.1 then LOG", b.Len(), err)
+	}
+
+	// The default cap.
+	p := filepath.Join(t.TempDir(), "d.console.log")
+	d, err := vtty.OpenConsole(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	chunk := bytes.Repeat([]byte("y"), 64<<10)
+	for range vtty.DefaultLogMax/len(chunk) + 1 {
+		d.Write(chunk)
+		d.Flush()
+	}
+	if st, err := os.Stat(p); err != nil || st.Size() > vtty.DefaultLogMax || d.Rotations() != 1 {
+		t.Errorf("default cap: log %v (%v), %d rotations; want at most %d bytes after one", st.Size(), err, d.Rotations(), vtty.DefaultLogMax)
+	}
+
+	// A log that is not a regular file (a FIFO here, a device as well) is
+	// never renamed.
+	fifo := filepath.Join(t.TempDir(), "fifo.console.log")
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	reader, err := os.OpenFile(fifo, os.O_RDONLY|unix.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reader.Close()
+	go io.Copy(io.Discard, reader)
+	ff, err := vtty.OpenConsoleConfig(fifo, vtty.ConsoleConfig{LogMax: vtty.MinLogMax})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 4 {
+		ff.Write(chunk)
+		ff.Flush()
+	}
+	ff.Close()
+	if st, err := os.Stat(fifo); err != nil || st.Mode()&os.ModeNamedPipe == 0 || ff.Rotations() != 0 {
+		t.Fatalf("FIFO log after output past the cap: %v, %v, %d rotations", st.Mode(), err, ff.Rotations())
+	}
+	if _, err := os.Stat(vtty.RotatedLog(fifo)); err == nil {
+		t.Errorf("%s was created", vtty.RotatedLog(fifo))
+	}
+}
+
+// TestCopyLogFollowsRotation: `popvmm logs -f` follows a console across
+// its log's rotations and loses no line: what was written to the log just
+// before it was renamed comes before the new log's first line. (The
+// follower looks every quarter second: it keeps up with up to two
+// rotations between looks.)
+func TestCopyLogFollowsRotation(t *testing.T) {
+	logPath := filepath.Join(t.TempDir(), "k.console.log")
+	c, err := vtty.OpenConsoleConfig(logPath, vtty.ConsoleConfig{LogMax: vtty.MinLogMax})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	w := &watchWriter{more: make(chan struct{}, 1)}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- vtty.CopyLog(ctx, logPath, w, true) }()
+	var want strings.Builder
+	for i := range 20_000 { // about 3 rotations
+		line := fmt.Sprintf("line %05d\n", i)
+		want.WriteString(line)
+		c.Write([]byte(line))
+		if i%4000 == 3999 {
+			// A burst under the cap, then as long as the follower
+			// takes to see it: at most one rotation per look.
+			c.Flush()
+			w.waitFor(t, line)
+		}
+	}
+	cancel()
+	<-done
+	w.mu.Lock()
+	got := w.buf.String()
+	w.mu.Unlock()
+	if got != want.String() || c.Rotations() < 3 {
+		t.Errorf("followed %d of %d bytes over %d rotations: not the whole output", len(got), want.Len(), c.Rotations())
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/popvmm/popvmm/internal/ratelog"
 	"github.com/popvmm/popvmm/memmap"
 	"github.com/popvmm/popvmm/vmm/bus"
 	"github.com/popvmm/popvmm/vmm/guestmem"
@@ -146,7 +147,7 @@ type PCI struct {
 	msix  *pci.MSIX
 	intx  *pci.INTx
 	mover BARMover
-	log   *slog.Logger
+	log   *ratelog.Logger // the guest causes what is logged: rate-limited
 
 	offered uint64
 	nq      int
@@ -205,7 +206,7 @@ func NewPCI(dev Device, cfg PCIConfig) (*PCI, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	p := &PCI{dev: dev, mem: cfg.Mem, mover: cfg.Mover, log: log, bar: cfg.BARAddr,
+	p := &PCI{dev: dev, mem: cfg.Mem, mover: cfg.Mover, log: ratelog.Default(log), bar: cfg.BARAddr,
 		offered: dev.Features() | FeatureVersion1, nq: len(maxes), cfgLen: dev.ConfigLen(),
 		queues: make([]queueState, len(maxes)),
 	}
@@ -219,7 +220,7 @@ func NewPCI(dev Device, cfg PCIConfig) (*PCI, error) {
 	}
 	var err error
 	p.msix, err = pci.NewMSIX(pci.MSIXConfig{Vectors: len(maxes) + 1, BAR: BARIndex, TableOffset: tableOff, PBAOffset: pbaOff},
-		cfg.Router, func(err error) { log.Warn("virtio: MSI-X", "err", err) })
+		cfg.Router, func(err error) { p.log.Warn("virtio: MSI-X", "err", err) })
 	if err != nil {
 		return nil, fmt.Errorf("virtio: %w", err)
 	}
