@@ -91,6 +91,19 @@ type UART struct {
 	trigger int  // receive FIFO trigger level, in bytes
 	thrIntr bool // a THR-empty interrupt is pending until IIR read or THR write
 	level   bool // current interrupt line level
+
+	input InputStats
+}
+
+// InputStats counts host input (Receive) the guest did not get.
+type InputStats struct {
+	// Loopback are bytes that came while the UART was in loopback mode
+	// (MCR bit 4): its receiver was disconnected from the line, so they
+	// were dropped, as on a real line, and the guest was not told.
+	Loopback uint64
+	// Overrun are bytes that found the receive queue full: dropped, with
+	// LSR.OE set for the guest.
+	Overrun uint64
 }
 
 // NewUART makes a UART writing to out and raising irq. The modem lines
@@ -332,16 +345,34 @@ func (u *UART) push(b byte) {
 // Receive queues bytes for the guest (console input) and returns how many
 // were taken. The rest are lost, as on a real line, and the guest is told:
 // LSR.OE is set, with a line-status interrupt if IER enables one.
+//
+// In loopback mode (MCR bit 4: a guest's self-test, Linux's 8250 probe)
+// the receiver hears only what the guest transmits, as the PC16550D's
+// does: Receive takes nothing, the bytes are dropped and counted
+// (InputStats.Loopback), and the guest sees no overrun and no interrupt
+// for them. Input typed after loopback ends is received as usual.
 func (u *UART) Receive(p []byte) int {
 	u.mu.Lock()
 	defer u.mu.Unlock()
+	if u.mcr&mcrLoop != 0 {
+		u.input.Loopback += uint64(len(p))
+		return 0
+	}
 	n := min(len(p), RxCapacity-len(u.rx))
 	u.rx = append(u.rx, p[:n]...)
 	if n < len(p) {
 		u.lsr |= lsrOE
+		u.input.Overrun += uint64(len(p) - n)
 	}
 	u.update()
 	return n
+}
+
+// InputStats returns the counts of host input the guest did not get.
+func (u *UART) InputStats() InputStats {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.input
 }
 
 // Reset puts the UART in its power-on state, as a platform reset (a

@@ -2,8 +2,10 @@ package vtty_test
 
 import (
 	"bytes"
+	"context"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/popvmm/popvmm/vtty"
 )
@@ -381,8 +383,8 @@ func TestModemDeltas(t *testing.T) {
 
 // FuzzUART replays (offset, value, op) triples and host input: nothing
 // panics, the interrupt line always equals "an interrupt is pending (IIR
-// bit 0 clear) and OUT2 is set", and input the UART could not take is
-// reported as an overrun.
+// bit 0 clear) and OUT2 is set", input the UART could not take is reported
+// as an overrun, and in loopback no input is taken, only counted.
 func FuzzUART(f *testing.F) {
 	f.Add([]byte{4, 8, 1, 1, 15, 1, 0, 'a', 1, 2, 0, 0, 5, 0, 0})
 	// Overrun with the line-status interrupt on, read back through LSR.
@@ -416,8 +418,15 @@ func FuzzUART(f *testing.F) {
 				u.Reset() // a reboot inside the VM
 			}
 			if in != nil {
-				if n := u.Receive(in); n < len(in) && rd(u, LSR)&0x02 == 0 {
-					t.Fatalf("Receive took %d of %d bytes, LSR.OE clear", n, len(in))
+				loop := rd(u, MCR)&0x10 != 0
+				before := u.InputStats()
+				n := u.Receive(in)
+				after := u.InputStats()
+				switch {
+				case loop && (n != 0 || after.Loopback != before.Loopback+uint64(len(in))):
+					t.Fatalf("loopback: Receive took %d of %d bytes, counted %d: the line is disconnected", n, len(in), after.Loopback-before.Loopback)
+				case !loop && n < len(in) && (rd(u, LSR)&0x02 == 0 || after.Overrun != before.Overrun+uint64(len(in)-n)):
+					t.Fatalf("Receive took %d of %d bytes, LSR.OE clear or not counted (%+v)", n, len(in), after)
 				}
 			}
 			pending, level := u.Pending()
@@ -475,5 +484,79 @@ func TestReset(t *testing.T) {
 	u.Receive([]byte("x"))
 	if out.String() != "k" || rd(u, RBR) != 'x' {
 		t.Errorf("after Reset: out %q", out.String())
+	}
+}
+
+// TestLoopbackDisconnectsHostInput: in loopback mode the receiver hears
+// only what the guest transmits (PC16550D, MCR bit 4): host input is not
+// taken, is counted, raises no interrupt and sets no overrun, does not mix
+// into the self-test's bytes, and does not come back when loopback ends;
+// input after that is received as usual. Bytes refused for a full queue
+// are counted apart.
+func TestLoopbackDisconnectsHostInput(t *testing.T) {
+	u, out, irq := newUART()
+	wr(u, MCR, 0x10|0x08) // loopback, OUT2
+	wr(u, IER, 0x05)      // received data, line status
+	if n := u.Receive([]byte("typed")); n != 0 {
+		t.Errorf("Receive in loopback took %d bytes", n)
+	}
+	if irq.get() || rd(u, LSR)&0x03 != 0 {
+		t.Errorf("host input in loopback: line %v, LSR %#x; want no interrupt, no data, no overrun", irq.get(), rd(u, LSR))
+	}
+	for _, b := range []byte("self-test") {
+		wr(u, THR, b)
+	}
+	var got []byte
+	for rd(u, LSR)&0x01 != 0 {
+		got = append(got, rd(u, RBR))
+	}
+	if string(got) != "self-test" || out.Len() != 0 {
+		t.Errorf("looped back %q (out %q), want only the guest's %q", got, out.String(), "self-test")
+	}
+	wr(u, MCR, 0x08) // loopback ends
+	if rd(u, LSR)&0x01 != 0 {
+		t.Error("input refused in loopback arrived once it ended")
+	}
+	if n := u.Receive([]byte("ls\n")); n != 3 || rd(u, RBR) != 'l' {
+		t.Errorf("after loopback Receive took %d", n)
+	}
+	u.Receive(make([]byte, vtty.RxCapacity+7))
+	if st := u.InputStats(); st != (vtty.InputStats{Loopback: 5, Overrun: 9}) {
+		t.Errorf("InputStats = %+v, want 5 refused in loopback and 9 overrun", st)
+	}
+}
+
+// TestConsoleInputInLoopback: what is typed on the console while the
+// guest's UART is in loopback is dropped and counted, never queued for
+// later; typing after loopback ends reaches the guest.
+func TestConsoleInputInLoopback(t *testing.T) {
+	c := openConsole(t)
+	u := vtty.NewUART(c, nil)
+	tty := attach(t, c)
+	defer tty.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go c.Input(ctx, u.Receive)
+	wr(u, MCR, 0x10)
+	tty.Write([]byte("during"))
+	deadline := time.Now().Add(10 * time.Second)
+	for u.InputStats().Loopback < 6 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if st := u.InputStats(); st.Loopback != 6 {
+		t.Fatalf("InputStats = %+v, want 6 bytes refused in loopback", st)
+	}
+	wr(u, MCR, 0x00)
+	tty.Write([]byte("after"))
+	var got []byte
+	for len(got) < 5 && time.Now().Before(deadline) {
+		if rd(u, LSR)&0x01 != 0 {
+			got = append(got, rd(u, RBR))
+		} else {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	if string(got) != "after" {
+		t.Errorf("the guest read %q, want %q", got, "after")
 	}
 }
