@@ -12,11 +12,13 @@ import (
 
 // BzImage returns a bzImage header with boot protocol version proto and the
 // 64-bit entry flag set when kernel64 is true: relocatable, 2 MiB-aligned,
-// with an init_size of 1 MiB, so that it loads at 2 MiB in any layout.
+// with an init_size of 1 MiB, so that it loads at 2 MiB in any layout, and
+// a command line of up to 2047 bytes, as Linux's.
 func BzImage(proto uint16, kernel64 bool) []byte {
 	b := make([]byte, 0x1000)
 	le := binary.LittleEndian
 	le.PutUint16(b[0x1fe:], 0xaa55)
+	b[0x201] = 0x66 // the setup header ends at 0x268
 	copy(b[0x202:], "HdrS")
 	le.PutUint16(b[0x206:], proto)
 	le.PutUint32(b[0x22c:], 0x7fffffff) // initrd_addr_max
@@ -25,6 +27,7 @@ func BzImage(proto uint16, kernel64 bool) []byte {
 	if kernel64 {
 		le.PutUint16(b[0x236:], 1)
 	}
+	le.PutUint32(b[0x238:], 2047)      // cmdline_size, as Linux's
 	le.PutUint64(b[0x258:], 0x1000000) // pref_address
 	le.PutUint32(b[0x260:], 0x100000)  // init_size
 	return b

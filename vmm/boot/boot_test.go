@@ -134,7 +134,7 @@ func TestLoadBzImageErrors(t *testing.T) {
 		initrd  []byte
 		want    string
 	}{
-		{"not a bzImage", make([]byte, 8192), "", nil, "no bzImage setup header"},
+		{"not a bzImage", make([]byte, 8192), "", nil, "not a bzImage or ELF kernel"},
 		{"kernel does not fit", bzImage(false, 8<<20, []byte("k")), "", nil, "0x000001000000-0x0000017fffff is not in the kernel's RAM"},
 		{"command line too long", bzImage(true, 0x1000, []byte("k")), strings.Repeat("x", 3000), nil, "longer than the kernel's 2047"},
 		{"initrd too big", bzImage(true, 0x1000, []byte("k")), "", make([]byte, 30<<20), "does not fit"},

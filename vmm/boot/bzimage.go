@@ -44,33 +44,29 @@ const (
 // out by l: the protected-mode kernel at its load address (2 MiB-aligned
 // for a relocatable kernel, its preferred address otherwise), the initrd as
 // high as it may go in low RAM, the command line, the zero page with the
-// e820 table, the page tables and GDT.
+// e820 table, the page tables and GDT. The image is parsed and checked by
+// ParseImage, as validation does; one that is not a bzImage, or that does
+// not fit l, is refused before anything is written.
 func LoadBzImage(mem *guestmem.Memory, l *memmap.Layout, image []byte, cmdline string, initrd []byte) (Entry, error) {
+	img, err := ParseImageBytes(image)
+	if err != nil {
+		return Entry{}, fmt.Errorf("%w: %w", ErrKernel, err)
+	}
+	if img.Format != FormatBzImage {
+		return Entry{}, fmt.Errorf("%w: not a bzImage but an %s image", ErrKernel, img.Format)
+	}
+	return img.loadBzImage(mem, l, image, cmdline, initrd)
+}
+
+func (img *Image) loadBzImage(mem *guestmem.Memory, l *memmap.Layout, image []byte, cmdline string, initrd []byte) (Entry, error) {
 	le := binary.LittleEndian
-	pl, err := BzImagePlacement(image, uint64(len(image)))
+	pl, hdrEnd := img.Placement, img.hdrEnd
+	initrdAddr, err := img.plan(l, cmdline, initrd)
 	if err != nil {
 		return Entry{}, err
 	}
-	hdrEnd := 0x202 + int(image[hdrJumpEnd])
-	if hdrEnd > hdrStart+0x80 || hdrEnd > len(image) {
-		return Entry{}, fmt.Errorf("%w: setup header end %#x", ErrKernel, hdrEnd)
-	}
-	if err := pl.Fits(l); err != nil {
-		return Entry{}, fmt.Errorf("%w: %w", ErrKernel, err)
-	}
-	var initrdAddr uint64
-	if len(initrd) > 0 {
-		if initrdAddr, err = pl.InitrdAddr(l, uint64(len(initrd))); err != nil {
-			return Entry{}, err
-		}
-	}
-	setupSects := int(image[hdrSetupSects])
-	if setupSects == 0 {
-		setupSects = 4
-	}
 	k := pl.Kernel[0]
-	kernel := image[(setupSects+1)*512:]
-	if err := mem.Write(k.Start, kernel); err != nil {
+	if err := mem.Write(k.Start, image[img.pmOff:]); err != nil {
 		return Entry{}, fmt.Errorf("load kernel at %#x: %w", k.Start, err)
 	}
 	if _, err := mem.Slice(k.Start, k.Size); err != nil {
@@ -84,11 +80,7 @@ func LoadBzImage(mem *guestmem.Memory, l *memmap.Layout, image []byte, cmdline s
 	zp[hdrLoadFlags] |= loadedHigh | canUseHeap
 	le.PutUint16(zp[hdrHeapEndPtr:], 0xfe00)
 
-	limit := int(le.Uint32(image[hdrCmdlineSize:]))
-	if limit == 0 {
-		limit = 255
-	}
-	if err := writeCmdline(mem, cmdline, min(limit, memmap.CmdlineMax-1)); err != nil {
+	if err := writeCmdline(mem, cmdline, img.CmdlineMax); err != nil {
 		return Entry{}, err
 	}
 	le.PutUint32(zp[hdrCmdLinePtr:], memmap.CmdlineAddr)

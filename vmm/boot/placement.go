@@ -10,10 +10,11 @@ import (
 )
 
 // Placement is where a kernel image goes in guest memory, read from its
-// headers alone: what the loaders write and what config validation checks
-// (package cluster calls BzImagePlacement and PVHPlacement on the files a
-// config names, and Fits and InitrdAddr against the kernel's layout), so
-// that `popvmm validate` refuses exactly what the loaders refuse.
+// headers alone (ParseImage, through BzImagePlacement or PVHPlacement):
+// what the loaders write and what config validation checks (package
+// cluster's InspectKernel parses the files a config names with
+// ParseImage, and calls Fits and InitrdAddr against the kernel's layout),
+// so that `popvmm validate` refuses exactly what the loaders refuse.
 type Placement struct {
 	// Kernel are the guest-physical ranges the kernel occupies: for a
 	// bzImage its load address and init_size (the kernel decompresses
@@ -77,16 +78,16 @@ const (
 func BzImagePlacement(hdr []byte, imageLen uint64) (Placement, error) {
 	le := binary.LittleEndian
 	if len(hdr) < minHeader || string(hdr[hdrMagic:hdrMagic+4]) != "HdrS" {
-		return Placement{}, fmt.Errorf("%w: no bzImage setup header", ErrKernel)
+		return Placement{}, refuse("no bzImage setup header")
 	}
 	if le.Uint16(hdr[hdrBootFlag:]) != 0xaa55 {
-		return Placement{}, fmt.Errorf("%w: bzImage header without boot flag 0xAA55", ErrKernel)
+		return Placement{}, refuse("bzImage header without boot flag 0xAA55")
 	}
 	if v := le.Uint16(hdr[hdrVersion:]); v < minProtocol {
-		return Placement{}, fmt.Errorf("%w: boot protocol %#x older than 2.12", ErrKernel, v)
+		return Placement{}, refuse("boot protocol %#x older than 2.12", v)
 	}
 	if le.Uint16(hdr[hdrXLoadFlags:])&xlfKernel64 == 0 {
-		return Placement{}, fmt.Errorf("%w: no 64-bit entry point (XLF_KERNEL_64 clear)", ErrKernel)
+		return Placement{}, refuse("no 64-bit entry point (XLF_KERNEL_64 clear)")
 	}
 	setupSects := uint64(hdr[hdrSetupSects])
 	if setupSects == 0 {
@@ -94,23 +95,23 @@ func BzImagePlacement(hdr []byte, imageLen uint64) (Placement, error) {
 	}
 	pmOff := (setupSects + 1) * 512
 	if pmOff >= imageLen {
-		return Placement{}, fmt.Errorf("%w: setup of %d sectors leaves no kernel", ErrKernel, setupSects)
+		return Placement{}, refuse("setup of %d sectors leaves no kernel", setupSects)
 	}
 	load := le.Uint64(hdr[hdrPrefAddress:])
 	if hdr[hdrRelocatable] != 0 {
 		align := uint64(le.Uint32(hdr[hdrKernelAlign:]))
 		if align == 0 || align&(align-1) != 0 {
-			return Placement{}, fmt.Errorf("%w: kernel_alignment %#x", ErrKernel, align)
+			return Placement{}, refuse("kernel_alignment %#x", align)
 		}
 		load = (memmap.KernelAddr + align - 1) &^ (align - 1)
 	}
 	size := max(uint64(le.Uint32(hdr[hdrInitSize:])), imageLen-pmOff)
 	k := memmap.Range{Start: load, Size: size}
 	if _, ok := memmap.End(load, size); !ok {
-		return Placement{}, fmt.Errorf("%w: kernel of %s at %#x runs past 2^64", ErrKernel, memmap.FormatSize(size), load)
+		return Placement{}, refuse("kernel of %s at %#x runs past 2^64", memmap.FormatSize(size), load)
 	}
 	if size <= entry64 {
-		return Placement{}, fmt.Errorf("%w: kernel of %d bytes ends before its 64-bit entry at +%#x", ErrKernel, size, entry64)
+		return Placement{}, refuse("kernel of %d bytes ends before its 64-bit entry at +%#x", size, entry64)
 	}
 	return Placement{
 		Kernel:      []memmap.Range{k},
@@ -124,7 +125,7 @@ func BzImagePlacement(hdr []byte, imageLen uint64) (Placement, error) {
 // another, and the PVH entry from the notes, which must lie in a segment.
 func PVHPlacement(f *elf.File) (Placement, error) {
 	if f.Class != elf.ELFCLASS64 || f.Machine != elf.EM_X86_64 {
-		return Placement{}, fmt.Errorf("%w: ELF %v %v, want ELFCLASS64 EM_X86_64", ErrKernel, f.Class, f.Machine)
+		return Placement{}, refuse("ELF %v %v, want ELFCLASS64 EM_X86_64", f.Class, f.Machine)
 	}
 	var p Placement
 	found := false
@@ -132,18 +133,18 @@ func PVHPlacement(f *elf.File) (Placement, error) {
 		switch prog.Type {
 		case elf.PT_LOAD:
 			if prog.Filesz > prog.Memsz {
-				return Placement{}, fmt.Errorf("%w: segment at %#x: file size %#x above memory size %#x", ErrKernel, prog.Paddr, prog.Filesz, prog.Memsz)
+				return Placement{}, refuse("segment at %#x: file size %#x above memory size %#x", prog.Paddr, prog.Filesz, prog.Memsz)
 			}
 			if prog.Memsz == 0 {
 				continue
 			}
 			r := memmap.Range{Start: prog.Paddr, Size: prog.Memsz}
 			if !r.Valid() {
-				return Placement{}, fmt.Errorf("%w: segment at %#x of %#x bytes runs past 2^64", ErrKernel, prog.Paddr, prog.Memsz)
+				return Placement{}, refuse("segment at %#x of %#x bytes runs past 2^64", prog.Paddr, prog.Memsz)
 			}
 			for _, o := range p.Kernel {
 				if r.Overlaps(o) {
-					return Placement{}, fmt.Errorf("%w: segments %v and %v overlap", ErrKernel, o, r)
+					return Placement{}, refuse("segments %v and %v overlap", o, r)
 				}
 			}
 			p.Kernel = append(p.Kernel, r)
@@ -153,7 +154,7 @@ func PVHPlacement(f *elf.File) (Placement, error) {
 			}
 			data := make([]byte, prog.Filesz)
 			if _, err := prog.ReadAt(data, 0); err != nil {
-				return Placement{}, fmt.Errorf("read ELF notes: %w", err)
+				return Placement{}, refuse("read ELF notes: %w", err)
 			}
 			if e, ok := pvhnote.Find(data, f.ByteOrder); ok {
 				p.Entry, found = uint64(e), true
@@ -161,15 +162,15 @@ func PVHPlacement(f *elf.File) (Placement, error) {
 		}
 	}
 	if !found || p.Entry == 0 {
-		return Placement{}, fmt.Errorf("%w: no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY); build it with CONFIG_PVH=y", ErrKernel)
+		return Placement{}, refuse("ELF kernel has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY); build it with CONFIG_PVH=y")
 	}
 	if len(p.Kernel) == 0 {
-		return Placement{}, fmt.Errorf("%w: no loadable (PT_LOAD) segment", ErrKernel)
+		return Placement{}, refuse("no loadable (PT_LOAD) segment")
 	}
 	for _, r := range p.Kernel {
 		if r.Contains(memmap.Range{Start: p.Entry, Size: 1}) {
 			return p, nil
 		}
 	}
-	return Placement{}, fmt.Errorf("%w: PVH entry %#x is not inside a loaded segment", ErrKernel, p.Entry)
+	return Placement{}, refuse("PVH entry %#x is not inside a loaded segment", p.Entry)
 }

@@ -1,11 +1,8 @@
 package boot
 
 import (
-	"bytes"
-	"debug/elf"
 	"encoding/binary"
 	"fmt"
-	"io"
 
 	"github.com/popvmm/popvmm/memmap"
 	"github.com/popvmm/popvmm/vmm/guestmem"
@@ -25,42 +22,38 @@ const (
 // LoadPVH loads an ELF vmlinux with a PVH entry note: its PT_LOAD segments
 // at their physical addresses, the initrd as a module, the command line,
 // and hvm_start_info with the memory map. The vCPU starts in 32-bit
-// protected mode, paging off, EBX pointing at hvm_start_info. A kernel
+// protected mode, paging off, EBX pointing at hvm_start_info. The image is
+// parsed and checked by ParseImage, as validation does; one that is not an
+// ELF kernel with a PVH note, whose segments are not all in the file, or
 // whose segments do not fit l (PVHPlacement, Placement.Fits: over a boot
 // structure, below 1 MiB, beyond RAM) is refused before anything is written.
 func LoadPVH(mem *guestmem.Memory, l *memmap.Layout, image []byte, cmdline string, initrd []byte) (Entry, error) {
-	f, err := elf.NewFile(bytes.NewReader(image))
+	img, err := ParseImageBytes(image)
 	if err != nil {
 		return Entry{}, fmt.Errorf("%w: %w", ErrKernel, err)
 	}
-	pl, err := PVHPlacement(f)
+	if img.Format != FormatPVH {
+		return Entry{}, fmt.Errorf("%w: not an ELF kernel but a %s", ErrKernel, img.Format)
+	}
+	return img.loadPVH(mem, l, image, cmdline, initrd)
+}
+
+func (img *Image) loadPVH(mem *guestmem.Memory, l *memmap.Layout, image []byte, cmdline string, initrd []byte) (Entry, error) {
+	pl := img.Placement
+	initrdAddr, err := img.plan(l, cmdline, initrd)
 	if err != nil {
 		return Entry{}, err
 	}
-	if err := pl.Fits(l); err != nil {
-		return Entry{}, fmt.Errorf("%w: %w", ErrKernel, err)
-	}
-	var initrdAddr uint64
-	if len(initrd) > 0 {
-		if initrdAddr, err = pl.InitrdAddr(l, uint64(len(initrd))); err != nil {
-			return Entry{}, err
-		}
-	}
-	for _, p := range f.Progs {
-		if p.Type != elf.PT_LOAD || p.Memsz == 0 {
-			continue
-		}
-		seg, err := mem.Slice(p.Paddr, p.Memsz)
+	for _, sg := range img.segments {
+		seg, err := mem.Slice(sg.paddr, sg.memsz)
 		if err != nil {
-			return Entry{}, fmt.Errorf("kernel segment at %#x: %w", p.Paddr, err)
+			return Entry{}, fmt.Errorf("kernel segment at %#x: %w", sg.paddr, err)
 		}
-		if _, err := io.ReadFull(p.Open(), seg[:p.Filesz]); err != nil {
-			return Entry{}, fmt.Errorf("read kernel segment: %w", err)
-		}
-		clear(seg[p.Filesz:])
+		copy(seg, image[sg.off:sg.off+sg.filesz])
+		clear(seg[sg.filesz:])
 	}
 
-	if err := writeCmdline(mem, cmdline, memmap.CmdlineMax-1); err != nil {
+	if err := writeCmdline(mem, cmdline, img.CmdlineMax); err != nil {
 		return Entry{}, err
 	}
 	le := binary.LittleEndian
