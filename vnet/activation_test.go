@@ -2,7 +2,6 @@ package vnet_test
 
 import (
 	"fmt"
-	"net/netip"
 	"os"
 	"testing"
 	"time"
@@ -15,35 +14,30 @@ import (
 	"github.com/popvmm/popvmm/vnet"
 )
 
-// rawTap makes a tap (MTU 9000, off its bridge, no IPv6 chatter) in a
-// fresh network namespace and returns it with a function that sends a raw
-// frame out of the tap, so that it arrives on the tap's file: the
-// device's receive side.
-func rawTap(t *testing.T, name string) (*vnet.Tap, func(frame []byte)) {
+// rawTap makes a tap (MTU 9000, up, on no bridge, with no address and
+// no IPv6: nothing of the host's own reaches it) in a fresh network
+// namespace and returns its file with a function that sends a raw frame
+// out of the tap, so that it arrives on the tap's file: the device's
+// receive side.
+func rawTap(t *testing.T, name string) (*os.File, func(frame []byte)) {
 	t.Helper()
 	inNetns(t)
 	for _, k := range []string{"all", "default"} {
 		os.WriteFile("/proc/sys/net/ipv6/conf/"+k+"/disable_ipv6", []byte("1"), 0o644)
 	}
-	b, err := vnet.EnsureBridge(name, netip.MustParsePrefix("10.79.0.1/24"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Remove() })
-	tap, err := vnet.OpenTap(name+"-0", b)
+	tap, err := vnet.CreateTap(name)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { tap.Close() })
-	l, err := netlink.LinkByName(name + "-0")
+	l, err := netlink.LinkByName(name)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := netlink.LinkSetMTU(l, 9000); err != nil {
 		t.Fatal(err)
 	}
-	// Off the bridge: its own traffic would take receive buffers.
-	if err := netlink.LinkSetNoMaster(l); err != nil {
+	if err := netlink.LinkSetUp(l); err != nil {
 		t.Fatal(err)
 	}
 	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, 0)
@@ -83,10 +77,10 @@ type rxDriver struct {
 	rx *virtiotest.DriverQueue
 }
 
-func newRxDriver(t *testing.T, tap *vnet.Tap) *rxDriver {
+func newRxDriver(t *testing.T, tap *os.File) *rxDriver {
 	t.Helper()
 	ram, mem := virtiotest.NewMemory(t)
-	n, err := vnet.NewNet(vnet.NetConfig{MAC: guestMAC, Tap: tap.File})
+	n, err := vnet.NewNet(vnet.NetConfig{MAC: guestMAC, Tap: tap})
 	if err != nil {
 		t.Fatal(err)
 	}
