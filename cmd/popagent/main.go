@@ -28,6 +28,8 @@ import (
 
 	"golang.org/x/term"
 
+	"github.com/popvmm/popvmm/internal/ratelog"
+	"github.com/popvmm/popvmm/internal/retry"
 	"github.com/popvmm/popvmm/ipi"
 	"github.com/popvmm/popvmm/ipi/agent"
 	"github.com/popvmm/popvmm/ipi/msg"
@@ -158,9 +160,15 @@ func joinWindow(ctx context.Context, cfg agentConfig, serve func(*msg.Node), log
 
 // serveLocal answers `popagent tty NAME` from this kernel's users: one line
 // "tty NAME", the answer "ok" or "error: ...", then the shell's bytes.
+//
+// A transient accept error (out of file descriptors, an aborted
+// connection) is retried with back-off (internal/retry), so a burst of
+// clients cannot end the service; it ends with ctx or the listener.
 func serveLocal(ctx context.Context, ln net.Listener, node *msg.Node, ttys *agent.TTYClient, log *slog.Logger) {
+	acceptLog := ratelog.Default(log)
+	defer acceptLog.Flush()
 	for {
-		conn, err := ln.Accept()
+		conn, err := retry.Accept(ctx, ln.Accept, acceptLog, "popagent local socket")
 		if err != nil {
 			return
 		}
