@@ -5,8 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
-	"net"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,7 +14,6 @@ import (
 
 	"github.com/popvmm/popvmm/internal/testenv"
 	"github.com/popvmm/popvmm/supervisor"
-	"github.com/popvmm/popvmm/vnet"
 )
 
 // benchDiskMB is the size of the disk fio reads.
@@ -92,79 +89,21 @@ func BenchmarkKVMBlkVsQEMU(b *testing.B) {
 	b.Run("qemu", func(b *testing.B) {
 		k := st.Kernel("qemu")
 		start := time.Now()
-		stop := startQEMUDisks(b, c, st, k, img, rootfs, data)
-		defer stop()
+		q := c.launchQEMU(b, st, k, "pvq-blk", "512M", " popvmm.root=/dev/vda", "vhost=on",
+			"-drive", "file="+rootfs+",if=none,id=root,format=raw,readonly=on,cache=none,aio=native",
+			"-device", "virtio-blk-pci,drive=root,disable-legacy=on",
+			"-drive", "file="+data+",if=none,id=data,format=raw,readonly=on,cache=none,aio=native",
+			"-device", "virtio-blk-pci,drive=data,disable-legacy=on")
+		defer q.stop()
+		b.Cleanup(func() {
+			if b.Failed() {
+				b.Logf("QEMU's output:\n%s", q.out)
+			}
+		})
 		waitLogin(b, st, k)
 		b.ReportMetric(time.Since(start).Seconds(), "boot-to-ssh-s")
 		measureBlk(b, st, k)
 	})
-}
-
-// startQEMUDisks boots kernel k under QEMU -enable-kvm with the root image
-// and the data disk on virtio-blk (read-only, raw) and its NIC on a tap of
-// the cluster's bridge, booted as popvmm boots it (its overlay, command
-// line).
-func startQEMUDisks(b *testing.B, c *benchCluster, st *supervisor.Status, k *supervisor.KernelStatus, img, rootfs, data string) func() {
-	b.Helper()
-	host := netip.MustParseAddr(st.HostIP)
-	sub := netip.MustParsePrefix(st.Subnet)
-	br, err := vnet.BridgeConfig{Name: st.Bridge, Addrs: []netip.Prefix{netip.PrefixFrom(host, sub.Bits())},
-		Owner: supervisor.BridgeOwner(st.Cluster, st.RunDir)}.Ensure()
-	if err != nil {
-		b.Fatal(err)
-	}
-	tap, err := vnet.OpenTap("pvq-blk", br)
-	if err != nil {
-		b.Fatal(err)
-	}
-	base, err := os.ReadFile(filepath.Join(img, "initramfs.cpio"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	overlay, err := os.ReadFile(filepath.Join(st.RunDir, k.Name+".overlay.cpio"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	initrd := filepath.Join(b.TempDir(), "initrd.cpio")
-	if err := os.WriteFile(initrd, append(base, overlay...), 0o600); err != nil {
-		b.Fatal(err)
-	}
-	log := filepath.Join(c.runDir, k.Name+".console.log")
-	mask := net.IP(net.CIDRMask(sub.Bits(), 32)).String()
-	cmdline := fmt.Sprintf("console=ttyS0 ip=%s::%s:%s:%s:eth0:off popvmm.name=%s popvmm.root=/dev/vda", k.IP, host, mask, k.Name, k.Name)
-	cmd := exec.Command("taskset", "-c", "1", "qemu-system-x86_64", "-enable-kvm", "-cpu", "host", "-M", "pc", "-smp", "1", "-m", "512M",
-		"-nodefaults", "-no-user-config", "-nographic", "-serial", "file:"+log,
-		"-kernel", filepath.Join(img, "bzImage"), "-initrd", initrd, "-append", cmdline,
-		"-drive", "file="+rootfs+",if=none,id=root,format=raw,readonly=on,cache=none,aio=native",
-		"-device", "virtio-blk-pci,drive=root,disable-legacy=on",
-		"-drive", "file="+data+",if=none,id=data,format=raw,readonly=on,cache=none,aio=native",
-		"-device", "virtio-blk-pci,drive=data,disable-legacy=on",
-		"-netdev", "tap,id=n0,fd=3,vhost=on",
-		"-device", "virtio-net-pci,netdev=n0,disable-legacy=on,mac="+k.MAC)
-	cmd.ExtraFiles = []*os.File{tap.File}
-	out := &strings.Builder{}
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		tap.Close()
-		b.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	stopped := false
-	stop := func() {
-		if !stopped {
-			stopped = true
-			cmd.Process.Kill()
-			<-done
-			tap.Close()
-		}
-	}
-	b.Cleanup(func() {
-		if b.Failed() {
-			b.Logf("QEMU's output:\n%s", out)
-		}
-	})
-	return stop
 }
 
 // waitLogin waits until kernel k answers an ssh login.

@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -161,6 +162,44 @@ func (c *benchCluster) waitConsole(b *testing.B, kernel, want string, d time.Dur
 // the cluster's bridge, and waits for its ssh server.
 func (c *benchCluster) startQEMU(b *testing.B, st *supervisor.Status, k *supervisor.KernelStatus, vhost string) func() {
 	b.Helper()
+	q := c.launchQEMU(b, st, k, "pvq-bench", "256M", "", "vhost="+vhost)
+	log := filepath.Join(c.runDir, k.Name+".console.log")
+	if err := waitUntil(bootDeadline, func() bool {
+		data, _ := os.ReadFile(log)
+		select {
+		case <-q.done:
+			return true
+		default:
+		}
+		return strings.Contains(string(data), "dropbear listening")
+	}); err != nil {
+		q.stop()
+		b.Fatalf("QEMU guest did not start its ssh server within %v", bootDeadline)
+	}
+	select {
+	case err := <-q.done:
+		q.done <- err
+		q.stop()
+		b.Fatalf("QEMU exited: %v\n%s", err, q.out)
+	default:
+	}
+	return func() { q.stop(); os.Remove(log) }
+}
+
+// qemuGuest is a QEMU running one of the cluster's kernels.
+type qemuGuest struct {
+	done chan error // Wait's result, once
+	out  *strings.Builder
+	stop func() // kills QEMU and closes its tap; once
+}
+
+// launchQEMU starts kernel k under QEMU -enable-kvm -cpu host on core 1,
+// as popvmm boots it (its image, base initramfs and overlay, command line
+// plus cmdlineExtra, its console log), its virtio-net on a tap named tap
+// on the cluster's bridge (netdevOpts added to the tap netdev), with args
+// appended to QEMU's command line.
+func (c *benchCluster) launchQEMU(b *testing.B, st *supervisor.Status, k *supervisor.KernelStatus, tap, memory, cmdlineExtra, netdevOpts string, args ...string) *qemuGuest {
+	b.Helper()
 	host := netip.MustParseAddr(st.HostIP)
 	sub := netip.MustParsePrefix(st.Subnet)
 	br, err := vnet.BridgeConfig{Name: st.Bridge, Addrs: []netip.Prefix{netip.PrefixFrom(host, sub.Bits())},
@@ -168,66 +207,52 @@ func (c *benchCluster) startQEMU(b *testing.B, st *supervisor.Status, k *supervi
 	if err != nil {
 		b.Fatal(err)
 	}
-	tap, err := vnet.OpenTap("pvq-bench", br)
+	t, err := vnet.OpenTap(tap, br)
 	if err != nil {
 		b.Fatal(err)
 	}
 	img := filepath.Join(c.root, "images", "out", "light")
 	base, err := os.ReadFile(filepath.Join(img, "initramfs.cpio"))
 	if err != nil {
+		t.Close()
 		b.Fatal(err)
 	}
 	overlay, err := os.ReadFile(filepath.Join(st.RunDir, k.Name+".overlay.cpio"))
 	if err != nil {
+		t.Close()
 		b.Fatal(err)
 	}
 	initrd := filepath.Join(b.TempDir(), "initrd.cpio")
 	if err := os.WriteFile(initrd, append(base, overlay...), 0o600); err != nil {
+		t.Close()
 		b.Fatal(err)
 	}
 	log := filepath.Join(c.runDir, k.Name+".console.log")
 	mask := net.IP(net.CIDRMask(sub.Bits(), 32)).String()
-	cmdline := fmt.Sprintf("console=ttyS0 ip=%s::%s:%s:%s:eth0:off popvmm.name=%s", k.IP, host, mask, k.Name, k.Name)
-	cmd := exec.Command("taskset", "-c", "1", "qemu-system-x86_64", "-enable-kvm", "-cpu", "host", "-M", "pc", "-smp", "1", "-m", "256M",
-		"-nodefaults", "-no-user-config", "-nographic", "-serial", "file:"+log,
+	cmdline := fmt.Sprintf("console=ttyS0 ip=%s::%s:%s:%s:eth0:off popvmm.name=%s%s", k.IP, host, mask, k.Name, k.Name, cmdlineExtra)
+	cmd := exec.Command("taskset", append([]string{"-c", "1", "qemu-system-x86_64", "-enable-kvm", "-cpu", "host", "-M", "pc", "-smp", "1", "-m", memory,
+		"-nodefaults", "-no-user-config", "-nographic", "-serial", "file:" + log,
 		"-kernel", filepath.Join(img, "bzImage"), "-initrd", initrd, "-append", cmdline,
-		"-netdev", "tap,id=n0,fd=3,vhost="+vhost,
-		"-device", "virtio-net-pci,netdev=n0,disable-legacy=on,mac="+k.MAC)
-	cmd.ExtraFiles = []*os.File{tap.File}
-	out := &strings.Builder{}
-	cmd.Stdout, cmd.Stderr = out, out
+		"-netdev", "tap,id=n0,fd=3," + netdevOpts,
+		"-device", "virtio-net-pci,netdev=n0,disable-legacy=on,mac=" + k.MAC}, args...)...)
+	cmd.ExtraFiles = []*os.File{t.File}
+	q := &qemuGuest{done: make(chan error, 1), out: &strings.Builder{}}
+	cmd.Stdout, cmd.Stderr = q.out, q.out
 	if err := cmd.Start(); err != nil {
-		tap.Close()
+		t.Close()
 		b.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	stop := func() {
-		cmd.Process.Kill()
-		<-done
-		tap.Close()
-		os.Remove(log)
+	go func() { q.done <- cmd.Wait() }()
+	var once sync.Once
+	q.stop = func() {
+		once.Do(func() {
+			cmd.Process.Kill()
+			<-q.done
+			t.Close()
+		})
 	}
-	if err := waitUntil(bootDeadline, func() bool {
-		data, _ := os.ReadFile(log)
-		select {
-		case <-done:
-			return true
-		default:
-		}
-		return strings.Contains(string(data), "dropbear listening")
-	}); err != nil {
-		stop()
-		b.Fatalf("QEMU guest did not start its ssh server within %v", bootDeadline)
-	}
-	select {
-	case err := <-done:
-		done <- err
-		stop()
-		b.Fatalf("QEMU exited: %v\n%s", err, out)
-	default:
-	}
-	return stop
+	b.Cleanup(q.stop)
+	return q
 }
 
 // measure reports ping RTT and TCP throughput both ways for kernel k.
