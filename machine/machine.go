@@ -14,13 +14,13 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/popvmm/popvmm/cluster"
 	"github.com/popvmm/popvmm/ipi"
 	"github.com/popvmm/popvmm/vmm"
+	"github.com/popvmm/popvmm/vmm/boot"
 	"github.com/popvmm/popvmm/vnet"
 	"github.com/popvmm/popvmm/vtty"
 )
@@ -190,15 +190,19 @@ func Build(cfg Config) (*Machine, error) {
 }
 
 // vmConfig is the vmm.Config for kernel k: its image as the file is now
-// (it may have been rebuilt since validation: an ELF boots through its PVH
-// note, anything else as a bzImage, whose loader checks its header).
+// (it may have been rebuilt since validation), its format told by the
+// parse validation and the loaders share (boot.ParseImage).
 func vmConfig(k *cluster.Kernel, cfg Config, log *slog.Logger) (vmm.Config, error) {
 	image, err := os.ReadFile(k.KernelPath)
 	if err != nil {
 		return vmm.Config{}, fmt.Errorf("kernel image: %w", err)
 	}
+	parsed, err := boot.ParseImageBytes(image)
+	if err != nil {
+		return vmm.Config{}, fmt.Errorf("kernel image %s: %w", k.KernelPath, err)
+	}
 	format := vmm.FormatBzImage
-	if strings.HasPrefix(string(image[:min(4, len(image))]), "\x7fELF") {
+	if parsed.Format == boot.FormatPVH {
 		format = vmm.FormatPVH
 	}
 	restart := vmm.RestartAlways

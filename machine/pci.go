@@ -5,8 +5,10 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/popvmm/popvmm/internal/eventfd"
+	"github.com/popvmm/popvmm/internal/retry"
 	"github.com/popvmm/popvmm/memmap"
 	"github.com/popvmm/popvmm/vmm"
 	"github.com/popvmm/popvmm/vmm/bus"
@@ -163,10 +165,17 @@ func (h *pciHost) notify(addr uint64, n int, kick func()) (*notifier, error) {
 func (nt *notifier) run(kick func()) {
 	defer close(nt.done)
 	var b [8]byte
+	var back retry.Backoff
 	for {
-		// The runtime poller parks the goroutine; Close wakes it.
+		// The runtime poller parks the goroutine; Close wakes it (an
+		// error that is not transient: os.ErrClosed).
 		if _, err := nt.f.Read(b[:]); err != nil {
-			return
+			if !retry.Transient(err) {
+				return
+			}
+			time.Sleep(back.Next()) // ENOMEM and the like pass; a kick may have come meanwhile
+		} else {
+			back.Reset()
 		}
 		kick()
 	}

@@ -82,7 +82,7 @@ func (r *kernelRun) setState(st State) {
 func (s *Supervisor) launch(ctx context.Context, r *kernelRun) (Machine, error) {
 	k := r.k
 	if r.console == nil {
-		c, err := vtty.OpenConsole(k.ConsoleLog)
+		c, err := vtty.OpenConsoleConfig(k.ConsoleLog, vtty.ConsoleConfig{LogMax: int64(k.ConsoleLogMax)})
 		if err != nil {
 			return nil, fmt.Errorf("console: %w", err)
 		}

@@ -18,6 +18,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/popvmm/popvmm/internal/ratelog"
 	"github.com/popvmm/popvmm/vmm/virtio"
 )
 
@@ -109,7 +110,7 @@ type Block struct {
 	qsize    uint16
 	workers  int
 	log      *slog.Logger
-	warnings *rateLimit
+	warnings *ratelog.Logger // guest-caused lines, rate-limited
 
 	kick chan struct{} // one pending kick
 
@@ -153,7 +154,7 @@ func New(cfg Config) (*Block, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	b := &Block{cfg: cfg, sectors: uint64(size) / SectorSize, qsize: qs, workers: w, log: log,
-		warnings: newRateLimit(log), kick: make(chan struct{}, 1)}
+		warnings: ratelog.Default(log), kick: make(chan struct{}, 1)}
 	b.offered = virtio.FeatureEventIdx | virtio.FeatureIndirectDesc | FeatureSegMax | FeatureBlkSize | FeatureFlush
 	if cfg.ReadOnly {
 		b.offered |= FeatureRO
@@ -270,6 +271,7 @@ func (b *Block) Reset() {
 // owner closes it).
 func (b *Block) Close() error {
 	b.Reset()
+	b.warnings.Flush()
 	if b.cfg.ReadOnly {
 		return nil
 	}

@@ -25,6 +25,14 @@ type memBackend struct {
 	flushes int
 }
 
+// snapshot copies the disk and the flush count under the lock (the
+// device's workers write it).
+func (m *memBackend) snapshot() ([]byte, int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return bytes.Clone(m.data), m.flushes
+}
+
 func (m *memBackend) take() error {
 	err := m.fail
 	m.fail = nil
@@ -188,15 +196,18 @@ func TestReadWriteFlushID(t *testing.T) {
 	if st, _, n := g.do(vblk.TypeOut, 10, data, 0); st != vblk.StatusOK || n != 1 {
 		t.Fatalf("write: status %d, used %d", st, n)
 	}
-	if !bytes.Equal(be.data[10*512:10*512+8192], data) {
+	if disk, _ := be.snapshot(); !bytes.Equal(disk[10*512:10*512+8192], data) {
 		t.Fatal("the write did not land at sector 10")
 	}
 	st, got, n := g.do(vblk.TypeIn, 10, nil, 8192)
 	if st != vblk.StatusOK || n != 8193 || !bytes.Equal(got, data) {
 		t.Fatalf("read back: status %d, used %d, equal %v", st, n, bytes.Equal(got, data))
 	}
-	if st, _, _ := g.do(vblk.TypeFlush, 0, nil, 0); st != vblk.StatusOK || be.flushes != 1 {
-		t.Fatalf("flush: status %d, backend flushes %d", st, be.flushes)
+	if st, _, _ := g.do(vblk.TypeFlush, 0, nil, 0); st != vblk.StatusOK {
+		t.Fatalf("flush: status %d", st)
+	}
+	if _, n := be.snapshot(); n != 1 {
+		t.Fatalf("backend flushes %d, want 1", n)
 	}
 	st, id, n := g.do(vblk.TypeGetID, 0, nil, vblk.IDBytes)
 	if st != vblk.StatusOK || n != vblk.IDBytes+1 || string(bytes.TrimRight(id, "\x00")) != "disk-0001" {
@@ -241,7 +252,7 @@ func TestRefused(t *testing.T) {
 			t.Errorf("%s: status %d, want %d", c.what, st, c.want)
 		}
 	}
-	if !bytes.Equal(be.data, orig) {
+	if disk, _ := be.snapshot(); !bytes.Equal(disk, orig) {
 		t.Error("a refused request changed the disk")
 	}
 	if s := ro.b.Stats(); s.Refused != 8 || s.Writes != 0 || s.Errors != 0 {
@@ -350,7 +361,7 @@ func TestScatteredRequest(t *testing.T) {
 	a := g.d.Alloc(vblk.HeaderLen + 1024)
 	g.d.Mem.Write(a, append(h[:], data...))
 	g.submit([]virtiotest.Buf{{Addr: a, Len: 100}, {Addr: a + 100, Len: vblk.HeaderLen + 1024 - 100}, {Addr: g.st, Len: 1, Write: true}}, 0)
-	if !bytes.Equal(be.data[4*512:4*512+1024], data) {
+	if disk, _ := be.snapshot(); !bytes.Equal(disk[4*512:4*512+1024], data) {
 		t.Fatal("a write whose header shares a buffer with data did not land")
 	}
 	binary.LittleEndian.PutUint32(h[0:], vblk.TypeIn)

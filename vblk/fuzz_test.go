@@ -57,7 +57,8 @@ func FuzzBlockDevice(f *testing.F) {
 			if ro && b.Stats().Writes != 0 {
 				t.Fatalf("a read-only disk took %d writes", b.Stats().Writes)
 			}
-			for _, c := range be.data {
+			disk, _ := be.snapshot()
+			for _, c := range disk {
 				if ro && c != 0 {
 					t.Fatal("a read-only disk was written")
 				}

@@ -4,9 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"log/slog"
 	"sync"
-	"time"
 
 	"github.com/popvmm/popvmm/vmm/guestmem"
 	"github.com/popvmm/popvmm/vmm/virtio"
@@ -252,7 +250,7 @@ func (b *Block) run(mem *guestmem.Memory, typ uint32, sector uint64, out, in spa
 		return b.ranges(mem, typ, out), 0
 	}
 	b.refused.Add(1)
-	b.warnings.warn("virtio-blk: unsupported request", "type", typ)
+	b.warnings.Warn("virtio-blk: unsupported request", "type", typ)
 	return StatusUnsupp, 0
 }
 
@@ -306,7 +304,7 @@ func (b *Block) ranges(mem *guestmem.Memory, typ uint32, out span) byte {
 // refuse completes a request that a check stopped before the backend.
 func (b *Block) refuse(what string, sector, n uint64) byte {
 	b.refused.Add(1)
-	b.warnings.warn("virtio-blk: request refused", "op", what, "sector", sector, "bytes", n,
+	b.warnings.Warn("virtio-blk: request refused", "op", what, "sector", sector, "bytes", n,
 		"capacity_sectors", b.sectors, "read_only", b.cfg.ReadOnly)
 	return StatusIOErr
 }
@@ -314,38 +312,6 @@ func (b *Block) refuse(what string, sector, n uint64) byte {
 // ioError completes a request the host failed.
 func (b *Block) ioError(what string, sector uint64, err error) byte {
 	b.errs.Add(1)
-	b.warnings.warn("virtio-blk: host I/O error", "op", what, "sector", sector, "err", err)
+	b.warnings.Warn("virtio-blk: host I/O error", "op", what, "sector", sector, "err", err)
 	return StatusIOErr
-}
-
-// rateLimit logs a guest-caused warning at most once per interval,
-// saying how many were suppressed since the last one: a guest cannot
-// fill the host's log.
-type rateLimit struct {
-	log *slog.Logger
-
-	mu         sync.Mutex
-	last       time.Time
-	suppressed int
-}
-
-const warnInterval = 5 * time.Second
-
-func newRateLimit(log *slog.Logger) *rateLimit { return &rateLimit{log: log} }
-
-func (r *rateLimit) warn(msg string, args ...any) {
-	r.mu.Lock()
-	now := time.Now()
-	if !r.last.IsZero() && now.Sub(r.last) < warnInterval {
-		r.suppressed++
-		r.mu.Unlock()
-		return
-	}
-	n := r.suppressed
-	r.last, r.suppressed = now, 0
-	r.mu.Unlock()
-	if n > 0 {
-		args = append(args, "suppressed_since_last", n)
-	}
-	r.log.Warn(msg, args...)
 }
