@@ -405,3 +405,22 @@ func TestLoadFlat(t *testing.T) {
 		t.Error("a flat binary past the RAM's end loaded")
 	}
 }
+
+// TestBzImageSyssize: a bzImage whose protected-mode kernel is shorter
+// than its header's syssize says (a file cut short) is refused by the
+// parse that validation and the loader share; one that holds it all is
+// taken.
+func TestBzImageSyssize(t *testing.T) {
+	img := testkernel.BzImage(0x020f, true)
+	pm := (4 + 1) * 512 // setup_sects 0 means 4
+	binary.LittleEndian.PutUint32(img[0x1f4:], uint32(len(img)-pm)/16)
+	if _, err := boot.ParseImageBytes(img); err != nil {
+		t.Fatalf("a whole bzImage: %v", err)
+	}
+	if _, err := boot.ParseImageBytes(img[:len(img)-16]); err == nil || !strings.Contains(err.Error(), "cut short") {
+		t.Fatalf("a bzImage 16 bytes short of its syssize: %v, want refused as cut short", err)
+	}
+	if _, err := boot.ParseImageBytes(img[:pm-512]); err == nil {
+		t.Fatal("a bzImage cut inside its setup sectors was taken")
+	}
+}

@@ -107,6 +107,10 @@ func ParseImageBytes(image []byte) (*Image, error) {
 	return ParseImage(bytes.NewReader(image), int64(len(image)))
 }
 
+// hdrSyssize is the setup header's syssize: the protected-mode kernel's
+// size in 16-byte units (Documentation/arch/x86/boot.rst).
+const hdrSyssize = 0x1f4
+
 func parseBzImage(h []byte, size uint64) (*Image, error) {
 	le := binary.LittleEndian
 	if len(h) < minHeader {
@@ -139,6 +143,15 @@ func parseBzImage(h []byte, size uint64) (*Image, error) {
 	}
 	img.Placement = p
 	img.pmOff = int(bzSetupSects(h)+1) * 512
+	// The protected-mode kernel must be in the file, as long as syssize
+	// (16-byte units, set by Linux's arch/x86/boot/tools/build.c) says.
+	pm := uint64(img.pmOff)
+	if pm > size {
+		return nil, refuse("bzImage cut short: %d bytes, its protected-mode kernel starts at %#x", size, pm)
+	}
+	if sys := uint64(le.Uint32(h[hdrSyssize:])) * 16; sys > size-pm {
+		return nil, refuse("bzImage cut short: %d bytes of protected-mode kernel, its header says %d (syssize)", size-pm, sys)
+	}
 	return img, nil
 }
 
