@@ -71,6 +71,22 @@ func TestRootImageUnderQEMU(t *testing.T) {
 				t.Errorf("second boot: /root/mine = %q, want the first boot's \"kept\" (the upper disk keeps it)", out)
 			}
 		})
+		// A disk holding something else is never formatted: the kernel
+		// says so, writes to RAM, and the disk's bytes stay as they were.
+		t.Run("foreign-upper", func(t *testing.T) {
+			foreign := filepath.Join(t.TempDir(), "foreign.img")
+			data := []byte(strings.Repeat("not a file system, keep me ", 1<<17))[:2<<20]
+			if err := os.WriteFile(foreign, data, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			out := bootRoot(t, g, img, foreign, false, "cat /run/popvmm/root")
+			if !strings.Contains(out, "/dev/vda read-only, writes to RAM") {
+				t.Errorf("with a foreign upper disk: %q, want writes to RAM", out)
+			}
+			if got, err := os.ReadFile(foreign); err != nil || string(got) != string(data) {
+				t.Errorf("the foreign upper disk %s was changed (%v)", foreign, err)
+			}
+		})
 	})
 	t.Run("full", func(t *testing.T) {
 		g := prepareGuest(t, "full", "e2e-full", 0)
@@ -114,7 +130,8 @@ func bootRoot(t *testing.T, g guestBoot, img, upper string, format bool, cmd str
 	if !format && strings.Contains(con.text(), "formatting upper disk") {
 		t.Errorf("the upper disk was formatted again; console:\n%s", con.text())
 	}
-	if strings.Contains(con.text(), "popvmm-init: error") {
+	foreign := strings.Contains(con.text(), "holds data that is not an ext4 file system; not formatting it")
+	if strings.Contains(con.text(), "popvmm-init: error") && !foreign {
 		t.Errorf("/init reported an error; console:\n%s", con.text())
 	}
 
