@@ -78,31 +78,16 @@ func (s *Supervisor) Run(ctx context.Context, opt Options) error {
 		return err
 	}
 	defer rd.Release()
-	if opt.RunRoot != "" {
-		unregister, err := Register(opt.RunRoot, s.cl.Name, rd.Path)
-		switch {
-		case errors.Is(err, ErrNameTaken):
-			return err
-		case err != nil: // e.g. a run root this user cannot write: -c FILE still works
-			s.log.Warn("the cluster is not in the run root's registry: -c NAME will not find it", "err", err)
-		default:
-			defer unregister() // before the lock goes
-		}
-	}
-	s.runRoot = opt.RunRoot
-
-	// The lock is ours, so a socket left behind is stale.
-	if err := os.Remove(rd.Socket()); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("remove stale control socket: %w", err)
-	}
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: rd.Socket(), Net: "unix"})
+	unregister, err := s.register(opt.RunRoot, rd)
 	if err != nil {
-		return fmt.Errorf("listen on control socket: %w", err)
+		return err
+	}
+	defer unregister() // before the lock goes
+	ln, err := listenControl(rd)
+	if err != nil {
+		return err
 	}
 	defer ln.Close()
-	if err := os.Chmod(rd.Socket(), 0o600); err != nil {
-		return fmt.Errorf("control socket: %w", err)
-	}
 
 	if err := s.prepareBoot(rd.Path); err != nil {
 		return err
@@ -141,23 +126,68 @@ func (s *Supervisor) Run(ctx context.Context, opt Options) error {
 		opt.Ready(rd.Socket())
 	}
 
-	var wg sync.WaitGroup
-	go func() {
-		<-ctx.Done()
+	if err := s.acceptLoop(ctx, ln); err != nil {
+		return err
+	}
+	s.log.Info("cluster down")
+	return nil
+}
+
+// register records the cluster in the run root's registry (-c NAME finds
+// it there) and returns what removes it. A name another live cluster
+// holds is refused; a registry this user cannot write is only a warning
+// (-c FILE still works).
+func (s *Supervisor) register(runRoot string, rd *RunDir) (unregister func(), err error) {
+	s.runRoot = runRoot
+	if runRoot == "" {
+		return func() {}, nil
+	}
+	unregister, err = Register(runRoot, s.cl.Name, rd.Path)
+	switch {
+	case errors.Is(err, ErrNameTaken):
+		return nil, err
+	case err != nil:
+		s.log.Warn("the cluster is not in the run root's registry: -c NAME will not find it", "err", err)
+		return func() {}, nil
+	}
+	return unregister, nil
+}
+
+// listenControl listens on the run directory's control socket (0600),
+// removing a stale one: the lock is ours, so a socket left is stale.
+func listenControl(rd *RunDir) (*net.UnixListener, error) {
+	if err := os.Remove(rd.Socket()); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale control socket: %w", err)
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: rd.Socket(), Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("listen on control socket: %w", err)
+	}
+	if err := os.Chmod(rd.Socket(), 0o600); err != nil {
 		ln.Close()
-	}()
-	// An accept that fails for a moment (out of file descriptors: a burst
-	// of clients, the VMs' eventfds) waits and tries again: it must not
-	// end Run, whose cleanup stops every kernel.
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	return ln, nil
+}
+
+// acceptLoop serves control connections, one goroutine each, until ctx
+// ends; it returns once every connection's goroutine has. An accept that
+// fails for a moment (out of file descriptors: a burst of clients, the
+// VMs' eventfds) waits and tries again: it must not end Run, whose
+// cleanup stops every kernel.
+func (s *Supervisor) acceptLoop(ctx context.Context, ln *net.UnixListener) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
 	acceptLog := ratelog.Default(s.log)
 	defer acceptLog.Flush()
 	for {
 		conn, err := retry.Accept(ctx, ln.AcceptUnix, acceptLog, "control socket")
 		if err != nil {
 			if ctx.Err() != nil {
-				break
+				return nil
 			}
-			wg.Wait()
 			return fmt.Errorf("accept control connection: %w", err)
 		}
 		wg.Add(1)
@@ -166,9 +196,6 @@ func (s *Supervisor) Run(ctx context.Context, opt Options) error {
 			s.serve(ctx, conn)
 		}()
 	}
-	wg.Wait()
-	s.log.Info("cluster down")
-	return nil
 }
 
 // prepareBoot makes what every kernel's boot needs besides its image: the
