@@ -14,9 +14,17 @@
 #   APPEND="..."            added to the guests' "console=ttyS0 panic=-1"
 #   TIMEOUT=240             seconds to init before a boot counts as hung
 #   NPT=1                   the lab KVM's nested paging (lab.kvm_amd=npt=N)
-#   VMMS="popvmm qemu"      which VMMs to run
+#   VMMS="popvmm qemu"      which VMMs to run: popvmm (the vmm package alone,
+#                           TestKVMBootCount), qemu, and cluster (a one-kernel
+#                           cluster through `popvmm up -d` and `popvmm down`, as
+#                           a new user runs it: supervisor, UART log, PCI
+#                           devices, network; the kernel pinned to CPU, default 0)
 #   POPULATE=1, HUGEPAGES=1 popvmm's guest RAM faulted in before boot, or on
 #                           2 MiB hugetlbfs pages (the lab reserves 300)
+#   CPU=C                   the lab core popvmm's vCPU is pinned to (default the last)
+#   NOHOLD=1                end the lab job's KVM hold (lab hold-kvm) first, so
+#                           that the boots switch the lab kernel's static keys
+#                           (text patching) as they did before the hold existed
 #   TRACE=1                 keep the KVM trace (kvm_exit, kvm_inj_*, kvm_entry)
 #                           of every failed popvmm boot
 #   OUT=DIR                 where logs and the tally go (default a new dir
@@ -51,6 +59,9 @@ if [ "${1:-}" = --in-lab ]; then
     tail -n 3000 "$tracing/trace" >"$1"
   }
   [ "${HUGEPAGES:-0}" = 1 ] && echo 300 >/proc/sys/vm/nr_hugepages
+  if [ "${NOHOLD:-0}" = 1 ]; then
+    for p in $(pgrep -f 'popvmm lab hold-kvm' || true); do kill "$p" && echo "lab: ended the KVM hold (pid $p)"; done
+  fi
   echo "lab: $(uname -r), kvm_amd npt=$(cat /sys/module/kvm_amd/parameters/npt 2>/dev/null || echo ?), $(qemu-system-x86_64 --version | head -1)"
   for f in ${FLAVOURS:-full light}; do
     dir=$root/images/out/$f
@@ -68,19 +79,62 @@ if [ "${1:-}" = --in-lab ]; then
           (cd "$root/vmm" && POPVMM_REQUIRE_KVM=1 POPVMM_BOOT_COUNT=1 POPVMM_BOOT_FLAVOURS=$f \
             POPVMM_BOOT_FORMAT=${FORMAT:-bzImage} POPVMM_BOOT_APPEND="${APPEND:-}" \
             POPVMM_BOOT_TIMEOUT=${TIMEOUT:-240} POPVMM_BOOT_LOGDIR=$out \
-            POPVMM_BOOT_POPULATE=${POPULATE:-0} POPVMM_BOOT_HUGEPAGES=${HUGEPAGES:-0} \
+            POPVMM_BOOT_POPULATE=${POPULATE:-0} POPVMM_BOOT_HUGEPAGES=${HUGEPAGES:-0} POPVMM_BOOT_CPU=${CPU:-} \
             "$out/vmm.test" -test.run '^TestKVMBootCount$' -test.v -test.count 1 -test.timeout 0) >"$log.test" 2>&1
           set -e
-          line=$(grep -o 'boot-count: popvmm [^:]*: [a-z-]*.*' "$log.test" | head -1 || true)
-          kind=$(sed -E 's/^boot-count: popvmm [^:]*: ([a-z-]+).*/\1/' <<<"$line")
-          [ -n "$kind" ] || kind=crash
-          detail=${line#*: }
+          line=$(grep -o 'boot-count: popvmm [^:]*: [a-z-]* .*' "$log.test" | head -1 || true)
+          detail=${line#boot-count: popvmm *: }
+          kind=${detail%% *}
+          [ -n "$line" ] || { kind=crash detail="crash: the test did not run ($log.test)"; }
           if [ "$kind" != init ]; then
             mv "$out/popvmm-$f-${FORMAT:-bzImage}-1.log" "$log" 2>/dev/null || true
             trace_keep "$log.trace"
           else
             rm -f "$log.test"
           fi
+        elif [ "$vmm" = cluster ]; then
+          cfg=$out/cluster-$f.toml
+          cat >"$cfg" <<EOT
+[cluster]
+name = "bootcount"
+images = "$root/images/out"
+[cluster.window]
+size = "16M"
+[cluster.network]
+bridge = "pv-bootcount"
+subnet = "10.198.0.0/24"
+host_address = "10.198.0.1"
+[[kernel]]
+name = "k"
+flavour = "$f"
+cpus = "${CPU:-0}"
+memory = "512M"
+backing = "memfd"
+boot = "up"
+ip = "10.198.0.2"
+cmdline = "loglevel=6 ${APPEND:-}"
+console_log = "$log"
+EOT
+          popvmm=$root/bin/popvmm
+          "$popvmm" up -d "$cfg" >"$log.up" 2>&1 || true
+          kind=hung
+          deadline=$(( $(date +%s) + ${TIMEOUT:-240} ))
+          while [ "$(date +%s)" -lt "$deadline" ]; do
+            # loglevel=6 hides "Run /init" (KERN_INFO); the initramfs's /init
+            # announces itself.
+            if grep -q "Run /init\|popvmm-init:" "$log" 2>/dev/null; then kind=init; break; fi
+            st=$("$popvmm" status -c bootcount --json 2>/dev/null || true)
+            if grep -q '"crashed"\|"stopped"' <<<"$st"; then
+              kind=crash
+              grep -q "triple fault" <<<"$st" && kind=triple-fault
+              echo "$st" >"$log.status"
+              break
+            fi
+            sleep 1 # polling the console log and status, bounded by the deadline
+          done
+          "$popvmm" down -c bootcount >>"$log.up" 2>&1 || true
+          detail="$kind $(echo "$(date +%s.%N) - $t0" | bc | xargs printf '%.1f')s"
+          [ "$kind" = init ] && rm -f "$log" "$log.up" "$log.status"
         else
           qemu-system-x86_64 -M microvm,acpi=off -enable-kvm -cpu host -m 512 -smp 1 \
             -nodefaults -nographic -no-reboot -serial "file:$log" \
@@ -127,7 +181,7 @@ done
 if [ -n "${VMMTEST:-}" ]; then cp "$VMMTEST" "$out/vmm.test"; else go test -c -o "$out/vmm.test" ./vmm; fi
 echo "==> $n boots per kernel of ${FLAVOURS:-full light} (${FORMAT:-bzImage}) under ${VMMS:-popvmm qemu}, lab npt=${NPT:-1}; logs in $out"
 POPVMM_LAB_APPEND="${POPVMM_LAB_APPEND:-} lab.kvm_amd=npt=${NPT:-1}" \
-  "$popvmm" lab run --share "$out" -- env TRACE="${TRACE:-0}" POPULATE="${POPULATE:-0}" HUGEPAGES="${HUGEPAGES:-0}" FLAVOURS="${FLAVOURS:-full light}" \
+  "$popvmm" lab run --share "$out" -- env TRACE="${TRACE:-0}" NOHOLD="${NOHOLD:-0}" CPU="${CPU:-}" POPULATE="${POPULATE:-0}" HUGEPAGES="${HUGEPAGES:-0}" FLAVOURS="${FLAVOURS:-full light}" \
   FORMAT="${FORMAT:-bzImage}" APPEND="${APPEND:-}" TIMEOUT="${TIMEOUT:-240}" VMMS="${VMMS:-popvmm qemu}" \
   bench/boot-count.sh --in-lab "$n" "$out"
 echo "==> tally (one lab run, npt=${NPT:-1})"

@@ -257,12 +257,14 @@ func (c *Config) cpuModel() string {
 // loglevel=4 keeps errors on the console (an RCU stall report is one),
 // for the post-mortem of a lab host that wedges.
 //
-// lab.kvm_amd=npt=0 (init.sh passes it to insmod) makes the lab's KVM
-// shadow the nested guests' page tables instead of using nested paging:
-// with QEMU's emulated nested paging, real kernels triple-faulted in early
-// boot (while building their page tables) in about one boot in three, and
-// shadow paging booted them no slower (docs/lab.md).
-const KernelArgs = "console=ttyS0 quiet loglevel=4 panic=-1 8250.nr_uarts=4 tsc=reliable cryptomgr.notests no_timer_check audit=0 nowatchdog lab.kvm_amd=npt=0"
+// lab.kvm_amd=npt=1 (init.sh passes it to insmod) runs the nested guests
+// with nested paging, as every real KVM host does. It was npt=0 (shadow
+// paging) after triple faults in early boot were blamed on QEMU's emulated
+// nested paging; boot counts in one lab run (bench/boot-count.sh: popvmm
+// and QEMU, both kernel flavours, and a cluster through popvmm up) found
+// none with it on (docs/lab.md, issue 20). POPVMM_LAB_APPEND=
+// lab.kvm_amd=npt=0 still turns it off (the last value wins).
+const KernelArgs = "console=ttyS0 quiet loglevel=4 panic=-1 8250.nr_uarts=4 tsc=reliable cryptomgr.notests no_timer_check audit=0 nowatchdog lab.kvm_amd=npt=1"
 
 // shellQuote quotes s for sh.
 func shellQuote(s string) string {

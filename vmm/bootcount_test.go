@@ -19,7 +19,8 @@ import (
 
 // TestKVMBootCount boots built kernels again and again (one vCPU, 512
 // MiB, as issue 20 measured) and tallies how each boot ended: reached
-// init ("Run /init" on the console), triple fault, another crash, or hung
+// init ("Run /init" on the console, or the initramfs's "popvmm-init:" when
+// a loglevel hides the former), triple fault, another crash, or hung
 // (neither within the timeout). It fails unless every boot reached init.
 // bench/boot-count.sh runs it beside the same boots under QEMU in one lab
 // run. Knobs (it is skipped without the first):
@@ -32,6 +33,7 @@ import (
 //	POPVMM_BOOT_LOGDIR=DIR       each failed boot's console goes to DIR
 //	POPVMM_BOOT_POPULATE=1       fault all guest RAM in before the boot
 //	POPVMM_BOOT_HUGEPAGES=1      back guest RAM with 2 MiB hugetlbfs pages
+//	POPVMM_BOOT_CPU=C            the host core the vCPU runs on (default the last)
 func TestKVMBootCount(t *testing.T) {
 	n, _ := strconv.Atoi(os.Getenv("POPVMM_BOOT_COUNT"))
 	if n <= 0 {
@@ -100,8 +102,12 @@ func bootOnce(t *testing.T, name string, format vmm.Format, img, initrd []byte, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	con := &bootConsole{want: []byte("Run /init"), found: make(chan struct{})}
-	v, err := vmm.New(vmm.Config{Name: "count-" + name, Layout: l, CPUs: cpusFor(t, 1), NUMANode: -1,
+	cpus := cpusFor(t, 1)
+	if c, err := strconv.Atoi(os.Getenv("POPVMM_BOOT_CPU")); err == nil {
+		cpus = []int{c}
+	}
+	con := &bootConsole{want: [][]byte{[]byte("Run /init"), []byte("popvmm-init:")}, found: make(chan struct{})}
+	v, err := vmm.New(vmm.Config{Name: "count-" + name, Layout: l, CPUs: cpus, NUMANode: -1,
 		HugePageSize: huge, Populate: os.Getenv("POPVMM_BOOT_POPULATE") == "1",
 		Boot:        vmm.Boot{Format: format, Image: img, Initrd: initrd, Cmdline: cmdline},
 		ConsoleTail: con.bytes})
@@ -146,11 +152,12 @@ func lastLine(out []byte) string {
 	return strings.TrimSpace(lines[len(lines)-1])
 }
 
-// bootConsole keeps a boot's console and signals when it contains want.
+// bootConsole keeps a boot's console and signals when it contains one
+// of want.
 type bootConsole struct {
 	mu    sync.Mutex
 	buf   []byte
-	want  []byte
+	want  [][]byte
 	found chan struct{}
 	done  bool
 }
@@ -159,9 +166,11 @@ func (c *bootConsole) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.buf = append(c.buf, p...)
-	if !c.done && bytes.Contains(c.buf[max(0, len(c.buf)-len(p)-len(c.want)):], c.want) {
-		c.done = true
-		close(c.found)
+	for _, w := range c.want {
+		if !c.done && bytes.Contains(c.buf[max(0, len(c.buf)-len(p)-len(w)):], w) {
+			c.done = true
+			close(c.found)
+		}
 	}
 	return len(p), nil
 }
