@@ -217,7 +217,8 @@ func vmConfig(k *cluster.Kernel, cfg Config, log *slog.Logger) (vmm.Config, erro
 		Name: k.Name, Layout: k.Layout, CPUs: k.CPUs,
 		HugePageSize: hugePage(k.Backing), NUMANode: k.NUMANode, Mlock: k.Mlock,
 		Passthrough: pt, Restart: restart, Log: log,
-		Boot: vmm.Boot{Format: format, Image: image, Initrd: cfg.Initrd, Cmdline: cfg.Cmdline},
+		Boot:        vmm.Boot{Format: format, Image: image, Initrd: cfg.Initrd, Cmdline: cfg.Cmdline},
+		ConsoleTail: cfg.Console.Replay, // a crash report names the console's last line
 	}, nil
 }
 
