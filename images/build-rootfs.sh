@@ -31,7 +31,7 @@ security=${POPVMM_DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 epoch=1735689600
 uuid=9b56b154-613b-4164-9df0-4cf26c236626
 # Bump when a change here changes what a build produces.
-recipe=2
+recipe=3
 
 out="$here/out"
 img="$out/debian.ext4"
@@ -74,7 +74,7 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "build-rootfs: must run as root (mmdebstrap's root mode, and mkfs.ext4 -d keeps the tree's file owners)" >&2
   exit 1
 fi
-for tool in mmdebstrap mkfs.ext4 e2fsck; do
+for tool in mmdebstrap mkfs.ext4 debugfs e2fsck; do
   command -v "$tool" >/dev/null || { echo "build-rootfs: $tool not found (make deps installs it)" >&2; exit 1; }
 done
 
@@ -129,6 +129,26 @@ if ! E2FSPROGS_FAKE_TIME=$epoch SOURCE_DATE_EPOCH=$epoch mkfs.ext4 -q -F -t ext4
   -N $(( files + 2048 )) -L popvmm-debian -U "$uuid" -E "hash_seed=$uuid,root_owner=0:0" \
   -d "$tree" "$work/debian.ext4" "${size_mib}M" 2>&1 | { grep -v '^Creating regular file' || true; }; then
   echo "build-rootfs: mkfs.ext4 -d $tree failed" >&2
+  exit 1
+fi
+# mkfs.ext4 -d copies each file's ctime and atime from the tree: the build's
+# own times (no program sets a ctime, and reading a file moves its atime).
+# debugfs sets both to SOURCE_DATE_EPOCH, so that the same packages give the
+# same image, byte for byte.
+if (cd "$tree" && find . -xdev -mindepth 1 -printf '%P\n') | grep -q '"'; then
+  echo "build-rootfs: a file name in the tree holds a double quote, which debugfs's command files cannot carry" >&2
+  exit 1
+fi
+hex=$(printf '0x%x' "$epoch")
+{ printf 'sif / ctime %s\nsif / atime %s\n' "$hex" "$hex"
+  (cd "$tree" && find . -xdev -mindepth 1 -printf '%P\n') | while IFS= read -r p; do
+    printf 'sif "/%s" ctime %s\nsif "/%s" atime %s\n' "$p" "$hex" "$p" "$hex"
+  done
+} > "$work/times.debugfs"
+E2FSPROGS_FAKE_TIME=$epoch debugfs -w -f "$work/times.debugfs" "$work/debian.ext4" >/dev/null 2>"$work/debugfs.log"
+if grep -v '^debugfs [0-9.]* (' "$work/debugfs.log" | grep -q .; then
+  cat "$work/debugfs.log" >&2
+  echo "build-rootfs: debugfs could not set the file times in $work/debian.ext4" >&2
   exit 1
 fi
 e2fsck -fn "$work/debian.ext4" >"$work/e2fsck.log" 2>&1 || { cat "$work/e2fsck.log" >&2; echo "build-rootfs: e2fsck finds $work/debian.ext4 damaged" >&2; exit 1; }
