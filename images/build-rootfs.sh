@@ -79,7 +79,7 @@ for tool in mmdebstrap mkfs.ext4 debugfs e2fsck; do
 done
 
 echo "==> Debian root image: $suite minbase + $(echo "$pkgs" | wc -l) packages (images/rootfs/packages) with mmdebstrap"
-echo "    a few minutes; downloads about 150 MB the first time (kept in $debs)"
+echo "    a few minutes; downloads about 100 MB the first time (kept in $debs)"
 start=$(date +%s)
 # --one-file-system: never through a mount a failed mmdebstrap left behind.
 rm -rf --one-file-system "$work"
