@@ -257,14 +257,15 @@ func (c *Config) cpuModel() string {
 // loglevel=4 keeps errors on the console (an RCU stall report is one),
 // for the post-mortem of a lab host that wedges.
 //
-// lab.kvm_amd=npt=1 (init.sh passes it to insmod) runs the nested guests
-// with nested paging, as every real KVM host does. It was npt=0 (shadow
-// paging) after triple faults in early boot were blamed on QEMU's emulated
-// nested paging; boot counts in one lab run (bench/boot-count.sh: popvmm
-// and QEMU, both kernel flavours, and a cluster through popvmm up) found
-// none with it on (docs/lab.md, issue 20). POPVMM_LAB_APPEND=
-// lab.kvm_amd=npt=0 still turns it off (the last value wins).
-const KernelArgs = "console=ttyS0 quiet loglevel=4 panic=-1 8250.nr_uarts=4 tsc=reliable cryptomgr.notests no_timer_check audit=0 nowatchdog lab.kvm_amd=npt=1"
+// lab.kvm_amd=npt=0 (init.sh passes it to insmod) makes the lab's KVM
+// shadow the nested guests' page tables instead of using nested paging.
+// Real hosts run nested paging, and the lab should too (issue 20), but it
+// still costs kernels: boot counts in one lab (bench/boot-count.sh) found
+// no triple fault in 60 boots with it on, yet the first CI-like run with
+// it on lost two of its first three cluster kernels to a triple fault
+// while they printed the XSAVE consistency warning (docs/lab.md).
+// POPVMM_LAB_APPEND=lab.kvm_amd=npt=1 turns it on (the last value wins).
+const KernelArgs = "console=ttyS0 quiet loglevel=4 panic=-1 8250.nr_uarts=4 tsc=reliable cryptomgr.notests no_timer_check audit=0 nowatchdog lab.kvm_amd=npt=0"
 
 // shellQuote quotes s for sh.
 func shellQuote(s string) string {
