@@ -135,9 +135,10 @@ func NewCaller(node *msg.Node) *Caller {
 	return &Caller{node: node}
 }
 
-// call sends a request with a fresh id and waits for its reply.
-func (c *Caller) call(ctx context.Context, peer int, svc uint8) ([]byte, error) {
-	call, err := c.node.Ask(peer, svc, nil)
+// call sends a request of service svc with a fresh id and waits for its
+// reply, a message of service reply.
+func (c *Caller) call(ctx context.Context, peer int, svc, reply uint8) ([]byte, error) {
+	call, err := c.node.Ask(peer, svc, reply, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -148,7 +149,7 @@ func (c *Caller) call(ctx context.Context, peer int, svc uint8) ([]byte, error) 
 // Ping measures one round trip to peer's agent.
 func (c *Caller) Ping(ctx context.Context, peer int) (time.Duration, error) {
 	t0 := time.Now()
-	if _, err := c.call(ctx, peer, SvcPing); err != nil {
+	if _, err := c.call(ctx, peer, SvcPing, SvcPong); err != nil {
 		return 0, err
 	}
 	return time.Since(t0), nil
@@ -156,7 +157,7 @@ func (c *Caller) Ping(ctx context.Context, peer int) (time.Duration, error) {
 
 // Info asks peer's agent about its kernel.
 func (c *Caller) Info(ctx context.Context, peer int) (Info, error) {
-	r, err := c.call(ctx, peer, SvcInfo)
+	r, err := c.call(ctx, peer, SvcInfo, SvcInfoReply)
 	if err != nil {
 		return Info{}, err
 	}

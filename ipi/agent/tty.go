@@ -339,7 +339,7 @@ func (c *TTYClient) Open(ctx context.Context, peer int, in io.Reader, out io.Wri
 			c.opened(peer)
 		}
 	}()
-	call, err := c.node.Ask(peer, SvcTTYOpen, nil)
+	call, err := c.node.Ask(peer, SvcTTYOpen, SvcTTYOpened, nil)
 	if err != nil {
 		return fmt.Errorf("open tty on peer %d: %w", peer, err)
 	}

@@ -86,8 +86,9 @@ func (n *Node) Reply(r Request, service uint8, body []byte) error {
 
 // reqKey names one awaited reply.
 type reqKey struct {
-	peer Sender
-	id   uint64
+	peer  Sender
+	id    uint64
+	reply uint8 // the service the answer comes as
 }
 
 // requests is a node's table of requests awaiting their replies.
@@ -98,14 +99,14 @@ type requests struct {
 }
 
 // HandleReplies makes service a reply service: its messages are handed to
-// the request they answer (Ask), if one awaits an answer from that peer's
-// incarnation under that id, and dropped otherwise.
+// the request they answer (Ask), if one awaits an answer of that service
+// from that peer's incarnation under that id, and dropped otherwise.
 func (n *Node) HandleReplies(service uint8) {
 	n.RegisterSender(service, func(from Sender, p []byte) {
 		if len(p) < ReqIDLen {
 			return
 		}
-		n.reqs.deliver(reqKey{from, binary.LittleEndian.Uint64(p)}, p[ReqIDLen:])
+		n.reqs.deliver(reqKey{from, binary.LittleEndian.Uint64(p), service}, p[ReqIDLen:])
 	})
 }
 
@@ -129,9 +130,10 @@ type Call struct {
 }
 
 // Ask sends service's request with body to peer's current incarnation
-// under a fresh id; the reply comes through Wait. Close the Call once it
-// is answered or abandoned.
-func (n *Node) Ask(peer int, service uint8, body []byte) (*Call, error) {
+// under a fresh id; the reply, a message of service reply (a reply
+// service: HandleReplies) from that incarnation with that id, comes
+// through Wait. Close the Call once it is answered or abandoned.
+func (n *Node) Ask(peer int, service, reply uint8, body []byte) (*Call, error) {
 	gen := n.Generation(peer)
 	if n.PeerState(peer) != StateOnline || gen == 0 {
 		return nil, fmt.Errorf("ask peer %d: %w", peer, ErrPeerOffline)
@@ -142,7 +144,7 @@ func (n *Node) Ask(peer int, service uint8, body []byte) (*Call, error) {
 		q.wait = map[reqKey]chan []byte{}
 	}
 	q.next++
-	c := &Call{n: n, key: reqKey{Sender{peer, gen}, uint64(n.gen)<<32 | uint64(q.next)}, done: make(chan []byte, 1)}
+	c := &Call{n: n, key: reqKey{Sender{peer, gen}, uint64(n.gen)<<32 | uint64(q.next), reply}, done: make(chan []byte, 1)}
 	q.wait[c.key] = c.done
 	q.mu.Unlock()
 	p := make([]byte, ReqIDLen, ReqIDLen+len(body))

@@ -13,6 +13,7 @@ import (
 const (
 	svcAsk    uint8 = 20
 	svcAnswer uint8 = 21
+	svcOther  uint8 = 22 // another reply service
 )
 
 // reply builds a reply message to id by hand, as any peer could.
@@ -43,6 +44,7 @@ func TestRepliesOnlyFromIncarnationAsked(t *testing.T) {
 	}
 	host, asked, rogue := join(0, "host"), join(1, "asked"), join(2, "rogue")
 	host.HandleReplies(svcAnswer)
+	host.HandleReplies(svcOther)
 	reqs := make(chan msg.Request, 4)
 	asked.HandleRequests(svcAsk, func(r msg.Request) { reqs <- r })
 	for _, n := range []*msg.Node{host, asked, rogue} {
@@ -61,7 +63,7 @@ func TestRepliesOnlyFromIncarnationAsked(t *testing.T) {
 		}
 	}
 
-	c, err := host.Ask(1, svcAsk, nil)
+	c, err := host.Ask(1, svcAsk, svcAnswer, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,6 +84,12 @@ func TestRepliesOnlyFromIncarnationAsked(t *testing.T) {
 		t.Fatal(err)
 	}
 	received(base + 1)
+	// The asked peer itself answers under the id, but as another reply
+	// service (a pong for an info request): not taken either.
+	if err := asked.Reply(r, svcOther, []byte("another service")); err != nil {
+		t.Fatal(err)
+	}
+	received(base + 2)
 	if err := asked.Reply(r, svcAnswer, []byte("real")); err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +99,7 @@ func TestRepliesOnlyFromIncarnationAsked(t *testing.T) {
 
 	// The asked peer checks in anew; its new incarnation answers the
 	// old one's request: not taken, and the request ends as gone.
-	c2, err := host.Ask(1, svcAsk, nil)
+	c2, err := host.Ask(1, svcAsk, svcAnswer, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +123,7 @@ func TestRepliesOnlyFromIncarnationAsked(t *testing.T) {
 	if err := next.Reply(r2, svcAnswer, []byte("late")); !errors.Is(err, msg.ErrPeerGone) {
 		t.Errorf("Reply to the asker's old incarnation = %v, want ErrPeerGone", err)
 	}
-	c3, err := hostNext.Ask(1, svcAsk, nil)
+	c3, err := hostNext.Ask(1, svcAsk, svcAnswer, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,7 +136,7 @@ func TestRepliesOnlyFromIncarnationAsked(t *testing.T) {
 // TestAskOffline: asking a peer that is not online fails at once.
 func TestAskOffline(t *testing.T) {
 	_, nodes := cluster(t, 4<<20, 3, 1, msg.Options{})
-	if _, err := nodes[0].Ask(2, svcAsk, nil); !errors.Is(err, msg.ErrPeerOffline) {
+	if _, err := nodes[0].Ask(2, svcAsk, svcAnswer, nil); !errors.Is(err, msg.ErrPeerOffline) {
 		t.Errorf("Ask(offline peer) = %v, want ErrPeerOffline", err)
 	}
 }
