@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sync"
 	"syscall"
@@ -447,5 +449,33 @@ func TestLocks(t *testing.T) {
 	r2.Close()
 	if _, err := vblk.OpenDisk(path, false); !errors.Is(err, vblk.ErrLocked) {
 		t.Errorf("a writable open beside a reader: %v, want ErrLocked", err)
+	}
+}
+
+// TestHoldersNamesProcess: a disk another process has open is named with
+// that process's command and pid.
+func TestHoldersNamesProcess(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "disk.img")
+	if err := os.WriteFile(path, make([]byte, 4096), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	cmd := exec.Command("sleep", "60")
+	held, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.ExtraFiles = []*os.File{held}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	held.Close()
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	if got, want := vblk.Holders(f), fmt.Sprintf("sleep (pid %d)", cmd.Process.Pid); got != want {
+		t.Errorf("Holders = %q, want %q", got, want)
 	}
 }

@@ -127,12 +127,8 @@ func holderMode(readOnly bool) string {
 // open (from /proc/PID/fd), e.g. `qemu-system-x86 (pid 812)`, or says
 // that none could be found (another user's processes are not visible).
 func Holders(f *os.File) string {
-	st, err := f.Stat()
-	if err != nil {
-		return "another process"
-	}
-	sys, ok := st.Sys().(*unix.Stat_t)
-	if !ok {
+	var sys unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &sys); err != nil {
 		return "another process"
 	}
 	self := os.Getpid()

@@ -71,7 +71,12 @@ func TestKVMDisks(tt *testing.T) {
 		t.Error("the read-only disk changed")
 	}
 
-	// Up again: the write is still there, seen from the guest.
+	// Up again: the write is still there, seen from the guest. The first
+	// boot's console log goes first, so that waiting for the ssh server
+	// waits for this boot's.
+	if err := os.Remove(filepath.Join(c.runDir, "primary.console.log")); err != nil {
+		t.Fatal(err)
+	}
 	c.must("up", "-d", c.config)
 	c.waitSSHD("primary")
 	if out := c.mustSSH("primary", "dd if=/dev/vda bs=20 count=1 2>/dev/null"); !strings.Contains(out, "written-by-the-guest") {
