@@ -30,7 +30,7 @@
 #   OUT=DIR                 where logs and the tally go (default a new dir
 #                           under /var/tmp); POPVMM=path: another popvmm;
 #                           VMMTEST=path: a vmm test binary built elsewhere
-#                           (go test -c ./vmm), e.g. from another commit
+#                           (go test -c -tags bootcount ./vmm), e.g. from another commit
 #
 # Prints one line per boot and a table; exits 0 only if every boot
 # reached init. Failed boots' consoles (and traces) are kept in OUT.
@@ -178,7 +178,7 @@ mkdir -p "$out"
 for f in ${FLAVOURS:-full light}; do
   [ -f "images/out/$f/bzImage" ] || { echo "boot-count.sh: no images/out/$f (make images)" >&2; exit 1; }
 done
-if [ -n "${VMMTEST:-}" ]; then cp "$VMMTEST" "$out/vmm.test"; else go test -c -o "$out/vmm.test" ./vmm; fi
+if [ -n "${VMMTEST:-}" ]; then cp "$VMMTEST" "$out/vmm.test"; else go test -c -tags bootcount -o "$out/vmm.test" ./vmm; fi
 echo "==> $n boots per kernel of ${FLAVOURS:-full light} (${FORMAT:-bzImage}) under ${VMMS:-popvmm qemu}, lab npt=${NPT:-1}; logs in $out"
 POPVMM_LAB_APPEND="${POPVMM_LAB_APPEND:-} lab.kvm_amd=npt=${NPT:-1}" \
   "$popvmm" lab run --share "$out" -- env TRACE="${TRACE:-0}" NOHOLD="${NOHOLD:-0}" CPU="${CPU:-}" POPULATE="${POPULATE:-0}" HUGEPAGES="${HUGEPAGES:-0}" FLAVOURS="${FLAVOURS:-full light}" \

@@ -1,3 +1,9 @@
+//go:build bootcount
+
+// The boot count is a measurement, not a test: it exists only in the test
+// binary bench/boot-count.sh builds (go test -c -tags bootcount), so the
+// KVM tiers never run it, nor skip it.
+
 package vmm_test
 
 import (
