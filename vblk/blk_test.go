@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/popvmm/popvmm/vblk"
 	"github.com/popvmm/popvmm/vmm/virtio"
 	"github.com/popvmm/popvmm/vmm/virtio/virtiotest"
@@ -478,4 +480,66 @@ func TestHoldersNamesProcess(t *testing.T) {
 	if got, want := vblk.Holders(f), fmt.Sprintf("sleep (pid %d)", cmd.Process.Pid); got != want {
 		t.Errorf("Holders = %q, want %q", got, want)
 	}
+}
+
+// TestLocksInteropWithQEMU: the lock bytes follow QEMU's scheme (a shared
+// lock at 100+p: "uses permission p"; at 200+p: "lets nobody else have
+// p"): a read-only disk denies nobody a consistent read, so QEMU may read
+// it too; beside a QEMU reader popvmm may read but not write; beside a
+// QEMU writer popvmm may do neither.
+func TestLocksInteropWithQEMU(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "disk.img")
+	if err := os.WriteFile(path, make([]byte, 4096), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	qemu := func(bytes ...int64) *os.File {
+		f, err := os.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, b := range bytes {
+			lk := unix.Flock_t{Type: unix.F_RDLCK, Start: b, Len: 1}
+			if err := unix.FcntlFlock(f.Fd(), unix.F_OFD_SETLK, &lk); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return f
+	}
+	denied := func(b int64) bool {
+		f, _ := os.Open(path)
+		defer f.Close()
+		lk := unix.Flock_t{Type: unix.F_WRLCK, Start: b, Len: 1}
+		unix.FcntlFlock(f.Fd(), unix.F_OFD_GETLK, &lk)
+		return lk.Type != unix.F_UNLCK
+	}
+	ro, err := vblk.OpenDisk(path, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if denied(200) {
+		t.Error("a read-only disk denies others a consistent read (QEMU: \"Failed to get consistent read lock\")")
+	}
+	if !denied(201) {
+		t.Error("a read-only disk lets others write it")
+	}
+	ro.Close()
+
+	reader := qemu(100, 201) // QEMU readonly=on: reads, denies write
+	if d, err := vblk.OpenDisk(path, true); err != nil {
+		t.Errorf("read-only beside a QEMU reader: %v", err)
+	} else {
+		d.Close()
+	}
+	if _, err := vblk.OpenDisk(path, false); !errors.Is(err, vblk.ErrLocked) {
+		t.Errorf("writable beside a QEMU reader: %v, want ErrLocked", err)
+	}
+	reader.Close()
+
+	writer := qemu(100, 101, 201, 203) // QEMU writable: reads, writes, denies write and resize
+	for _, readOnly := range []bool{true, false} {
+		if _, err := vblk.OpenDisk(path, readOnly); !errors.Is(err, vblk.ErrLocked) {
+			t.Errorf("read-only %v beside a QEMU writer: %v, want ErrLocked", readOnly, err)
+		}
+	}
+	writer.Close()
 }

@@ -32,10 +32,9 @@ type Backend interface {
 }
 
 // Disk is an open disk image or block device, locked for as long as it is
-// open: a writable disk with an exclusive OFD lock over the whole file, a
-// read-only one with a shared lock, so that no two writers, and no writer
-// beside readers, share a disk — another popvmm cluster or a QEMU (whose
-// image locking uses OFD locks too) included.
+// open with OFD locks in QEMU's scheme (lock): no two writers, and no
+// writer beside readers, share a disk, while readers share it — another
+// popvmm cluster or a QEMU included.
 type Disk struct {
 	f        *os.File
 	path     string
@@ -98,29 +97,93 @@ func OpenDisk(path string, readOnly bool) (*Disk, error) {
 	return d, nil
 }
 
-// lock takes the OFD lock (fcntl F_OFD_SETLK over the whole file).
-func (d *Disk) lock() error {
-	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: 0, Start: 0, Len: 0}
-	how := "writable"
+// Image locking as QEMU does it (block/file-posix.c, raw_apply_lock_bytes),
+// so that popvmm and QEMU see each other's disks: a shared OFD lock on
+// byte lockPermBase+p says "I use permission p", one on lockSharedBase+p
+// "I let nobody else have p". Permission bits: BLK_PERM_CONSISTENT_READ
+// (0), BLK_PERM_WRITE (1), BLK_PERM_WRITE_UNCHANGED (2), BLK_PERM_RESIZE
+// (3) (include/block/block-common.h).
+const (
+	lockPermBase   = 100
+	lockSharedBase = 200
+
+	permConsistentRead = 0
+	permWrite          = 1
+	permResize         = 3
+)
+
+// lockPlan is the permissions a disk uses and those it denies others: a
+// writable disk reads and writes and lets nobody else read, write or
+// resize it; a read-only one reads and lets nobody write or resize it,
+// while any number of readers share it.
+func (d *Disk) lockPlan() (use, deny []int64) {
 	if d.readOnly {
-		lk.Type = unix.F_RDLCK
-		how = "read-only"
+		return []int64{permConsistentRead}, []int64{permWrite, permResize}
 	}
-	err := unix.FcntlFlock(d.f.Fd(), unix.F_OFD_SETLK, &lk)
-	if err == nil {
-		return nil
-	}
-	if !errors.Is(err, unix.EAGAIN) && !errors.Is(err, unix.EACCES) {
-		return fmt.Errorf("disk %s: lock: %w", d.path, err)
-	}
-	return fmt.Errorf("disk %s: %w: %s holds it %s, so it cannot be attached %s", d.path, ErrLocked, Holders(d.f), holderMode(d.readOnly), how)
+	return []int64{permConsistentRead, permWrite}, []int64{permConsistentRead, permWrite, permResize}
 }
 
-func holderMode(readOnly bool) string {
-	if readOnly {
-		return "writable"
+// lock checks that no other holder denies a permission the disk uses or
+// uses one it denies (F_OFD_GETLK), then takes its shared lock bytes
+// (F_OFD_SETLK), as QEMU does.
+func (d *Disk) lock() error {
+	use, deny := d.lockPlan()
+	held := func(b int64) (bool, error) {
+		lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: 0, Start: b, Len: 1}
+		if err := unix.FcntlFlock(d.f.Fd(), unix.F_OFD_GETLK, &lk); err != nil {
+			return false, fmt.Errorf("disk %s: lock: %w", d.path, err)
+		}
+		return lk.Type != unix.F_UNLCK, nil
 	}
-	return "open"
+	how := "writable"
+	if d.readOnly {
+		how = "read-only"
+	}
+	refused := func(what string) error {
+		return fmt.Errorf("disk %s: %w: %s %s, so it cannot be attached %s", d.path, ErrLocked, Holders(d.f), what, how)
+	}
+	for _, p := range use {
+		if h, err := held(lockSharedBase + p); err != nil {
+			return err
+		} else if h {
+			return refused("holds it and lets nobody " + permName(p) + " it")
+		}
+	}
+	for _, p := range deny {
+		if h, err := held(lockPermBase + p); err != nil {
+			return err
+		} else if h {
+			return refused("holds it to " + permName(p) + " it")
+		}
+	}
+	for _, b := range append(offsets(lockPermBase, use), offsets(lockSharedBase, deny)...) {
+		lk := unix.Flock_t{Type: unix.F_RDLCK, Whence: 0, Start: b, Len: 1}
+		if err := unix.FcntlFlock(d.f.Fd(), unix.F_OFD_SETLK, &lk); err != nil {
+			if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EACCES) {
+				return refused("holds it")
+			}
+			return fmt.Errorf("disk %s: lock: %w", d.path, err)
+		}
+	}
+	return nil
+}
+
+func offsets(base int64, perms []int64) []int64 {
+	out := make([]int64, len(perms))
+	for i, p := range perms {
+		out[i] = base + p
+	}
+	return out
+}
+
+func permName(p int64) string {
+	switch p {
+	case permConsistentRead:
+		return "read"
+	case permWrite:
+		return "write"
+	}
+	return "resize"
 }
 
 // Holders names the processes other than this one that have the file
