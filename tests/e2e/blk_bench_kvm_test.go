@@ -60,22 +60,8 @@ func BenchmarkKVMBlkVsQEMU(b *testing.B) {
 	}
 	cfg := fmt.Sprintf("[cluster]\nname = \"blkbench\"\nrun_dir = %q\n[cluster.network]\nsubnet = \"10.193.0.0/24\"\n[cluster.window]\nsize = \"1M\"\n", c.runDir) +
 		kernel("primary", "up") + kernel("qemu", "manual")
-	if err := os.WriteFile(c.config, []byte(cfg), 0o644); err != nil {
-		b.Fatal(err)
-	}
 	start := time.Now()
-	if out, err := c.popvmm("up", "-d", c.config); err != nil {
-		b.Fatalf("up: %v\n%s", err, out)
-	}
-	b.Cleanup(func() {
-		if b.Failed() {
-			for _, f := range []string{"primary.console.log", "qemu.console.log", supervisor.LogName} {
-				data, _ := os.ReadFile(filepath.Join(c.runDir, f))
-				b.Logf("==== %s:\n%s", f, data)
-			}
-		}
-		c.popvmm("down", "-c", c.config)
-	})
+	c.up(b, cfg)
 	st := c.status(b)
 	b.Run("popvmm", func(b *testing.B) {
 		k := st.Kernel("primary")

@@ -109,6 +109,15 @@ boot = "manual"
 kernel = %q
 initrd = %q
 `, c.runDir, filepath.Join(img, "bzImage"), filepath.Join(img, "initramfs.cpio"), filepath.Join(img, "bzImage"), filepath.Join(img, "initramfs.cpio"))
+	c.up(b, cfg)
+	return c
+}
+
+// up writes cfg as the cluster's config and brings it up; the cleanup
+// brings it down, printing the consoles and the supervisor's log first
+// when the benchmark failed.
+func (c *benchCluster) up(b *testing.B, cfg string) {
+	b.Helper()
 	if err := os.WriteFile(c.config, []byte(cfg), 0o644); err != nil {
 		b.Fatal(err)
 	}
@@ -124,7 +133,6 @@ initrd = %q
 		}
 		c.popvmm("down", "-c", c.config)
 	})
-	return c
 }
 
 func (c *benchCluster) popvmm(args ...string) (string, error) {
