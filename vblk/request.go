@@ -193,6 +193,36 @@ func lastByte(bufs []virtio.Buf) (uint64, uint64) {
 	return 0, 0
 }
 
+// transfer reads the disk from sector into s's guest memory, or writes
+// s to it: by a VectorBackend in one call where it can, or a ReadAt or
+// WriteAt per piece.
+func (b *Block) transfer(mem *guestmem.Memory, s span, sector uint64, write bool) error {
+	base := int64(sector * SectorSize)
+	vb, ok := b.cfg.Backend.(VectorBackend)
+	if !ok {
+		return s.each(mem, func(p []byte, off uint64) error {
+			var err error
+			if write {
+				_, err = b.cfg.Backend.WriteAt(p, base+int64(off))
+			} else {
+				_, err = b.cfg.Backend.ReadAt(p, base+int64(off))
+			}
+			return err
+		})
+	}
+	var iov [][]byte
+	if err := s.each(mem, func(p []byte, _ uint64) error {
+		iov = append(iov, p)
+		return nil
+	}); err != nil {
+		return err
+	}
+	if write {
+		return vb.WritevAt(iov, base)
+	}
+	return vb.ReadvAt(iov, base)
+}
+
 // run carries out a request: its status, and how many bytes of in it
 // filled.
 func (b *Block) run(mem *guestmem.Memory, typ uint32, sector uint64, out, in span) (byte, uint64) {
@@ -202,10 +232,7 @@ func (b *Block) run(mem *guestmem.Memory, typ uint32, sector uint64, out, in spa
 			return b.refuse("read", sector, in.n), 0
 		}
 		b.reads.Add(1)
-		err := in.each(mem, func(p []byte, off uint64) error {
-			_, err := b.cfg.Backend.ReadAt(p, int64(sector*SectorSize+off))
-			return err
-		})
+		err := b.transfer(mem, in, sector, false)
 		if err != nil {
 			return b.ioError("read", sector, err), 0
 		}
@@ -216,10 +243,7 @@ func (b *Block) run(mem *guestmem.Memory, typ uint32, sector uint64, out, in spa
 			return b.refuse("write", sector, out.n), 0
 		}
 		b.writes.Add(1)
-		err := out.each(mem, func(p []byte, off uint64) error {
-			_, err := b.cfg.Backend.WriteAt(p, int64(sector*SectorSize+off))
-			return err
-		})
+		err := b.transfer(mem, out, sector, true)
 		if err != nil {
 			return b.ioError("write", sector, err), 0
 		}
