@@ -575,6 +575,7 @@ func (c *checker) checkAcross(cl *Cluster) {
 		c.errf("kernel", "every kernel has boot = \"manual\": at least one must boot with the cluster (boot = \"up\")")
 	}
 	c.checkWindowPeers(cl) // window.go
+	c.checkWinnet(cl)      // winnet.go
 	c.checkHostCPUs(cl)
 	c.checkHostMemory(cl)
 	c.assignAddresses(cl)
@@ -617,6 +618,10 @@ func (c *checker) checkHostMemory(cl *Cluster) {
 	}
 	total := addSat(need[BackingMemfd], cl.Window.Size)
 	parts = append(parts, "window "+memmap.FormatSize(cl.Window.Size))
+	if cl.Winnet.Enabled {
+		total = addSat(total, cl.Winnet.Size)
+		parts = append(parts, "window network "+memmap.FormatSize(cl.Winnet.Size))
+	}
 	if avail, err := c.host.MemAvailable(); err != nil {
 		c.warnf("cannot read the host's MemAvailable (%v); memory total not checked", err)
 	} else if total > avail {

@@ -351,7 +351,7 @@ func TestParseErrors(t *testing.T) {
 		{"type", "[cluster]\nname = 5\n", `line 2`},
 		{"unknown key", baseConfig + "memroy = \"1G\"\n", `unknown key "kernel.memroy" (did you mean "memory"?)`},
 		{"unknown table", "[clutser]\nname = \"x\"\n", `unknown key "clutser" (did you mean "cluster"?)`},
-		{"unknown far", "[cluster]\nzzzzzzzz = 1\n", `unknown key "cluster.zzzzzzzz" (known keys: images, name, network, run_dir, window)`},
+		{"unknown far", "[cluster]\nzzzzzzzz = 1\n", `unknown key "cluster.zzzzzzzz" (known keys: images, name, network, run_dir, window, winnet)`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -21,6 +21,7 @@ type Cluster struct {
 	ImagesDir  string    `json:"images_dir"`
 	Window     Window    `json:"window"`
 	Network    Network   `json:"network"`
+	Winnet     Winnet    `json:"winnet"`
 	Kernels    []*Kernel `json:"kernels"`
 	// Warnings are problems that do not stop validation but will stop
 	// (or weaken) a boot, e.g. a default kernel image not built yet.
@@ -105,16 +106,19 @@ type Kernel struct {
 	Mlock    bool    `json:"mlock"`
 	// KernelPath and InitrdPath are absolute. KernelInfo is zero when the
 	// image does not exist yet (a default image not built; see Warnings).
-	KernelPath  string           `json:"kernel"`
-	KernelInfo  ImageInfo        `json:"kernel_info"`
-	InitrdPath  string           `json:"initrd"`
-	Cmdline     string           `json:"cmdline"`
-	Boot        BootMode         `json:"boot"`
-	Restart     Restart          `json:"restart"`
-	IP          netip.Addr       `json:"ip"`
-	MAC         net.HardwareAddr `json:"-"`
-	ConsoleLog  string           `json:"console_log"`
-	Passthrough []Passthrough    `json:"passthrough,omitempty"`
+	KernelPath string           `json:"kernel"`
+	KernelInfo ImageInfo        `json:"kernel_info"`
+	InitrdPath string           `json:"initrd"`
+	Cmdline    string           `json:"cmdline"`
+	Boot       BootMode         `json:"boot"`
+	Restart    Restart          `json:"restart"`
+	IP         netip.Addr       `json:"ip"`
+	MAC        net.HardwareAddr `json:"-"`
+	ConsoleLog string           `json:"console_log"`
+	// WinnetIP is the kernel's address on the window network (win0);
+	// invalid when the cluster has none.
+	WinnetIP    netip.Addr    `json:"winnet_ip,omitzero"`
+	Passthrough []Passthrough `json:"passthrough,omitempty"`
 	// Disks are the kernel's virtio-blk disks in the order the guest
 	// sees them (DeviceName): the root image, its upper disk, then the
 	// [[kernel.disk]] entries.

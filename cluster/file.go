@@ -41,12 +41,21 @@ type ClusterSection struct {
 	Images  string         `toml:"images"`
 	Window  WindowSection  `toml:"window"`
 	Network NetworkSection `toml:"network"`
+	Winnet  WinnetSection  `toml:"winnet"`
 }
 
 // WindowSection is [cluster.window], the shared inter-kernel window.
 type WindowSection struct {
 	Size    Scalar `toml:"size"`
 	Protect bool   `toml:"protect"`
+}
+
+// WinnetSection is [cluster.winnet], the window network: a network
+// interface in every kernel over a second shared window (docs/winnet.md).
+type WinnetSection struct {
+	Enabled bool   `toml:"enabled"`
+	Size    Scalar `toml:"size"`
+	Subnet  string `toml:"subnet"`
 }
 
 // NetworkSection is [cluster.network].

@@ -22,6 +22,7 @@ func (c *Cluster) WritePlan(w io.Writer, cmdline func(*Kernel) string) error {
 	p("  run dir\t%s\n", c.RunDir)
 	p("  window\t%s, %s\n", memmap.FormatSize(c.Window.Size), protect)
 	p("  network\tbridge %s, subnet %s, host %s\n", c.Network.Bridge, c.Network.Subnet, c.Network.Host)
+	p("  window network\t%s\n", c.winnetPlanLine())
 	for _, k := range c.Kernels {
 		p("\nkernel %s (peer %d, boot %s, flavour %s)\n", k.Name, k.Index, k.Boot, k.Flavour)
 		p("  cores\t%s (%d vCPU%s, one per core, pinned)\n", FormatCPUList(k.CPUs), len(k.CPUs), plural(len(k.CPUs)))
@@ -42,6 +43,9 @@ func (c *Cluster) WritePlan(w io.Writer, cmdline func(*Kernel) string) error {
 		p("  initrd\t%s\n", k.InitrdPath)
 		p("  cmdline\t%s\n", cmdline(k))
 		p("  network\t%s  %s\n", k.IP, k.MAC)
+		if k.WinnetIP.IsValid() {
+			p("  window network\twin0 %s/%d\n", k.WinnetIP, c.Winnet.Subnet.Bits())
+		}
 		p("  console\t%s\n", k.ConsoleLog)
 		for j, pt := range k.Passthrough {
 			ro := "read-write"

@@ -39,7 +39,8 @@ func NestedBackend() bool {
 var warnOnce sync.Once
 
 // Cmdline composes kernel k's command line: the serial console, the static
-// IP configuration from cluster.toml (ip=), its name (popvmm.name=), the
+// IP configuration from cluster.toml (ip=), its name (popvmm.name=), its
+// window network address (popvmm.winnet=), the
 // nested-backend workarounds when nested is true (logged once as a
 // warning), and last the user's extra parameters so they can override.
 func Cmdline(cl *cluster.Cluster, k *cluster.Kernel, nested bool, log *slog.Logger) string {
@@ -48,6 +49,11 @@ func Cmdline(cl *cluster.Cluster, k *cluster.Kernel, nested bool, log *slog.Logg
 		"console=ttyS0",
 		fmt.Sprintf("ip=%s::%s:%s:%s:eth0:off", k.IP, cl.Network.Host, mask, k.Name),
 		"popvmm.name=" + k.Name,
+	}
+	// The initramfs gives the window network's interface (win0) its
+	// address and names every kernel's in /etc/hosts (docs/winnet.md).
+	if k.WinnetIP.IsValid() {
+		parts = append(parts, fmt.Sprintf("popvmm.winnet=%s/%d", k.WinnetIP, cl.Winnet.Subnet.Bits()))
 	}
 	// The initramfs switches root into an overlay of the root image
 	// (images/initramfs/init), its upper layer on the upper disk or in RAM.
@@ -121,8 +127,10 @@ func HostKeyOverlayFile(k *HostKey) File {
 
 // Overlay builds kernel k's initramfs overlay: /etc/popvmm/authorized_keys
 // (the cluster's public key), /etc/popvmm/cluster.env (shell variables
-// the guest's /init and agent read), and the extra files (the kernel's
-// host key: HostKeyOverlayFile).
+// the guest's /init and agent read), with a window network
+// /etc/popvmm/winnet.hosts (every kernel's win0 address and name, which
+// /init adds to /etc/hosts), and the extra files (the kernel's host key:
+// HostKeyOverlayFile).
 func Overlay(cl *cluster.Cluster, k *cluster.Kernel, authorizedKeys []byte, extra ...File) ([]byte, error) {
 	var peers []string
 	for _, o := range cl.Kernels {
@@ -138,6 +146,9 @@ func Overlay(cl *cluster.Cluster, k *cluster.Kernel, authorizedKeys []byte, extr
 		{"POPVMM_SUBNET", cl.Network.Subnet.String()},
 		{"POPVMM_PEERS", strings.Join(peers, " ")},
 	}
+	if k.WinnetIP.IsValid() {
+		env = append(env, struct{ k, v string }{"POPVMM_WINNET", fmt.Sprintf("%s/%d", k.WinnetIP, cl.Winnet.Subnet.Bits())})
+	}
 	var b strings.Builder
 	b.WriteString("# popvmm cluster facts for this kernel (sourced by /init)\n")
 	for _, e := range env {
@@ -150,12 +161,34 @@ func Overlay(cl *cluster.Cluster, k *cluster.Kernel, authorizedKeys []byte, extr
 	if err := a.File("/etc/popvmm/cluster.env", 0o644, []byte(b.String())); err != nil {
 		return nil, err
 	}
+	if cl.Winnet.Enabled {
+		if err := a.File(WinnetHostsPath, 0o644, WinnetHosts(cl)); err != nil {
+			return nil, err
+		}
+	}
 	for _, f := range extra {
 		if err := a.File(f.Path, f.Mode, f.Data); err != nil {
 			return nil, err
 		}
 	}
 	return a.Bytes()
+}
+
+// WinnetHostsPath is the overlay file naming every kernel on the window
+// network, in /etc/hosts format.
+const WinnetHostsPath = "/etc/popvmm/winnet.hosts"
+
+// WinnetHosts is that file's content: one line per kernel, its win0
+// address and its name.
+func WinnetHosts(cl *cluster.Cluster) []byte {
+	var b strings.Builder
+	b.WriteString("# the window network (win0), from popvmm\n")
+	for _, k := range cl.Kernels {
+		if k.WinnetIP.IsValid() {
+			fmt.Fprintf(&b, "%s\t%s\n", k.WinnetIP, k.Name)
+		}
+	}
+	return []byte(b.String())
 }
 
 func shellQuote(s string) string {

@@ -1,0 +1,61 @@
+package winnet
+
+// PeerCounters are what peer p counted for one other peer q: frames and
+// bytes it received from q and sent to q, and the ones it dropped (rx:
+// bad descriptors and indexes in q's ring; tx: q down, ring full, q's
+// index out of range). The peer writes them itself: they are as
+// trustworthy as that kernel.
+type PeerCounters struct {
+	Peer                        int
+	RxPackets, RxBytes, RxDrops uint64
+	TxPackets, TxBytes, TxDrops uint64
+}
+
+// PeerStatus is one peer's section as `popvmm status` shows it.
+type PeerStatus struct {
+	Up         bool
+	Generation uint32
+	Heartbeat  uint64
+	Armed      bool
+	// Peers are the counters for every other peer with any traffic.
+	Peers []PeerCounters
+}
+
+// ReadPeer reads peer p's section of the formatted window mem (geometry g,
+// from Format or Open). Counters of peers without traffic are left out.
+func ReadPeer(mem []byte, g Geometry, p int) PeerStatus {
+	if p < 0 || p >= g.MaxPeers || uint64(len(mem)) < g.Size {
+		return PeerStatus{}
+	}
+	sec := g.Section(p)
+	st := PeerStatus{
+		Up:         load32(mem, sec+ctlState) == StateUp,
+		Generation: load32(mem, sec+ctlGen),
+		Heartbeat:  load64(mem, sec+ctlHeartbeat),
+		Armed:      load32(mem, sec+ctlArmed) == 1,
+	}
+	for q := range g.MaxPeers {
+		if q == p {
+			continue
+		}
+		b := g.peerBlock(p, q)
+		c := PeerCounters{Peer: q,
+			RxPackets: load64(mem, b+peerRxPackets), RxBytes: load64(mem, b+peerRxBytes), RxDrops: load64(mem, b+peerRxDrops),
+			TxPackets: load64(mem, b+peerTxPackets), TxBytes: load64(mem, b+peerTxBytes), TxDrops: load64(mem, b+peerTxDrops)}
+		if c != (PeerCounters{Peer: q}) {
+			st.Peers = append(st.Peers, c)
+		}
+	}
+	return st
+}
+
+// MarkDown marks peer p down in its section: popvmm does so when p's VM
+// stops (crash, stop, reboot), so senders drop frames for it at once
+// instead of filling its rings until its heartbeat goes stale.
+func MarkDown(mem []byte, g Geometry, p int) {
+	if p < 0 || p >= g.MaxPeers || uint64(len(mem)) < g.Size {
+		return
+	}
+	store32(mem, g.Section(p)+ctlArmed, 0)
+	store32(mem, g.Section(p)+ctlState, StateDown)
+}
