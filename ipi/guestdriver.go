@@ -15,7 +15,10 @@ import (
 )
 
 // FindDevice returns the sysfs directory of the first window device under
-// sysRoot ("" is /sys), e.g. /sys/bus/pci/devices/0000:00:03.0.
+// sysRoot ("" is /sys), e.g. /sys/bus/pci/devices/0000:00:03.0: a
+// 1af4:1110 function with ivshmem's subsystem id (the window network's
+// device has another, docs/winnet.md; a sysfs without the file counts as
+// ivshmem's).
 func FindDevice(sysRoot string) (string, error) {
 	if sysRoot == "" {
 		sysRoot = "/sys"
@@ -25,7 +28,8 @@ func FindDevice(sysRoot string) (string, error) {
 		return "", err
 	}
 	for _, d := range devs {
-		if hexFile(filepath.Join(d, "vendor")) == VendorID && hexFile(filepath.Join(d, "device")) == DeviceID {
+		sub := hexFile(filepath.Join(d, "subsystem_device"))
+		if hexFile(filepath.Join(d, "vendor")) == VendorID && hexFile(filepath.Join(d, "device")) == DeviceID && (sub == SubsystemID || sub == -1) {
 			return d, nil
 		}
 	}

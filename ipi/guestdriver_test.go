@@ -22,8 +22,18 @@ func TestFindDevice(t *testing.T) {
 	}
 	dev("0000:00:00.0", "0x8086", "0x0d57")
 	dev("0000:00:02.0", "0x1af4", "0x1041") // virtio-net: same vendor, other device
-	dev("0000:00:03.0", "0x1af4", "0x1110")
+	dev("0000:00:03.0", "0x1af4", "0x1110") // no subsystem_device: taken as ivshmem's
 	got, err := ipi.FindDevice(root)
+	if err != nil || filepath.Base(got) != "0000:00:03.0" {
+		t.Errorf("FindDevice = %q, %v", got, err)
+	}
+	os.RemoveAll(filepath.Join(root, "bus/pci/devices/0000:00:03.0"))
+	// The window network's function comes first and is passed over.
+	dev("0000:00:01.0", "0x1af4", "0x1110")
+	os.WriteFile(filepath.Join(root, "bus/pci/devices/0000:00:01.0/subsystem_device"), []byte("0x1101\n"), 0o644)
+	dev("0000:00:03.0", "0x1af4", "0x1110")
+	os.WriteFile(filepath.Join(root, "bus/pci/devices/0000:00:03.0/subsystem_device"), []byte("0x1100\n"), 0o644)
+	got, err = ipi.FindDevice(root)
 	if err != nil || filepath.Base(got) != "0000:00:03.0" {
 		t.Errorf("FindDevice = %q, %v", got, err)
 	}

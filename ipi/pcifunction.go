@@ -22,10 +22,10 @@ import (
 // Header values of the window device: QEMU's ivshmem (1af4:1110 rev 1,
 // class 0x0500, QEMU's subsystem ids).
 const (
-	classMemoryRAM = 0x050000
+	ClassMemoryRAM = 0x050000
 	revision       = 1
 	subVendorID    = 0x1af4
-	subsystemID    = 0x1100
+	SubsystemID    = 0x1100
 )
 
 // DeviceConfig configures one VM's window device.
@@ -47,6 +47,12 @@ type DeviceConfig struct {
 	IntLine uint8
 	Wiring  Wiring
 	Log     *slog.Logger
+	// Class and Subsystem replace the header's class code and subsystem
+	// id (0: ivshmem's, ClassMemoryRAM and SubsystemID). The window
+	// network's device (docs/winnet.md) is told from the messaging
+	// window's by them.
+	Class     uint32
+	Subsystem uint16
 }
 
 // Device is a kernel's window device: a PCI function with QEMU's
@@ -141,6 +147,12 @@ func NewDevice(cfg DeviceConfig) (*Device, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
+	if cfg.Class == 0 {
+		cfg.Class = ClassMemoryRAM
+	}
+	if cfg.Subsystem == 0 {
+		cfg.Subsystem = SubsystemID
+	}
 	d := &Device{cfg: cfg, vectors: cfg.Bells.Vectors(), log: ratelog.Default(cfg.Log.With("kernel", cfg.Peer, "device", "window")),
 		bars: [3]uint64{cfg.Regs, cfg.MSIX, cfg.Window}, applied: map[Ioeventfd]*eventfd{}}
 	m, err := pci.NewMSIX(pci.MSIXConfig{Vectors: d.vectors, BAR: MSIXBAR, TableOffset: 0, PBAOffset: MSIXPBAOffset}, d,
@@ -178,8 +190,8 @@ func checkSlots(slots []Slot, size uint64) error {
 
 // Header implements pci.Function.
 func (d *Device) Header() pci.Header {
-	return pci.Header{Vendor: VendorID, Device: DeviceID, Class: classMemoryRAM, Revision: revision,
-		SubVendor: subVendorID, Subsystem: subsystemID, CapPtr: d.caps.First(), IntPin: 1, IntLine: d.cfg.IntLine}
+	return pci.Header{Vendor: VendorID, Device: DeviceID, Class: d.cfg.Class, Revision: revision,
+		SubVendor: subVendorID, Subsystem: d.cfg.Subsystem, CapPtr: d.caps.First(), IntPin: 1, IntLine: d.cfg.IntLine}
 }
 
 // BARs implements pci.Function: BAR0 registers and BAR1 MSI-X (32-bit

@@ -3,7 +3,8 @@
 // kernel's console (vtty), the PCI host (pci.go) with its MSI-X routes
 // (irq.go), then one attach function per device kind — virtio-net on the
 // cluster's bridge (net.go), the shared window's device (window.go), the
-// kernel's virtio-blk disks (blk.go) — and it answers the VM's status. What is cluster-wide (the bridge, the
+// window network's device (winnet.go), the kernel's virtio-blk disks
+// (blk.go) — and it answers the VM's status. What is cluster-wide (the bridge, the
 // window) is handed in by the supervisor, which drives the result through
 // Machine's four methods and never sees package vmm.
 package machine
@@ -47,6 +48,9 @@ type Config struct {
 	Network *Network
 	// Window is the cluster's shared window; nil: no window device.
 	Window *Window
+	// Winnet is the cluster's window network; nil: no window network
+	// device.
+	Winnet *Winnet
 	// OnReset, when set, runs at each reboot inside the VM (restart
 	// policy "always"), after the VM's devices were reset and before the
 	// next boot starts (vmm.VM.OnReset).
@@ -93,6 +97,7 @@ type device interface {
 var attachers = []func(b *builder) ([]device, error){
 	one(attachNIC),
 	one(attachWindow),
+	one(attachWinnet), // winnet.go
 	attachDisks,
 }
 

@@ -16,7 +16,8 @@ import (
 
 // windowDev is one VM's window device: the PCI function (1af4:1110) with
 // its BARs, doorbells through KVM and INTx on the GSI the MP table routes
-// its device number's INTA# to.
+// its device number's INTA# to. The window network's device is one too
+// (winnetDev).
 type windowDev struct {
 	dev    *ipi.Device
 	wiring *vmWiring
@@ -34,7 +35,7 @@ type windowDev struct {
 // and the INTx watcher. Nothing runs in the guest yet; the PCI host's
 // Close undoes it all (also on error).
 func attachWindow(b *builder) (device, error) {
-	wa, k, h, v, log := b.cfg.Window, b.cfg.Kernel, b.pci, b.vm, b.log
+	wa, k := b.cfg.Window, b.cfg.Kernel
 	if wa == nil {
 		return nil, nil
 	}
@@ -46,44 +47,79 @@ func attachWindow(b *builder) (device, error) {
 	if err != nil {
 		return nil, fmt.Errorf("window device: %w", err)
 	}
+	return addIvshmem(b, ivshmemSpec{what: "window device", bus: "window", mem: wa.Mem, bells: wa.Bells,
+		slots: slots, bar2: k.Layout.Window.Start, protect: wa.Protect})
+}
+
+// ivshmemSpec is what tells a VM's ivshmem-doorbell functions apart: the
+// messaging window's (attachWindow) and the window network's
+// (attachWinnet).
+type ivshmemSpec struct {
+	what  string // in errors and logs: "window device"
+	bus   string // the BARs' names on the MMIO bus: "window-bar0"
+	mem   []byte // the supervisor's mapping of the window's memfd
+	bells *ipi.Doorbells
+	slots []ipi.Slot
+	// bar2 is BAR2's address; 0: one from the allocator's 64-bit window.
+	bar2    uint64
+	protect bool
+	// class and subsystem: 0 is ivshmem's (ipi.DeviceConfig).
+	class     uint32
+	subsystem uint16
+}
+
+// addIvshmem adds one ivshmem-doorbell function to b's VM: BAR0 and BAR1
+// from the PCI host's allocator, BAR2 the window mapped as sp.slots,
+// ioeventfds for every bell, INTx on the GSI its device number's INTA#
+// goes to, and the INTx watcher. The PCI host's Close undoes it all (also
+// on error).
+func addIvshmem(b *builder, sp ivshmemSpec) (*windowDev, error) {
+	k, h, v, log := b.cfg.Kernel, b.pci, b.vm, b.log
+	size := uint64(len(sp.mem))
 	regs, err := h.alloc.Alloc(ipi.RegsSize, false)
 	if err != nil {
-		return nil, fmt.Errorf("window device: BAR0: %w", err)
+		return nil, fmt.Errorf("%s: BAR0: %w", sp.what, err)
 	}
 	msix, err := h.alloc.Alloc(ipi.MSIXBARSize, false)
 	if err != nil {
-		return nil, fmt.Errorf("window device: BAR1: %w", err)
+		return nil, fmt.Errorf("%s: BAR1: %w", sp.what, err)
+	}
+	if sp.bar2 == 0 {
+		if sp.bar2, err = h.alloc.Alloc(size, true); err != nil {
+			return nil, fmt.Errorf("%s: BAR2: %w", sp.what, err)
+		}
 	}
 	slot := h.bus.NextDevice()
 	gsi, ok := boot.PCIINTxGSI(slot)
 	if !ok {
-		return nil, fmt.Errorf("window device: PCI device %d has no INTx route in the MP table (1-%d have)", slot, boot.PCIINTxDevices)
+		return nil, fmt.Errorf("%s: PCI device %d has no INTx route in the MP table (1-%d have)", sp.what, slot, boot.PCIINTxDevices)
 	}
-	w := &vmWiring{vm: v, mem: wa.Mem, windows: map[uint64][]uint64{}, routes: h.newMSIRoutes("window device")}
+	w := &vmWiring{vm: v, mem: sp.mem, bus: sp.bus, windows: map[uint64][]uint64{}, routes: h.newMSIRoutes(sp.what)}
 	h.onClose(w.close)
 	dev, err := ipi.NewDevice(ipi.DeviceConfig{
-		Peer: k.Index, Bells: wa.Bells, WindowSize: size, Slots: slots,
-		Regs: regs, MSIX: msix, Window: k.Layout.Window.Start,
+		Peer: k.Index, Bells: sp.bells, WindowSize: size, Slots: sp.slots,
+		Regs: regs, MSIX: msix, Window: sp.bar2,
 		IRQ: v.IRQLine(gsi), IntLine: uint8(gsi), Wiring: w, Log: log,
+		Class: sp.class, Subsystem: sp.subsystem,
 	})
 	if err != nil {
 		return nil, err
 	}
 	h.onClose(func() { dev.Close() }) // runs before w.close
-	got, err := h.AddFunction("window", dev, nil)
+	got, err := h.AddFunction(sp.bus, dev, nil)
 	if err != nil {
-		return nil, fmt.Errorf("window device: %w", err)
+		return nil, fmt.Errorf("%s: %w", sp.what, err)
 	}
 	if got != slot {
-		return nil, fmt.Errorf("window device: PCI device %d, expected %d", got, slot)
+		return nil, fmt.Errorf("%s: PCI device %d, expected %d", sp.what, got, slot)
 	}
 	if err := dev.Wire(); err != nil {
 		return nil, err
 	}
 	go dev.Run(context.Background()) // returns at dev.Close
-	wd := &windowDev{dev: dev, wiring: w, peer: k.Index, slot: slot, gsi: gsi, regs: regs, window: k.Layout.Window.Start}
-	log.Info("window device attached", "peer", k.Index, "pci", fmt.Sprintf("00:%02x.0", slot), "gsi", gsi,
-		"bar0", fmt.Sprintf("%#x", regs), "bar2", fmt.Sprintf("%#x", wd.window), "slots", len(slots), "protect", wa.Protect)
+	wd := &windowDev{dev: dev, wiring: w, peer: k.Index, slot: slot, gsi: gsi, regs: regs, window: sp.bar2}
+	log.Info(sp.what+" attached", "peer", k.Index, "pci", fmt.Sprintf("00:%02x.0", slot), "gsi", gsi,
+		"bar0", fmt.Sprintf("%#x", regs), "bar2", fmt.Sprintf("%#x", wd.window), "slots", len(sp.slots), "protect", sp.protect)
 	return wd, nil
 }
 
@@ -115,6 +151,7 @@ func (wd *windowDev) info() []string {
 type vmWiring struct {
 	vm  *vmm.VM
 	mem []byte
+	bus string // the BARs' names on the MMIO bus: bus-barN
 
 	routes *msiRoutes // the MSI-X vectors' irqfds
 
@@ -126,7 +163,7 @@ var _ ipi.Wiring = (*vmWiring)(nil)
 
 // MapMMIO implements ipi.Wiring.
 func (w *vmWiring) MapMMIO(bar int, gpa, size uint64, d bus.Device) error {
-	return w.vm.MMIO().Insert(d, fmt.Sprintf("window-bar%d", bar), gpa, size)
+	return w.vm.MMIO().Insert(d, fmt.Sprintf("%s-bar%d", w.bus, bar), gpa, size)
 }
 
 // UnmapMMIO implements ipi.Wiring.

@@ -29,7 +29,7 @@ func NewVMLauncher(log *slog.Logger) (Launcher, error) {
 // cluster-wide pieces it joins.
 func (l *vmLauncher) Launch(_ context.Context, k *cluster.Kernel, b Boot, console *vtty.Console) (Machine, error) {
 	cfg := machine.Config{Kernel: k, Initrd: b.Initrd, Cmdline: b.Cmdline, Console: console,
-		Window: b.Window, OnReset: b.OnReset, Log: l.log}
+		Window: b.Window, Winnet: b.Winnet, OnReset: b.OnReset, Log: l.log}
 	l.mu.Lock()
 	if n := l.net; n != nil {
 		cfg.Network = &machine.Network{Cluster: n.cl.Name, Bridge: n.bridge}

@@ -31,6 +31,9 @@ type kernelRun struct {
 	// (KernelStarted), while winUp.
 	winBoot ipi.Boot
 	winUp   bool
+	// wnBoot is the same for the window network's doorbells, while wnUp.
+	wnBoot ipi.Boot
+	wnUp   bool
 }
 
 // errNoLauncher is boot's answer when the supervisor has no VMM.
@@ -100,20 +103,34 @@ func (s *Supervisor) launch(ctx context.Context, r *kernelRun) (Machine, error) 
 	// files land over the base image's.
 	boot := Boot{Initrd: append(initrd, overlay...), Cmdline: guest.Cmdline(s.cl, k, s.nested, s.log)}
 	s.mu.Lock()
-	w := s.win
+	w, wn := s.win, s.wn
 	s.mu.Unlock()
+	// The window network's doorbells, like the window's below, learn of
+	// the VM before its vCPUs run.
+	var wnb ipi.Boot
+	if wn != nil {
+		if wnb, err = wn.started(k.Index); err != nil {
+			return nil, err
+		}
+		boot.Winnet = &wn.cfg
+		boot.OnReset = func() { s.rebootedInVM(r, nil, wn) }
+	}
 	if w == nil {
-		return s.launcher.Launch(ctx, k, boot, r.console)
+		m, err := s.launcher.Launch(ctx, k, boot, r.console)
+		s.launched(r, wn, wnb, err)
+		return m, err
 	}
 	// The window's doorbells learn of the VM before its vCPUs run: its
 	// eventfds are emptied and offered to the host peers again.
 	wb, err := w.bells.KernelStarted(k.Index)
 	if err != nil {
+		s.launched(r, wn, wnb, err)
 		return nil, err
 	}
 	boot.Window = w.attach()
-	boot.OnReset = func() { s.rebootedInVM(r, w) }
+	boot.OnReset = func() { s.rebootedInVM(r, w, wn) }
 	m, err := s.launcher.Launch(ctx, k, boot, r.console)
+	s.launched(r, wn, wnb, err)
 	if err != nil {
 		w.bells.KernelStopped(wb, w.node, true)
 		return nil, err
@@ -122,6 +139,21 @@ func (s *Supervisor) launch(ctx context.Context, r *kernelRun) (Machine, error) 
 	r.winBoot, r.winUp = wb, true
 	s.mu.Unlock()
 	return m, nil
+}
+
+// launched records the window network's boot of r's VM (err nil), or
+// ends it (the VM did not start).
+func (s *Supervisor) launched(r *kernelRun, wn *winnetHost, b ipi.Boot, err error) {
+	if wn == nil {
+		return
+	}
+	if err != nil {
+		wn.stopped(b)
+		return
+	}
+	s.mu.Lock()
+	r.wnBoot, r.wnUp = b, true
+	s.mu.Unlock()
 }
 
 // watch waits for m to end and moves the kernel to its next state:
@@ -159,7 +191,25 @@ func (s *Supervisor) watch(ctx context.Context, r *kernelRun, m Machine) {
 // peerGone does for a VM that ends, and a new one starts, as for a new VM,
 // so its eventfds are emptied and the host peers see it leave and come
 // back.
-func (s *Supervisor) rebootedInVM(r *kernelRun, w *windowHost) {
+func (s *Supervisor) rebootedInVM(r *kernelRun, w *windowHost, wn *winnetHost) {
+	if wn != nil {
+		s.mu.Lock()
+		b, up := r.wnBoot, r.wnUp
+		s.mu.Unlock()
+		if up {
+			wn.stopped(b)
+		}
+		nb, err := wn.started(r.k.Index)
+		s.mu.Lock()
+		r.wnBoot, r.wnUp = nb, err == nil
+		s.mu.Unlock()
+		if err != nil {
+			s.log.Error("window network: the rebooted kernel could not rejoin", "kernel", r.k.Name, "err", err)
+		}
+	}
+	if w == nil {
+		return
+	}
 	s.mu.Lock()
 	wb, up := r.winBoot, r.winUp
 	s.mu.Unlock()
@@ -181,14 +231,19 @@ func (s *Supervisor) rebootedInVM(r *kernelRun, w *windowHost) {
 // peerGone tells the window at once that a kernel's VM is gone (its vCPUs
 // are out of KVM_RUN for good), rather than after its heartbeat times out:
 // the doorbells mark its incarnation crashed or offline in the peer table
-// and tell the host peers it left (KernelStopped).
+// and tell the host peers it left (KernelStopped); the window network
+// marks it down in its section.
 func (s *Supervisor) peerGone(r *kernelRun, crashed bool) {
 	s.mu.Lock()
 	w, wb, up := s.win, r.winBoot, r.winUp
-	r.winUp = false
+	wn, wnb, wnUp := s.wn, r.wnBoot, r.wnUp
+	r.winUp, r.wnUp = false, false
 	s.mu.Unlock()
 	if w != nil && up {
 		w.bells.KernelStopped(wb, w.node, crashed)
+	}
+	if wn != nil && wnUp {
+		wn.stopped(wnb)
 	}
 }
 

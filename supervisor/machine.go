@@ -32,6 +32,9 @@ type Boot struct {
 	// Window is the cluster's shared window for the VM's window device;
 	// nil: none.
 	Window *machine.Window
+	// Winnet is the cluster's window network for the VM's window network
+	// device; nil: none.
+	Winnet *machine.Winnet
 	// OnReset, when set, runs at each reboot inside the VM (restart
 	// policy "always"), after the VM's devices were reset and before the
 	// next boot starts.

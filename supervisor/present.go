@@ -39,7 +39,40 @@ func WriteStatus(w io.Writer, st *Status, now time.Time) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
+	if err := writeWinnet(w, st.Winnet); err != nil {
+		return err
+	}
 	return writeDevices(w, st)
+}
+
+// writeWinnet lists the window network: every kernel's address and
+// state, then one line per kernel and peer with traffic: frames, bytes
+// and drops each way, as the kernel counted them.
+func writeWinnet(w io.Writer, wn *WinnetStatus) error {
+	if wn == nil {
+		return nil
+	}
+	fmt.Fprintf(w, "\nwindow network  subnet %s  window %s  mtu %d  ring %s\n", wn.Subnet, memmap.FormatSize(wn.Size), wn.MTU, memmap.FormatSize(wn.Ring))
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "KERNEL\tWIN0\tSTATE\tPEER\tRX PACKETS\tRX BYTES\tRX DROPS\tTX PACKETS\tTX BYTES\tTX DROPS")
+	for _, k := range wn.Kernels {
+		state := "down"
+		if k.Up {
+			state = "up"
+		}
+		if len(k.Peers) == 0 {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t-\t\t\t\t\t\t\n", k.Name, k.Address, state)
+		}
+		for i, c := range k.Peers {
+			name, addr, st := k.Name, k.Address, state
+			if i > 0 {
+				name, addr, st = "", "", ""
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\n", name, addr, st, c.Peer,
+				c.RxPackets, c.RxBytes, c.RxDrops, c.TxPackets, c.TxBytes, c.TxDrops)
+		}
+	}
+	return tw.Flush()
 }
 
 // writeDevices lists the running kernels' devices with their counters,

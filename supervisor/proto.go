@@ -95,6 +95,42 @@ type Status struct {
 	// read from the host when the status is made; false: only planned.
 	BridgeExists bool `json:"bridge_exists"`
 	WindowExists bool `json:"window_exists"`
+	// Winnet is the window network; nil: the cluster has none.
+	Winnet *WinnetStatus `json:"winnet,omitempty"`
+}
+
+// WinnetStatus is the window network (docs/winnet.md) in Status: its
+// subnet and geometry, and every kernel's address and section of the
+// window as the kernel last wrote it.
+type WinnetStatus struct {
+	Subnet  string         `json:"subnet"`
+	Size    uint64         `json:"size"`
+	MTU     int            `json:"mtu"`
+	Ring    uint64         `json:"ring_bytes"`
+	Kernels []WinnetKernel `json:"kernels"`
+}
+
+// WinnetKernel is one kernel on the window network: its win0 address,
+// whether its driver is up, and what it counted per peer (frames, bytes,
+// drops), peers without traffic left out.
+type WinnetKernel struct {
+	Name       string         `json:"name"`
+	Address    string         `json:"address"`
+	Up         bool           `json:"up"`
+	Generation uint32         `json:"generation"`
+	Heartbeat  uint64         `json:"heartbeat"`
+	Peers      []WinnetCounts `json:"peers,omitempty"`
+}
+
+// WinnetCounts are a kernel's counters for one peer.
+type WinnetCounts struct {
+	Peer      string `json:"peer"`
+	RxPackets uint64 `json:"rx_packets"`
+	RxBytes   uint64 `json:"rx_bytes"`
+	RxDrops   uint64 `json:"rx_drops"`
+	TxPackets uint64 `json:"tx_packets"`
+	TxBytes   uint64 `json:"tx_bytes"`
+	TxDrops   uint64 `json:"tx_drops"`
 }
 
 // KernelStatus is one kernel's line in Status.

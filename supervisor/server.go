@@ -39,6 +39,7 @@ type Supervisor struct {
 	runs     map[string]*kernelRun
 	stop     context.CancelFunc
 	win      *windowHost
+	wn       *winnetHost     // nil: no window network
 	ctx      context.Context // Run's, for kernels booted later
 	watchers sync.WaitGroup
 }
@@ -97,8 +98,13 @@ func (s *Supervisor) Run(ctx context.Context, opt Options) error {
 		return fmt.Errorf("shared window: %w", err)
 	}
 	defer win.stop()
+	wn, err := s.startWinnet() // winnet.go
+	if err != nil {
+		return fmt.Errorf("window network: %w", err)
+	}
+	defer wn.stop()
 	s.mu.Lock()
-	s.win = win
+	s.win, s.wn = win, wn
 	s.mu.Unlock()
 
 	ctx, cancel := context.WithCancel(ctx)
@@ -386,6 +392,7 @@ func (s *Supervisor) Status() *Status {
 	if s.win != nil {
 		st.Window = s.win.socket
 	}
+	st.Winnet = s.wn.status(s.cl) // winnet.go
 	for _, k := range s.cl.Kernels {
 		st.Kernels = append(st.Kernels, KernelStatus{
 			Name:       k.Name,
