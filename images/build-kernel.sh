@@ -10,17 +10,10 @@ here=$(cd "$(dirname "$0")" && pwd)
 cfg="$here/config/$flavour.config"
 [ -f "$cfg" ] || { echo "build-kernel: no $cfg (flavours: full, light)" >&2; exit 2; }
 
-src_pkg=linux-source-6.1
 out="$here/out/$flavour"
 obj="$here/build/kernel-$flavour"
-src="$here/build/src/$src_pkg"
-
-# The build recipe's version: bump it when a change to this script changes
-# what a build produces (the make invocation, the merge of the fragments),
-# not for changes to what it prints, so a reworded message does not cost
-# every clone a 10-30 minute rebuild.
-recipe=2
-key=$( { grep "^$src_pkg " "$here/packages.lock"; cat "$here"/patches/*.patch "$here/config/common.config" "$cfg"; echo "recipe $recipe"; } | sha256sum | cut -d' ' -f1)
+. "$here/kernel-source.sh"
+key=$(kernel_key "$flavour")
 if [ -f "$out/.key" ] && [ "$(cat "$out/.key")" = "$key" ] && [ -f "$out/bzImage" ] && [ -f "$out/vmlinux" ]; then
   echo "==> $flavour kernel is up to date ($out)"
   exit 0
@@ -41,22 +34,7 @@ echo "    Compiling it from Debian's Linux source takes 10-30 minutes on 2 cores
 echo "    measured on 2 cores), once: every later build, in any clone, copies it from the cache in a second."
 echo "    Disk: about 1.5 GB for the source tree and 130 MB per flavour's objects in images/build (docs/kernel-images.md)."
 
-"$here/fetch.sh" "$src_pkg"
-
-# One patched source tree serves both flavours; it is unpacked anew when
-# the source package or the patches change.
-src_key=$( { grep "^$src_pkg " "$here/packages.lock"; cat "$here"/patches/*.patch; } | sha256sum | cut -d' ' -f1)
-if [ ! -f "$src/.popvmm-src" ] || [ "$(cat "$src/.popvmm-src")" != "$src_key" ]; then
-  echo "==> unpack $src_pkg source"
-  rm -rf "$src"
-  mkdir -p "$(dirname "$src")"
-  tar -C "$(dirname "$src")" -xf "$here/build/debs/$src_pkg/usr/src/$src_pkg.tar.xz"
-  for p in "$here"/patches/*.patch; do
-    echo "==> patch: $(basename "$p")"
-    patch -s -p1 -d "$src" < "$p"
-  done
-  echo "$src_key" > "$src/.popvmm-src"
-fi
+unpack_source
 
 echo "==> configure $flavour kernel (tinyconfig + common.config + $flavour.config)"
 rm -rf "$obj"
@@ -111,4 +89,6 @@ echo "$key" > "$out/.key"
 mkdir -p "$cached.tmp"
 cp "$out/bzImage" "$out/vmlinux" "$out/config" "$out/Module.symvers" "$cached.tmp/"
 rm -rf "$cached" && mv "$cached.tmp" "$cached"
+# The module build kit from this build's trees, into the cache beside it.
+"$here/build-modkit.sh" "$flavour"
 echo "==> $flavour kernel built in $(( $(date +%s) - start ))s: $(stat -c %s "$out/bzImage") bytes bzImage"

@@ -31,6 +31,7 @@ func main() {
 	debs := flag.String("debs", "images/build/debs", "directory of unpacked packages, one subdirectory each")
 	src := flag.String("src", "images/initramfs", "directory with init, passwd, group, 50-popagent")
 	agent := flag.String("agent", "", "popagent binary to include, started from /etc/popvmm/init.d")
+	module := flag.String("module", "", "kernel module to include as /lib/modules/NAME (the window network's winnet.ko), loaded by /init")
 	out := flag.String("o", "", "output file")
 	list := flag.String("list", "", "print the contents of this archive and exit")
 	flag.Parse()
@@ -40,7 +41,7 @@ func main() {
 	} else if *out == "" {
 		err = errors.New("-o is required")
 	} else {
-		err = build(*flavour, *debs, *src, *agent, *out)
+		err = build(*flavour, *debs, *src, *agent, *module, *out)
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "mkinitramfs: %v\n", err)
@@ -54,7 +55,7 @@ var libDirs = []string{"/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/l
 // libPackages hold the libraries dropbear links against.
 var libPackages = []string{"libc6", "libcrypt1", "zlib1g", "libtomcrypt1", "libtommath1", "libgmp10"}
 
-func build(flavour, debs, src, agent, out string) error {
+func build(flavour, debs, src, agent, module, out string) error {
 	if flavour != "full" && flavour != "light" {
 		return fmt.Errorf("flavour %q: want full or light", flavour)
 	}
@@ -98,6 +99,15 @@ func build(flavour, debs, src, agent, out string) error {
 			if err := a.File(dst, 0o755, data); err != nil {
 				return err
 			}
+		}
+	}
+	if module != "" {
+		ko, err := os.ReadFile(module)
+		if err != nil {
+			return fmt.Errorf("module: %w", err)
+		}
+		if err := a.File("/lib/modules/"+filepath.Base(module), 0o644, ko); err != nil {
+			return err
 		}
 	}
 	data, err := a.Bytes()

@@ -42,10 +42,13 @@ func TestInitramfs(t *testing.T) {
 		"full": {"/init": "0100755", "/bin/sh": "-> /bin/busybox", "/usr/sbin/dropbear": "0100755", "/lib64/ld-linux-x86-64.so.2": "",
 			"/lib/x86_64-linux-gnu/libc.so.6": "", "/usr/lib/x86_64-linux-gnu/libtomcrypt.so.1": "", "/usr/lib/x86_64-linux-gnu/libgmp.so.10": ""},
 	}
+	module := filepath.Join(dir, "winnet.ko") // any file: what the build puts in
+	os.WriteFile(module, []byte("\x7fELF module"), 0o600)
 	for _, f := range []string{"light", "full"} {
+		want[f]["/lib/modules/winnet.ko"] = "0100644"
 		a, b := filepath.Join(dir, f+"-a.cpio"), filepath.Join(dir, f+"-b.cpio")
 		for _, out := range []string{a, b} {
-			if err := build(f, debs, "../initramfs", "", out); err != nil {
+			if err := build(f, debs, "../initramfs", "", module, out); err != nil {
 				t.Fatalf("build %s: %v", f, err)
 			}
 		}
@@ -78,10 +81,10 @@ func TestInitramfs(t *testing.T) {
 
 func TestBuildErrors(t *testing.T) {
 	dir := t.TempDir()
-	if err := build("medium", dir, dir, "", filepath.Join(dir, "x")); err == nil || !strings.Contains(err.Error(), "medium") {
+	if err := build("medium", dir, dir, "", "", filepath.Join(dir, "x")); err == nil || !strings.Contains(err.Error(), "medium") {
 		t.Errorf("build(medium) = %v", err)
 	}
-	if err := build("light", dir, "../initramfs", "", filepath.Join(dir, "x")); err == nil || !strings.Contains(err.Error(), "busybox") {
+	if err := build("light", dir, "../initramfs", "", "", filepath.Join(dir, "x")); err == nil || !strings.Contains(err.Error(), "busybox") {
 		t.Errorf("build without packages = %v, want a busybox error", err)
 	}
 }
