@@ -135,6 +135,15 @@ func (c *benchCluster) up(b *testing.B, cfg string) {
 	})
 }
 
+// down brings the cluster down now (the cleanup up registered then finds
+// nothing to do).
+func (c *benchCluster) down(b *testing.B) {
+	b.Helper()
+	if out, err := c.popvmm("down", "-c", c.config); err != nil {
+		b.Fatalf("down: %v\n%s", err, out)
+	}
+}
+
 func (c *benchCluster) popvmm(args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
