@@ -175,6 +175,20 @@ func (c *cli) up(ctx context.Context, path string, detach, noKernels bool, notif
 	if err != nil {
 		return err
 	}
+	// The check and the start are one step for other `up`s under this run
+	// root: the lock is held from the check until this cluster's supervisor
+	// answers (opt.Ready) or has failed. A detaching `up` checks without it
+	// for an early answer; its supervisor (this function again, in the
+	// child) checks again under it.
+	unlock := func() {}
+	if !detach {
+		if unlock, err = supervisor.LockUp(ctx, c.runRoot, func() {
+			fmt.Fprintf(c.stderr, "popvmm: waiting for another `popvmm up` under %s to finish starting\n", c.runRoot)
+		}); err != nil {
+			return err
+		}
+		defer unlock()
+	}
 	if err := supervisor.Conflicts(ctx, c.runRoot, cl); err != nil {
 		return configErr(path, err)
 	}
@@ -213,6 +227,7 @@ func (c *cli) up(ctx context.Context, path string, detach, noKernels bool, notif
 	defer stop()
 	sup := supervisor.New(cl, c.logger())
 	opt.Ready = func(sock string) {
+		unlock()
 		fmt.Fprintf(c.stdout, "cluster %s is up; control socket %s\n", cl.Name, sock)
 		fmt.Fprintf(c.stdout, "Ctrl-C or `%s` stops it\n", c.suggest("down", "-c", cl.Name))
 		notify.Notify(nil)
