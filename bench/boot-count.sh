@@ -21,7 +21,11 @@
 #                           devices, network; the kernel pinned to CPU, default 0)
 #   POPULATE=1, HUGEPAGES=1 popvmm's guest RAM faulted in before boot, or on
 #                           2 MiB hugetlbfs pages (the lab reserves 300)
-#   CPU=C                   the lab core popvmm's vCPU is pinned to (default the last)
+#   CPU=C                   the lab core popvmm's vCPU is pinned to (default the last;
+#                           with PARALLEL, boot I runs on core I mod the lab's cores)
+#   PARALLEL=K              cluster and qemu boots K at a time (separate clusters,
+#                           separate QEMUs), as CI's cluster tests boot kernels side by side;
+#                           at most the lab's core count with cluster (a core is one kernel's)
 #   NOHOLD=1                end the lab job's KVM hold (lab hold-kvm) first, so
 #                           that the boots switch the lab kernel's static keys
 #                           (text patching) as they did before the hold existed
@@ -62,16 +66,98 @@ if [ "${1:-}" = --in-lab ]; then
   if [ "${NOHOLD:-0}" = 1 ]; then
     for p in $(pgrep -f 'popvmm lab hold-kvm' || true); do kill "$p" && echo "lab: ended the KVM hold (pid $p)"; done
   fi
+  par=${PARALLEL:-1}
+  ncpu=$(nproc)
+  if [ "$par" -gt "$ncpu" ] && [[ " ${VMMS:-} " == *" cluster "* ]]; then
+    echo "boot-count: PARALLEL=$par clusters need $par lab cores, the lab has $ncpu (popvmm gives each kernel its own cores)" >&2
+    exit 2
+  fi
+  # boot_one VMM FLAVOUR KERNEL I: boot I of FLAVOUR under VMM (cluster or
+  # qemu); writes "KIND DETAIL" to $out/result.VMM.FLAVOUR.I. Boots that run
+  # at once (PARALLEL) are separate clusters (names, bridges, subnets of
+  # their own) or QEMUs, spread over the lab's CPUs.
+  boot_one() {
+    local vmm=$1 f=$2 kernel=$3 i=$4 kind detail t0 log cpu
+    log=$out/$vmm-$f-$(basename "$kernel")-$i.log
+    cpu=${CPU:-$(( par > 1 ? i % ncpu : 0 ))}
+    t0=$(date +%s.%N)
+    kind=hung
+    local deadline=$(( $(date +%s) + ${TIMEOUT:-240} ))
+    if [ "$vmm" = cluster ]; then
+      local name=bootcount$i cfg=$out/cluster-$f-$i.toml popvmm=$root/bin/popvmm st
+      cat >"$cfg" <<EOT
+[cluster]
+name = "$name"
+images = "$root/images/out"
+run_dir = "/run/popvmm-bootcount/$name"
+[cluster.window]
+size = "16M"
+[cluster.network]
+bridge = "pv-bc$i"
+subnet = "10.198.$i.0/24"
+[[kernel]]
+name = "k"
+flavour = "$f"
+cpus = "$cpu"
+memory = "512M"
+backing = "memfd"
+boot = "up"
+ip = "10.198.$i.2"
+cmdline = "loglevel=6 ${APPEND:-}"
+console_log = "$log"
+EOT
+      if ! "$popvmm" up -d "$cfg" >"$log.up" 2>&1; then
+        # Refused or failed before the kernel ran: not a boot at all.
+        kind=up-failed
+        deadline=0
+      fi
+      while [ "$(date +%s)" -lt "$deadline" ]; do
+        # loglevel=6 hides "Run /init" (KERN_INFO); the initramfs's /init
+        # announces itself.
+        if grep -q "Run /init\|popvmm-init:" "$log" 2>/dev/null; then kind=init; break; fi
+        st=$("$popvmm" status -c "$name" --json 2>/dev/null || true)
+        if grep -q '"crashed"\|"stopped"' <<<"$st"; then
+          kind=crash
+          grep -q "triple fault" <<<"$st" && kind=triple-fault
+          echo "$st" >"$log.status"
+          break
+        fi
+        sleep 1 # polling the console log and status, bounded by the deadline
+      done
+      "$popvmm" down -c "$name" >>"$log.up" 2>&1 || true
+      [ "$kind" = init ] && rm -f "$log" "$log.up" "$log.status" "$cfg"
+    else
+      taskset -c "$cpu" qemu-system-x86_64 -M microvm,acpi=off -enable-kvm -cpu host -m 512 -smp 1 \
+        -nodefaults -nographic -no-reboot -serial "file:$log" \
+        -kernel "$kernel" -initrd "$(dirname "$kernel")/initramfs.cpio" \
+        -append "console=ttyS0 panic=-1 ${APPEND:-}" </dev/null >"$log.qemu" 2>&1 &
+      local q=$!
+      while [ "$(date +%s)" -lt "$deadline" ]; do
+        if grep -q "Run /init" "$log" 2>/dev/null; then kind=init; break; fi
+        if ! kill -0 "$q" 2>/dev/null; then
+          # -no-reboot: a triple fault (a reset) or a panic ends QEMU.
+          kind=triple-fault
+          grep -q "Kernel panic" "$log" && kind=crash
+          break
+        fi
+        sleep 1 # polling a log file, bounded by the deadline
+      done
+      kill "$q" 2>/dev/null || true
+      wait "$q" 2>/dev/null || true
+      [ "$kind" = init ] && rm -f "$log" "$log.qemu"
+    fi
+    detail="$kind $(echo "$(date +%s.%N) - $t0" | bc | xargs printf '%.1f')s"
+    echo "$kind $detail" >"$out/result.$vmm.$f.$i"
+  }
   echo "lab: $(uname -r), kvm_amd npt=$(cat /sys/module/kvm_amd/parameters/npt 2>/dev/null || echo ?), $(qemu-system-x86_64 --version | head -1)"
   for f in ${FLAVOURS:-full light}; do
     dir=$root/images/out/$f
     file=bzImage
     [ "${FORMAT:-bzImage}" = pvh ] && file=vmlinux
     for vmm in ${VMMS:-popvmm qemu}; do
-      declare -A c=([init]=0 [triple-fault]=0 [crash]=0 [hung]=0)
+      declare -A c=([init]=0 [triple-fault]=0 [crash]=0 [hung]=0 [up-failed]=0)
       for i in $(seq "$n"); do
         log=$out/$vmm-$f-$file-$i.log
-        t0=$(date +%s.%N)
         if [ "$vmm" = popvmm ]; then
           trace_on
           # One boot per test run, so that a failed boot's trace ends at it.
@@ -92,78 +178,23 @@ if [ "${1:-}" = --in-lab ]; then
           else
             rm -f "$log.test"
           fi
-        elif [ "$vmm" = cluster ]; then
-          cfg=$out/cluster-$f.toml
-          cat >"$cfg" <<EOT
-[cluster]
-name = "bootcount"
-images = "$root/images/out"
-[cluster.window]
-size = "16M"
-[cluster.network]
-bridge = "pv-bootcount"
-subnet = "10.198.0.0/24"
-host_address = "10.198.0.1"
-[[kernel]]
-name = "k"
-flavour = "$f"
-cpus = "${CPU:-0}"
-memory = "512M"
-backing = "memfd"
-boot = "up"
-ip = "10.198.0.2"
-cmdline = "loglevel=6 ${APPEND:-}"
-console_log = "$log"
-EOT
-          popvmm=$root/bin/popvmm
-          "$popvmm" up -d "$cfg" >"$log.up" 2>&1 || true
-          kind=hung
-          deadline=$(( $(date +%s) + ${TIMEOUT:-240} ))
-          while [ "$(date +%s)" -lt "$deadline" ]; do
-            # loglevel=6 hides "Run /init" (KERN_INFO); the initramfs's /init
-            # announces itself.
-            if grep -q "Run /init\|popvmm-init:" "$log" 2>/dev/null; then kind=init; break; fi
-            st=$("$popvmm" status -c bootcount --json 2>/dev/null || true)
-            if grep -q '"crashed"\|"stopped"' <<<"$st"; then
-              kind=crash
-              grep -q "triple fault" <<<"$st" && kind=triple-fault
-              echo "$st" >"$log.status"
-              break
-            fi
-            sleep 1 # polling the console log and status, bounded by the deadline
-          done
-          "$popvmm" down -c bootcount >>"$log.up" 2>&1 || true
-          detail="$kind $(echo "$(date +%s.%N) - $t0" | bc | xargs printf '%.1f')s"
-          [ "$kind" = init ] && rm -f "$log" "$log.up" "$log.status"
         else
-          qemu-system-x86_64 -M microvm,acpi=off -enable-kvm -cpu host -m 512 -smp 1 \
-            -nodefaults -nographic -no-reboot -serial "file:$log" \
-            -kernel "$dir/$file" -initrd "$dir/initramfs.cpio" \
-            -append "console=ttyS0 panic=-1 ${APPEND:-}" </dev/null >"$log.qemu" 2>&1 &
-          q=$!
-          kind=hung
-          deadline=$(( $(date +%s) + ${TIMEOUT:-240} ))
-          while [ "$(date +%s)" -lt "$deadline" ]; do
-            if grep -q "Run /init" "$log" 2>/dev/null; then kind=init; break; fi
-            if ! kill -0 "$q" 2>/dev/null; then
-              # -no-reboot: a triple fault (a reset) or a panic ends QEMU.
-              kind=triple-fault
-              grep -q "Kernel panic" "$log" && kind=crash
-              break
-            fi
-            sleep 1 # polling a log file, bounded by the deadline
-          done
-          kill "$q" 2>/dev/null || true
-          wait "$q" 2>/dev/null || true
-          detail="$kind $(echo "$(date +%s.%N) - $t0" | bc | xargs printf '%.1f')s"
-          [ "$kind" = init ] && rm -f "$log" "$log.qemu"
+          # cluster and qemu: PARALLEL boots at once (boot_one below),
+          # each its own result file; tallied as they finish.
+          if [ $(( (i - 1) % par )) -eq 0 ]; then
+            for j in $(seq "$i" $(( i + par - 1 < n ? i + par - 1 : n ))); do
+              boot_one "$vmm" "$f" "$dir/$file" "$j" &
+            done
+            wait
+          fi
+          read -r kind detail <"$out/result.$vmm.$f.$i"
         fi
         c[$kind]=$(( ${c[$kind]:-0} + 1 ))
         last=""
         [ "$kind" != init ] && [ -f "$log" ] && last=$(tr -d '\r' <"$log" | grep -v '^\s*$' | tail -1)
         tally "$vmm $f $file $i/$n: $detail${last:+; last line: $last}"
       done
-      tally "TOTAL $vmm $f $file: $n boots: ${c[init]} init, ${c[triple-fault]} triple fault, ${c[crash]} crash, ${c[hung]} hung"
+      tally "TOTAL $vmm $f $file: $n boots: ${c[init]} init, ${c[triple-fault]} triple fault, ${c[crash]} crash, ${c[hung]} hung${c[up-failed]:+, ${c[up-failed]} up failed}"
       unset c
     done
   done
@@ -182,7 +213,7 @@ if [ -n "${VMMTEST:-}" ]; then cp "$VMMTEST" "$out/vmm.test"; else go test -c -t
 echo "==> $n boots per kernel of ${FLAVOURS:-full light} (${FORMAT:-bzImage}) under ${VMMS:-popvmm qemu}, lab npt=${NPT:-1}; logs in $out"
 POPVMM_LAB_APPEND="${POPVMM_LAB_APPEND:-} lab.kvm_amd=npt=${NPT:-1}" \
   "$popvmm" lab run --share "$out" -- env TRACE="${TRACE:-0}" NOHOLD="${NOHOLD:-0}" CPU="${CPU:-}" POPULATE="${POPULATE:-0}" HUGEPAGES="${HUGEPAGES:-0}" FLAVOURS="${FLAVOURS:-full light}" \
-  FORMAT="${FORMAT:-bzImage}" APPEND="${APPEND:-}" TIMEOUT="${TIMEOUT:-240}" VMMS="${VMMS:-popvmm qemu}" \
+  FORMAT="${FORMAT:-bzImage}" APPEND="${APPEND:-}" TIMEOUT="${TIMEOUT:-240}" PARALLEL="${PARALLEL:-1}" VMMS="${VMMS:-popvmm qemu}" \
   bench/boot-count.sh --in-lab "$n" "$out"
 echo "==> tally (one lab run, npt=${NPT:-1})"
 grep '^boot-count: TOTAL' "$out/tally.txt" | sed 's/^boot-count: TOTAL //'
