@@ -39,23 +39,28 @@ func HostKeyFile(dir, name string) string {
 // format, 0600), generating it when there is none yet: the kernel keeps its
 // identity from one `up` to the next.
 func EnsureHostKey(dir, name string) (*HostKey, error) {
-	p := HostKeyFile(dir, name)
+	return ensureKey(HostKeyFile(dir, name), "popvmm host key of "+name, "host key")
+}
+
+// ensureKey reads the ed25519 key at p (OpenSSH format), or makes one
+// there with comment; what names the key in errors.
+func ensureKey(p, comment, what string) (*HostKey, error) {
 	if b, err := os.ReadFile(p); err == nil {
 		k, err := ssh.ParseRawPrivateKey(b)
 		if err != nil {
-			return nil, fmt.Errorf("host key %s: %w", p, err)
+			return nil, fmt.Errorf("%s %s: %w", what, p, err)
 		}
 		sk, ok := k.(*ed25519.PrivateKey)
 		if !ok {
-			return nil, fmt.Errorf("host key %s: a %T, want an ed25519 key", p, k)
+			return nil, fmt.Errorf("%s %s: a %T, want an ed25519 key", what, p, k)
 		}
 		return &HostKey{priv: *sk}, nil
 	} else if !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("host key: %w", err)
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
-	sk, err := newKeyFile(p, "popvmm host key of "+name)
+	sk, err := newKeyFile(p, comment)
 	if err != nil {
-		return nil, fmt.Errorf("host key: %w", err)
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	return &HostKey{priv: sk}, nil
 }

@@ -188,7 +188,8 @@ func (c *countWriter) Write(p []byte) (int, error) {
 // interpreter and DT_NEEDED entries, followed transitively, looked up in
 // libDirs (e.g. "/lib/x86_64-linux-gnu") of each root tree in turn (e.g.
 // unpacked .debs). A library keeps its path from the root; symbolic links
-// inside a root resolve within that root, never on the host.
+// inside a root resolve within that root, never on the host. A library an
+// earlier program brought is not added again.
 func (a *Archive) ELF(p, src string, roots, libDirs []string) error {
 	if err := a.HostFile(p, src); err != nil {
 		return err
@@ -216,6 +217,9 @@ func (a *Archive) ELF(p, src string, roots, libDirs []string) error {
 				continue
 			}
 			seen[guest] = true
+			if _, ok := a.entries[guest]; ok {
+				continue // an earlier ELF's, with what it needs
+			}
 			if first, ok := added[host]; ok {
 				// The same file under a second name (the interpreter
 				// is both /lib64/ld-linux… and a DT_NEEDED entry).

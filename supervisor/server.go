@@ -206,7 +206,8 @@ func (s *Supervisor) acceptLoop(ctx context.Context, ln *net.UnixListener) error
 
 // prepareBoot makes what every kernel's boot needs besides its image: the
 // cluster's SSH key pair (RUNDIR/ssh) and each kernel's initramfs overlay
-// (RUNDIR/NAME.overlay.cpio) carrying the public key and cluster facts.
+// (RUNDIR/NAME.overlay.cpio) carrying the public key and cluster facts,
+// and with a window network the kernels' own key pair (guest.PeerKeyFiles).
 func (s *Supervisor) prepareBoot(runDir string) error {
 	pub, err := guest.EnsureKey(filepath.Join(runDir, "ssh"), "popvmm-"+s.cl.Name)
 	if err != nil {
@@ -216,8 +217,21 @@ func (s *Supervisor) prepareBoot(runDir string) error {
 	if err != nil {
 		return err
 	}
+	// With a window network, the kernels ssh to each other (mpirun) with
+	// a key pair of their own, which every kernel accepts too.
+	var peerFiles []guest.File
+	if s.cl.Winnet.Enabled {
+		pk, err := guest.EnsurePeerKey(filepath.Join(runDir, "ssh"), s.cl)
+		if err != nil {
+			return err
+		}
+		if peerFiles, err = guest.PeerKeyFiles(s.cl, pk, hostKeys); err != nil {
+			return err
+		}
+		pub = append(append([]byte{}, pub...), pk.AuthorizedLine("popvmm kernels of "+s.cl.Name)...)
+	}
 	for _, k := range s.cl.Kernels {
-		ov, err := guest.Overlay(s.cl, k, pub, guest.HostKeyOverlayFile(hostKeys[k.Name]))
+		ov, err := guest.Overlay(s.cl, k, pub, append([]guest.File{guest.HostKeyOverlayFile(hostKeys[k.Name])}, peerFiles...)...)
 		if err != nil {
 			return fmt.Errorf("overlay for %s: %w", k.Name, err)
 		}

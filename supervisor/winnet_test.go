@@ -1,14 +1,19 @@
 package supervisor_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/popvmm/popvmm/cluster"
+	"github.com/popvmm/popvmm/guest"
 	"github.com/popvmm/popvmm/machine"
 	"github.com/popvmm/popvmm/supervisor"
 	"github.com/popvmm/popvmm/vtty"
@@ -59,6 +64,12 @@ func TestWinnetStatusAndCrash(t *testing.T) {
 	}
 	l := &winnetLauncher{ports: map[string]*winnet.Port{}, ms: map[string]*agentMachine{}}
 	c, _ := startWith(t, cl, supervisor.Options{Launcher: l})
+	// The overlays carry the kernels' own key and known_hosts.
+	ov, err := os.ReadFile(filepath.Join(cl.RunDir, "primary.overlay.cpio"))
+	if err != nil || !bytes.Contains(ov, []byte(strings.TrimPrefix(guest.PeerKeyPath, "/"))) ||
+		!bytes.Contains(ov, []byte(strings.TrimPrefix(guest.PeerKnownHostsPath, "/"))) {
+		t.Errorf("primary's overlay lacks the kernels' key or known_hosts (%v)", err)
+	}
 	if _, err := c.Call(ctxT(t), supervisor.Request{Op: supervisor.OpBoot, Name: "secondary"}); err != nil {
 		t.Fatal(err)
 	}

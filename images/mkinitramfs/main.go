@@ -89,6 +89,12 @@ func build(flavour, debs, src, agent, module, out string) error {
 		if err := a.ELF("/usr/sbin/dropbear", dropbear, roots, libDirs); err != nil {
 			return fmt.Errorf("dropbear: %w", err)
 		}
+		// Its client, for ssh from kernel to kernel (the window network's
+		// key, guest.PeerKeyFiles).
+		dbclient := filepath.Join(debs, "dropbear-bin", "usr", "bin", "dbclient")
+		if err := a.ELF("/usr/bin/dbclient", dbclient, roots, libDirs); err != nil {
+			return fmt.Errorf("dbclient: %w", err)
+		}
 	}
 	if agent != "" {
 		for dst, from := range map[string]string{"/usr/bin/popagent": agent, "/etc/popvmm/init.d/50-popagent": filepath.Join(src, "50-popagent")} {

@@ -38,7 +38,7 @@ func TestInitramfs(t *testing.T) {
 	// present at all.
 	want := map[string]map[string]string{
 		"light": {"/init": "0100755", "/bin/busybox": "0100755", "/bin/sh": "-> /bin/busybox", "/bin/cttyhack": "-> /bin/busybox",
-			"/sbin/ip": "-> /bin/busybox", "/etc/passwd": "0100644", "/etc/popvmm/init.d": "040755", "/usr/sbin/dropbear": "0100755"},
+			"/sbin/ip": "-> /bin/busybox", "/etc/passwd": "0100644", "/etc/popvmm/init.d": "040755", "/usr/sbin/dropbear": "0100755", "/usr/bin/dbclient": "0100755"},
 		"full": {"/init": "0100755", "/bin/sh": "-> /bin/busybox", "/usr/sbin/dropbear": "0100755", "/lib64/ld-linux-x86-64.so.2": "",
 			"/lib/x86_64-linux-gnu/libc.so.6": "", "/usr/lib/x86_64-linux-gnu/libtomcrypt.so.1": "", "/usr/lib/x86_64-linux-gnu/libgmp.so.10": ""},
 	}

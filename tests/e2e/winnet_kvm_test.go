@@ -1,34 +1,50 @@
 package e2e
 
 import (
+	"bytes"
+	"encoding/binary"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/popvmm/popvmm/internal/testenv"
+	"github.com/popvmm/popvmm/supervisor"
+	"github.com/popvmm/popvmm/winnet"
 )
 
 // TestKVMWinnet is the window network's tier-3 test (docs/winnet.md): two
 // kernels with [cluster.winnet] each get win0 with their address (the
 // driver loaded by the initramfs) and every kernel's name in /etc/hosts;
+// one sshes to the other over win0 with the kernels' own key;
 // the agents still take the messaging window (msg ping); they ping each
 // other over win0 and move a TCP stream across it (busybox httpd and wget,
 // the file's checksum compared on both sides); status shows both up with
-// their per-peer counters.
+// their per-peer counters. With window.protect on, no doorbell reaches
+// popvmm and no kernel writes outside its own section. The secondary,
+// crashed on purpose, is seen down by the primary and in status; booted
+// again, it is reachable over win0 again.
 func TestKVMWinnet(tt *testing.T) {
 	testenv.RequireRoot(tt)
 	c := newKVMCluster(tt, "e2ewin",
 		kvmKernel{"primary", "light", "0", "256M", "up"},
 		kvmKernel{"secondary", "light", "1", "256M", "up"})
 	t := c.t
-	f, err := os.OpenFile(c.config, os.O_APPEND|os.O_WRONLY, 0)
+	// window.protect: each kernel may write only its own section of the
+	// window network's window too.
+	toml, err := os.ReadFile(c.config)
 	if err != nil {
 		t.Fatal(err)
 	}
-	fmt.Fprintf(f, "[cluster.winnet]\nenabled = true\nsize = \"16M\"\n")
-	f.Close()
+	toml = bytes.Replace(toml, []byte("[cluster.window]\n"), []byte("[cluster.window]\nprotect = true\n"), 1)
+	toml = fmt.Appendf(toml, "[cluster.winnet]\nenabled = true\nsize = \"16M\"\n")
+	if err := os.WriteFile(c.config, toml, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	t.Log(c.must("up", "-d", c.config))
 	st := c.status()
 	t.Cleanup(func() { c.killAll(st) })
@@ -46,6 +62,12 @@ func TestKVMWinnet(tt *testing.T) {
 		t.Logf("msg ping %s: %s", k, strings.TrimSpace(c.retry(agentDeadline, "msg", "ping", "-c", c.config, k)))
 	}
 
+	// Kernel to kernel over win0 with the kernels' own key, each host key
+	// known beforehand (dbclient refuses an unknown one without a terminal).
+	if out := c.mustSSH("primary", "dbclient", addr["secondary"], "hostname"); !strings.Contains(out, "secondary") {
+		t.Errorf("primary's ssh to the secondary over win0 ran hostname as %q", out)
+	}
+
 	// Each pings the other over win0.
 	out := c.mustSSH("primary", "ping", "-c", "3", "-w", "60", addr["secondary"])
 	t.Logf("primary pings secondary over win0:\n%s", out)
@@ -55,6 +77,7 @@ func TestKVMWinnet(tt *testing.T) {
 	// A TCP stream: 8 MiB from the secondary's httpd to the primary's wget.
 	sum := c.mustSSH("secondary", "mkdir -p /tmp/www && dd if=/dev/urandom of=/tmp/www/blob bs=1M count=8 2>/dev/null && "+
 		"httpd -p 8080 -h /tmp/www && md5sum /tmp/www/blob")
+	before := c.status()
 	start := time.Now()
 	got := c.mustSSH("primary", "wget -q -O /tmp/blob http://"+addr["secondary"]+":8080/blob && md5sum /tmp/blob")
 	if strings.Fields(sum)[0] != strings.Fields(got)[0] {
@@ -63,6 +86,11 @@ func TestKVMWinnet(tt *testing.T) {
 	t.Logf("8 MiB over win0 in %v (lab: emulated), md5 %s", time.Since(start).Round(time.Millisecond), strings.Fields(got)[0])
 
 	st = c.status()
+	for _, k := range st.Kernels {
+		// VM exits to popvmm during the stream, by reason: the window
+		// network adds none (its doorbells go through KVM).
+		t.Logf("%s: exits to popvmm during the stream: %v", k.Name, exitDelta(before.Kernel(k.Name), &k))
+	}
 	if st.Winnet == nil || len(st.Winnet.Kernels) != 2 {
 		t.Fatalf("status has no window network: %+v", st.Winnet)
 	}
@@ -77,6 +105,120 @@ func TestKVMWinnet(tt *testing.T) {
 	}
 	t.Logf("status: primary from secondary: %+v", p)
 	t.Log(c.must("status", "-c", c.config))
+	// Every doorbell went through KVM (ioeventfd -> irqfd), and no kernel
+	// wrote outside its own section.
+	for _, k := range st.Kernels {
+		if d := winnetInfo(k); !strings.Contains(d, "soft doorbells 0, bad 0, refused writes 0") {
+			t.Errorf("%s's window network device: %s", k.Name, d)
+		}
+	}
+
+	// A hostile writer: garbage in the secondary's ring to the primary
+	// (indexes, descriptors), written through the window's memfd as the
+	// secondary's kernel could write it. The primary drops and counts it,
+	// runs on, and traffic resumes.
+	drops := st.Winnet.Kernels[0].Peers[0].RxDrops
+	scribble(t, st.PID, "popvmm-window-e2ewin-winnet")
+	out = c.mustSSH("primary", "ping", "-c", "3", "-w", "60", addr["secondary"])
+	t.Logf("after the garbage, primary pings secondary over win0:\n%s", out)
+	st = c.status()
+	if p := st.Winnet.Kernels[0].Peers[0]; p.RxDrops < drops+2 {
+		t.Errorf("primary's drops from the secondary after the garbage: %d (before: %d), want the bad descriptors and index counted", p.RxDrops, drops)
+	} else {
+		t.Logf("primary's drops from the secondary: %d before the garbage, %d after", drops, p.RxDrops)
+	}
+	if k := st.Kernel("primary"); k.State != supervisor.StateRunning {
+		t.Errorf("primary is %s after the garbage", k.State)
+	}
+	c.waitConsole("primary", "bad descriptor", time.Minute)
+
+	// The secondary crashes on purpose: the primary sees it down, its
+	// status says so; booted again, it is reachable over win0 again.
+	c.mustSSH("secondary", "(sleep 1; "+crashCmd+") </dev/null >/dev/null 2>&1 &") // after the session ends
+	c.waitState("secondary", supervisor.StateCrashed, time.Minute)
+	c.waitConsole("primary", "win0: peer 1 down", time.Minute)
+	if k := c.status().Winnet.Kernels[1]; k.Up {
+		t.Errorf("status after the secondary's crash: %+v, want it down", k)
+	}
+	c.must("boot", "-c", c.config, "secondary")
+	c.waitConsoleCount("secondary", "popvmm-init: win0 "+addr["secondary"]+"/24", 2, bootDeadline)
+	out = c.mustSSH("primary", "ping", "-c", "3", "-w", "60", addr["secondary"])
+	t.Logf("after the secondary's reboot, primary pings it over win0:\n%s", out)
+	if k := c.status().Winnet.Kernels[1]; !k.Up || k.Generation != 2 {
+		t.Errorf("status after the secondary's reboot: %+v, want it up, its second incarnation", k)
+	}
+
 	c.must("down", "-c", c.config)
 	checkGone(t, c, st)
+}
+
+// winnetInfo is the kernel's window network device as status shows it.
+func winnetInfo(k supervisor.KernelStatus) string {
+	if k.Machine == nil {
+		return ""
+	}
+	return strings.Join(k.Machine.Devs["winnet"], ", ")
+}
+
+// scribble maps the window network's memfd (name) of the supervisor pid
+// through /proc and writes garbage into peer 1's ring to peer 0: first a
+// tail 4 ahead over descriptors that point outside the data area or are too
+// long, then a tail far out of range.
+func scribble(t testing.TB, pid int, name string) {
+	t.Helper()
+	fds, _ := filepath.Glob(fmt.Sprintf("/proc/%d/fd/*", pid))
+	var path string
+	for _, fd := range fds {
+		if target, err := os.Readlink(fd); err == nil && strings.Contains(target, name) {
+			path = fd
+			break
+		}
+	}
+	if path == "" {
+		t.Fatalf("supervisor %d holds no memfd %q", pid, name)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem, err := unix.Mmap(int(f.Fd()), 0, int(fi.Size()), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(mem)
+	g, err := winnet.Open(mem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ring := g.Ring(1, 0)
+	le := binary.LittleEndian
+	tail := le.Uint64(mem[ring:])
+	bad := []uint64{uint64(g.DataSize) | 64<<32, 0 | uint64(g.MaxFrame()+1)<<32, 0, (g.DataSize - 8) | 1000<<32}
+	for i, d := range bad {
+		le.PutUint64(mem[ring+64+8*((tail+uint64(i))%winnet.RingSlots):], d)
+	}
+	le.PutUint64(mem[ring:], tail+uint64(len(bad)))
+	time.Sleep(2 * time.Second) // the primary's timer polls within 100 ms
+	le.PutUint64(mem[ring:], tail+1<<40)
+	time.Sleep(2 * time.Second)
+}
+
+// exitDelta is what a kernel's VM exits to popvmm, by reason, grew by from
+// a to b.
+func exitDelta(a, b *supervisor.KernelStatus) map[string]uint64 {
+	d := map[string]uint64{}
+	if a == nil || b == nil || a.Machine == nil || b.Machine == nil {
+		return d
+	}
+	for r, n := range b.Machine.Exits {
+		if n > a.Machine.Exits[r] {
+			d[r] = n - a.Machine.Exits[r]
+		}
+	}
+	return d
 }

@@ -549,6 +549,7 @@ static int wn_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	timer_setup(&wn->timer, wn_tick, 0);
 	netif_napi_add(ndev, &wn->napi, wn_poll);
 
+	/* The peers send to this address: it cannot change (no ndo_set_mac_address). */
 	mac[5] = wn->id;
 	eth_hw_addr_set(ndev, mac);
 	ndev->netdev_ops = &wn_netdev_ops;
@@ -558,7 +559,6 @@ static int wn_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	/* Shared memory: no checksums, no copies split for the device. */
 	ndev->features = NETIF_F_SG | NETIF_F_HW_CSUM | NETIF_F_HIGHDMA | NETIF_F_RXCSUM;
 	ndev->hw_features = ndev->features;
-	ndev->priv_flags |= IFF_LIVE_ADDR_CHANGE;
 	pci_set_drvdata(pdev, wn);
 	err = register_netdev(ndev);
 	if (err)
