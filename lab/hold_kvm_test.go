@@ -67,3 +67,35 @@ func TestKVMLabHold(t *testing.T) {
 	}
 	t.Errorf("in the lab, but no `popvmm lab hold-kvm` process: the job runs without the hold (%s)", "docs/lab.md")
 }
+
+// TestKVMLabNestedPaging: the lab's KVM runs its guests with nested paging
+// (kvm_amd npt=1), as every real KVM host does (issue 20), unless the lab
+// was asked otherwise on its command line (POPVMM_LAB_APPEND=
+// lab.kvm_amd=npt=0, the last value winning); lab.KernelArgs asks for it
+// (TestKernelArgsNestedPaging). Outside the lab the host's KVM decides.
+func TestKVMLabNestedPaging(t *testing.T) {
+	if os.Getenv("POPVMM_IN_LAB") != "1" {
+		t.Log("not in the lab: the host's own KVM decides")
+		return
+	}
+	data, err := os.ReadFile("/sys/module/kvm_amd/parameters/npt")
+	if err != nil {
+		t.Fatalf("the lab's kvm_amd parameters: %v", err)
+	}
+	cmdline, err := os.ReadFile("/proc/cmdline")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "Y"
+	for _, w := range strings.Fields(string(cmdline)) {
+		if v, ok := strings.CutPrefix(w, "lab.kvm_amd=npt="); ok {
+			want = map[bool]string{true: "N", false: "Y"}[v == "0" || v == "N" || v == "n"]
+		}
+	}
+	if got := strings.TrimSpace(string(data)); got != want {
+		t.Errorf("the lab's kvm_amd npt = %s, want %s (lab command line: %s)", got, want, strings.TrimSpace(string(cmdline)))
+	}
+	if want == "N" {
+		t.Log("nested paging off, as this lab's command line asked")
+	}
+}
