@@ -82,3 +82,30 @@ subnet = "10.200.0.0/30"`, "cluster.winnet.subnet: 10.200.0.0/30 has 2 addresses
 		}
 	}
 }
+
+// TestWinnetPlan: validate's plan says the window network's size, subnet,
+// MTU and ring size, and each kernel's win0 address; "off" without one.
+func TestWinnetPlan(t *testing.T) {
+	for _, tt := range []struct {
+		body string
+		want []string
+	}{
+		{"enabled = true", []string{"window network  64 MiB, subnet 10.200.0.0/24, MTU 65000, 16376 KiB per ring",
+			"window network  win0 10.200.0.1/24", "window network  win0 10.200.0.2/24"}},
+		{"enabled = false", []string{"window network  off"}},
+	} {
+		cl, err := load(t, winnetCluster(2, tt.body), fakeHost{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var b strings.Builder
+		if err := cl.WritePlan(&b, func(*cluster.Kernel) string { return "" }); err != nil {
+			t.Fatal(err)
+		}
+		for _, w := range tt.want {
+			if !strings.Contains(b.String(), w) {
+				t.Errorf("%q: plan lacks %q:\n%s", tt.body, w, b.String())
+			}
+		}
+	}
+}

@@ -122,3 +122,30 @@ func TestOverlay(t *testing.T) {
 		t.Errorf("overlay is %d bytes; concatenated archives must stay 4-byte aligned", len(b))
 	}
 }
+
+// TestWinnetCmdlineAndOverlay: with a window network the command line
+// gives the kernel its win0 address and the overlay names every kernel's;
+// without one, neither.
+func TestWinnetCmdlineAndOverlay(t *testing.T) {
+	cl, k := testCluster()
+	if got := guest.Cmdline(cl, k, false, nil); strings.Contains(got, "popvmm.winnet") {
+		t.Errorf("Cmdline without a window network = %q", got)
+	}
+	cl.Winnet = cluster.Winnet{Enabled: true, Size: 64 << 20, Subnet: netip.MustParsePrefix("10.200.0.0/24")}
+	for _, o := range cl.Kernels {
+		o.WinnetIP = cluster.WinnetAddr(cl.Winnet.Subnet, o.Index)
+	}
+	if got := guest.Cmdline(cl, k, false, nil); !strings.Contains(got, " popvmm.winnet=10.200.0.2/24 ") {
+		t.Errorf("Cmdline = %q, want popvmm.winnet=10.200.0.2/24 before the user's parameters", got)
+	}
+	if got := string(guest.WinnetHosts(cl)); !strings.Contains(got, "10.200.0.1\tprimary\n") || !strings.Contains(got, "10.200.0.2\tsecondary\n") {
+		t.Errorf("WinnetHosts = %q", got)
+	}
+	ov, err := guest.Overlay(cl, k, []byte("ssh-ed25519 AAAA popvmm-demo\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(ov, []byte("POPVMM_WINNET='10.200.0.2/24'")) || !bytes.Contains(ov, []byte("etc/popvmm/winnet.hosts")) {
+		t.Error("overlay lacks POPVMM_WINNET or winnet.hosts")
+	}
+}
