@@ -34,17 +34,7 @@ func TestKVMWinnet(tt *testing.T) {
 		kvmKernel{"primary", "light", "0", "256M", "up"},
 		kvmKernel{"secondary", "light", "1", "256M", "up"})
 	t := c.t
-	// window.protect: each kernel may write only its own section of the
-	// window network's window too.
-	toml, err := os.ReadFile(c.config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	toml = bytes.Replace(toml, []byte("[cluster.window]\n"), []byte("[cluster.window]\nprotect = true\n"), 1)
-	toml = fmt.Appendf(toml, "[cluster.winnet]\nenabled = true\nsize = \"16M\"\n")
-	if err := os.WriteFile(c.config, toml, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	enableWinnet(t, c, "")
 	t.Log(c.must("up", "-d", c.config))
 	st := c.status()
 	t.Cleanup(func() { c.killAll(st) })
@@ -221,4 +211,58 @@ func exitDelta(a, b *supervisor.KernelStatus) map[string]uint64 {
 		}
 	}
 	return d
+}
+
+// enableWinnet turns c's cluster into one with a window network (16 MiB)
+// and window.protect on (each kernel may write only its own section of the
+// window network's window too), every kernel booting root (none: the
+// initramfs).
+func enableWinnet(t testing.TB, c *kvmCluster, root string) {
+	t.Helper()
+	toml, err := os.ReadFile(c.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	toml = bytes.Replace(toml, []byte("[cluster.window]\n"), []byte("[cluster.window]\nprotect = true\n"), 1)
+	if root != "" {
+		for _, k := range c.kernels {
+			at := fmt.Sprintf("[[kernel]]\nname = %q\n", k)
+			toml = bytes.Replace(toml, []byte(at), fmt.Appendf(nil, "%sroot = %q\n", at, root), 1)
+		}
+	}
+	toml = fmt.Appendf(toml, "[cluster.winnet]\nenabled = true\nsize = \"16M\"\n")
+	if err := os.WriteFile(c.config, toml, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestKVMWinnetMPI: a full and a light kernel booted into the Debian root
+// image, with a window network: mpirun on the first starts one rank on each
+// kernel, launched over ssh between the kernels with their own key (OpenSSH
+// in the image) and talking over win0 (-iface win0).
+func TestKVMWinnetMPI(tt *testing.T) {
+	testenv.RequireRoot(tt)
+	c := newKVMCluster(tt, "e2empi",
+		kvmKernel{"primary", "full", "0", "256M", "up"},
+		kvmKernel{"secondary", "light", "1", "256M", "up"})
+	t := c.t
+	enableWinnet(t, c, requireRootImage(tt))
+	t.Log(c.must("up", "-d", c.config))
+	st := c.status()
+	t.Cleanup(func() { c.killAll(st) })
+	for _, k := range c.kernels {
+		c.waitConsole(k, "popvmm-init: root: popvmm Debian root image", bootDeadline)
+		c.waitSSHD(k)
+	}
+	out := c.mustSSH("primary", "ssh", "-o", "BatchMode=yes", "10.200.0.2", "hostname")
+	if !strings.Contains(out, "secondary") {
+		t.Fatalf("OpenSSH from the primary to the secondary over win0 ran hostname as %q", out)
+	}
+	out = c.mustSSH("primary", "mpirun", "-iface", "win0", "-hosts", "10.200.0.1,10.200.0.2", "-n", "2", "hostname")
+	t.Logf("mpirun over win0:\n%s", out)
+	if !strings.Contains(out, "primary") || !strings.Contains(out, "secondary") {
+		t.Errorf("mpirun -n 2 over two kernels printed %q, want both kernels' names", out)
+	}
+	c.must("down", "-c", c.config)
+	checkGone(t, c, st)
 }
