@@ -23,6 +23,9 @@
 #                           2 MiB hugetlbfs pages (the lab reserves 300)
 #   CPU=C                   the lab core popvmm's vCPU is pinned to (default the last;
 #                           with PARALLEL, boot I runs on core I mod the lab's cores)
+#   PROTECT=true, WINDOW=1M, MEMORY=256M
+#                           cluster mode: window.protect, the window's size, the
+#                           kernel's memory (defaults false, 16M, 512M)
 #   PARALLEL=K              cluster and qemu boots K at a time (separate clusters,
 #                           separate QEMUs), as CI's cluster tests boot kernels side by side;
 #                           at most the lab's core count with cluster (a core is one kernel's)
@@ -91,7 +94,8 @@ name = "$name"
 images = "$root/images/out"
 run_dir = "/run/popvmm-bootcount/$name"
 [cluster.window]
-size = "16M"
+size = "${WINDOW:-16M}"
+protect = ${PROTECT:-false}
 [cluster.network]
 bridge = "pv-bc$i"
 subnet = "10.198.$i.0/24"
@@ -99,7 +103,7 @@ subnet = "10.198.$i.0/24"
 name = "k"
 flavour = "$f"
 cpus = "$cpu"
-memory = "512M"
+memory = "${MEMORY:-512M}"
 backing = "memfd"
 boot = "up"
 ip = "10.198.$i.2"
@@ -213,7 +217,7 @@ if [ -n "${VMMTEST:-}" ]; then cp "$VMMTEST" "$out/vmm.test"; else go test -c -t
 echo "==> $n boots per kernel of ${FLAVOURS:-full light} (${FORMAT:-bzImage}) under ${VMMS:-popvmm qemu}, lab npt=${NPT:-1}; logs in $out"
 POPVMM_LAB_APPEND="${POPVMM_LAB_APPEND:-} lab.kvm_amd=npt=${NPT:-1}" \
   "$popvmm" lab run --share "$out" -- env TRACE="${TRACE:-0}" NOHOLD="${NOHOLD:-0}" CPU="${CPU:-}" POPULATE="${POPULATE:-0}" HUGEPAGES="${HUGEPAGES:-0}" FLAVOURS="${FLAVOURS:-full light}" \
-  FORMAT="${FORMAT:-bzImage}" APPEND="${APPEND:-}" TIMEOUT="${TIMEOUT:-240}" PARALLEL="${PARALLEL:-1}" VMMS="${VMMS:-popvmm qemu}" \
+  FORMAT="${FORMAT:-bzImage}" APPEND="${APPEND:-}" TIMEOUT="${TIMEOUT:-240}" PARALLEL="${PARALLEL:-1}" PROTECT="${PROTECT:-false}" WINDOW="${WINDOW:-16M}" MEMORY="${MEMORY:-512M}" VMMS="${VMMS:-popvmm qemu}" \
   bench/boot-count.sh --in-lab "$n" "$out"
 echo "==> tally (one lab run, npt=${NPT:-1})"
 grep '^boot-count: TOTAL' "$out/tally.txt" | sed 's/^boot-count: TOTAL //'

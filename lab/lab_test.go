@@ -222,18 +222,3 @@ func TestConsoleMarker(t *testing.T) {
 		}
 	}
 }
-
-// TestKernelArgsNestedPaging: the lab's KVM is asked for nested paging
-// (kvm_amd npt=1), as real hosts run (issue 20); a lab that turns it off
-// must be asked to through POPVMM_LAB_APPEND.
-func TestKernelArgsNestedPaging(t *testing.T) {
-	last := ""
-	for _, w := range strings.Fields(KernelArgs) {
-		if v, ok := strings.CutPrefix(w, "lab.kvm_amd=npt="); ok {
-			last = v
-		}
-	}
-	if last != "1" {
-		t.Errorf("lab.KernelArgs sets kvm_amd npt=%q, want 1: %s", last, KernelArgs)
-	}
-}
