@@ -62,22 +62,26 @@ const (
 	ctlArmSeq    = 20 // u32: incremented every time the peer arms
 	ctlPeers     = 64 // a LineSize block per peer q, below
 
-	// In peer q's block of peer p's control page.
+	// In peer q's block of peer p's control page: what p's receive path
+	// writes, its own cache line per source.
 	peerRxHead    = 0 // u64: slots of ring q→p that p consumed
 	peerRxPackets = 8
 	peerRxBytes   = 16
 	peerRxDrops   = 24
-	peerTxPackets = 32
-	peerTxBytes   = 40
-	peerTxDrops   = 48
 )
 
 // Ring p→d (in p's section): its first page holds the indexes and
 // descriptors, its data area follows.
 const (
-	ringTail  = 0  // u64: descriptors published
-	ringBase  = 8  // u64: the tail when the producer last came up
-	ringSlots = 64 // RingSlots descriptors of 8 bytes: offset | len<<32
+	ringTail = 0 // u64: descriptors published
+	ringBase = 8 // u64: the tail when the producer last came up
+	// The producer's counters for this destination, in the tail's cache
+	// line: its send path writes them with the tail, and nothing else
+	// shares the line with the consumer's index.
+	ringTxPackets = 16
+	ringTxBytes   = 24
+	ringTxDrops   = 32
+	ringSlots     = 64 // RingSlots descriptors of 8 bytes: offset | len<<32
 )
 
 // Peer states in a section's control page.

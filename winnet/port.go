@@ -88,9 +88,16 @@ func (p *Port) Beat() {
 	store64(p.mem, off, load64(p.mem, off)+1)
 }
 
-// add increments one of the port's own counters.
+// add increments one of the port's receive counters for source q.
 func (p *Port) add(q int, field uint64, n uint64) {
 	off := p.g.peerBlock(p.id, q) + field
+	store64(p.mem, off, load64(p.mem, off)+n)
+}
+
+// addTx increments one of the port's send counters for destination d
+// (in ring id→d's first line).
+func (p *Port) addTx(d int, field uint64, n uint64) {
+	off := p.g.Ring(p.id, d) + field
 	store64(p.mem, off, load64(p.mem, off)+n)
 }
 
@@ -107,11 +114,11 @@ func (p *Port) Send(d int, frame []byte) (rang bool, err error) {
 		return false, ErrFrame
 	}
 	if err := p.place(d, frame); err != nil {
-		p.add(d, peerTxDrops, 1)
+		p.addTx(d, ringTxDrops, 1)
 		return false, err
 	}
-	p.add(d, peerTxPackets, 1)
-	p.add(d, peerTxBytes, n)
+	p.addTx(d, ringTxPackets, 1)
+	p.addTx(d, ringTxBytes, n)
 	// Dekker with the receiver's Arm: the tail store above and the armed
 	// load here, its armed store and tail load there, are sequentially
 	// consistent (sync/atomic; smp_mb() in the driver).

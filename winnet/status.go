@@ -38,10 +38,10 @@ func ReadPeer(mem []byte, g Geometry, p int) PeerStatus {
 		if q == p {
 			continue
 		}
-		b := g.peerBlock(p, q)
+		b, r := g.peerBlock(p, q), g.Ring(p, q)
 		c := PeerCounters{Peer: q,
 			RxPackets: load64(mem, b+peerRxPackets), RxBytes: load64(mem, b+peerRxBytes), RxDrops: load64(mem, b+peerRxDrops),
-			TxPackets: load64(mem, b+peerTxPackets), TxBytes: load64(mem, b+peerTxBytes), TxDrops: load64(mem, b+peerTxDrops)}
+			TxPackets: load64(mem, r+ringTxPackets), TxBytes: load64(mem, r+ringTxBytes), TxDrops: load64(mem, r+ringTxDrops)}
 		if c != (PeerCounters{Peer: q}) {
 			st.Peers = append(st.Peers, c)
 		}

@@ -53,13 +53,16 @@
 #define PEER_RXPKTS	8
 #define PEER_RXBYTES	16
 #define PEER_RXDROPS	24
-#define PEER_TXPKTS	32
-#define PEER_TXBYTES	40
-#define PEER_TXDROPS	48
 
-/* A ring's first page. */
+/*
+ * A ring's first page: the tail's cache line also holds the producer's
+ * counters for the destination (its send path writes them with the tail).
+ */
 #define RING_TAIL	0
 #define RING_BASE	8
+#define RING_TXPKTS	16
+#define RING_TXBYTES	24
+#define RING_TXDROPS	32
 #define RING_DESC	64
 
 #define STATE_DOWN	0
@@ -128,10 +131,18 @@ static inline u32 wn_max_frame(struct winnet *wn)
 	return wn->mtu + ETH_HLEN;
 }
 
-/* One of this kernel's own counters for peer q. */
+/* One of this kernel's receive counters for source q. */
 static inline void wn_count(struct winnet *wn, int q, u64 field, u64 n)
 {
 	u64 *c = wn64(wn, wn_block(wn, wn->id, q) + field);
+
+	WRITE_ONCE(*c, READ_ONCE(*c) + n);
+}
+
+/* One of this kernel's send counters for destination d. */
+static inline void wn_count_tx(struct winnet *wn, int d, u64 field, u64 n)
+{
+	u64 *c = wn64(wn, wn_ring(wn, wn->id, d) + field);
 
 	WRITE_ONCE(*c, READ_ONCE(*c) + n);
 }
@@ -229,8 +240,8 @@ static bool wn_send(struct winnet *wn, int d, struct sk_buff *skb)
 	WRITE_ONCE(*wn64(wn, r + RING_DESC + 8 * (tail % WN_RING_SLOTS)), at | len << 32);
 	/* Publish: the frame and its descriptor before the tail. */
 	smp_store_release(wn64(wn, r + RING_TAIL), tail + 1);
-	wn_count(wn, d, PEER_TXPKTS, 1);
-	wn_count(wn, d, PEER_TXBYTES, len);
+	wn_count_tx(wn, d, RING_TXPKTS, 1);
+	wn_count_tx(wn, d, RING_TXBYTES, len);
 	/* Pairs with the barrier in wn_arm: tail store, then armed load. */
 	smp_mb();
 	if (READ_ONCE(*wn32(wn, dsec + CTL_ARMED)) == 1) {
@@ -242,7 +253,7 @@ static bool wn_send(struct winnet *wn, int d, struct sk_buff *skb)
 	}
 	return true;
 drop:
-	wn_count(wn, d, PEER_TXDROPS, 1);
+	wn_count_tx(wn, d, RING_TXDROPS, 1);
 	return false;
 }
 
