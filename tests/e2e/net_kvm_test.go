@@ -54,28 +54,13 @@ func (c *kvmCluster) mustSSH(name string, cmd ...string) string {
 	return out
 }
 
-// waitSSHD waits for kernel name's /init to start dropbear, failing at once
-// if the kernel crashes meanwhile.
+// waitSSHD waits for kernel name's /init to start dropbear, failing as
+// soon as the kernel is seen crashed (watchConsole asks the supervisor
+// once the console falls silent).
 func (c *kvmCluster) waitSSHD(name string) {
 	c.t.Helper()
 	start := time.Now()
-	var crashed *supervisor.KernelStatus
-	err := c.watchConsole(name, bootDeadline, func(data []byte) bool {
-		if bytes.Contains(data, []byte("dropbear listening")) {
-			return true
-		}
-		if k := c.kernel(name); k.State == supervisor.StateCrashed {
-			crashed = k
-			return true
-		}
-		return false
-	})
-	switch {
-	case crashed != nil:
-		c.t.Fatalf("%s crashed while booting: %+v", name, crashed.Exit)
-	case err != nil:
-		c.t.Fatalf("%s's console did not show dropbear listening: %v", name, err)
-	}
+	c.waitConsole(name, "dropbear listening", bootDeadline)
 	c.t.Logf("%s: ssh server up %v after boot", name, time.Since(start).Round(time.Second))
 }
 
