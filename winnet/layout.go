@@ -12,6 +12,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/popvmm/popvmm/internal/winmem"
 
 	"github.com/popvmm/popvmm/internal/windowgeom"
 )
@@ -166,7 +167,7 @@ func Format(mem []byte, maxPeers int) (Geometry, error) {
 	le.PutUint64(mem[hdrDataSize:], g.DataSize)
 	le.PutUint32(mem[hdrRingSlots:], RingSlots)
 	le.PutUint32(mem[hdrMTU:], uint32(g.MTU))
-	store64(mem, hdrMagic, Magic)
+	winmem.Store64(mem, hdrMagic, Magic)
 	return g, nil
 }
 
@@ -178,7 +179,7 @@ func Open(mem []byte) (Geometry, error) {
 		return Geometry{}, fmt.Errorf("%w: %d bytes", ErrFormat, len(mem))
 	}
 	le := binary.LittleEndian
-	if m := load64(mem, hdrMagic); m != Magic {
+	if m := winmem.Load64(mem, hdrMagic); m != Magic {
 		return Geometry{}, fmt.Errorf("%w: magic %#x", ErrFormat, m)
 	}
 	if v := le.Uint32(mem[hdrVersion:]); v != Version {

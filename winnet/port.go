@@ -3,6 +3,7 @@ package winnet
 import (
 	"errors"
 	"fmt"
+	"github.com/popvmm/popvmm/internal/winmem"
 )
 
 // Errors of Send. Each is also counted in the sender's tx drops for the
@@ -60,45 +61,45 @@ func (p *Port) ID() int { return p.id }
 // marks itself up.
 func (p *Port) Up() {
 	sec := p.g.Section(p.id)
-	store32(p.mem, sec+ctlState, StateDown)
+	winmem.Store32(p.mem, sec+ctlState, StateDown)
 	for q := range p.g.MaxPeers {
 		if q == p.id {
 			continue
 		}
-		p.seen[q] = load32(p.mem, p.g.Section(q)+ctlGen)
-		store64(p.mem, p.g.peerBlock(p.id, q)+peerRxHead, load64(p.mem, p.g.Ring(q, p.id)+ringTail))
+		p.seen[q] = winmem.Load32(p.mem, p.g.Section(q)+ctlGen)
+		winmem.Store64(p.mem, p.g.peerBlock(p.id, q)+peerRxHead, winmem.Load64(p.mem, p.g.Ring(q, p.id)+ringTail))
 		r := p.g.Ring(p.id, q)
-		store64(p.mem, r+ringBase, load64(p.mem, r+ringTail))
+		winmem.Store64(p.mem, r+ringBase, winmem.Load64(p.mem, r+ringTail))
 	}
-	store32(p.mem, sec+ctlArmed, 0)
-	store32(p.mem, sec+ctlGen, load32(p.mem, sec+ctlGen)+1)
-	store32(p.mem, sec+ctlState, StateUp)
+	winmem.Store32(p.mem, sec+ctlArmed, 0)
+	winmem.Store32(p.mem, sec+ctlGen, winmem.Load32(p.mem, sec+ctlGen)+1)
+	winmem.Store32(p.mem, sec+ctlState, StateUp)
 }
 
 // Down marks the port down (the driver's stop): senders drop frames for it.
 func (p *Port) Down() {
 	sec := p.g.Section(p.id)
-	store32(p.mem, sec+ctlArmed, 0)
-	store32(p.mem, sec+ctlState, StateDown)
+	winmem.Store32(p.mem, sec+ctlArmed, 0)
+	winmem.Store32(p.mem, sec+ctlState, StateDown)
 }
 
 // Beat increments the heartbeat (the driver's timer, every 100 ms).
 func (p *Port) Beat() {
 	off := p.g.Section(p.id) + ctlHeartbeat
-	store64(p.mem, off, load64(p.mem, off)+1)
+	winmem.Store64(p.mem, off, winmem.Load64(p.mem, off)+1)
 }
 
 // add increments one of the port's receive counters for source q.
 func (p *Port) add(q int, field uint64, n uint64) {
 	off := p.g.peerBlock(p.id, q) + field
-	store64(p.mem, off, load64(p.mem, off)+n)
+	winmem.Store64(p.mem, off, winmem.Load64(p.mem, off)+n)
 }
 
 // addTx increments one of the port's send counters for destination d
 // (in ring id→d's first line).
 func (p *Port) addTx(d int, field uint64, n uint64) {
 	off := p.g.Ring(p.id, d) + field
-	store64(p.mem, off, load64(p.mem, off)+n)
+	winmem.Store64(p.mem, off, winmem.Load64(p.mem, off)+n)
 }
 
 // Send copies frame into ring id→d and publishes it, then rings d's
@@ -123,8 +124,8 @@ func (p *Port) Send(d int, frame []byte) (rang bool, err error) {
 	// load here, its armed store and tail load there, are sequentially
 	// consistent (sync/atomic; smp_mb() in the driver).
 	dsec := p.g.Section(d)
-	if load32(p.mem, dsec+ctlArmed) == 1 {
-		if seq := load32(p.mem, dsec+ctlArmSeq); seq != p.rung[d] {
+	if winmem.Load32(p.mem, dsec+ctlArmed) == 1 {
+		if seq := winmem.Load32(p.mem, dsec+ctlArmSeq); seq != p.rung[d] {
 			p.rung[d] = seq
 			if p.Ring != nil {
 				p.Ring(d)
@@ -139,12 +140,12 @@ func (p *Port) Send(d int, frame []byte) (rang bool, err error) {
 // publishes its descriptor.
 func (p *Port) place(d int, frame []byte) error {
 	dsec := p.g.Section(d)
-	if load32(p.mem, dsec+ctlState) != StateUp {
+	if winmem.Load32(p.mem, dsec+ctlState) != StateUp {
 		return ErrPeerDown
 	}
 	r := p.g.Ring(p.id, d)
-	head := load64(p.mem, p.g.peerBlock(d, p.id)+peerRxHead) // d's: untrusted
-	tail := load64(p.mem, r+ringTail)
+	head := winmem.Load64(p.mem, p.g.peerBlock(d, p.id)+peerRxHead) // d's: untrusted
+	tail := winmem.Load64(p.mem, r+ringTail)
 	out := tail - head
 	switch {
 	case out > RingSlots:
@@ -159,8 +160,8 @@ func (p *Port) place(d int, frame []byte) error {
 		// start of the oldest unconsumed one. Both descriptors are this
 		// port's own, but without window.protect anyone could have
 		// written them: bounded like any other.
-		oldest, _ := unpack(load64(p.mem, r+ringSlots+8*(head%RingSlots)))
-		noff, nlen := unpack(load64(p.mem, r+ringSlots+8*((tail-1)%RingSlots)))
+		oldest, _ := unpack(winmem.Load64(p.mem, r+ringSlots+8*(head%RingSlots)))
+		noff, nlen := unpack(winmem.Load64(p.mem, r+ringSlots+8*((tail-1)%RingSlots)))
 		pos := noff + alignLine(nlen)
 		switch {
 		case oldest >= p.g.DataSize || pos > p.g.DataSize:
@@ -179,8 +180,8 @@ func (p *Port) place(d int, frame []byte) error {
 		return ErrFull
 	}
 	copy(p.mem[p.g.Data(p.id, d)+at:], frame)
-	store64(p.mem, r+ringSlots+8*(tail%RingSlots), uint64(at)|uint64(len(frame))<<32)
-	store64(p.mem, r+ringTail, tail+1)
+	winmem.Store64(p.mem, r+ringSlots+8*(tail%RingSlots), uint64(at)|uint64(len(frame))<<32)
+	winmem.Store64(p.mem, r+ringTail, tail+1)
 	return nil
 }
 
@@ -200,21 +201,21 @@ func (p *Port) Receive(s, budget int, deliver func([]byte)) int {
 	}
 	r := p.g.Ring(s, p.id)
 	headOff := p.g.peerBlock(p.id, s) + peerRxHead
-	if gen := load32(p.mem, p.g.Section(s)+ctlGen); gen != p.seen[s] {
+	if gen := winmem.Load32(p.mem, p.g.Section(s)+ctlGen); gen != p.seen[s] {
 		p.seen[s] = gen
-		store64(p.mem, headOff, load64(p.mem, r+ringBase))
+		winmem.Store64(p.mem, headOff, winmem.Load64(p.mem, r+ringBase))
 	}
-	head := load64(p.mem, headOff)
-	tail := load64(p.mem, r+ringTail)
+	head := winmem.Load64(p.mem, headOff)
+	tail := winmem.Load64(p.mem, r+ringTail)
 	if tail-head > RingSlots {
 		p.add(s, peerRxDrops, 1)
-		store64(p.mem, headOff, tail)
+		winmem.Store64(p.mem, headOff, tail)
 		return 0
 	}
 	done := 0
 	data := p.g.Data(s, p.id)
 	for ; head != tail && done < budget; done++ {
-		off, n := unpack(load64(p.mem, r+ringSlots+8*(head%RingSlots)))
+		off, n := unpack(winmem.Load64(p.mem, r+ringSlots+8*(head%RingSlots)))
 		if n == 0 || n > uint64(p.g.MaxFrame()) || off >= p.g.DataSize || n > p.g.DataSize-off {
 			p.add(s, peerRxDrops, 1)
 		} else {
@@ -225,7 +226,7 @@ func (p *Port) Receive(s, budget int, deliver func([]byte)) int {
 			deliver(frame)
 		}
 		head++
-		store64(p.mem, headOff, head) // the sender may reuse the space
+		winmem.Store64(p.mem, headOff, head) // the sender may reuse the space
 	}
 	return done
 }
@@ -237,8 +238,8 @@ func (p *Port) Pending() bool {
 		if s == p.id {
 			continue
 		}
-		head := load64(p.mem, p.g.peerBlock(p.id, s)+peerRxHead)
-		if load32(p.mem, p.g.Section(s)+ctlGen) != p.seen[s] || load64(p.mem, p.g.Ring(s, p.id)+ringTail) != head {
+		head := winmem.Load64(p.mem, p.g.peerBlock(p.id, s)+peerRxHead)
+		if winmem.Load32(p.mem, p.g.Section(s)+ctlGen) != p.seen[s] || winmem.Load64(p.mem, p.g.Ring(s, p.id)+ringTail) != head {
 			return true
 		}
 	}
@@ -252,10 +253,10 @@ func (p *Port) Pending() bool {
 // timer).
 func (p *Port) Arm() bool {
 	sec := p.g.Section(p.id)
-	store32(p.mem, sec+ctlArmSeq, load32(p.mem, sec+ctlArmSeq)+1)
-	store32(p.mem, sec+ctlArmed, 1)
+	winmem.Store32(p.mem, sec+ctlArmSeq, winmem.Load32(p.mem, sec+ctlArmSeq)+1)
+	winmem.Store32(p.mem, sec+ctlArmed, 1)
 	if p.Pending() {
-		store32(p.mem, sec+ctlArmed, 0)
+		winmem.Store32(p.mem, sec+ctlArmed, 0)
 		return false
 	}
 	return true
@@ -263,4 +264,4 @@ func (p *Port) Arm() bool {
 
 // Disarm is the doorbell's interrupt: the port polls, senders need not
 // ring it.
-func (p *Port) Disarm() { store32(p.mem, p.g.Section(p.id)+ctlArmed, 0) }
+func (p *Port) Disarm() { winmem.Store32(p.mem, p.g.Section(p.id)+ctlArmed, 0) }

@@ -1,5 +1,7 @@
 package winnet
 
+import "github.com/popvmm/popvmm/internal/winmem"
+
 // PeerCounters are what peer p counted for one other peer q: frames and
 // bytes it received from q and sent to q, and the ones it dropped (rx:
 // bad descriptors and indexes in q's ring; tx: q down, ring full, q's
@@ -29,10 +31,10 @@ func ReadPeer(mem []byte, g Geometry, p int) PeerStatus {
 	}
 	sec := g.Section(p)
 	st := PeerStatus{
-		Up:         load32(mem, sec+ctlState) == StateUp,
-		Generation: load32(mem, sec+ctlGen),
-		Heartbeat:  load64(mem, sec+ctlHeartbeat),
-		Armed:      load32(mem, sec+ctlArmed) == 1,
+		Up:         winmem.Load32(mem, sec+ctlState) == StateUp,
+		Generation: winmem.Load32(mem, sec+ctlGen),
+		Heartbeat:  winmem.Load64(mem, sec+ctlHeartbeat),
+		Armed:      winmem.Load32(mem, sec+ctlArmed) == 1,
 	}
 	for q := range g.MaxPeers {
 		if q == p {
@@ -40,8 +42,8 @@ func ReadPeer(mem []byte, g Geometry, p int) PeerStatus {
 		}
 		b, r := g.peerBlock(p, q), g.Ring(p, q)
 		c := PeerCounters{Peer: q,
-			RxPackets: load64(mem, b+peerRxPackets), RxBytes: load64(mem, b+peerRxBytes), RxDrops: load64(mem, b+peerRxDrops),
-			TxPackets: load64(mem, r+ringTxPackets), TxBytes: load64(mem, r+ringTxBytes), TxDrops: load64(mem, r+ringTxDrops)}
+			RxPackets: winmem.Load64(mem, b+peerRxPackets), RxBytes: winmem.Load64(mem, b+peerRxBytes), RxDrops: winmem.Load64(mem, b+peerRxDrops),
+			TxPackets: winmem.Load64(mem, r+ringTxPackets), TxBytes: winmem.Load64(mem, r+ringTxBytes), TxDrops: winmem.Load64(mem, r+ringTxDrops)}
 		if c != (PeerCounters{Peer: q}) {
 			st.Peers = append(st.Peers, c)
 		}
@@ -56,6 +58,6 @@ func MarkDown(mem []byte, g Geometry, p int) {
 	if p < 0 || p >= g.MaxPeers || uint64(len(mem)) < g.Size {
 		return
 	}
-	store32(mem, g.Section(p)+ctlArmed, 0)
-	store32(mem, g.Section(p)+ctlState, StateDown)
+	winmem.Store32(mem, g.Section(p)+ctlArmed, 0)
+	winmem.Store32(mem, g.Section(p)+ctlState, StateDown)
 }

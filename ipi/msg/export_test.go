@@ -1,5 +1,7 @@
 package msg
 
+import "github.com/popvmm/popvmm/internal/winmem"
+
 // Test access to the window geometry, for tests that scribble on it.
 
 // SectionOffset is where peer's section starts in a formatted window.
@@ -26,7 +28,7 @@ func SetTail(mem []byte, from, to int, v uint64) {
 	if err != nil {
 		panic(err)
 	}
-	store64(mem, l.ring(from, to), v)
+	winmem.Store64(mem, l.ring(from, to), v)
 }
 
 // Scribble writes data at off with atomic word stores, as a hostile peer in
@@ -37,7 +39,7 @@ func Scribble(mem []byte, off int, data []byte) {
 		for j := range 8 {
 			v |= uint64(data[i+j]) << (8 * j)
 		}
-		store64(mem, (off+i)&^7, v)
+		winmem.Store64(mem, (off+i)&^7, v)
 	}
 }
 
@@ -47,7 +49,7 @@ func Head(mem []byte, owner, from int) uint64 {
 	if err != nil {
 		panic(err)
 	}
-	return load64(mem, l.head(owner, from))
+	return winmem.Load64(mem, l.head(owner, from))
 }
 
 // SetSlotHeader overwrites the header of slot idx of ring from → to.
@@ -56,7 +58,7 @@ func SetSlotHeader(mem []byte, from, to int, idx uint64, hdr uint64) {
 	if err != nil {
 		panic(err)
 	}
-	store64(mem, l.slot(l.ring(from, to), int(idx)), hdr)
+	winmem.Store64(mem, l.slot(l.ring(from, to), int(idx)), hdr)
 }
 
 // Tail is the tail of ring from → to.
@@ -65,7 +67,7 @@ func Tail(mem []byte, from, to int) uint64 {
 	if err != nil {
 		panic(err)
 	}
-	return load64(mem, l.ring(from, to))
+	return winmem.Load64(mem, l.ring(from, to))
 }
 
 // CallID is the id a Call's request went out under.

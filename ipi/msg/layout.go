@@ -11,6 +11,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/popvmm/popvmm/internal/winmem"
 
 	"github.com/popvmm/popvmm/internal/windowgeom"
 )
@@ -152,7 +153,7 @@ func Format(mem []byte, maxPeers int) (int, error) {
 	le.PutUint64(mem[hdrSections:], uint64(l.sections))
 	le.PutUint32(mem[hdrRingSlots:], uint32(slots))
 	le.PutUint32(mem[hdrSlotSize:], SlotSize)
-	store64(mem, hdrMagic, Magic) // last: the header is valid from here on
+	winmem.Store64(mem, hdrMagic, Magic) // last: the header is valid from here on
 	return slots, nil
 }
 
@@ -162,7 +163,7 @@ func readLayout(mem []byte) (layout, error) {
 		return layout{}, fmt.Errorf("%w: %d bytes", ErrFormat, len(mem))
 	}
 	le := binary.LittleEndian
-	if load64(mem, hdrMagic) != Magic {
+	if winmem.Load64(mem, hdrMagic) != Magic {
 		return layout{}, fmt.Errorf("%w: bad magic", ErrFormat)
 	}
 	if v := le.Uint32(mem[hdrVersion:]); v != Version {

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/popvmm/popvmm/internal/winmem"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -151,24 +152,24 @@ func Join(mem []byte, id int, name string, bell Doorbell, opt Options) (*Node, e
 		events: make(chan PeerEvent, 4*l.maxPeers), perPeer: make([]struct{ sent, received atomic.Uint64 }, l.maxPeers)}
 
 	sec := l.section(id)
-	store32(mem, sec+secState, uint32(StateBooting))
+	winmem.Store32(mem, sec+secState, uint32(StateBooting))
 	var nb [nameLen]byte
 	copy(nb[:], name)
 	for i := 0; i < nameLen; i += 8 { // word stores: peers read it meanwhile
-		store64(mem, sec+secName+i, binary.LittleEndian.Uint64(nb[i:]))
+		winmem.Store64(mem, sec+secName+i, binary.LittleEndian.Uint64(nb[i:]))
 	}
 	clear(mem[sec+secServices : sec+secServices+Services/8])
 	for p := range l.maxPeers {
 		// Messages to this node's previous incarnation are not ours…
-		n.takeUp(p, load64(mem, l.ring(p, id)))
+		n.takeUp(p, winmem.Load64(mem, l.ring(p, id)))
 		// …and this incarnation's messages start where its rings stand.
 		r := l.ring(id, p)
-		store64(mem, r+ringBase, load64(mem, r))
+		winmem.Store64(mem, r+ringBase, winmem.Load64(mem, r))
 	}
-	store32(mem, armedOff(id), 0)
-	n.gen = load32(mem, sec+secGeneration) + 1
-	store32(mem, sec+secGeneration, n.gen)
-	store32(mem, sec+secState, uint32(StateOnline))
+	winmem.Store32(mem, armedOff(id), 0)
+	n.gen = winmem.Load32(mem, sec+secGeneration) + 1
+	winmem.Store32(mem, sec+secGeneration, n.gen)
+	winmem.Store32(mem, sec+secState, uint32(StateOnline))
 	return n, nil
 }
 
@@ -176,8 +177,8 @@ func Join(mem []byte, id int, name string, bell Doorbell, opt Options) (*Node, e
 // sender's current generation. The generation is read before head's source:
 // a sender writes its ring bases before it bumps its generation.
 func (n *Node) takeUp(from int, head uint64) {
-	n.gens[from] = load32(n.mem, n.l.section(from)+secGeneration)
-	store64(n.mem, n.l.head(n.id, from), head)
+	n.gens[from] = winmem.Load32(n.mem, n.l.section(from)+secGeneration)
+	winmem.Store64(n.mem, n.l.head(n.id, from), head)
 	n.broken[from] = false
 }
 
@@ -204,16 +205,16 @@ func (n *Node) setService(service uint8, on bool) {
 	bit := uint32(1) << (service % 32)
 	n.svcMu.Lock() // only this node writes its section; the lock orders its own callers
 	defer n.svcMu.Unlock()
-	v := load32(n.mem, off) &^ bit
+	v := winmem.Load32(n.mem, off) &^ bit
 	if on {
 		v |= bit
 	}
-	store32(n.mem, off, v)
+	winmem.Store32(n.mem, off, v)
 }
 
 func (n *Node) subscribed(peer int, service uint8) bool {
 	off := n.l.section(peer) + secServices + int(service/32)*4
-	return load32(n.mem, off)&(1<<(service%32)) != 0
+	return winmem.Load32(n.mem, off)&(1<<(service%32)) != 0
 }
 
 // PeerState reads peer's state from the peer table.
@@ -221,7 +222,7 @@ func (n *Node) PeerState(peer int) State {
 	if peer < 0 || peer >= n.l.maxPeers {
 		return StateOffline
 	}
-	return State(load32(n.mem, n.l.section(peer)+secState))
+	return State(winmem.Load32(n.mem, n.l.section(peer)+secState))
 }
 
 // Send puts one message for service on peer's ring and rings peer if it is
@@ -240,12 +241,12 @@ func (n *Node) Send(peer int, service uint8, payload []byte) error {
 
 	n.sendMu[peer].Lock()
 	r := n.l.ring(n.id, peer)
-	tail := load64(n.mem, r)
+	tail := winmem.Load64(n.mem, r)
 	// The receiver's head is read only when the last value read leaves too
 	// little room: each read pulls the receiver's cache line over.
 	head := n.headCache[peer]
 	if fits := func() bool { return tail-head <= uint64(n.l.slots) && uint64(n.l.slots)-(tail-head) >= uint64(chunks) }; !fits() {
-		head = load64(n.mem, n.l.head(peer, n.id))
+		head = winmem.Load64(n.mem, n.l.head(peer, n.id))
 		n.headCache[peer] = head
 		if !fits() {
 			n.sendMu[peer].Unlock()
@@ -261,8 +262,8 @@ func (n *Node) Send(peer int, service uint8, payload []byte) error {
 	copy(n.mem[s0+slotHeader:s0+SlotSize], payload[:first])
 	n.copyOut(r, tail+1, payload[first:])
 	hdr := uint64(uint32(tail+1)) | uint64(len(payload))<<32 | uint64(service)<<56
-	store64(n.mem, s0, hdr)                // the header last: the message is complete
-	store64(n.mem, r, tail+uint64(chunks)) // publish
+	winmem.Store64(n.mem, s0, hdr)                // the header last: the message is complete
+	winmem.Store64(n.mem, r, tail+uint64(chunks)) // publish
 	n.sendMu[peer].Unlock()
 	n.stats.sent.Add(1)
 	n.perPeer[peer].sent.Add(1)
@@ -274,7 +275,7 @@ func (n *Node) Send(peer int, service uint8, payload []byte) error {
 	// A plain load first: while the receiver polls, the armed word stays
 	// 0 and its cache line shared, so a busy sender does no atomic
 	// read-modify-write on it.
-	if load32(n.mem, armedOff(peer)) == 0 || !cas32(n.mem, armedOff(peer), 1, 0) {
+	if winmem.Load32(n.mem, armedOff(peer)) == 0 || !winmem.CAS32(n.mem, armedOff(peer), 1, 0) {
 		n.stats.saved.Add(1)
 		return nil
 	}
@@ -312,7 +313,7 @@ func (n *Node) Events() <-chan PeerEvent { return n.events }
 
 // Armed reports whether this node's doorbells are armed (it is idle and
 // wants to be rung).
-func (n *Node) Armed() bool { return load32(n.mem, armedOff(n.id)) == 1 }
+func (n *Node) Armed() bool { return winmem.Load32(n.mem, armedOff(n.id)) == 1 }
 
 // Stats returns the node's counters.
 func (n *Node) Stats() Stats {
@@ -330,7 +331,7 @@ func (n *Node) Stats() Stats {
 func (n *Node) Run(ctx context.Context) error {
 	defer func() {
 		if n.setGone(n.id, n.gen, StateOffline) {
-			store32(n.mem, armedOff(n.id), 0)
+			winmem.Store32(n.mem, armedOff(n.id), 0)
 		}
 	}()
 	next := time.Now()
@@ -354,15 +355,15 @@ func (n *Node) Run(ctx context.Context) error {
 			}
 			continue
 		}
-		store32(n.mem, armedOff(n.id), 1)
+		winmem.Store32(n.mem, armedOff(n.id), 1)
 		if n.pending() {
-			store32(n.mem, armedOff(n.id), 0)
+			winmem.Store32(n.mem, armedOff(n.id), 0)
 			continue
 		}
 		wctx, cancel := context.WithDeadline(ctx, next)
 		err := n.bell.Wait(wctx)
 		cancel()
-		store32(n.mem, armedOff(n.id), 0)
+		winmem.Store32(n.mem, armedOff(n.id), 0)
 		switch {
 		case err == nil:
 			n.stats.wakeups.Add(1)
@@ -384,7 +385,7 @@ func (n *Node) Poll(budget int) int { return n.poll(budget) }
 // pending reports whether any ring to this node holds a message.
 func (n *Node) pending() bool {
 	for from := range n.l.maxPeers {
-		if from != n.id && !n.broken[from] && n.published(from, load64(n.mem, n.l.head(n.id, from))) {
+		if from != n.id && !n.broken[from] && n.published(from, winmem.Load64(n.mem, n.l.head(n.id, from))) {
 			return true
 		}
 	}
@@ -396,7 +397,7 @@ func (n *Node) pending() bool {
 // stores the header last, so a matching seq means the whole message is
 // there; the slot's previous occupant carries seq head+1-slots.
 func (n *Node) published(from int, head uint64) bool {
-	return uint32(load64(n.mem, n.l.slot(n.l.ring(from, n.id), int(head)))) == uint32(head+1)
+	return uint32(winmem.Load64(n.mem, n.l.slot(n.l.ring(from, n.id), int(head)))) == uint32(head+1)
 }
 
 // poll takes up to budget messages from all rings, round-robin by sender.
@@ -406,10 +407,10 @@ func (n *Node) poll(budget int) int {
 		if from == n.id || n.broken[from] {
 			continue
 		}
-		if g := load32(n.mem, n.l.section(from)+secGeneration); g != n.gens[from] {
+		if g := winmem.Load32(n.mem, n.l.section(from)+secGeneration); g != n.gens[from] {
 			// The sender checked in anew: read from where its new
 			// incarnation started (it may have sent already).
-			n.takeUp(from, load64(n.mem, n.l.ring(from, n.id)+ringBase))
+			n.takeUp(from, winmem.Load64(n.mem, n.l.ring(from, n.id)+ringBase))
 		}
 		got += n.drain(from, budget-got)
 		if got >= budget {
@@ -426,7 +427,7 @@ func (n *Node) poll(budget int) int {
 func (n *Node) drain(from, budget int) int {
 	r := n.l.ring(from, n.id)
 	headOff := n.l.head(n.id, from)
-	head := load64(n.mem, headOff)
+	head := winmem.Load64(n.mem, headOff)
 	got := 0
 	for got < budget && n.published(from, head) {
 		msg, service, used, ok := n.assemble(r, head)
@@ -434,7 +435,7 @@ func (n *Node) drain(from, budget int) int {
 			n.fail(from)
 			return got
 		}
-		if load32(n.mem, n.l.section(from)+secGeneration) != n.gens[from] {
+		if winmem.Load32(n.mem, n.l.section(from)+secGeneration) != n.gens[from] {
 			// The sender checked in anew while this was read: the
 			// message may be its new incarnation's, and must not be
 			// taken as the old one's (a reply counts only from the
@@ -442,7 +443,7 @@ func (n *Node) drain(from, budget int) int {
 			return got
 		}
 		head += used
-		store64(n.mem, headOff, head) // slots free for the sender again
+		winmem.Store64(n.mem, headOff, head) // slots free for the sender again
 		got++
 		n.stats.received.Add(1)
 		n.perPeer[from].received.Add(1)
@@ -456,7 +457,7 @@ func (n *Node) drain(from, budget int) int {
 // assemble reads the published message starting at slot index head.
 func (n *Node) assemble(r int, head uint64) (msg []byte, service uint8, used uint64, ok bool) {
 	s0 := n.l.slot(r, int(head))
-	hdr := load64(n.mem, s0)
+	hdr := winmem.Load64(n.mem, s0)
 	ln, svc := int(hdr>>32&0xffffff), uint8(hdr>>56)
 	if ln > n.opt.MaxMessage {
 		return nil, 0, 0, false
@@ -514,14 +515,14 @@ func (n *Node) fail(from int) {
 // maintain bumps the heartbeat and reports peer table changes.
 func (n *Node) maintain(now time.Time) {
 	sec := n.l.section(n.id)
-	store64(n.mem, sec+secHeartbeat, load64(n.mem, sec+secHeartbeat)+1)
+	winmem.Store64(n.mem, sec+secHeartbeat, winmem.Load64(n.mem, sec+secHeartbeat)+1)
 	for p := range n.l.maxPeers {
 		if p == n.id {
 			continue
 		}
 		gen := n.Generation(p)
 		st := n.PeerState(p)
-		beat := load64(n.mem, n.l.section(p)+secHeartbeat)
+		beat := winmem.Load64(n.mem, n.l.section(p)+secHeartbeat)
 		if gen != n.knownGen[p] {
 			// A new incarnation checked in: the one reported online
 			// has gone, whatever the table says now, and the new one's
@@ -594,14 +595,14 @@ func (n *Node) Peers() []PeerInfo {
 	var out []PeerInfo
 	for p := range n.l.maxPeers {
 		sec := n.l.section(p)
-		gen := load32(n.mem, sec+secGeneration)
+		gen := winmem.Load32(n.mem, sec+secGeneration)
 		if gen == 0 {
 			continue
 		}
 		name := n.peerName(p)
 		owner, reserved := n.ReservedFor(name)
 		out = append(out, PeerInfo{ID: p, Name: name, State: n.PeerState(p).String(), Generation: gen,
-			Heartbeat: load64(n.mem, sec+secHeartbeat), Sent: n.perPeer[p].sent.Load(), Received: n.perPeer[p].received.Load(),
+			Heartbeat: winmem.Load64(n.mem, sec+secHeartbeat), Sent: n.perPeer[p].sent.Load(), Received: n.perPeer[p].received.Load(),
 			Impostor: reserved && owner != p})
 	}
 	return out
@@ -628,7 +629,7 @@ func (n *Node) Generation(peer int) uint32 {
 	if peer < 0 || peer >= n.l.maxPeers {
 		return 0
 	}
-	return load32(n.mem, n.l.section(peer)+secGeneration)
+	return winmem.Load32(n.mem, n.l.section(peer)+secGeneration)
 }
 
 // MarkGone records that popvmm saw incarnation gen of peer leave or crash
@@ -657,11 +658,11 @@ func (n *Node) MarkGone(peer int, gen uint32, crashed bool) bool {
 func (n *Node) setGone(peer int, gen uint32, st State) bool {
 	off := n.l.section(peer) + secState
 	for range 64 {
-		w := load64(n.mem, off)
+		w := winmem.Load64(n.mem, off)
 		if uint32(w>>32) != gen {
 			return false
 		}
-		if cas64(n.mem, off, w, uint64(gen)<<32|uint64(st)) {
+		if winmem.CAS64(n.mem, off, w, uint64(gen)<<32|uint64(st)) {
 			return true
 		}
 	}
@@ -679,7 +680,7 @@ func (n *Node) peerName(p int) string {
 	off := n.l.section(p) + secName
 	b := make([]byte, 0, nameLen)
 	for i := 0; i < nameLen; i += 8 { // word loads: the peer may write it meanwhile
-		b = binary.LittleEndian.AppendUint64(b, load64(n.mem, off+i))
+		b = binary.LittleEndian.AppendUint64(b, winmem.Load64(n.mem, off+i))
 	}
 	for i, c := range b {
 		if c == 0 {
