@@ -1,7 +1,8 @@
 // Command popagent is popvmm's guest agent: it joins the cluster's shared
-// window as its kernel's node and serves ping, info and the inter-kernel TTY
-// (a shell over the window; package ipi/agent). It also lets this kernel's
-// users open a shell of another kernel over the window:
+// window as its kernel's node and serves ping, info, the inter-kernel TTY
+// (a shell over the window) and process migration (package ipi/agent). It
+// also lets this kernel's users open a shell of another kernel over the
+// window:
 //
 //	popagent [-window SOCKET] [-name NAME]   run the agent
 //	popagent tty NAME                        shell of kernel NAME (Ctrl-] detaches)
@@ -84,6 +85,9 @@ func run(ctx context.Context, cfg agentConfig, log *slog.Logger) error {
 		agent.Serve(node, cfg.name, cfg.proc)
 		agent.ServeTTY(node, "/bin/sh")
 		ttys = agent.NewTTYClient(node)
+		if cfg.window == "" { // a kernel's agent: its process trees can migrate (docs/migration.md)
+			agent.ServeMigrate(node, agent.MigrateConfig{Name: cfg.name, Proc: cfg.proc, Upper: "/run/popvmm/rw/upper", Log: log})
+		}
 	}, log)
 	if err != nil {
 		return err

@@ -65,7 +65,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.PersistentFlags().StringVar(&c.runRoot, "run-root", cluster.DefaultRunRoot(), "directory holding one run directory per cluster ($POPVMM_RUN_ROOT)")
 	root.PersistentFlags().BoolVarP(&c.verbose, "verbose", "v", false, "log debug detail")
 	root.AddCommand(c.validateCmd(), c.upCmd(), c.statusCmd(), c.downCmd(), c.bootCmd(),
-		c.attachCmd(), c.logsCmd(), c.sshCmd(), c.msgCmd(), c.labCmd(), c.checkKVMCmd(), c.versionCmd(), c.diskCmd())
+		c.attachCmd(), c.logsCmd(), c.sshCmd(), c.msgCmd(), c.migrateCmd(), c.labCmd(), c.checkKVMCmd(), c.versionCmd(), c.diskCmd())
 	return root
 }
 
