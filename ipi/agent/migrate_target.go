@@ -126,6 +126,7 @@ type migTarget struct {
 	cfg  *MigrateConfig
 	mu   sync.Mutex
 	sess map[sessKey]*tSession
+	wg   sync.WaitGroup // restores running
 }
 
 func (t *migTarget) serve() {
@@ -386,7 +387,11 @@ func (t *migTarget) restore(r msg.Request) {
 	t.closeFiles(s)
 	s.state = tRestoring
 	t.mu.Unlock()
-	go t.runRestore(r, s)
+	t.wg.Add(1)
+	go func() {
+		defer t.wg.Done()
+		t.runRestore(r, s)
+	}()
 }
 
 // runRestore places the carried files and restores the tree, stopped.
