@@ -67,7 +67,9 @@ func (c *CRIUCommand) Dump(ctx context.Context, pid int, images, work string, o 
 	args := []string{"dump", "-t", strconv.Itoa(pid), "-D", images, "-W", work, "-o", "dump.log", "-v2",
 		"--leave-stopped", "--file-locks"}
 	if o.DropTCP {
-		args = append(args, "--tcp-established")
+		// The image has no iptables: the network lock around the
+		// connections is nftables' (docs/kernel-images.md).
+		args = append(args, "--tcp-established", "--network-lock", "nftables")
 	}
 	return c.run(ctx, work, "dump.log", args)
 }
@@ -79,7 +81,7 @@ func (c *CRIUCommand) Restore(ctx context.Context, images, work string, o Checkp
 	args := []string{"restore", "-D", images, "-W", work, "-o", "restore.log", "-v2",
 		"--restore-detached", "--leave-stopped", "--file-locks", "--pidfile", pidfile}
 	if o.DropTCP {
-		args = append(args, "--tcp-close")
+		args = append(args, "--tcp-close", "--network-lock", "nftables")
 	}
 	if err := c.run(ctx, work, "restore.log", args); err != nil {
 		return 0, err
