@@ -42,6 +42,7 @@ func WriteStatus(w io.Writer, st *Status, now time.Time) error {
 	if err := writeWinnet(w, st.Winnet); err != nil {
 		return err
 	}
+	writeMigrations(w, st, now)
 	return writeDevices(w, st)
 }
 

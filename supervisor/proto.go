@@ -97,6 +97,8 @@ type Status struct {
 	WindowExists bool `json:"window_exists"`
 	// Winnet is the window network; nil: the cluster has none.
 	Winnet *WinnetStatus `json:"winnet,omitempty"`
+	// Migrations are the process migrations in flight (migrations.go).
+	Migrations []MigrationStatus `json:"migrations,omitempty"`
 }
 
 // WinnetStatus is the window network (docs/winnet.md) in Status: its

@@ -406,7 +406,8 @@ func (s *Supervisor) Status() *Status {
 	if s.win != nil {
 		st.Window = s.win.socket
 	}
-	st.Winnet = s.wn.status(s.cl) // winnet.go
+	st.Winnet = s.wn.status(s.cl)          // winnet.go
+	st.Migrations = s.win.migrations(s.cl) // migrations.go
 	for _, k := range s.cl.Kernels {
 		st.Kernels = append(st.Kernels, KernelStatus{
 			Name:       k.Name,

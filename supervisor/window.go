@@ -36,6 +36,7 @@ type windowHost struct {
 	peer     *ipi.HostPeer // popvmm's own node
 	node     *msg.Node     // peer.Node
 	caller   *agent.Caller
+	watch    *agent.MigrationWatch // migrations in flight, for status
 	wg       sync.WaitGroup
 	cancel   context.CancelFunc
 }
@@ -124,6 +125,7 @@ func (s *Supervisor) joinOwnNode(ctx context.Context, w *windowHost) (err error)
 	}
 	w.node = w.peer.Node
 	w.caller = agent.NewCaller(w.node)
+	w.watch = agent.WatchMigrations(w.node)
 	w.wg.Go(func() { s.refuseImpostors(ctx, w.node) })
 	w.wg.Go(func() {
 		<-w.peer.Done()

@@ -114,6 +114,28 @@ func (m *Migrations) Migrate(ctx context.Context, req MigrateRequest) *MigrateRe
 		delete(m.inflight, s.session)
 		m.mu.Unlock()
 	}()
+	// Watchers (popvmm status) hear of every stage, and again every few
+	// seconds of a long one, until the end.
+	s.announce(false)
+	stop := make(chan struct{})
+	var beat sync.WaitGroup
+	beat.Go(func() {
+		t := time.NewTicker(progressBeat)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				s.announce(false)
+			}
+		}
+	})
+	defer func() {
+		close(stop)
+		beat.Wait()
+		s.announce(true)
+	}()
 	s.run(ctx)
 	if res.Error != "" {
 		m.cfg.Log.Warn("migration failed", "pid", req.PID, "target", req.TargetName, "stage", res.Stage, "err", res.Error)
@@ -127,6 +149,7 @@ func (s *source) stage(st string) {
 	s.m.mu.Lock()
 	s.flight.Stage = st
 	s.m.mu.Unlock()
+	s.announce(false)
 }
 
 func (s *source) fail(stage, code string, err error) {

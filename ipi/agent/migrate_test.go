@@ -225,6 +225,7 @@ func gone(s string) bool    { return s == "" }
 type rig struct {
 	w              *window
 	src, tgt       *Migrations
+	watch          *MigrationWatch
 	criu           *fakeCRIU
 	dir, root      string
 	srcCfg, tgtCfg MigrateConfig
@@ -247,6 +248,8 @@ func newRig(t *testing.T, windowSize int, edit func(*rig)) *rig {
 	}
 	r.w = newWindow(t, windowSize, 3, func(i int, node *msg.Node) {
 		switch i {
+		case 0:
+			r.watch = WatchMigrations(node)
 		case 1:
 			r.src = ServeMigrate(node, r.srcCfg)
 		case 2:
@@ -418,12 +421,23 @@ func TestMigrateStatusInFlight(t *testing.T) {
 	if len(fl) != 1 || fl[0].PID != proc.Process.Pid || fl[0].Stage != StageRestore || fl[0].Target != "secondary" {
 		t.Errorf("in flight: %+v", fl)
 	}
+	// The command's node watches the announcements, as popvmm's does.
+	want := MigrationInFlight{Source: 1, Target: 2, PID: proc.Process.Pid, Stage: StageRestore}
+	if err := waitFor(func() bool {
+		l := r.watch.List()
+		return len(l) == 1 && l[0].Source == want.Source && l[0].Target == want.Target && l[0].PID == want.PID && l[0].Stage == want.Stage
+	}); err != nil {
+		t.Errorf("watched: %+v, want %+v", r.watch.List(), want)
+	}
 	close(release)
 	if res := <-done; res.Err() != nil {
 		t.Fatal(res.Err())
 	}
 	if fl := r.src.InFlight(); len(fl) != 0 {
 		t.Errorf("in flight after the migration: %+v", fl)
+	}
+	if err := waitFor(func() bool { return len(r.watch.List()) == 0 }); err != nil {
+		t.Errorf("watched after the migration: %+v", r.watch.List())
 	}
 }
 
@@ -557,5 +571,36 @@ func TestCheckPaths(t *testing.T) {
 	}
 	if err := checkFiles([]fileMeta{{Path: "/a", Size: maxCarriedTotal + 1}}); err == nil {
 		t.Error("checkFiles accepted more than the carried limit")
+	}
+}
+
+// A watcher takes only well-formed announcements from a peer that is
+// there, keeps at most maxWatched, and forgets a source that left.
+func TestMigrationWatchBounds(t *testing.T) {
+	var watch *MigrationWatch
+	w := newWindow(t, 1<<20, 2, func(i int, node *msg.Node) {
+		if i == 0 {
+			watch = WatchMigrations(node)
+		}
+	})
+	src := msg.Sender{ID: 1, Gen: w.nodes[0].Generation(1)}
+	for _, garbage := range []string{"", "{", "null", `{"session":1,"pid":5,"stage":"dance"}`, `{"session":1,"pid":0,"stage":"dump"}`,
+		`{"session":1,"pid":5,"stage":"dump","x":"` + strings.Repeat("a", 2000) + `"}`} {
+		watch.progress(src, []byte(garbage))
+	}
+	if l := watch.List(); len(l) != 0 {
+		t.Errorf("garbage made %+v", l)
+	}
+	for i := range 2 * maxWatched {
+		watch.progress(src, fmt.Appendf(nil, `{"session":%d,"pid":5,"target":0,"stage":"dump"}`, i+1))
+	}
+	if l := watch.List(); len(l) != maxWatched {
+		t.Errorf("%d migrations watched, want the limit %d", len(l), maxWatched)
+	}
+	watch.progress(msg.Sender{ID: 1, Gen: src.Gen + 1}, []byte(`{"session":1,"pid":5,"stage":"dump"}`))
+	w.stop[1]()
+	<-w.done[1]
+	if l := watch.List(); len(l) != 0 {
+		t.Errorf("a source that left still has %d migrations watched", len(l))
 	}
 }
