@@ -113,9 +113,8 @@ func (c *cli) migrate(ctx context.Context, st *supervisor.Status, a migrateArgs,
 	for _, k := range st.Kernels {
 		names = append(names, k.Name)
 	}
-	jctx, cancel := context.WithTimeout(ctx, callTimeout)
-	hp, err := ipi.JoinHostPeer(jctx, ipi.HostPeerConfig{Socket: st.Window, Name: "migrate-" + strconv.Itoa(os.Getpid()), Reserved: names})
-	cancel()
+	// The node runs until hp.Close (or ctx ends): ctx is the command's.
+	hp, err := ipi.JoinHostPeer(ctx, ipi.HostPeerConfig{Socket: st.Window, Name: "migrate-" + strconv.Itoa(os.Getpid()), Reserved: names})
 	if err != nil {
 		return err
 	}

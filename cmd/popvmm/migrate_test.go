@@ -1,13 +1,21 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
+	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
+	"github.com/popvmm/popvmm/ipi"
 	"github.com/popvmm/popvmm/ipi/agent"
+	"github.com/popvmm/popvmm/ipi/msg"
+	"github.com/popvmm/popvmm/supervisor"
 )
 
 func TestParseMigrateArgs(t *testing.T) {
@@ -84,4 +92,72 @@ func TestMigrateRefusals(t *testing.T) {
 			t.Errorf("popvmm %q = %d %q %q, want %d with %q", tc.args, code, out, errs, tc.code, tc.msg)
 		}
 	}
+
+	// Through the window: two host peers stand in for the kernels' agents
+	// (their peer ids in a status that says the kernels run); the command
+	// asks the source and reports its answer.
+	ctx, stop := context.WithTimeout(context.Background(), time.Minute)
+	defer stop()
+	cl, err := supervisor.Find(ctx, root, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := cl.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var peers []*ipi.HostPeer
+	for _, name := range []string{"agent-primary", "agent-secondary"} {
+		hp, err := ipi.JoinHostPeer(ctx, ipi.HostPeerConfig{Socket: st.Window, Name: name, Serve: func(n *msg.Node) {
+			agent.ServeMigrate(n, agent.MigrateConfig{Name: strings.TrimPrefix(name, "agent-"), CRIU: stubCRIU{}, Dir: t.TempDir()})
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer hp.Close()
+		peers = append(peers, hp)
+	}
+	for i := range st.Kernels {
+		st.Kernels[i].PeerID, st.Kernels[i].State = peers[i].Client.ID, supervisor.StateRunning
+	}
+	sleeper := exec.Command("sleep", "600")
+	sleeper.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := sleeper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { sleeper.Process.Kill(); sleeper.Wait() }()
+	for _, tc := range []struct {
+		pid  int
+		want string
+	}{
+		{1 << 30, "no process 1073741824 in kernel primary"},
+		// Both stand-ins share this host's /proc: the PID is taken "there".
+		{sleeper.Process.Pid, "secondary cannot take it: pid"},
+	} {
+		var out bytes.Buffer
+		c := &cli{stdout: &out, stderr: io.Discard, runRoot: root}
+		err := c.migrate(ctx, st, migrateArgs{"primary", tc.pid, "secondary"}, agent.MigrateRequest{PID: tc.pid, TimeoutMS: 30000}, true)
+		var ee *exitError
+		var res agent.MigrateResult
+		if !errors.As(err, &ee) || ee.code != exitFailure || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("migrate primary:%d = %v, want status 1 saying %q", tc.pid, err, tc.want)
+		}
+		if jerr := json.Unmarshal(out.Bytes(), &res); jerr != nil || res.Error == "" || res.Source != "primary" || res.Target != "secondary" {
+			t.Errorf("--json printed %q (%v)", out.String(), jerr)
+		}
+	}
+	if err := sleeper.Process.Signal(syscall.Signal(0)); err != nil {
+		t.Errorf("the process was touched: %v", err)
+	}
+}
+
+// stubCRIU is never reached: every migration here is refused before.
+type stubCRIU struct{}
+
+func (stubCRIU) Available() error { return nil }
+func (stubCRIU) Dump(context.Context, int, string, string, agent.CheckpointOptions) error {
+	return errors.New("no dumps in this test")
+}
+func (stubCRIU) Restore(context.Context, string, string, agent.CheckpointOptions) (int, error) {
+	return 0, errors.New("no restores in this test")
 }
