@@ -99,6 +99,8 @@ type fakeCRIU struct {
 	restoreErr error
 	// restoring, if set, runs inside Restore (e.g. blocks until released).
 	restoring func(ctx context.Context)
+	// dumped, if set, runs at the end of a successful Dump.
+	dumped func()
 
 	mu       sync.Mutex
 	dumps    int
@@ -124,7 +126,13 @@ func (f *fakeCRIU) Dump(ctx context.Context, pid int, images, work string, o Che
 	if err := os.WriteFile(filepath.Join(images, "pages-1.img"), f.pages, 0o600); err != nil {
 		return err
 	}
-	return os.WriteFile(filepath.Join(images, "inventory.img"), fmt.Appendf(nil, "%d %x", pid, sum), 0o600)
+	if err := os.WriteFile(filepath.Join(images, "inventory.img"), fmt.Appendf(nil, "%d %x", pid, sum), 0o600); err != nil {
+		return err
+	}
+	if f.dumped != nil {
+		f.dumped()
+	}
+	return nil
 }
 
 func (f *fakeCRIU) Restore(ctx context.Context, images, work string, o CheckpointOptions) (int, error) {
@@ -337,6 +345,9 @@ func TestMigrateFailureResumesSource(t *testing.T) {
 		{"restore times out", func(r *rig) {
 			r.criu.restoring = func(ctx context.Context) { <-release }
 		}, 700 * time.Millisecond, StageRestore, "deadline", true},
+		{"target goes away before the transfer", func(r *rig) {
+			r.criu.dumped = func() { r.w.stop[2](); <-r.w.done[2] }
+		}, 0, StageTransfer, "peer offline", false},
 		{"target goes away", func(r *rig) {
 			r.criu.restoring = func(ctx context.Context) { r.w.stop[2](); <-release }
 		}, 0, StageRestore, "went away", true},
