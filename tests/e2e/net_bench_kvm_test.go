@@ -207,6 +207,7 @@ func (c *benchCluster) startQEMU(b *testing.B, st *supervisor.Status, k *supervi
 type qemuGuest struct {
 	done chan error // Wait's result, once
 	out  *strings.Builder
+	pid  int    // QEMU's process (taskset execs it)
 	stop func() // kills QEMU and closes its tap; once
 }
 
@@ -259,6 +260,7 @@ func (c *benchCluster) launchQEMU(b *testing.B, st *supervisor.Status, k *superv
 		t.Close()
 		b.Fatal(err)
 	}
+	q.pid = cmd.Process.Pid
 	go func() { q.done <- cmd.Wait() }()
 	var once sync.Once
 	q.stop = func() {
