@@ -44,6 +44,12 @@ images: deps
 rootfs: deps
 	@images/build-rootfs.sh
 
+## mpi: the MPI programs (images/mpi: hello, pingpong, allreduce) built against Debian's
+## MPICH and packed into images/out/mpi.ext4, a disk for the kernels (docs/mpi.md)
+.PHONY: mpi
+mpi: deps build
+	@images/mpi/build.sh
+
 ## initramfs: only the initramfs of both flavours (seconds; tests need it)
 initramfs:
 	@images/build.sh initramfs
@@ -75,7 +81,7 @@ vet:
 ## test: the whole suite, installing and building what it needs first (deps,
 ## the guest images, the Debian root image, the lab image): tier 1 here, then the KVM tiers
 ## directly or in the lab
-test: deps images rootfs lab vet
+test: deps images rootfs mpi lab vet
 	@echo "==> go test, tier 1 (race detector on; fuzz targets run their seed corpus; KVM tiers next)"
 	POPVMM_KVM_LATER=1 $(GO) test -race -count=1 ./...
 	@scripts/test-kvm.sh

@@ -22,9 +22,15 @@ pkgs+=(build-essential flex bison bc libelf-dev patch qemu-system-x86)
 # pack: mmdebstrap installs Debian into a directory, e2fsprogs' mkfs.ext4 -d
 # makes an ext4 image of it.
 pkgs+=(mmdebstrap e2fsprogs)
+# MPICH's compiler and headers for the MPI programs (images/mpi, make mpi),
+# pinned: the release the root image's mpich is (images/out/debian.manifest).
+pinned=(libmpich-dev=4.0.2-3+b1 mpich=4.0.2-3+b1)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+for p in "${pinned[@]}"; do
+  [ "$(dpkg-query -W -f='${Status} ${Version}' "${p%%=*}" 2>/dev/null)" = "install ok installed ${p#*=}" ] || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
