@@ -237,12 +237,17 @@ func enableWinnet(t testing.TB, c *kvmCluster, root string) {
 }
 
 // TestKVMWinnetMPI: a full and a light kernel booted into the Debian root
-// image, with a window network: mpirun on the first starts one rank on each
+// image, with a window network and the project's MPI programs on a
+// read-only disk (make mpi): mpirun on the first starts one rank on each
 // kernel, launched over ssh between the kernels with their own key (OpenSSH
-// in the image) and talking over win0 (-iface win0).
+// in the image), hydra's connections and the ranks' traffic over win0. The
+// ranks run hostname, then hello, ping-pong (every 1 MiB message checked)
+// and allreduce (every sum checked); the window network's counters show
+// the ping-pong's megabytes went over win0.
 func TestKVMWinnetMPI(tt *testing.T) {
 	testenv.RequireRoot(tt)
-	c := newKVMCluster(tt, "e2empi",
+	disk := mpiDisk(requireMPIImage(tt))
+	c := newKVMClusterExtra(tt, "e2empi", map[string]string{"primary": disk, "secondary": disk},
 		kvmKernel{"primary", "full", "0", "256M", "up"},
 		kvmKernel{"secondary", "light", "1", "256M", "up"})
 	t := c.t
@@ -253,15 +258,44 @@ func TestKVMWinnetMPI(tt *testing.T) {
 	for _, k := range c.kernels {
 		c.waitConsole(k, "popvmm-init: root: popvmm Debian root image", bootDeadline)
 		c.waitSSHD(k)
+		c.mustSSH(k, mountMPI)
 	}
 	out := c.mustSSH("primary", "ssh", "-o", "BatchMode=yes", "10.200.0.2", "hostname")
 	if !strings.Contains(out, "secondary") {
 		t.Fatalf("OpenSSH from the primary to the secondary over win0 ran hostname as %q", out)
 	}
-	out = c.mustSSH("primary", "mpirun", "-iface", "win0", "-hosts", "10.200.0.1,10.200.0.2", "-n", "2", "hostname")
+	out = c.mustSSH("primary", mpirun("win0", winHosts, "hostname"))
 	t.Logf("mpirun over win0:\n%s", out)
 	if !strings.Contains(out, "primary") || !strings.Contains(out, "secondary") {
 		t.Errorf("mpirun -n 2 over two kernels printed %q, want both kernels' names", out)
+	}
+	out = c.mustSSH("primary", mpirun("win0", winHosts, mpiBin+"/hello"))
+	t.Logf("hello over win0:\n%s", out)
+	for _, want := range []string{"rank 0 of 2 on primary", "rank 1 of 2 on secondary"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("hello printed %q, want %q", out, want)
+		}
+	}
+
+	before := c.status().Winnet.Kernels[0].Peers[0]
+	out = c.mustSSH("primary", mpirun("win0", winHosts, mpiBin+"/pingpong 200 20"))
+	t.Logf("ping-pong over win0:\n%s", out)
+	pp, err := parsePingPong(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	after := c.status().Winnet.Kernels[0].Peers[0]
+	// 20 round trips of 1 MiB: 20 MiB each way, and ranks' traffic only
+	// on win0 (UCX_NET_DEVICES).
+	if rx, tx := after.RxBytes-before.RxBytes, after.TxBytes-before.TxBytes; rx < 20<<20 || tx < 20<<20 {
+		t.Errorf("the ping-pong moved %d bytes in and %d out of the primary over win0, want 20 MiB each way", rx, tx)
+	}
+	t.Logf("ping-pong over win0: %.1f µs one way (8 B), %.1f MB/s (1 MiB)", pp.latencyUS, pp.bandwidthMBs)
+
+	out = c.mustSSH("primary", mpirun("win0", winHosts, mpiBin+"/allreduce 1024 100"))
+	t.Logf("allreduce over win0:\n%s", out)
+	if !strings.Contains(out, "allreduce: 2 ranks, 1024 doubles") || !strings.Contains(out, "sums right") {
+		t.Errorf("allreduce printed %q, want 2 ranks and sums right", out)
 	}
 	c.must("down", "-c", c.config)
 	checkGone(t, c, st)
