@@ -198,6 +198,37 @@ func scribble(t testing.TB, pid int, name string) {
 	time.Sleep(2 * time.Second)
 }
 
+// checkWinnetExits fails t when the kernels took more VM exits to
+// popvmm's userspace from status a to status b (a transfer over win0 that
+// took d) than twice their idle rate (per second) allows, plus 100, or
+// when a doorbell of the window network went through popvmm: its frames
+// and doorbells never leave KVM. Frames through popvmm one by one would be
+// thousands of exits per GiB.
+func checkWinnetExits(t testing.TB, idleRate float64, a, b *supervisor.Status, d time.Duration) {
+	t.Helper()
+	for _, k := range b.Kernels {
+		t.Logf("%s's exits to popvmm by reason over %.1f s: %v (idle, both kernels: %.1f/s)", k.Name, d.Seconds(), exitDelta(a.Kernel(k.Name), &k), idleRate)
+		if info := winnetInfo(k); !strings.Contains(info, "soft doorbells 0,") {
+			t.Errorf("%s's window network device: %s, want no doorbell through popvmm", k.Name, info)
+		}
+	}
+	if n, bound := exitsBetween(a, b), 2*idleRate*d.Seconds()+100; float64(n) > bound {
+		t.Errorf("%d VM exits to popvmm's userspace during the transfer over win0 (%.1f s), over the %.0f the kernels' idle rate allows", n, d.Seconds(), bound)
+	}
+}
+
+// exitsBetween is how many VM exits to popvmm's userspace every kernel
+// took together from status a to status b.
+func exitsBetween(a, b *supervisor.Status) uint64 {
+	var n uint64
+	for _, k := range b.Kernels {
+		for _, v := range exitDelta(a.Kernel(k.Name), &k) {
+			n += v
+		}
+	}
+	return n
+}
+
 // exitDelta is what a kernel's VM exits to popvmm, by reason, grew by from
 // a to b.
 func exitDelta(a, b *supervisor.KernelStatus) map[string]uint64 {
@@ -243,7 +274,9 @@ func enableWinnet(t testing.TB, c *kvmCluster, root string) {
 // in the image), hydra's connections and the ranks' traffic over win0. The
 // ranks run hostname, then hello, ping-pong (every 1 MiB message checked)
 // and allreduce (every sum checked); the window network's counters show
-// the ping-pong's megabytes went over win0.
+// the ping-pong's megabytes went over win0. Last, 1 GiB over win0
+// (iperf3) takes no VM exit to popvmm beyond the kernels' idle rate and
+// no doorbell through popvmm.
 func TestKVMWinnetMPI(tt *testing.T) {
 	testenv.RequireRoot(tt)
 	disk := mpiDisk(requireMPIImage(tt))
@@ -297,6 +330,17 @@ func TestKVMWinnetMPI(tt *testing.T) {
 	if !strings.Contains(out, "allreduce: 2 ranks, 1024 doubles") || !strings.Contains(out, "sums right") {
 		t.Errorf("allreduce printed %q, want 2 ranks and sums right", out)
 	}
+
+	// 1 GiB over win0 (iperf3) takes no VM exit to popvmm beyond what the
+	// kernels take idle, and no doorbell through popvmm.
+	c.mustSSH("secondary", "iperf3 -s -D")
+	st0, start := c.status(), time.Now()
+	c.mustSSH("primary", "sleep 10")
+	idleRate := float64(exitsBetween(st0, c.status())) / time.Since(start).Seconds()
+	st0, start = c.status(), time.Now()
+	out = c.mustSSH("primary", "iperf3 -c 10.200.0.2 -n 1G")
+	t.Logf("iperf3 over win0:\n%s", out)
+	checkWinnetExits(t, idleRate, st0, c.status(), time.Since(start))
 	c.must("down", "-c", c.config)
 	checkGone(t, c, st)
 }
