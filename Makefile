@@ -100,7 +100,7 @@ test-images: images rootfs
 
 ## fuzz: run every fuzz target for FUZZTIME each (default 60s)
 fuzz:
-	@for t in cluster:FuzzInspectMatchesLoad cluster:FuzzParseCPUList cluster:FuzzParseCheck cluster:FuzzParseSize initramfs:FuzzArchivePaths ipi/msg:FuzzReceiveGarbage ipi:FuzzRegisters memmap:FuzzCheckKernel internal/termfilter:FuzzFilter memmap:FuzzNew vmm/boot:FuzzLoad vmm/bus:FuzzBus vmm/guestmem:FuzzAccess vmm/pci:FuzzPorts vmm/virtio:FuzzQueue vmm/virtio:FuzzTransport vmm:FuzzHandleExit vnet:FuzzNetDevice vblk:FuzzBlockDevice vtty:FuzzUART winnet:FuzzRings; do \
+	@for t in cluster:FuzzInspectMatchesLoad cluster:FuzzParseCPUList cluster:FuzzParseCheck cluster:FuzzParseSize initramfs:FuzzArchivePaths ipi/agent:FuzzMigrateTarget ipi/agent:FuzzParseChunk ipi/msg:FuzzReceiveGarbage ipi:FuzzRegisters memmap:FuzzCheckKernel internal/termfilter:FuzzFilter memmap:FuzzNew vmm/boot:FuzzLoad vmm/bus:FuzzBus vmm/guestmem:FuzzAccess vmm/pci:FuzzPorts vmm/virtio:FuzzQueue vmm/virtio:FuzzTransport vmm:FuzzHandleExit vnet:FuzzNetDevice vblk:FuzzBlockDevice vtty:FuzzUART winnet:FuzzRings; do \
 	  pkg=$${t%%:*}; fn=$${t#*:}; \
 	  echo "==> fuzzing $$pkg $$fn for $(FUZZTIME)"; \
 	  $(GO) test ./$$pkg -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 10s || exit 1; \
