@@ -331,7 +331,29 @@ func TestRepliesOnlyFromThePeerAsked(t *testing.T) {
 	// Peer 2's own agent answers for peer 2, once peer 2 stops forging
 	// (a peer may say anything of itself; a reply it forges under the
 	// id of a request to peer 2 is its own answer).
+	// Forged replies already in the ring would still be read after the
+	// flood stops, and one could carry the id of the request below: wait
+	// until the host has received everything peer 2 sent it.
 	stopFlood()
+	exchanged := func(n *msg.Node, peer int) (sent, received uint64) {
+		for _, p := range n.Peers() {
+			if p.ID == peer {
+				return p.Sent, p.Received
+			}
+		}
+		return 0, 0
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		sent, _ := exchanged(rogue, 0)
+		_, received := exchanged(host, 2)
+		if received >= sent {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the host received %d of the %d messages peer 2 sent it", received, sent)
+		}
+		time.Sleep(time.Millisecond)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if info, err := caller.Info(ctx, 2); err != nil || info.Name != "secondary" {
