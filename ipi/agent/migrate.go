@@ -141,6 +141,13 @@ type sessionMsg struct {
 	Session uint64 `json:"session"`
 }
 
+// sessioned is a control message naming its session.
+type sessioned interface{ sessionID() uint64 }
+
+func (m *filesMsg) sessionID() uint64   { return m.Session }
+func (m *restoreMsg) sessionID() uint64 { return m.Session }
+func (m *sessionMsg) sessionID() uint64 { return m.Session }
+
 // answerMsg is the target's answer to every control message.
 type answerMsg struct {
 	OK        bool   `json:"ok"`

@@ -234,15 +234,24 @@ func (t *migTarget) session(from msg.Sender, id uint64) *tSession {
 	return t.sess[sessKey{from, id}]
 }
 
-func (t *migTarget) filesReq(r msg.Request) {
-	var m filesMsg
-	if err := decodeControl(r.Body, &m); err != nil {
+// requestSession decodes r's control message into m and returns the
+// session it names; if it cannot, it refuses r and returns nil.
+func (t *migTarget) requestSession(r msg.Request, m sessioned) *tSession {
+	if err := decodeControl(r.Body, m); err != nil {
 		t.refuse(r, "%v", err)
-		return
+		return nil
 	}
-	s := t.session(r.From, m.Session)
+	s := t.session(r.From, m.sessionID())
 	if s == nil {
 		t.refuse(r, "no such session on %s", t.cfg.Name)
+	}
+	return s
+}
+
+func (t *migTarget) filesReq(r msg.Request) {
+	var m filesMsg
+	s := t.requestSession(r, &m)
+	if s == nil {
 		return
 	}
 	t.mu.Lock()
@@ -353,13 +362,8 @@ func (t *migTarget) closeFiles(s *tSession) {
 
 func (t *migTarget) restore(r msg.Request) {
 	var m restoreMsg
-	if err := decodeControl(r.Body, &m); err != nil {
-		t.refuse(r, "%v", err)
-		return
-	}
-	s := t.session(r.From, m.Session)
+	s := t.requestSession(r, &m)
 	if s == nil {
-		t.refuse(r, "no such session on %s", t.cfg.Name)
 		return
 	}
 	t.mu.Lock()
@@ -487,13 +491,8 @@ func (t *migTarget) unplace(s *tSession) {
 
 func (t *migTarget) commit(r msg.Request) {
 	var m sessionMsg
-	if err := decodeControl(r.Body, &m); err != nil {
-		t.refuse(r, "%v", err)
-		return
-	}
-	s := t.session(r.From, m.Session)
+	s := t.requestSession(r, &m)
 	if s == nil {
-		t.refuse(r, "no such session on %s", t.cfg.Name)
 		return
 	}
 	t.mu.Lock()
