@@ -168,3 +168,14 @@ func TestConfigChecked(t *testing.T) {
 		}
 	}
 }
+
+func TestAddTSCDeadline(t *testing.T) {
+	e := []kvm.CPUIDEntry{{Function: 0, Eax: 0x1f}, {Function: 1, Ecx: 0x1234}, {Function: 7, Ecx: 0}}
+	vmm.AddTSCDeadline(e)
+	if e[1].Ecx != 0x1234|1<<24 {
+		t.Errorf("leaf 1 ECX %#x: want bit 24 (TSC deadline) set and the rest kept", e[1].Ecx)
+	}
+	if e[0].Eax != 0x1f || e[2].Ecx != 0 {
+		t.Errorf("other leaves changed: %+v", e)
+	}
+}

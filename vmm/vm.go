@@ -78,6 +78,12 @@ func supportedCPUID(sys *kvm.System) ([]kvm.CPUIDEntry, error) {
 		if err != nil {
 			return nil, err
 		}
+		// KVM emulates the LAPIC's TSC-deadline mode wherever it has
+		// KVM_CAP_TSC_DEADLINE_TIMER, but before Linux 6.14 does not
+		// say so in its supported CPUID (api.rst, KVM_GET_SUPPORTED_CPUID).
+		if n, err := sys.Extension(kvm.CapTSCDeadline); err == nil && n > 0 {
+			AddTSCDeadline(e)
+		}
 		cpuidCache.entries = e
 	}
 	return cpuidCache.entries, nil

@@ -56,6 +56,7 @@ const (
 	CapImmediateExt = Capability(136) // KVM_CAP_IMMEDIATE_EXIT
 	CapReadOnlyMem  = Capability(81)  // KVM_CAP_READONLY_MEM
 	CapSignalMSI    = Capability(77)  // KVM_CAP_SIGNAL_MSI
+	CapTSCDeadline  = Capability(72)  // KVM_CAP_TSC_DEADLINE_TIMER
 )
 
 // MP states (KVM_MP_STATE_*).
