@@ -55,17 +55,8 @@ func BenchmarkKVMBlkVsQEMU(b *testing.B) {
 	img := filepath.Join(root, "images", "out", "light")
 	rootfs := filepath.Join(root, "images", "out", "debian.ext4")
 	c := &benchCluster{bin: testenv.PopvmmBin(root), root: root}
-	var problem error
-	for _, f := range []string{c.bin, filepath.Join(img, "bzImage"), filepath.Join(img, "initramfs.cpio"), rootfs} {
-		if _, err := os.Stat(f); err != nil && problem == nil {
-			problem = fmt.Errorf("%s missing (make build images rootfs): %w", f, err)
-		}
-	}
-	testenv.RequireImages(b, problem)
-	rounds := 3
-	if n, err := strconv.Atoi(os.Getenv("POPVMM_BENCH_ROUNDS")); err == nil && n > 0 {
-		rounds = n
-	}
+	testenv.RequireImages(b, firstMissing("build images rootfs", c.bin, filepath.Join(img, "bzImage"), filepath.Join(img, "initramfs.cpio"), rootfs))
+	rounds := envCount("POPVMM_BENCH_ROUNDS", 3)
 	dir := b.TempDir()
 	data := filepath.Join(dir, "bench.img")
 	buf := make([]byte, benchDiskMB<<20)
@@ -82,10 +73,7 @@ func BenchmarkKVMBlkVsQEMU(b *testing.B) {
 	cfg := fmt.Sprintf("[cluster]\nname = \"blkbench\"\nrun_dir = %q\n[cluster.network]\nsubnet = \"10.193.0.0/24\"\n[cluster.window]\nsize = \"1M\"\n", c.runDir) +
 		kernel("primary") + kernel("qemu")
 	samples := map[string]map[string][]float64{"popvmm": {}, "qemu": {}}
-	bootRounds := 0
-	if n, err := strconv.Atoi(os.Getenv("POPVMM_BENCH_BOOT_ROUNDS")); err == nil && n > 0 {
-		bootRounds = n
-	}
+	bootRounds := envCount("POPVMM_BENCH_BOOT_ROUNDS", 0)
 	run := func(vmm string, st *supervisor.Status, start time.Time, io bool) {
 		var k *supervisor.KernelStatus
 		pid := st.PID
@@ -224,9 +212,9 @@ func measureBlk(b *testing.B, st *supervisor.Status, k *supervisor.KernelStatus,
 	} {
 		fio := "fio --name=bench --filename=/dev/vdb --direct=1 --ioengine=libaio --iodepth=16 --output-format=json " + job.args
 		cmd := probe + "; echo FIO; " + fio + "; echo END; " + probe
-		host0 := processCPU(hostPID)
+		host0, _ := processCPU(hostPID)
 		out, err := sshOut(st, k, cmd, 10*time.Minute)
-		host1 := processCPU(hostPID)
+		host1, _ := processCPU(hostPID)
 		if err != nil {
 			b.Fatalf("%s: %s: %v\n%s", k.Name, cmd, err, out)
 		}
@@ -255,7 +243,7 @@ func measureBlk(b *testing.B, st *supervisor.Status, k *supervisor.KernelStatus,
 		busy, all := after[0]-before[0], after[3]-before[3]
 		b.Logf("%s %s: %d requests of %.0f KiB on average, guest busy %.0f%%, %.2f interrupts and %.2f ms of VMM host CPU per request",
 			k.Name, job.unit, reqs, float64(after[2]-before[2])/2/float64(reqs), 100*float64(busy)/float64(max(all, 1)),
-			float64(after[4]-before[4])/float64(reqs), float64(host1-host0)/float64(reqs)*10)
+			float64(after[4]-before[4])/float64(reqs), (host1.user+host1.system-host0.user-host0.system)/float64(reqs)*1000)
 	}
 }
 
@@ -282,23 +270,6 @@ func parseProbe(s string) []int64 {
 		}
 	}
 	return []int64{total - idle, num(disk[0]), num(disk[2]), total, num(strings.TrimSpace(lines[2]))}
-}
-
-// processCPU is the user and system CPU time of process pid in clock
-// ticks (proc(5): utime, stime); 0 if it cannot be read.
-func processCPU(pid int) int64 {
-	s, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	i := strings.LastIndexByte(string(s), ')')
-	f := strings.Fields(string(s[i+1:]))
-	if len(f) < 13 {
-		return 0
-	}
-	u, _ := strconv.ParseInt(f[11], 10, 64)
-	t, _ := strconv.ParseInt(f[12], 10, 64)
-	return u + t
 }
 
 // fioRead is the part of fio's JSON job report this benchmark reads.

@@ -57,18 +57,7 @@ func TestKVMMigrate(tt *testing.T) {
 		kvmKernel{"primary", "full", "0", "512M", "up"},
 		kvmKernel{"secondary", "light", "1", "512M", "up"})
 	t := c.t
-	img := requireRootImage(tt)
-	cfg, err := os.ReadFile(c.config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, k := range c.kernels {
-		at := fmt.Sprintf("[[kernel]]\nname = %q\n", k)
-		cfg = []byte(strings.Replace(string(cfg), at, at+fmt.Sprintf("root = %q\n", img), 1))
-	}
-	if err := os.WriteFile(c.config, cfg, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	c.bootRoot(requireRootImage(tt))
 	c.must("up", "-d", c.config)
 	for _, k := range c.kernels {
 		c.waitSSHD(k)

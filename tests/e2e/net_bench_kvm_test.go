@@ -293,10 +293,7 @@ func measure(b *testing.B, c *benchCluster, st *supervisor.Status, k *supervisor
 	b.ReportMetric(float64(rtts[len(rtts)/2].Microseconds()), "rtt-median-µs")
 	b.ReportMetric(float64(rtts[len(rtts)*9/10].Microseconds()), "rtt-p90-µs")
 
-	size := 32 << 20 // POPVMM_BENCH_NET_MB changes it
-	if mb, err := strconv.Atoi(os.Getenv("POPVMM_BENCH_NET_MB")); err == nil && mb > 0 {
-		size = mb << 20
-	}
+	size := envCount("POPVMM_BENCH_NET_MB", 32) << 20
 	sh := func(cmd string) string {
 		args := append([]string{}, supervisor.SSHArgs(st, k, []string{cmd})...)
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -363,4 +360,43 @@ func measure(b *testing.B, c *benchCluster, st *supervisor.Status, k *supervisor
 	}
 	b.ReportMetric(float64(size)/d.Seconds()/1e6, "tcp-host→kernel-MB/s")
 	b.Logf("%s: rtt median %v p90 %v min %v", k.Name, rtts[len(rtts)/2], rtts[len(rtts)*9/10], rtts[0])
+}
+
+// envCount is the positive integer in environment variable name, or def
+// when it is unset or not one.
+func envCount(name string, def int) int {
+	if n, err := strconv.Atoi(os.Getenv(name)); err == nil && n > 0 {
+		return n
+	}
+	return def
+}
+
+// firstMissing names the first of files that does not exist and the make
+// targets that build them (nil: all exist), for testenv.RequireImages.
+func firstMissing(targets string, files ...string) error {
+	for _, f := range files {
+		if _, err := os.Stat(f); err != nil {
+			return fmt.Errorf("%s missing (make %s): %w", f, targets, err)
+		}
+	}
+	return nil
+}
+
+// cpuTimes is a process's CPU time in seconds (proc(5), /proc/PID/stat:
+// utime, stime and guest_time of all its threads; guest time is within
+// user time).
+type cpuTimes struct{ user, system, guest float64 }
+
+// processCPU reads process pid's cpuTimes.
+func processCPU(pid int) (cpuTimes, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return cpuTimes{}, err
+	}
+	f := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+1:]))
+	if len(f) < 41 {
+		return cpuTimes{}, fmt.Errorf("/proc/%d/stat has %d fields after the name", pid, len(f))
+	}
+	tick := func(i int) float64 { n, _ := strconv.ParseFloat(f[i], 64); return n / 100 }
+	return cpuTimes{user: tick(11), system: tick(12), guest: tick(40)}, nil
 }

@@ -40,6 +40,26 @@ func requireRootImage(t *testing.T) string {
 	return img
 }
 
+// bootRoot makes every kernel of c boot the root image img: `root =` after
+// each kernel's name in c's config.
+func (c *kvmCluster) bootRoot(img string) {
+	c.t.Helper()
+	cfg, err := os.ReadFile(c.config)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	for _, k := range c.kernels {
+		at := fmt.Sprintf("[[kernel]]\nname = %q\n", k)
+		if !strings.Contains(string(cfg), at) {
+			c.t.Fatalf("%s has no %q to add root = to:\n%s", c.config, at, cfg)
+		}
+		cfg = []byte(strings.Replace(string(cfg), at, at+fmt.Sprintf("root = %q\n", img), 1))
+	}
+	if err := os.WriteFile(c.config, cfg, 0o644); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
 // TestRootImageUnderQEMU boots each flavour from the Debian image, as
 // popvmm attaches it (read-only /dev/vda, popvmm.root=): the light one with
 // an upper disk that starts blank (formatted on the first boot, its files
@@ -166,21 +186,7 @@ func TestKVMRootImage(tt *testing.T) {
 		kvmKernel{"primary", "full", "0", "256M", "up"},
 		kvmKernel{"secondary", "light", "1", "256M", "up"})
 	t := c.t
-	img := requireRootImage(tt)
-	cfg, err := os.ReadFile(c.config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, k := range c.kernels {
-		at := fmt.Sprintf("[[kernel]]\nname = %q\n", k)
-		if !strings.Contains(string(cfg), at) {
-			t.Fatalf("%s has no %q to add root = to:\n%s", c.config, at, cfg)
-		}
-		cfg = []byte(strings.Replace(string(cfg), at, at+fmt.Sprintf("root = %q\n", img), 1))
-	}
-	if err := os.WriteFile(c.config, cfg, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	c.bootRoot(requireRootImage(tt))
 
 	start := time.Now()
 	c.must("up", "-d", c.config)

@@ -8,7 +8,6 @@ import (
 	"regexp"
 	"slices"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -40,22 +39,9 @@ func BenchmarkKVMWinnetVsVirtio(b *testing.B) {
 	root, _ := filepath.Abs(repoRoot)
 	c := &benchCluster{bin: testenv.PopvmmBin(root), root: root}
 	rootfs, mpiImg := filepath.Join(root, "images", "out", debianImage), filepath.Join(root, "images", "out", mpiImage)
-	var problem error
-	for _, f := range []string{c.bin, rootfs, mpiImg} {
-		if _, err := os.Stat(f); err != nil && problem == nil {
-			problem = fmt.Errorf("%s missing (make build images rootfs mpi): %w", f, err)
-		}
-	}
-	for _, fl := range []string{"full", "light"} {
-		if _, err := os.Stat(filepath.Join(root, "images", "out", fl, "initramfs.cpio")); err != nil && problem == nil {
-			problem = fmt.Errorf("%s image missing (make images): %w", fl, err)
-		}
-	}
-	testenv.RequireImages(b, problem)
-	mb := 1024
-	if n, err := strconv.Atoi(os.Getenv("POPVMM_BENCH_WINNET_MB")); err == nil && n > 0 {
-		mb = n
-	}
+	testenv.RequireImages(b, firstMissing("build images rootfs mpi", c.bin, rootfs, mpiImg,
+		filepath.Join(root, "images", "out", "full", "initramfs.cpio"), filepath.Join(root, "images", "out", "light", "initramfs.cpio")))
+	mb := envCount("POPVMM_BENCH_WINNET_MB", 1024)
 
 	dir := b.TempDir()
 	c.runDir, c.config = filepath.Join(dir, "run"), filepath.Join(dir, "cluster.toml")
@@ -223,19 +209,12 @@ func pingMedian(out string) (float64, error) {
 // vCPU threads spent running the guests), and guest, that time.
 type popvmmCPU struct{ host, guest float64 }
 
-// hostCPU reads the CPU time of the supervisor st names (proc(5): utime,
-// stime and guest_time of the whole process; clock ticks of 1/100 s).
+// hostCPU reads the CPU time of the supervisor st names (processCPU).
 func hostCPU(b *testing.B, st *supervisor.Status) popvmmCPU {
 	b.Helper()
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", st.PID))
+	t, err := processCPU(st.PID)
 	if err != nil {
 		b.Fatal(err)
 	}
-	f := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+1:]))
-	if len(f) < 41 {
-		b.Fatalf("/proc/%d/stat has %d fields after the name", st.PID, len(f))
-	}
-	tick := func(i int) float64 { n, _ := strconv.ParseFloat(f[i], 64); return n / 100 }
-	utime, stime, guest := tick(11), tick(12), tick(40)
-	return popvmmCPU{host: utime + stime - guest, guest: guest}
+	return popvmmCPU{host: t.user + t.system - t.guest, guest: t.guest}
 }

@@ -250,17 +250,14 @@ func exitDelta(a, b *supervisor.KernelStatus) map[string]uint64 {
 // initramfs).
 func enableWinnet(t testing.TB, c *kvmCluster, root string) {
 	t.Helper()
+	if root != "" {
+		c.bootRoot(root)
+	}
 	toml, err := os.ReadFile(c.config)
 	if err != nil {
 		t.Fatal(err)
 	}
 	toml = bytes.Replace(toml, []byte("[cluster.window]\n"), []byte("[cluster.window]\nprotect = true\n"), 1)
-	if root != "" {
-		for _, k := range c.kernels {
-			at := fmt.Sprintf("[[kernel]]\nname = %q\n", k)
-			toml = bytes.Replace(toml, []byte(at), fmt.Appendf(nil, "%sroot = %q\n", at, root), 1)
-		}
-	}
 	toml = fmt.Appendf(toml, "[cluster.winnet]\nenabled = true\nsize = \"16M\"\n")
 	if err := os.WriteFile(c.config, toml, 0o644); err != nil {
 		t.Fatal(err)
