@@ -33,7 +33,8 @@
 #                           that the boots switch the lab kernel's static keys
 #                           (text patching) as they did before the hold existed
 #   TRACE=1                 keep the KVM trace (kvm_exit, kvm_inj_*, kvm_entry)
-#                           of every failed popvmm boot
+#                           of every failed popvmm or cluster boot (cluster: the
+#                           last 5000 events of the core its vCPU ran on)
 #   OUT=DIR                 where logs and the tally go (default a new dir
 #                           under /var/tmp); POPVMM=path: another popvmm;
 #                           VMMTEST=path: a vmm test binary built elsewhere
@@ -124,6 +125,9 @@ EOT
           kind=crash
           grep -q "triple fault" <<<"$st" && kind=triple-fault
           echo "$st" >"$log.status"
+          # The vCPU ran pinned to $cpu: that CPU's trace buffer ends at
+          # its crash (read without stopping the other boots' tracing).
+          [ "${TRACE:-0}" = 1 ] && tail -n 5000 "$tracing/per_cpu/cpu$cpu/trace" >"$log.trace"
           break
         fi
         sleep 1 # polling the console log and status, bounded by the deadline
@@ -160,6 +164,7 @@ EOT
     [ "${FORMAT:-bzImage}" = pvh ] && file=vmlinux
     for vmm in ${VMMS:-popvmm qemu}; do
       declare -A c=([init]=0 [triple-fault]=0 [crash]=0 [hung]=0 [up-failed]=0)
+      [ "$vmm" = cluster ] && trace_on # each failed boot keeps its CPU's buffer
       for i in $(seq "$n"); do
         log=$out/$vmm-$f-$file-$i.log
         if [ "$vmm" = popvmm ]; then

@@ -412,7 +412,12 @@ func TestConsoleLogCapped(t *testing.T) {
 	if err := unix.Mkfifo(fifo, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	reader, err := os.OpenFile(fifo, os.O_RDONLY|unix.O_NONBLOCK, 0)
+	// Read-write: a FIFO opened so never reads end of file (it is a
+	// writer too), so the drain below lasts until Close. Read-only and
+	// non-blocking, a read before the console opened its end returned
+	// end of file, the drain ended, and the console's writes filled the
+	// pipe and blocked forever (a tier-1 hang in CI).
+	reader, err := os.OpenFile(fifo, os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
