@@ -12,6 +12,9 @@ top=$(cd "$here/../.." && pwd)
 out=$top/images/out
 popvmm=${POPVMM:-$top/bin/popvmm}
 progs=(hello pingpong allreduce)
+# Plain C programs for the tests, no MPI: winnet-scribble, the window
+# network's hostile writer (TestKVMWinnetMPI).
+tools=(winnet-scribble)
 
 command -v mpicc.mpich >/dev/null || { echo "mpi: mpicc.mpich missing (make deps installs libmpich-dev)" >&2; exit 1; }
 have=$(dpkg-query -W -f='${Version}' libmpich-dev)
@@ -24,16 +27,19 @@ if [ -f "$out/debian.manifest" ]; then
     exit 1
   fi
 fi
-key=$( { cat "$0"; for p in "${progs[@]}"; do cat "$here/$p.c"; done; echo "$have"; } | sha256sum | cut -c1-16)
+key=$( { cat "$0"; for p in "${progs[@]}" "${tools[@]}"; do cat "$here/$p.c"; done; echo "$have"; } | sha256sum | cut -c1-16)
 if [ -f "$out/.mpi-key" ] && [ "$(cat "$out/.mpi-key")" = "$key" ] && [ -f "$out/mpi.ext4" ]; then
   echo "==> mpi: images/out/mpi.ext4 is up to date ($key)"
   exit 0
 fi
-echo "==> mpi: building ${progs[*]} with MPICH $have, packing images/out/mpi.ext4"
+echo "==> mpi: building ${progs[*]} with MPICH $have and ${tools[*]}, packing images/out/mpi.ext4"
 dir=$out/mpi
 rm -rf "$dir" && mkdir -p "$dir/bin"
 for p in "${progs[@]}"; do
   mpicc.mpich -O2 -Wall -Wextra -Werror -o "$dir/bin/$p" "$here/$p.c"
+done
+for p in "${tools[@]}"; do
+  gcc -O2 -Wall -Wextra -Werror -o "$dir/bin/$p" "$here/$p.c"
 done
 rm -f "$out/mpi.ext4" "$out/.mpi-key"
 "$popvmm" disk pack --label mpi "$dir" "$out/mpi.ext4"

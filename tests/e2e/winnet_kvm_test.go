@@ -271,7 +271,10 @@ func enableWinnet(t testing.TB, c *kvmCluster, root string) {
 // in the image), hydra's connections and the ranks' traffic over win0. The
 // ranks run hostname, then hello, ping-pong (every 1 MiB message checked)
 // and allreduce (every sum checked); the window network's counters show
-// the ping-pong's megabytes went over win0. Last, 1 GiB over win0
+// the ping-pong's megabytes went over win0. Root in the secondary then
+// scribbles on its own ring to the primary through the PCI resource
+// (winnet-scribble): the primary drops and counts it and runs on. Last,
+// 1 GiB over win0
 // (iperf3) takes no VM exit to popvmm beyond the kernels' idle rate and
 // no doorbell through popvmm.
 func TestKVMWinnetMPI(tt *testing.T) {
@@ -326,6 +329,29 @@ func TestKVMWinnetMPI(tt *testing.T) {
 	t.Logf("allreduce over win0:\n%s", out)
 	if !strings.Contains(out, "allreduce: 2 ranks, 1024 doubles") || !strings.Contains(out, "sums right") {
 		t.Errorf("allreduce printed %q, want 2 ranks and sums right", out)
+	}
+
+	// A hostile writer inside a kernel: root in the secondary maps its
+	// window network function's BAR2 through sysfs and scribbles on its own
+	// ring to the primary (images/mpi/winnet-scribble.c: bad descriptors, a
+	// tail far out of range, a whole ring of random descriptors). The
+	// primary drops and counts, runs on, and its traffic resumes: the
+	// iperf3 below runs after it.
+	drops := c.status().Winnet.Kernels[0].Peers[0].RxDrops
+	out = c.mustSSH("secondary", mpiBin+"/winnet-scribble 1 0")
+	t.Logf("winnet-scribble in the secondary:\n%s", out)
+	c.waitConsole("primary", "bad descriptor", time.Minute)
+	c.waitConsole("primary", "ring index out of range", time.Minute)
+	out = c.mustSSH("primary", "ping -c 3 -w 60 10.200.0.2")
+	t.Logf("after the garbage, primary pings secondary over win0:\n%s", out)
+	st1 := c.status()
+	if k := st1.Kernel("primary"); k.State != supervisor.StateRunning {
+		t.Errorf("primary is %s after the secondary's garbage", k.State)
+	}
+	if p := st1.Winnet.Kernels[0].Peers[0]; p.RxDrops < drops+4 {
+		t.Errorf("primary's drops from the secondary after its garbage: %d (before: %d), want the bad descriptors and index counted", p.RxDrops, drops)
+	} else {
+		t.Logf("primary's drops from the secondary: %d before the garbage, %d after", drops, p.RxDrops)
 	}
 
 	// 1 GiB over win0 (iperf3) takes no VM exit to popvmm beyond what the
