@@ -190,7 +190,8 @@ func (s *Supervisor) watch(ctx context.Context, r *kernelRun, m Machine) {
 // its VM (a reset with restart policy "always"): its incarnation ends, as
 // peerGone does for a VM that ends, and a new one starts, as for a new VM,
 // so its eventfds are emptied and the host peers see it leave and come
-// back.
+// back. A guest reboots as often as it likes: its lines go through
+// guestLog.
 func (s *Supervisor) rebootedInVM(r *kernelRun, w *windowHost, wn *winnetHost) {
 	if wn != nil {
 		s.mu.Lock()
@@ -204,7 +205,7 @@ func (s *Supervisor) rebootedInVM(r *kernelRun, w *windowHost, wn *winnetHost) {
 		r.wnBoot, r.wnUp = nb, err == nil
 		s.mu.Unlock()
 		if err != nil {
-			s.log.Error("window network: the rebooted kernel could not rejoin", "kernel", r.k.Name, "err", err)
+			s.guestLog.Error("window network: the rebooted kernel could not rejoin", "kernel", r.k.Name, "err", err)
 		}
 	}
 	if w == nil {
@@ -221,11 +222,11 @@ func (s *Supervisor) rebootedInVM(r *kernelRun, w *windowHost, wn *winnetHost) {
 	defer s.mu.Unlock()
 	if err != nil {
 		r.winUp = false
-		s.log.Error("window: the rebooted kernel could not rejoin", "kernel", r.k.Name, "err", err)
+		s.guestLog.Error("window: the rebooted kernel could not rejoin", "kernel", r.k.Name, "err", err)
 		return
 	}
 	r.winBoot, r.winUp = nb, true
-	s.log.Info("kernel rebooted inside its VM; the window knows it as a new incarnation", "kernel", r.k.Name)
+	s.guestLog.Info("kernel rebooted inside its VM; the window knows it as a new incarnation", "kernel", r.k.Name)
 }
 
 // peerGone tells the window at once that a kernel's VM is gone (its vCPUs

@@ -26,9 +26,14 @@ const maxRequest = 64 << 10
 
 // Supervisor runs one cluster.
 type Supervisor struct {
-	cl      *cluster.Cluster
-	log     *slog.Logger
-	started time.Time
+	cl  *cluster.Cluster
+	log *slog.Logger
+	// guestLog rate-limits the lines kernels and host peers cause as
+	// often as they like (a reboot loop inside a VM, a peer checking in
+	// under a kernel's name again and again): supervisor.log is never
+	// rotated.
+	guestLog *ratelog.Logger
+	started  time.Time
 
 	launcher Launcher // nil: no VMM here; kernels stay defined
 	nested   bool     // guest kernels get the nested-backend flags
@@ -47,6 +52,7 @@ type Supervisor struct {
 // New makes a supervisor for a checked cluster.
 func New(cl *cluster.Cluster, log *slog.Logger) *Supervisor {
 	s := &Supervisor{cl: cl, log: log.With("cluster", cl.Name), runs: map[string]*kernelRun{}}
+	s.guestLog = ratelog.Default(s.log)
 	for _, k := range cl.Kernels {
 		s.runs[k.Name] = &kernelRun{k: k, state: StateDefined, since: time.Now()}
 	}
@@ -79,6 +85,7 @@ func (s *Supervisor) Run(ctx context.Context, opt Options) error {
 		return err
 	}
 	defer rd.Release()
+	defer s.guestLog.Flush() // the counts held back, once nothing logs through it
 	unregister, err := s.register(opt.RunRoot, rd)
 	if err != nil {
 		return err

@@ -170,7 +170,8 @@ func kernelNames(cl *cluster.Cluster) []string {
 
 // refuseImpostors marks offline, in the peer table, every peer that checks
 // in under a name reserved for another peer id (a host process calling
-// itself a kernel), so no peer reaches it under that name.
+// itself a kernel), so no peer reaches it under that name. A peer can
+// check in again at once: the line goes through guestLog.
 func (s *Supervisor) refuseImpostors(ctx context.Context, n *msg.Node) {
 	for {
 		select {
@@ -182,7 +183,7 @@ func (s *Supervisor) refuseImpostors(ctx context.Context, n *msg.Node) {
 			}
 			if owner, ok := n.ReservedFor(e.Name); ok && owner != e.Peer {
 				n.MarkGone(e.Peer, e.Generation, false)
-				s.log.Warn("window peer refused: it checked in under a kernel's name", "peer", e.Peer, "name", e.Name, "kernel_peer", owner)
+				s.guestLog.Warn("window peer refused: it checked in under a kernel's name", "peer", e.Peer, "name", e.Name, "kernel_peer", owner)
 			}
 		}
 	}
