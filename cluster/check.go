@@ -510,8 +510,34 @@ func (c *checker) checkPassthrough(ps PassthroughSection, at func(string) string
 		fail("path", "%s is not %s", p.Path, want)
 	case st.Mode().IsRegular() && end > uint64(st.Size()):
 		fail("size", "offset %#x + size %s runs past the end of %s (%d bytes)", p.Offset, memmap.FormatSize(p.Size), p.Path, st.Size())
+	default:
+		if err := probeMap(p); err != nil {
+			fail("path", "%s cannot be mapped: %v", p.Path, err)
+		}
 	}
 	return p, ok
+}
+
+// probeMap maps p's region as the VMM will (vmm's mapPassthrough: the
+// same open flags, protection and MAP_SHARED) and unmaps it at once, so
+// that a file the VMM cannot map (a FIFO, /dev/null, a sysfs attribute:
+// ENODEV) is refused here and not only when its kernel boots. Nothing is
+// read or written.
+func probeMap(p Passthrough) error {
+	flags, prot := unix.O_RDWR, unix.PROT_READ|unix.PROT_WRITE
+	if p.ReadOnly {
+		flags, prot = unix.O_RDONLY, unix.PROT_READ
+	}
+	fd, err := unix.Open(p.Path, flags|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	b, err := unix.Mmap(fd, int64(p.Offset), int(p.Size), prot, unix.MAP_SHARED)
+	if err != nil {
+		return err
+	}
+	return unix.Munmap(b)
 }
 
 func (c *checker) layout(cl *Cluster, k *Kernel, at func(string) string) {

@@ -270,6 +270,12 @@ func TestCheckErrors(t *testing.T) {
 			[]string{`kernel[1].passthrough[0].offset: 0x64 is not 4 KiB aligned`, `kernel[1].passthrough[0].size: 5000 B is not a non-zero multiple of 4 KiB`}},
 		{"passthrough missing file", edit("", "[[kernel.passthrough]]\npath = \"/nonexistent\"\nsize = \"4K\"\nguest_address = \"0x200000000\"\n"),
 			[]string{`kernel[1].passthrough[0].path: /nonexistent: no such file or directory`}},
+		// Files the VMM cannot map (mmap: ENODEV), which validate took:
+		// the kernel then failed only at `up`.
+		{"passthrough fifo", edit("", "[[kernel.passthrough]]\npath = \"fifo\"\nsize = \"4K\"\nguest_address = \"0x200000000\"\nread_only = true\n"),
+			[]string{`kernel[1].passthrough[0].path: `, `fifo cannot be mapped: no such device`}},
+		{"passthrough /dev/null", edit("", "[[kernel.passthrough]]\npath = \"/dev/null\"\nsize = \"4K\"\nguest_address = \"0x200000000\"\n"),
+			[]string{`kernel[1].passthrough[0].path: /dev/null cannot be mapped: no such device`}},
 		{"passthrough no address", edit("", "[[kernel.passthrough]]\npath = \"/dev/zero\"\nsize = \"4K\"\n"),
 			[]string{`kernel[1].passthrough[0].guest_address: not set`}},
 		// offset + size wrapped past 2^64 and passed the end-of-file check.

@@ -132,6 +132,9 @@ func allocRAM(cfg *Config) (_ *guestRAM, err error) {
 	return g, nil
 }
 
+// mapPassthrough maps passthrough region p of its file. cluster's
+// probeMap tries the same mapping when the config is checked: keep the
+// two alike.
 func mapPassthrough(p Passthrough) ([]byte, error) {
 	flags, prot := unix.O_RDWR, unix.PROT_READ|unix.PROT_WRITE
 	if p.ReadOnly {
