@@ -500,20 +500,34 @@ func (c *checker) checkPassthrough(ps PassthroughSection, at func(string) string
 	switch {
 	case err != nil:
 		fail("path", "%s: %v", p.Path, unwrapPath(err))
+		return p, ok
 	case st.IsDir():
 		fail("path", "%s is a directory", p.Path)
+		return p, ok
 	case unix.Access(p.Path, mode) != nil:
 		want := "readable"
 		if !ps.ReadOnly {
 			want = "readable and writable (set read_only = true to map it read-only)"
 		}
 		fail("path", "%s is not %s", p.Path, want)
-	case st.Mode().IsRegular() && end > uint64(st.Size()):
-		fail("size", "offset %#x + size %s runs past the end of %s (%d bytes)", p.Offset, memmap.FormatSize(p.Size), p.Path, st.Size())
-	default:
-		if err := probeMap(p); err != nil {
-			fail("path", "%s cannot be mapped: %v", p.Path, err)
+		return p, ok
+	}
+	// A regular file or a block device has an end, and mmap maps past
+	// it without complaint: the first access there faults (SIGBUS), in
+	// the guest or in the VMM copying for a device. A character
+	// device's driver decides at mmap (probeMap).
+	fileEnd, hasEnd := uint64(st.Size()), st.Mode().IsRegular()
+	if st.Mode()&os.ModeDevice != 0 && st.Mode()&os.ModeCharDevice == 0 {
+		if fileEnd, err = blockDeviceSize(p.Path); err != nil {
+			fail("path", "%v", err)
+			return p, ok
 		}
+		hasEnd = true
+	}
+	if hasEnd && end > fileEnd {
+		fail("size", "offset %#x + size %s runs past the end of %s (%d bytes)", p.Offset, memmap.FormatSize(p.Size), p.Path, fileEnd)
+	} else if err := probeMap(p); err != nil {
+		fail("path", "%s cannot be mapped: %v", p.Path, err)
 	}
 	return p, ok
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/popvmm/popvmm/cluster"
+	"github.com/popvmm/popvmm/internal/testenv"
 	"github.com/popvmm/popvmm/internal/testkernel"
 	"github.com/popvmm/popvmm/memmap"
 )
@@ -562,5 +564,46 @@ func TestDefaultBridgeShortened(t *testing.T) {
 	}
 	if b := cl.Network.Bridge; len(b) > 15 || !strings.HasPrefix(b, "pv-a-rathe") {
 		t.Errorf("Bridge = %q, want a shortened pv- name of at most 15 bytes", b)
+	}
+}
+
+// anyBlockDevice returns a block device node this process can open and its
+// size, or skips t (testenv: no such device, or no root to open one).
+func anyBlockDevice(t *testing.T) (string, uint64) {
+	t.Helper()
+	testenv.RequireRoot(t)
+	paths, _ := filepath.Glob("/dev/*")
+	for _, p := range paths {
+		st, err := os.Stat(p)
+		if err != nil || st.Mode()&os.ModeDevice == 0 || st.Mode()&os.ModeCharDevice != 0 {
+			continue
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			continue
+		}
+		n, err := f.Seek(0, io.SeekEnd)
+		f.Close()
+		if err == nil {
+			return p, uint64(n)
+		}
+	}
+	testenv.Require(t, errors.New("needs a block device node under /dev"))
+	return "", 0
+}
+
+// TestPassthroughPastBlockDeviceEnd: a passthrough region that runs past
+// the end of a block device was accepted (only a regular file's size was
+// checked), and mmap takes it: the first guest access, or a virtio
+// descriptor the VMM copies through, past the device's end faults
+// (SIGBUS) instead of being refused at validate as a file's is.
+func TestPassthroughPastBlockDeviceEnd(t *testing.T) {
+	dev, size := anyBlockDevice(t)
+	off := (size + memmap.PageSize - 1) &^ (memmap.PageSize - 1)
+	text := edit("", fmt.Sprintf("[[kernel.passthrough]]\npath = %q\noffset = %d\nsize = \"4K\"\nguest_address = \"0x200000000\"\nread_only = true\n", dev, off))
+	_, err := load(t, text, fakeHost{})
+	want := fmt.Sprintf("kernel[1].passthrough[0].size: offset %#x + size 4 KiB runs past the end of %s (%d bytes)", off, dev, size)
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("passthrough of %s (%d bytes) at offset %#x: Check = %v, want %q", dev, size, off, err, want)
 	}
 }

@@ -3,7 +3,6 @@ package cluster
 import (
 	"fmt"
 	"io"
-	"os"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -116,18 +115,12 @@ func (c *checker) checkDisk(k *Kernel, ds DiskSection, role DiskRole, field stri
 	}
 	d.Size = uint64(st.Size)
 	if mode == unix.S_IFBLK {
-		f, err := os.OpenFile(d.Path, os.O_RDONLY|unix.O_NONBLOCK, 0)
+		n, err := blockDeviceSize(d.Path)
 		if err != nil {
-			c.errf(field, "%s: %v", d.Path, unwrapPath(err))
+			c.errf(field, "%v", err)
 			return
 		}
-		n, err := f.Seek(0, io.SeekEnd)
-		f.Close()
-		if err != nil {
-			c.errf(field, "%s: size: %v", d.Path, err)
-			return
-		}
-		d.Size = uint64(n)
+		d.Size = n
 	}
 	if d.Size%512 != 0 || d.Size == 0 {
 		c.errf(field, "%s is %d bytes: a disk is a non-zero whole number of 512-byte sectors", d.Path, d.Size)
@@ -161,4 +154,19 @@ func (c *checker) checkDiskSharing(cl *Cluster) {
 				d.Path, first.disk.Path, first.k.Name, first.disk.Field)
 		}
 	}
+}
+
+// blockDeviceSize is the size of the block device at path, which stat
+// does not give (its st_size is 0).
+func blockDeviceSize(path string) (uint64, error) {
+	f, err := openNonBlock(path)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", path, unwrapPath(err))
+	}
+	defer f.Close()
+	n, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
+		return 0, fmt.Errorf("%s: size: %w", path, err)
+	}
+	return uint64(n), nil
 }
