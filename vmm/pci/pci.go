@@ -201,14 +201,15 @@ func (c *config) placeBARs() {
 	}
 }
 
-// unplaced says whether a BAR of the function is not where Add found it.
-func (c *config) unplaced() bool {
+// unplaced counts the function's BARs that are not where Add found them.
+func (c *config) unplaced() int {
+	n := 0
 	for i, b := range c.init {
 		if b.Size != 0 && c.mapped[i] != b.Addr {
-			return true
+			n++
 		}
 	}
-	return false
+	return n
 }
 
 // read returns the 32-bit register at a dword-aligned offset.
@@ -391,13 +392,33 @@ func (b *Bus) Reset() {
 			c.reset()
 		}
 	}
-	// A function's move back can be refused while another still sat on
-	// its first address (the guest moved both); the others are back now.
+	// A function's move back can be refused while another still sits on
+	// its first address: the guest moved both, or a chain of them (A
+	// away, B onto A's first address, C onto B's, ...), which a pass
+	// unwinds by one link. Pass again while a pass places a BAR.
+	for left := b.unplaced(); left > 0; {
+		for _, c := range b.devs {
+			if c != nil && c.unplaced() > 0 {
+				c.placeBARs()
+			}
+		}
+		now := b.unplaced()
+		if now == left {
+			break // the rest are refused for good (a guest move the VMM cannot undo)
+		}
+		left = now
+	}
+}
+
+// unplaced counts the BARs on the bus that are not where Add found them.
+func (b *Bus) unplaced() int {
+	n := 0
 	for _, c := range b.devs {
-		if c != nil && c.unplaced() {
-			c.placeBARs()
+		if c != nil {
+			n += c.unplaced()
 		}
 	}
+	return n
 }
 
 // BARs returns the current BARs of device d (after any guest moves).

@@ -133,3 +133,77 @@ func TestBusReset(t *testing.T) {
 
 // irqUp is the line's last level.
 func irqUp(l *line) bool { return len(l.levels) > 0 && l.levels[len(l.levels)-1] }
+
+// space is a fake MMIO bus for BAR0s of one size: who sits at each
+// address; a move onto another function's address is refused.
+type space map[uint64]*placedFn
+
+// placedFn is a function with one 4 KiB BAR0 at first, on a space.
+type placedFn struct {
+	first uint64
+	at    uint64
+	sp    space
+}
+
+func (f *placedFn) Header() pci.Header {
+	return pci.Header{Vendor: 0x1af4, Device: 0x1110, Class: 0x050000}
+}
+func (f *placedFn) BARs() [pci.NumBARs]pci.BAR {
+	return [pci.NumBARs]pci.BAR{0: {Size: 0x1000, Addr: f.first}}
+}
+func (f *placedFn) ConfigRead(int, []byte)  {}
+func (f *placedFn) ConfigWrite(int, []byte) {}
+func (f *placedFn) BARMoved(i int, addr uint64) error {
+	if o := f.sp[addr]; o != nil && o != f {
+		return fmt.Errorf("%#x is taken", addr)
+	}
+	delete(f.sp, f.at)
+	f.sp[addr], f.at = f, addr
+	return nil
+}
+
+// TestBusResetChainedMoves: a guest moves A to free space, B onto A's
+// first address, C onto B's, and so on (each move legal when made), then
+// reboots. Every function's move back is refused until the one after it
+// in the chain has moved, so one extra pass after the first left all but
+// the last two where the guest put them; Reset must bring each BAR back to
+// where Add found it, whatever the chain's length.
+func TestBusResetChainedMoves(t *testing.T) {
+	for _, n := range []int{2, 3, 5} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			sp := space{}
+			b := pci.NewBus()
+			p := b.ConfigPorts()
+			var fns []*placedFn
+			var devs []int
+			for i := range n {
+				f := &placedFn{first: 0xc000_0000 + uint64(i)*0x1000, sp: sp}
+				f.at = f.first
+				sp[f.first] = f
+				d, err := b.Add(f)
+				if err != nil {
+					t.Fatal(err)
+				}
+				fns, devs = append(fns, f), append(devs, d)
+			}
+			write32(p, devs[0], pci.OffBAR0, 0xd000_0000)
+			for i := 1; i < n; i++ {
+				write32(p, devs[i], pci.OffBAR0, uint32(fns[i-1].first))
+			}
+			for i, f := range fns {
+				if want := fns[max(i-1, 0)].first; i > 0 && f.at != want {
+					t.Fatalf("setup: function %d at %#x, want %#x", i, f.at, want)
+				}
+			}
+			b.Reset()
+			for i, f := range fns {
+				if f.at != f.first {
+					t.Errorf("after reset: function %d of a chain of %d mapped at %#x, want %#x where Add found it", i, n, f.at, f.first)
+				}
+				if v := read32(p, devs[i], pci.OffBAR0) &^ 0xf; uint64(v) != f.first {
+					t.Errorf("after reset: function %d's BAR0 reads %#x, want %#x", i, v, f.first)
+				}
+			}
+		})
+	}
+}
