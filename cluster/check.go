@@ -76,6 +76,7 @@ func Check(f *File, host Host) (*Cluster, error) {
 	}
 	c.checkAcross(cl)
 	c.checkDiskSharing(cl)
+	c.checkConsoleLogs(cl)
 	c.checkTapNames(cl)
 	if len(c.errs) > 0 {
 		return nil, errors.Join(c.errs...)
@@ -306,6 +307,8 @@ func (c *checker) checkKernel(cl *Cluster, i int) *Kernel {
 		k.ConsoleLog = filepath.Join(cl.RunDir, ks.Name+".console.log")
 	} else if st, err := os.Stat(filepath.Dir(k.ConsoleLog)); err != nil || !st.IsDir() {
 		c.errf(at("console_log"), "directory %s does not exist", filepath.Dir(k.ConsoleLog))
+	} else if st, err := os.Stat(k.ConsoleLog); err == nil && st.IsDir() {
+		c.errf(at("console_log"), "%s is a directory", k.ConsoleLog)
 	}
 	k.ConsoleLogMax = defaultConsoleLogMax
 	if ks.ConsoleLogMax.IsSet() {
@@ -587,6 +590,69 @@ func passthroughErrors(err error) []*memmap.PassthroughError {
 		out = append(out, pe)
 	}
 	return out
+}
+
+// checkConsoleLogs refuses a console log that is another file of the
+// cluster (the same path, or the same device and inode): another kernel's
+// console log, or a kernel, initrd, disk or passthrough file. A console
+// log is appended to and, at console_log_max, renamed to LOG.1 with a new
+// LOG in its place: two consoles would interleave and rotate each other's
+// logs, and a disk image or kernel named as a log would be written to,
+// then moved away.
+func (c *checker) checkConsoleLogs(cl *Cluster) {
+	byPath := map[string]string{}
+	byID := map[[2]uint64]string{}
+	add := func(p, field string) {
+		if p == "" {
+			return
+		}
+		p = filepath.Clean(p)
+		if _, ok := byPath[p]; !ok {
+			byPath[p] = field
+		}
+		var st unix.Stat_t
+		if unix.Stat(p, &st) == nil {
+			if id := [2]uint64{st.Dev, st.Ino}; byID[id] == "" {
+				byID[id] = field
+			}
+		}
+	}
+	for _, k := range cl.Kernels {
+		at := fmt.Sprintf("kernel[%d].", k.Index)
+		add(k.KernelPath, at+"kernel")
+		add(k.InitrdPath, at+"initrd")
+		for _, d := range k.Disks {
+			add(d.Path, d.Field)
+		}
+		for j, p := range k.Passthrough {
+			add(p.Path, fmt.Sprintf("%spassthrough[%d].path", at, j))
+		}
+	}
+	// The default logs (RUN_DIR/NAME.console.log) first: two of them are
+	// one file only for a duplicate name, reported at the name. A
+	// console_log given in the config is then checked against them too.
+	for _, given := range []bool{false, true} {
+		for _, k := range cl.Kernels {
+			if (c.f.Kernels[k.Index].ConsoleLog != "") != given {
+				continue
+			}
+			p, field := filepath.Clean(k.ConsoleLog), fmt.Sprintf("kernel[%d].console_log", k.Index)
+			var st unix.Stat_t
+			exists := unix.Stat(p, &st) == nil
+			if exists && st.Mode&unix.S_IFMT != unix.S_IFREG {
+				continue // a device node (/dev/null) or a FIFO is never rotated, and may be every kernel's log
+			}
+			other := byPath[p]
+			if other == "" && exists {
+				other = byID[[2]uint64{st.Dev, st.Ino}]
+			}
+			if other != "" && (given || !strings.HasSuffix(other, ".console_log")) {
+				c.errf(field, "%s is also %s: a console log is appended to, and renamed to %s.1 at console_log_max; give it a file of its own", k.ConsoleLog, other, k.ConsoleLog)
+				continue
+			}
+			add(p, field)
+		}
+	}
 }
 
 // checkAcross checks what involves several kernels or the host as a whole.

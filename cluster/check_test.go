@@ -258,6 +258,19 @@ func TestCheckErrors(t *testing.T) {
 		{"cmdline newline", edit(secondaryCPUs, secondaryCPUs+"\ncmdline = \"a\\nb\""), []string{`kernel[1].cmdline: contains a NUL or newline`}},
 		{"console log dir", edit(secondaryCPUs, secondaryCPUs+"\nconsole_log = \"/nonexistent/x.log\""),
 			[]string{`kernel[1].console_log: directory /nonexistent does not exist`}},
+		// A console log is appended to and, at console_log_max, renamed to
+		// LOG.1 with a new LOG in its place: validate took a directory (the
+		// kernel then failed at up), one log for two kernels (each
+		// rotating the other's) and a log that is a disk image or kernel
+		// (written to, then moved away).
+		{"console log is a directory", edit(secondaryCPUs, secondaryCPUs+"\nconsole_log = \"images\""),
+			[]string{`kernel[1].console_log: `, `images is a directory`}},
+		{"console log of two kernels", edit(primaryMem, primaryMem+"\nconsole_log = \"c.log\"", secondaryCPUs, secondaryCPUs+"\nconsole_log = \"./c.log\""),
+			[]string{`kernel[1].console_log: `, `c.log is also kernel[0].console_log`}},
+		{"console log is a disk", edit(secondaryCPUs, secondaryCPUs+"\nconsole_log = \"blob\"", "", "[[kernel.disk]]\npath = \"blob\"\n"),
+			[]string{`kernel[1].console_log: `, `blob is also kernel[1].disk[0].path`}},
+		{"console log is a kernel", edit(secondaryCPUs, secondaryCPUs+"\nkernel = \"pvh-ok\"", primaryMem, primaryMem+"\nconsole_log = \"pvh-ok\""),
+			[]string{`kernel[0].console_log: `, `pvh-ok is also kernel[1].kernel`}},
 		{"passthrough over RAM", edit("", "[[kernel.passthrough]]\npath = \"/dev/zero\"\nsize = \"2M\"\nguest_address = \"0x1000000\"\nread_only = true\n"),
 			[]string{`kernel[1].passthrough[0].guest_address: passthrough 0x000001000000-0x0000011fffff overlaps ram`}},
 		{"passthrough in hole", edit("", "[[kernel.passthrough]]\npath = \"/dev/zero\"\nsize = \"4K\"\nguest_address = \"0xfee00000\"\nread_only = true\n"),
