@@ -32,6 +32,10 @@
 #   NOHOLD=1                end the lab job's KVM hold (lab hold-kvm) first, so
 #                           that the boots switch the lab kernel's static keys
 #                           (text patching) as they did before the hold existed
+#   LOAD=1                  the lab host's devices busy meanwhile (16 MiB written
+#                           and synced to the 9p share in a loop): device interrupts
+#   IRQS=LIST               the lab host's device interrupts go to these CPUs
+#                           (/proc/irq/*/smp_affinity_list), e.g. the last one
 #   TRACE=1                 keep the KVM trace (kvm_exit, kvm_inj_*, kvm_entry)
 #                           of every failed popvmm or cluster boot (cluster: the
 #                           last 5000 events of the core its vCPU ran on)
@@ -70,6 +74,25 @@ if [ "${1:-}" = --in-lab ]; then
   if [ "${NOHOLD:-0}" = 1 ]; then
     for p in $(pgrep -f 'popvmm lab hold-kvm' || true); do kill "$p" && echo "lab: ended the KVM hold (pid $p)"; done
   fi
+  irqs() { # the lab host's busy interrupt lines, per CPU
+    echo "lab: /proc/interrupts $1:"
+    grep -E '^ *([0-9]+|LOC|RES|CAL):' /proc/interrupts | awk '{t=0; for (i=2; i<=NF && $i ~ /^[0-9]+$/; i++) t+=$i; if (t > 100) print "  " $0}'
+  }
+  if [ -n "${IRQS:-}" ]; then
+    # Every device interrupt of the lab host to the CPUs IRQS lists.
+    for f in /proc/irq/*/smp_affinity_list; do echo "$IRQS" >"$f" 2>/dev/null || true; done
+  fi
+  irqs before
+  loadpid=
+  if [ "${LOAD:-0}" = 1 ]; then
+    # Device interrupts in the lab host while the guests boot, as a test
+    # run makes them (its logs and images go over the 9p share): 16 MiB
+    # written and synced to the share again and again. They land on the
+    # CPUs /proc/irq says (CPU 0 unless IRQS moves them).
+    ( while :; do dd if=/dev/zero of="$out/load.tmp" bs=1M count=16 conv=fsync status=none; done ) &
+    loadpid=$!
+  fi
+  trap '[ -z "$loadpid" ] || { kill $loadpid; wait $loadpid; rm -f "$out/load.tmp"; }; irqs after' EXIT
   par=${PARALLEL:-1}
   ncpu=$(nproc)
   if [ "$par" -gt "$ncpu" ] && [[ " ${VMMS:-} " == *" cluster "* ]]; then
@@ -221,7 +244,7 @@ done
 if [ -n "${VMMTEST:-}" ]; then cp "$VMMTEST" "$out/vmm.test"; else go test -c -tags bootcount -o "$out/vmm.test" ./vmm; fi
 echo "==> $n boots per kernel of ${FLAVOURS:-full light} (${FORMAT:-bzImage}) under ${VMMS:-popvmm qemu}, lab npt=${NPT:-1}; logs in $out"
 POPVMM_LAB_APPEND="${POPVMM_LAB_APPEND:-} lab.kvm_amd=npt=${NPT:-1}" \
-  "$popvmm" lab run --share "$out" -- env TRACE="${TRACE:-0}" NOHOLD="${NOHOLD:-0}" CPU="${CPU:-}" POPULATE="${POPULATE:-0}" HUGEPAGES="${HUGEPAGES:-0}" FLAVOURS="${FLAVOURS:-full light}" \
+  "$popvmm" lab run --cpus "${LAB_CPUS:-2}" --share "$out" -- env LOAD="${LOAD:-0}" IRQS="${IRQS:-}" TRACE="${TRACE:-0}" NOHOLD="${NOHOLD:-0}" CPU="${CPU:-}" POPULATE="${POPULATE:-0}" HUGEPAGES="${HUGEPAGES:-0}" FLAVOURS="${FLAVOURS:-full light}" \
   FORMAT="${FORMAT:-bzImage}" APPEND="${APPEND:-}" TIMEOUT="${TIMEOUT:-240}" PARALLEL="${PARALLEL:-1}" PROTECT="${PROTECT:-false}" WINDOW="${WINDOW:-16M}" MEMORY="${MEMORY:-512M}" VMMS="${VMMS:-popvmm qemu}" \
   bench/boot-count.sh --in-lab "$n" "$out"
 echo "==> tally (one lab run, npt=${NPT:-1})"
