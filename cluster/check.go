@@ -592,30 +592,48 @@ func passthroughErrors(err error) []*memmap.PassthroughError {
 	return out
 }
 
-// checkConsoleLogs refuses a console log that is another file of the
-// cluster (the same path, or the same device and inode): another kernel's
-// console log, or a kernel, initrd, disk or passthrough file. A console
-// log is appended to and, at console_log_max, renamed to LOG.1 with a new
-// LOG in its place: two consoles would interleave and rotate each other's
-// logs, and a disk image or kernel named as a log would be written to,
-// then moved away.
+// rotatedLog is the name a console log is renamed to at console_log_max:
+// vtty.RotatedLog, which cluster may not import (TestRotatedLogName holds
+// them equal).
+func rotatedLog(path string) string { return path + ".1" }
+
+// checkConsoleLogs refuses a console log whose name, or rotated name
+// (LOG.1), is another file of the cluster (the same path, or the same
+// device and inode): another kernel's console log or rotated log, or a
+// kernel, initrd, disk or passthrough file. A console log is appended to
+// and, at console_log_max, renamed to LOG.1 with a new LOG in its place:
+// two consoles would interleave and rotate each other's logs (a log named
+// "x.1" is where the log "x" is rotated to), and a disk image or kernel
+// named as a log, or as a log's LOG.1, would be written to, moved away or
+// replaced.
 func (c *checker) checkConsoleLogs(cl *Cluster) {
 	byPath := map[string]string{}
 	byID := map[[2]uint64]string{}
-	add := func(p, field string) {
+	add := func(p, what string) {
 		if p == "" {
 			return
 		}
 		p = filepath.Clean(p)
 		if _, ok := byPath[p]; !ok {
-			byPath[p] = field
+			byPath[p] = what
 		}
 		var st unix.Stat_t
 		if unix.Stat(p, &st) == nil {
 			if id := [2]uint64{st.Dev, st.Ino}; byID[id] == "" {
-				byID[id] = field
+				byID[id] = what
 			}
 		}
+	}
+	// find returns what p already is, by path or by device and inode.
+	find := func(p string) string {
+		if other := byPath[p]; other != "" {
+			return other
+		}
+		var st unix.Stat_t
+		if unix.Stat(p, &st) == nil {
+			return byID[[2]uint64{st.Dev, st.Ino}]
+		}
+		return ""
 	}
 	for _, k := range cl.Kernels {
 		at := fmt.Sprintf("kernel[%d].", k.Index)
@@ -628,9 +646,13 @@ func (c *checker) checkConsoleLogs(cl *Cluster) {
 			add(p.Path, fmt.Sprintf("%spassthrough[%d].path", at, j))
 		}
 	}
-	// The default logs (RUN_DIR/NAME.console.log) first: two of them are
-	// one file only for a duplicate name, reported at the name. A
-	// console_log given in the config is then checked against them too.
+	// The default logs (RUN_DIR/NAME.console.log) first: two of them, or
+	// one and the other's LOG.1, are one file only for a duplicate name
+	// (a name has no '.'), reported at the name. A console_log given in
+	// the config is then checked against them too.
+	isLog := func(what string) bool {
+		return strings.HasSuffix(what, ".console_log") || strings.HasSuffix(what, ".console_log's rotated log")
+	}
 	for _, given := range []bool{false, true} {
 		for _, k := range cl.Kernels {
 			if (c.f.Kernels[k.Index].ConsoleLog != "") != given {
@@ -638,19 +660,20 @@ func (c *checker) checkConsoleLogs(cl *Cluster) {
 			}
 			p, field := filepath.Clean(k.ConsoleLog), fmt.Sprintf("kernel[%d].console_log", k.Index)
 			var st unix.Stat_t
-			exists := unix.Stat(p, &st) == nil
-			if exists && st.Mode&unix.S_IFMT != unix.S_IFREG {
+			if unix.Stat(p, &st) == nil && st.Mode&unix.S_IFMT != unix.S_IFREG {
 				continue // a device node (/dev/null) or a FIFO is never rotated, and may be every kernel's log
 			}
-			other := byPath[p]
-			if other == "" && exists {
-				other = byID[[2]uint64{st.Dev, st.Ino}]
-			}
-			if other != "" && (given || !strings.HasSuffix(other, ".console_log")) {
-				c.errf(field, "%s is also %s: a console log is appended to, and renamed to %s.1 at console_log_max; give it a file of its own", k.ConsoleLog, other, k.ConsoleLog)
+			rotated := rotatedLog(p)
+			switch other, otherRotated := find(p), find(rotated); {
+			case other != "" && (given || !isLog(other)):
+				c.errf(field, "%s is also %s: a console log is appended to, and renamed to LOG.1 at console_log_max; give it a file of its own", k.ConsoleLog, other)
+				continue
+			case otherRotated != "" && (given || !isLog(otherRotated)):
+				c.errf(field, "%s is rotated at console_log_max to %s, which is also %s; give it a name whose LOG and LOG.1 are files of its own", k.ConsoleLog, rotated, otherRotated)
 				continue
 			}
 			add(p, field)
+			add(rotated, field+"'s rotated log")
 		}
 	}
 }

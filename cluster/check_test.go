@@ -74,6 +74,7 @@ func load(t *testing.T, text string, host cluster.Host) (*cluster.Cluster, error
 	testkernel.Images(t, filepath.Join(dir, "images"))
 	testkernel.Write(t, dir, "notakernel", []byte("hello\n"))
 	testkernel.Write(t, dir, "blob", make([]byte, 64<<10))
+	testkernel.Write(t, dir, "blob.1", make([]byte, 64<<10))
 	// Kernels the loaders would refuse: segments or load ranges over the
 	// boot structures, or beyond the 256 MiB of kernel[1].
 	testkernel.Write(t, dir, "pvh-low", testkernel.ELFLoadable(0x5000, 0x5000, make([]byte, 0x3000), 0))
@@ -271,6 +272,17 @@ func TestCheckErrors(t *testing.T) {
 			[]string{`kernel[1].console_log: `, `blob is also kernel[1].disk[0].path`}},
 		{"console log is a kernel", edit(secondaryCPUs, secondaryCPUs+"\nkernel = \"pvh-ok\"", primaryMem, primaryMem+"\nconsole_log = \"pvh-ok\""),
 			[]string{`kernel[0].console_log: `, `pvh-ok is also kernel[1].kernel`}},
+		// LOG.1, where a log is renamed at console_log_max, was not
+		// checked: logs "x" and "x.1" took, and the first kernel's
+		// rotation renamed its log onto the second's live log.
+		{"console log is another's rotated log", edit(primaryMem, primaryMem+"\nconsole_log = \"x\"", secondaryCPUs, secondaryCPUs+"\nconsole_log = \"x.1\""),
+			[]string{`kernel[1].console_log: `, `x.1 is also kernel[0].console_log's rotated log`}},
+		{"console log rotates onto another's", edit(primaryMem, primaryMem+"\nconsole_log = \"x.1\"", secondaryCPUs, secondaryCPUs+"\nconsole_log = \"./x\""),
+			[]string{`kernel[1].console_log: `, `x is rotated at console_log_max to `, `x.1, which is also kernel[0].console_log`}},
+		{"console log rotates onto another's default", edit(`run_dir = "run"`, `run_dir = "."`, primaryMem, primaryMem+"\nconsole_log = \"secondary.console.log.1\""),
+			[]string{`kernel[0].console_log: `, `secondary.console.log.1 is also kernel[1].console_log's rotated log`}},
+		{"console log rotates onto a disk", edit(secondaryCPUs, secondaryCPUs+"\nconsole_log = \"blob\"", "", "[[kernel.disk]]\npath = \"blob.1\"\n"),
+			[]string{`kernel[1].console_log: `, `blob is rotated at console_log_max to `, `blob.1, which is also kernel[1].disk[0].path`}},
 		{"passthrough over RAM", edit("", "[[kernel.passthrough]]\npath = \"/dev/zero\"\nsize = \"2M\"\nguest_address = \"0x1000000\"\nread_only = true\n"),
 			[]string{`kernel[1].passthrough[0].guest_address: passthrough 0x000001000000-0x0000011fffff overlaps ram`}},
 		{"passthrough in hole", edit("", "[[kernel.passthrough]]\npath = \"/dev/zero\"\nsize = \"4K\"\nguest_address = \"0xfee00000\"\nread_only = true\n"),
