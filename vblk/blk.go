@@ -190,7 +190,7 @@ func (b *Block) ReadConfig(off int, data []byte) {
 	var c [configLen]byte
 	le := binary.LittleEndian
 	le.PutUint64(c[0x00:], b.sectors)
-	le.PutUint32(c[0x0c:], uint32(b.qsize)-2) // header and status take two descriptors
+	le.PutUint32(c[0x0c:], b.segMax())
 	le.PutUint32(c[0x14:], SectorSize)
 	le.PutUint16(c[0x22:], 1)
 	le.PutUint32(c[0x24:], maxRangeSectors)
@@ -205,6 +205,17 @@ func (b *Block) ReadConfig(off int, data []byte) {
 			data[i] = c[off+i]
 		}
 	}
+}
+
+// segMax is the config's seg_max (virtio 1.2, 5.2.4): the most data
+// buffers a request may have, besides its header and status. The queue
+// takes a chain of up to its size in descriptors, or one indirect table
+// of up to virtio.MaxIndirect (longer breaks the queue), and a driver
+// may put every request of several buffers in an indirect table (Linux
+// does), so the fewer of the two bounds it: queue size − 2 up to 1024,
+// 1022 beyond.
+func (b *Block) segMax() uint32 {
+	return uint32(min(int(b.qsize), virtio.MaxIndirect)) - 2 // header and status take two descriptors
 }
 
 // WriteConfig implements virtio.Device: nothing is writable (no

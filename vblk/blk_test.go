@@ -353,6 +353,56 @@ func TestReactivateQueueSize(t *testing.T) {
 	}
 }
 
+// TestSegMax: the config's seg_max is as many data buffers as the device
+// takes in a request, for queues up to the largest: a request of seg_max
+// data buffers in one indirect table (as Linux sends one) completes. It
+// was queue size − 2, which past 1024 is more than the indirect table the
+// queue takes: such a request broke the device.
+func TestSegMax(t *testing.T) {
+	for _, tt := range []struct {
+		queue uint16
+		want  uint32
+	}{{256, 254}, {1024, 1022}, {2048, 1022}, {virtio.MaxQueueSize, 1022}} {
+		be := &memBackend{data: make([]byte, 1<<20)}
+		g := newGuest(t, vblk.Config{Backend: be, QueueSize: tt.queue}, 0)
+		segMax := uint32(g.d.Read(g.d.DevCfg+0x0c, 4))
+		if segMax != tt.want {
+			t.Errorf("queue size %d: seg_max %d, want %d", tt.queue, segMax, tt.want)
+		}
+		var h [vblk.HeaderLen]byte
+		binary.LittleEndian.PutUint32(h[0:], vblk.TypeOut)
+		g.d.Mem.Write(g.hdr, h[:])
+		g.d.Mem.Write(g.st, []byte{0xee})
+		data := g.d.Alloc(uint64(segMax) * vblk.SectorSize)
+		g.d.Mem.Write(data, pattern(int(segMax)*vblk.SectorSize, 4))
+		bufs := []virtiotest.Buf{{Addr: g.hdr, Len: vblk.HeaderLen}}
+		for i := range uint64(segMax) {
+			bufs = append(bufs, virtiotest.Buf{Addr: data + i*vblk.SectorSize, Len: vblk.SectorSize})
+		}
+		bufs = append(bufs, virtiotest.Buf{Addr: g.st, Len: 1, Write: true})
+		if _, ok := g.q.OfferIndirect(bufs...); !ok {
+			t.Fatal("queue full")
+		}
+		g.q.Kick()
+		deadline := time.After(10 * time.Second)
+		for done := false; !done; {
+			select {
+			case <-g.r.Signals[1]:
+				done = len(g.q.TakeUsed()) > 0
+			case <-g.r.Signals[0]:
+				t.Fatalf("queue size %d, a write of seg_max = %d buffers: configuration interrupt, device status %#x", tt.queue, segMax, g.d.Status())
+			case <-deadline:
+				t.Fatalf("queue size %d: no completion within 10s", tt.queue)
+			}
+		}
+		st := make([]byte, 1)
+		g.d.Mem.Read(g.st, st)
+		if disk, _ := be.snapshot(); st[0] != vblk.StatusOK || !bytes.Equal(disk[:segMax*vblk.SectorSize], pattern(int(segMax)*vblk.SectorSize, 4)) {
+			t.Fatalf("queue size %d, a write of seg_max = %d buffers: status %d", tt.queue, segMax, st[0])
+		}
+	}
+}
+
 // TestScatteredRequest: the device takes a request however the driver
 // splits it into descriptors: header and data in one buffer, data and
 // status in one buffer.

@@ -29,8 +29,10 @@ const (
 	descSize = 16
 	// MaxQueueSize is the largest split queue (virtio 1.x 2.7).
 	MaxQueueSize = 32768
-	// maxIndirect bounds an indirect table.
-	maxIndirect = 1024
+	// MaxIndirect bounds an indirect table, in descriptors: a longer one
+	// breaks the queue. A device that advertises how many buffers a
+	// request may have (virtio-blk's seg_max) counts it in.
+	MaxIndirect = 1024
 	// availFlagNoInterrupt is VRING_AVAIL_F_NO_INTERRUPT.
 	availFlagNoInterrupt = 1
 )
@@ -255,7 +257,7 @@ func (q *Queue) walkFrom(c *Chain, table uint64, size uint32, i uint16, indirect
 			if d.flags&DescNext != 0 || n != 0 {
 				return errors.New("indirect descriptor inside a chain")
 			}
-			if d.len == 0 || d.len%descSize != 0 || d.len/descSize > maxIndirect {
+			if d.len == 0 || d.len%descSize != 0 || d.len/descSize > MaxIndirect {
 				return fmt.Errorf("indirect table of %d bytes", d.len)
 			}
 			if _, err := q.Mem.Slice(d.addr, uint64(d.len)); err != nil {
