@@ -354,9 +354,23 @@ func (c *checker) checkPlacement(k *Kernel, initrdSize uint64, at func(string) s
 	if initrdSize == 0 {
 		return
 	}
-	if _, err := p.InitrdAddr(k.Layout, initrdSize); err != nil {
+	if err := k.InitrdFits(initrdSize); err != nil {
 		c.errf(at("initrd"), "%s: %v with this kernel in %s of memory", k.InitrdPath, err, memmap.FormatSize(k.Memory))
 	}
+}
+
+// InitrdFits says whether an initrd of size bytes fits where the loader
+// puts it with this kernel, in this kernel's layout (the loader's own
+// boot.Placement.InitrdAddr): nil when it does, or when the kernel or the
+// layout is unknown (reported by Check). Check sizes the initrd file
+// alone; the supervisor boots it with the kernel's overlay appended
+// (guest.CheckInitramfs checks that size).
+func (k *Kernel) InitrdFits(size uint64) error {
+	if k.Layout == nil || k.KernelInfo.Format == "" {
+		return nil
+	}
+	_, err := k.KernelInfo.Placement.InitrdAddr(k.Layout, size)
+	return err
 }
 
 func defaultStr(s, def string) string {

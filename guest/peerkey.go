@@ -33,7 +33,7 @@ const (
 // EnsurePeerKey returns cluster cl's kernels' key pair, kept in dir,
 // making it when there is none yet.
 func EnsurePeerKey(dir string, cl *cluster.Cluster) (*HostKey, error) {
-	return ensureKey(filepath.Join(dir, PeerKeyName), "popvmm kernels of "+cl.Name, "kernels' key")
+	return ensureKey(filepath.Join(dir, PeerKeyName), peerKeyComment(cl), "kernels' key")
 }
 
 // AuthorizedLine is the key's authorized_keys line.
@@ -47,7 +47,7 @@ func (k *HostKey) AuthorizedLine(comment string) []byte {
 // each kernel's host key (hostKeys, by name) by its name, its window
 // network address and its address on the cluster's bridge.
 func PeerKeyFiles(cl *cluster.Cluster, key *HostKey, hostKeys map[string]*HostKey) ([]File, error) {
-	block, err := ssh.MarshalPrivateKey(key.priv, "popvmm kernels of "+cl.Name)
+	block, err := ssh.MarshalPrivateKey(key.priv, peerKeyComment(cl))
 	if err != nil {
 		return nil, fmt.Errorf("kernels' key: %w", err)
 	}

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/popvmm/popvmm/cluster"
+	"github.com/popvmm/popvmm/guest"
 	"github.com/popvmm/popvmm/supervisor"
 	"github.com/popvmm/popvmm/vtty"
 )
@@ -62,6 +63,16 @@ func TestOverlayAlignedAfterInitrd(t *testing.T) {
 	l.mu.Lock()
 	got := l.boots["primary"].Initrd
 	l.mu.Unlock()
+	// validate sized this initrd (guest.CheckInitramfs) before up: the
+	// same length, from the same code, with stand-ins for the keys.
+	for _, k := range cl.Kernels {
+		if k.Name != "primary" {
+			continue
+		}
+		if want, ok, err := guest.BootInitrdSize(cl, k); err != nil || !ok || want != uint64(len(got)) {
+			t.Errorf("booted an initrd of %d bytes; validate sized it %d bytes (%v, %v)", len(got), want, ok, err)
+		}
+	}
 	at := len(got) - len(overlay)
 	switch {
 	case at < len(base) || !bytes.Equal(got[:len(base)], base) || !bytes.Equal(got[at:], overlay):

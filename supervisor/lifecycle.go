@@ -99,15 +99,9 @@ func (s *Supervisor) launch(ctx context.Context, r *kernelRun) (Machine, error) 
 	if err != nil {
 		return nil, fmt.Errorf("initramfs overlay: %w", err)
 	}
-	// The kernel unpacks concatenated newc archives in order: the overlay's
-	// files land over the base image's. It takes an archive only at a
-	// multiple of 4 bytes and skips NUL bytes between archives
-	// (init/initramfs.c); a compressed initrd ends anywhere, and an
-	// overlay right after it would be dropped ("invalid magic at start of
-	// compressed archive").
-	pad := -len(initrd) & 3
-	initrd = append(append(initrd, make([]byte, pad)...), overlay...)
-	boot := Boot{Initrd: initrd, Cmdline: guest.Cmdline(s.cl, k, s.nested, s.log)}
+	// The image, 0-3 NULs, the overlay: what validate sized
+	// (guest.CheckInitramfs).
+	boot := Boot{Initrd: guest.Initramfs(initrd, overlay), Cmdline: guest.Cmdline(s.cl, k, s.nested, s.log)}
 	s.mu.Lock()
 	w, wn := s.win, s.wn
 	s.mu.Unlock()

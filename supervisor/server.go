@@ -216,7 +216,7 @@ func (s *Supervisor) acceptLoop(ctx context.Context, ln *net.UnixListener) error
 // (RUNDIR/NAME.overlay.cpio) carrying the public key and cluster facts,
 // and with a window network the kernels' own key pair (guest.PeerKeyFiles).
 func (s *Supervisor) prepareBoot(runDir string) error {
-	pub, err := guest.EnsureKey(filepath.Join(runDir, "ssh"), "popvmm-"+s.cl.Name)
+	pub, err := guest.EnsureKey(filepath.Join(runDir, "ssh"), guest.ClusterKeyComment(s.cl))
 	if err != nil {
 		return err
 	}
@@ -224,23 +224,18 @@ func (s *Supervisor) prepareBoot(runDir string) error {
 	if err != nil {
 		return err
 	}
+	keys := guest.Keys{Authorized: pub, Host: hostKeys}
 	// With a window network, the kernels ssh to each other (mpirun) with
 	// a key pair of their own, which every kernel accepts too.
-	var peerFiles []guest.File
 	if s.cl.Winnet.Enabled {
-		pk, err := guest.EnsurePeerKey(filepath.Join(runDir, "ssh"), s.cl)
-		if err != nil {
+		if keys.Peer, err = guest.EnsurePeerKey(filepath.Join(runDir, "ssh"), s.cl); err != nil {
 			return err
 		}
-		if peerFiles, err = guest.PeerKeyFiles(s.cl, pk, hostKeys); err != nil {
-			return err
-		}
-		pub = append(append([]byte{}, pub...), pk.AuthorizedLine("popvmm kernels of "+s.cl.Name)...)
 	}
 	for _, k := range s.cl.Kernels {
-		ov, err := guest.Overlay(s.cl, k, pub, append([]guest.File{guest.HostKeyOverlayFile(hostKeys[k.Name])}, peerFiles...)...)
+		ov, err := guest.KernelOverlay(s.cl, k, keys)
 		if err != nil {
-			return fmt.Errorf("overlay for %s: %w", k.Name, err)
+			return err
 		}
 		p := filepath.Join(runDir, k.Name+".overlay.cpio")
 		if err := os.WriteFile(p, ov, 0o600); err != nil {

@@ -103,6 +103,9 @@ func (c *cli) load(path string) (*cluster.Cluster, error) {
 	}
 	f.RunRoot = c.runRoot
 	cl, err := cluster.Check(f, cluster.SysHost{})
+	if err == nil {
+		err = guest.CheckInitramfs(cl) // the initrd as booted, with its overlay
+	}
 	if err != nil {
 		return nil, configErr(path, err)
 	}
