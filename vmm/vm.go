@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/popvmm/popvmm/internal/ratelog"
 	"github.com/popvmm/popvmm/vmm/boot"
 	"github.com/popvmm/popvmm/vmm/bus"
 	"github.com/popvmm/popvmm/vmm/guestmem"
@@ -32,8 +33,13 @@ const (
 // MMIO (raising interrupts through IRQLine), then Start; Stop and Close
 // end it. Its methods are safe for concurrent use.
 type VM struct {
-	cfg       Config
-	log       *slog.Logger
+	cfg Config
+	log *slog.Logger
+	// guestLog takes the lines a guest can repeat at will, one per
+	// reboot (a reboot loop under RestartAlways): at most
+	// ratelog.DefaultBurst a minute each, the rest counted, because the
+	// supervisor's log is never rotated.
+	guestLog  *ratelog.Logger
 	sys       *kvm.System
 	cpuid     []kvm.CPUIDEntry
 	ram       *guestRAM
@@ -97,12 +103,8 @@ func New(cfg Config) (_ *VM, err error) {
 	if err := cfg.check(); err != nil {
 		return nil, fmt.Errorf("vm %q: %w", cfg.Name, err)
 	}
-	log := cfg.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	log = log.With("kernel", cfg.Name)
-	v := &VM{cfg: cfg, log: log, state: StateCreated, done: make(chan struct{}),
+	log, guestLog := vmLogs(cfg)
+	v := &VM{cfg: cfg, log: log, guestLog: guestLog, state: StateCreated, done: make(chan struct{}),
 		msiRoutes: map[uint32]kvm.Route{}, irqfds: map[[2]int]bool{}}
 	v.pio, v.mmio = bus.New("pio", log), bus.New("mmio", log)
 	defer func() {
@@ -222,7 +224,7 @@ func (v *VM) newMachine() (_ *machine, err error) {
 	v.kmu.Lock()
 	v.kvm = kv
 	v.kmu.Unlock()
-	v.log.Debug("machine", "vm_irqchip_pit_slots", t0.Sub(tVM), "load", t1.Sub(t0), "vcpus", time.Since(t1))
+	v.guestLog.Debug("machine", "vm_irqchip_pit_slots", t0.Sub(tVM), "load", t1.Sub(t0), "vcpus", time.Since(t1))
 	return m, nil
 }
 
@@ -282,13 +284,14 @@ func (v *VM) exit(e Ending, reason string) {
 // reset when the restart policy says so, and otherwise records the final
 // state.
 func (v *VM) watch(m *machine) {
+	defer v.guestLog.Flush() // the count of held-back lines, once this VM has ended
 	for {
 		m.wg.Wait()
 		out := m.result()
 		v.mu.Lock()
 		if out.ending == EndingReset && v.cfg.Restart == RestartAlways && !v.hostStop {
 			v.mu.Unlock()
-			v.log.Info("rebooting", "reason", out.reason)
+			v.logReboot(out.reason)
 			m2, err := v.reboot(m)
 			v.mu.Lock()
 			if err == nil && !v.hostStop {
@@ -371,6 +374,24 @@ func (v *VM) reboot(old *machine) (*machine, error) {
 		return nil, err
 	}
 	return v.newMachine()
+}
+
+// vmLogs are a VM's loggers: cfg.Log (nil: discard) with the kernel's
+// name, and a rate-limited one over it for what the guest can repeat.
+func vmLogs(cfg Config) (*slog.Logger, *ratelog.Logger) {
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("kernel", cfg.Name)
+	return log, ratelog.Default(log)
+}
+
+// logReboot logs a guest's reset that the VM reboots: rate-limited, as a
+// guest rebooting in a loop would otherwise write a line per reboot to
+// the supervisor's log for as long as it runs.
+func (v *VM) logReboot(reason string) {
+	v.guestLog.Info("rebooting", "reason", reason)
 }
 
 // hostStopReason is Status.Reason after Stop (Status.Ending says
