@@ -111,7 +111,11 @@ type span struct {
 }
 
 // each calls f with each piece of s as guest memory and the piece's
-// offset into s.
+// offset into s, through guestmem.Memory.Access: a piece the host cannot
+// provide (a passthrough file truncated under its mapping) is
+// guestmem.ErrFault, never a crash. f must not touch p once it returns
+// but through a system call (transfer's preadv and pwritev: the kernel
+// answers a page it cannot provide with EFAULT, not a signal).
 func (s span) each(mem *guestmem.Memory, f func(p []byte, off uint64) error) error {
 	skip, left, off := s.skip, s.n, uint64(0)
 	for _, b := range s.bufs {
@@ -124,11 +128,7 @@ func (s span) each(mem *guestmem.Memory, f func(p []byte, off uint64) error) err
 			continue
 		}
 		n := min(l-skip, left)
-		p, err := mem.Slice(b.Addr+skip, n)
-		if err != nil {
-			return err
-		}
-		if err := f(p, off); err != nil {
+		if err := mem.Access(b.Addr+skip, n, func(p []byte) error { return f(p, off) }); err != nil {
 			return err
 		}
 		skip, left, off = 0, left-n, off+n
@@ -175,11 +175,10 @@ func (b *Block) execute(mem *guestmem.Memory, c *virtio.Chain) (written uint32, 
 	out := span{c.Readable, HeaderLen, rd - HeaderLen}
 	in := span{c.Writable, 0, wr - 1}
 	status, n := b.run(mem, typ, sector, out, in)
-	st, err := mem.Slice(lastByte(c.Writable))
-	if err != nil {
+	at, _ := lastByte(c.Writable)
+	if err := mem.Write(at, []byte{status}); err != nil {
 		return 0, err
 	}
-	st[0] = status
 	return uint32(n + 1), nil
 }
 

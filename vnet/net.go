@@ -425,11 +425,10 @@ func (n *Net) gather(q *virtio.Queue, c *virtio.Chain) ([]byte, error) {
 		if total+int(b.Len) > len(n.txBuf) {
 			return nil, fmt.Errorf("frame of more than %d bytes", len(n.txBuf))
 		}
-		s, err := q.Mem.Slice(b.Addr, uint64(b.Len))
-		if err != nil {
+		if err := q.Mem.Read(b.Addr, n.txBuf[total:total+int(b.Len)]); err != nil {
 			return nil, err
 		}
-		total += copy(n.txBuf[total:], s)
+		total += int(b.Len)
 	}
 	if total < HeaderLen {
 		return nil, fmt.Errorf("frame of %d bytes, shorter than its %d-byte header", total, HeaderLen)

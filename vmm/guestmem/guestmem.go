@@ -2,7 +2,10 @@
 // code see it: a set of regions (RAM slots, passthrough, the window), every
 // access bounds-checked. An address outside every region, or a range that
 // crosses a region's end, is an error — never a panic — so a guest's
-// garbage descriptor costs at most the device that followed it.
+// garbage descriptor costs at most the device that followed it. So is a
+// page the host cannot provide (a passthrough file truncated under its
+// mapping raises SIGBUS): Read, Write and Access turn the fault into
+// ErrFault, counted by Faults, instead of a crash of the process.
 package guestmem
 
 import (
@@ -10,7 +13,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"slices"
+	"sync/atomic"
 
 	"github.com/popvmm/popvmm/memmap"
 )
@@ -20,6 +25,10 @@ var (
 	ErrOutOfRange = errors.New("guest address out of range")
 	ErrReadOnly   = errors.New("guest memory is read-only")
 	ErrOverlap    = errors.New("guest memory regions overlap")
+	// ErrFault: the host could not provide the memory (SIGBUS or SIGSEGV
+	// on access), e.g. a passthrough region whose file was truncated
+	// while the VM runs.
+	ErrFault = errors.New("guest memory fault")
 )
 
 // Region is host memory mapped at a guest-physical address.
@@ -36,6 +45,7 @@ func (r Region) end() uint64 { return r.GPA + uint64(len(r.Mem)) }
 // Memory is a guest's physical memory.
 type Memory struct {
 	regions []Region // sorted by GPA, disjoint
+	faults  atomic.Uint64
 }
 
 // New makes a Memory from regions, which must not overlap or wrap.
@@ -53,7 +63,11 @@ func New(regions ...Region) (*Memory, error) {
 	return &Memory{regions: rs}, nil
 }
 
-// Slice returns the host bytes of [gpa, gpa+n), which must lie in one region.
+// Slice returns the host bytes of [gpa, gpa+n), which must lie in one
+// region, for a bounds check or for code that runs before the guest does
+// (the boot loaders). A device touching them while the guest runs uses
+// Read, Write or Access instead: a page the host cannot provide faults,
+// and only those turn that into an error.
 func (m *Memory) Slice(gpa, n uint64) ([]byte, error) {
 	r, err := m.region(gpa, n)
 	if err != nil {
@@ -61,6 +75,53 @@ func (m *Memory) Slice(gpa, n uint64) ([]byte, error) {
 	}
 	off := gpa - r.GPA
 	return r.Mem[off : off+n : off+n], nil
+}
+
+// Access calls f with the host bytes of [gpa, gpa+n) (one region; f may
+// write them only where the region is writable) and returns f's error. A
+// memory fault inside f, on those bytes, is ErrFault; f must not keep p.
+func (m *Memory) Access(gpa, n uint64, f func(p []byte) error) error {
+	p, err := m.Slice(gpa, n)
+	if err != nil {
+		return err
+	}
+	var ferr error
+	if err := m.guard(gpa, n, func() { ferr = f(p) }); err != nil {
+		return err
+	}
+	return ferr
+}
+
+// Faults is how many accesses through Read, Write and Access faulted.
+func (m *Memory) Faults() uint64 { return m.faults.Load() }
+
+// guard runs f, which touches guest memory at [gpa, gpa+n), and turns a
+// memory fault in it into ErrFault. Go crashes the process on a fault at
+// an address outside its heap unless the goroutine asked for a panic
+// (debug.SetPanicOnFault), whose value is a runtime.Error with the
+// faulting address; guard asks for the length of f and recovers that
+// panic only. Any other panic goes on.
+func (m *Memory) guard(gpa, n uint64, f func()) (err error) {
+	old := debug.SetPanicOnFault(true)
+	defer func() {
+		debug.SetPanicOnFault(old)
+		r := recover()
+		if r == nil {
+			return
+		}
+		fault, ok := r.(interface {
+			error
+			RuntimeError()
+			Addr() uintptr
+		})
+		if !ok {
+			panic(r)
+		}
+		m.faults.Add(1)
+		err = fmt.Errorf("%w: %#x+%#x (host address %#x): %v", ErrFault, gpa, n, fault.Addr(), fault)
+	}()
+	f()
+	return nil
 }
 
 func (m *Memory) region(gpa, n uint64) (Region, error) {
@@ -85,8 +146,7 @@ func (m *Memory) Read(gpa uint64, p []byte) error {
 	if err != nil {
 		return err
 	}
-	copy(p, s)
-	return nil
+	return m.guard(gpa, uint64(len(p)), func() { copy(p, s) })
 }
 
 // Write copies p to gpa.
@@ -98,8 +158,7 @@ func (m *Memory) Write(gpa uint64, p []byte) error {
 	if r.ReadOnly {
 		return fmt.Errorf("%w: %#x", ErrReadOnly, gpa)
 	}
-	copy(r.Mem[gpa-r.GPA:], p)
-	return nil
+	return m.guard(gpa, uint64(len(p)), func() { copy(r.Mem[gpa-r.GPA:], p) })
 }
 
 // ReadU16, ReadU32, ReadU64 read little-endian values.

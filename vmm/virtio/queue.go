@@ -218,8 +218,8 @@ type desc struct {
 }
 
 func (q *Queue) readDesc(table uint64, i uint16) (desc, error) {
-	b, err := q.Mem.Slice(table+uint64(i)*descSize, descSize)
-	if err != nil {
+	var b [descSize]byte
+	if err := q.Mem.Read(table+uint64(i)*descSize, b[:]); err != nil {
 		return desc{}, err
 	}
 	return desc{
