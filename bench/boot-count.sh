@@ -214,10 +214,12 @@ EOT
           # cluster and qemu: PARALLEL boots at once (boot_one below),
           # each its own result file; tallied as they finish.
           if [ $(( (i - 1) % par )) -eq 0 ]; then
+            boots=()
             for j in $(seq "$i" $(( i + par - 1 < n ? i + par - 1 : n ))); do
               boot_one "$vmm" "$f" "$dir/$file" "$j" &
+              boots+=($!)
             done
-            wait
+            wait "${boots[@]}" # these boots only: LOAD's loop runs on
           fi
           read -r kind detail <"$out/result.$vmm.$f.$i"
         fi
