@@ -34,6 +34,8 @@
 #                           (text patching) as they did before the hold existed
 #   LOAD=1                  the lab host's devices busy meanwhile (16 MiB written
 #                           and synced to the 9p share in a loop): device interrupts
+#   HOUSEKEEPING=1          all but the vCPU threads, and the lab's device
+#                           interrupts, on the lab's last CPU (as the KVM tier)
 #   IRQS=LIST               the lab host's device interrupts go to these CPUs
 #                           (/proc/irq/*/smp_affinity_list), e.g. the last one
 #   TRACE=1                 keep the KVM trace (kvm_exit, kvm_inj_*, kvm_entry)
@@ -81,6 +83,16 @@ if [ "${1:-}" = --in-lab ]; then
   if [ -n "${IRQS:-}" ]; then
     # Every device interrupt of the lab host to the CPUs IRQS lists.
     for f in /proc/irq/*/smp_affinity_list; do echo "$IRQS" >"$f" 2>/dev/null || true; done
+  fi
+  hk=
+  if [ "${HOUSEKEEPING:-0}" = 1 ]; then
+    # As the KVM tier does (scripts/test-kvm.sh): this script, popvmm's and
+    # QEMU's other threads and the lab's device interrupts on the last CPU;
+    # the vCPU threads alone on theirs.
+    hk=$(( $(nproc) - 1 ))
+    for f in /proc/irq/*/smp_affinity_list; do echo "$hk" >"$f" 2>/dev/null || true; done
+    taskset -p -c "$hk" $$ >/dev/null
+    echo "lab: housekeeping on CPU $hk"
   fi
   irqs before
   loadpid=
@@ -158,11 +170,23 @@ EOT
       "$popvmm" down -c "$name" >>"$log.up" 2>&1 || true
       [ "$kind" = init ] && rm -f "$log" "$log.up" "$log.status" "$cfg"
     else
-      taskset -c "$cpu" qemu-system-x86_64 -M microvm,acpi=off -enable-kvm -cpu host -m 512 -smp 1 \
+      local pin=(taskset -c "$cpu")
+      [ -n "$hk" ] && pin=() # its vCPU thread alone goes to $cpu, below
+      "${pin[@]}" qemu-system-x86_64 -M microvm,acpi=off -enable-kvm -cpu host -m 512 -smp 1 \
         -nodefaults -nographic -no-reboot -serial "file:$log" \
         -kernel "$kernel" -initrd "$(dirname "$kernel")/initramfs.cpio" \
         -append "console=ttyS0 panic=-1 ${APPEND:-}" </dev/null >"$log.qemu" 2>&1 &
       local q=$!
+      if [ -n "$hk" ]; then
+        # As popvmm pins its vCPU thread and leaves the rest on the
+        # housekeeping CPU: QEMU's vCPU thread ("CPU 0/KVM") to $cpu.
+        local vt=
+        while [ -z "$vt" ] && kill -0 "$q" 2>/dev/null; do
+          vt=$(grep -l '^CPU 0/KVM' /proc/"$q"/task/*/comm 2>/dev/null | head -1 || true)
+          [ -n "$vt" ] || sleep 0.05 # the thread appears within QEMU's start
+        done
+        [ -z "$vt" ] || taskset -p -c "$cpu" "$(basename "$(dirname "$vt")")" >/dev/null
+      fi
       while [ "$(date +%s)" -lt "$deadline" ]; do
         if grep -q "Run /init" "$log" 2>/dev/null; then kind=init; break; fi
         if ! kill -0 "$q" 2>/dev/null; then
@@ -246,7 +270,7 @@ done
 if [ -n "${VMMTEST:-}" ]; then cp "$VMMTEST" "$out/vmm.test"; else go test -c -tags bootcount -o "$out/vmm.test" ./vmm; fi
 echo "==> $n boots per kernel of ${FLAVOURS:-full light} (${FORMAT:-bzImage}) under ${VMMS:-popvmm qemu}, lab npt=${NPT:-1}; logs in $out"
 POPVMM_LAB_APPEND="${POPVMM_LAB_APPEND:-} lab.kvm_amd=npt=${NPT:-1}" \
-  "$popvmm" lab run --cpus "${LAB_CPUS:-2}" --share "$out" -- env LOAD="${LOAD:-0}" IRQS="${IRQS:-}" TRACE="${TRACE:-0}" NOHOLD="${NOHOLD:-0}" CPU="${CPU:-}" POPULATE="${POPULATE:-0}" HUGEPAGES="${HUGEPAGES:-0}" FLAVOURS="${FLAVOURS:-full light}" \
+  "$popvmm" lab run --cpus "${LAB_CPUS:-2}" --share "$out" -- env HOUSEKEEPING="${HOUSEKEEPING:-0}" LOAD="${LOAD:-0}" IRQS="${IRQS:-}" TRACE="${TRACE:-0}" NOHOLD="${NOHOLD:-0}" CPU="${CPU:-}" POPULATE="${POPULATE:-0}" HUGEPAGES="${HUGEPAGES:-0}" FLAVOURS="${FLAVOURS:-full light}" \
   FORMAT="${FORMAT:-bzImage}" APPEND="${APPEND:-}" TIMEOUT="${TIMEOUT:-240}" PARALLEL="${PARALLEL:-1}" PROTECT="${PROTECT:-false}" WINDOW="${WINDOW:-16M}" MEMORY="${MEMORY:-512M}" VMMS="${VMMS:-popvmm qemu}" \
   bench/boot-count.sh --in-lab "$n" "$out"
 echo "==> tally (one lab run, npt=${NPT:-1})"
