@@ -75,8 +75,8 @@ func TestKVMLabHold(t *testing.T) {
 
 // TestKVMLabNestedPaging: the lab's KVM runs its guests with nested paging
 // as its command line asks (lab.kvm_amd=npt=N, the last value winning;
-// lab.KernelArgs says 1, issue 20, and POPVMM_LAB_APPEND=
-// lab.kvm_amd=npt=0 turns it off), so that a run with it on is one.
+// lab.KernelArgs says 0 and the KVM tier asks for 1, issue 20), so that a
+// run with it on is one.
 // Outside the lab the host's KVM decides.
 func TestKVMLabNestedPaging(t *testing.T) {
 	if os.Getenv("POPVMM_IN_LAB") != "1" {

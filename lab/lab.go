@@ -257,16 +257,18 @@ func (c *Config) cpuModel() string {
 // loglevel=4 keeps errors on the console (an RCU stall report is one),
 // for the post-mortem of a lab host that wedges.
 //
-// lab.kvm_amd=npt=1 (init.sh passes it to insmod): the lab's KVM runs the
-// nested guests with nested paging, as every real KVM host does (issue
-// 20). The emulator's SVM still faults now and then under it (an
-// interrupt taken inside the world switch, docs/kvm-backends.md), on the
-// lab CPUs that take the lab host's interrupts and other work: the KVM
-// tier keeps those on a housekeeping CPU of their own
-// (scripts/test-kvm.sh). POPVMM_LAB_APPEND=lab.kvm_amd=npt=0 turns it off
-// (the last value wins); TestKVMLabNestedPaging checks that the lab's
-// kvm_amd runs with what its command line asked.
-const KernelArgs = "console=ttyS0 quiet loglevel=4 panic=-1 8250.nr_uarts=4 tsc=reliable cryptomgr.notests no_timer_check audit=0 nowatchdog lab.kvm_amd=npt=1"
+// lab.kvm_amd=npt=0 (init.sh passes it to insmod): an interactive lab
+// (popvmm lab up, shell, run) shadows the nested guests' page tables. With
+// nested paging on, the emulator's SVM faults nested kernels and the lab
+// host itself now and then (an interrupt taken inside the world switch,
+// docs/kvm-backends.md), on the lab CPUs that take the lab host's
+// interrupts and its other work, as every CPU of a two-CPU lab does. The
+// KVM tier, which keeps that work on a housekeeping CPU of its own, runs
+// with it on, as every real KVM host does (scripts/test-kvm.sh, issue 20).
+// POPVMM_LAB_APPEND=lab.kvm_amd=npt=1 turns it on (the last value wins);
+// TestKVMLabNestedPaging checks that the lab's kvm_amd runs with what its
+// command line asked.
+const KernelArgs = "console=ttyS0 quiet loglevel=4 panic=-1 8250.nr_uarts=4 tsc=reliable cryptomgr.notests no_timer_check audit=0 nowatchdog lab.kvm_amd=npt=0"
 
 // shellQuote quotes s for sh.
 func shellQuote(s string) string {

@@ -19,6 +19,7 @@ import (
 // running across the crash, loses nothing; booted again, the third is
 // reachable from both over win0 again.
 func TestKVMWinnetThree(tt *testing.T) {
+	testenv.RequireKVM(tt)
 	testenv.RequireRoot(tt)
 	// Online cores, not this process's affinity (runtime.NumCPU): the
 	// KVM tier in the lab runs its tests on one housekeeping CPU.
