@@ -113,11 +113,7 @@ func TestKVMLabNestedPaging(t *testing.T) {
 // has nothing to check.
 func TestKVMLabHousekeeping(t *testing.T) {
 	testenv.RequireKVM(t)
-	online, err := os.ReadFile("/sys/devices/system/cpu/online")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cpus, err := cluster.ParseCPUList(strings.TrimSpace(string(online)))
+	cpus, err := cluster.SysHost{}.OnlineCPUs()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -169,13 +169,9 @@ func hostCPUs(t testing.TB) []int {
 		t.Fatal(err)
 	}
 	var own, isolated []int
-	online, err := os.ReadFile("/sys/devices/system/cpu/online")
+	all, err := cluster.SysHost{}.OnlineCPUs()
 	if err != nil {
 		t.Fatal(err)
-	}
-	all, err := cluster.ParseCPUList(strings.TrimSpace(string(online)))
-	if err != nil {
-		t.Fatalf("/sys/devices/system/cpu/online: %v", err)
 	}
 	for _, c := range all {
 		if set.IsSet(c) {

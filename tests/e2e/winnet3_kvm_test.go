@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"fmt"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -23,13 +22,9 @@ func TestKVMWinnetThree(tt *testing.T) {
 	testenv.RequireRoot(tt)
 	// Online cores, not this process's affinity (runtime.NumCPU): the
 	// KVM tier in the lab runs its tests on one housekeeping CPU.
-	online, err := os.ReadFile("/sys/devices/system/cpu/online")
+	cpus, err := cluster.SysHost{}.OnlineCPUs()
 	if err != nil {
 		tt.Fatal(err)
-	}
-	cpus, err := cluster.ParseCPUList(strings.TrimSpace(string(online)))
-	if err != nil {
-		tt.Fatalf("/sys/devices/system/cpu/online: %v", err)
 	}
 	if len(cpus) < 3 {
 		testenv.Require(tt, fmt.Errorf("three kernels need three cores of their own, this machine has %d online (the KVM tier's lab: LAB_CPUS=3)", len(cpus)))
