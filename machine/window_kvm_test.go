@@ -14,7 +14,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -182,7 +181,7 @@ func TestKVMWindowDoorbells(t *testing.T) {
 	go func() { srv.Serve(sctx, ln); close(served) }()
 	t.Cleanup(func() { stop(); <-served })
 
-	cpus := lastCPUs(kernels)
+	cpus := lastCPUs(t, kernels)
 	guests := make([]*windowGuest, kernels)
 	for k := range kernels {
 		l, err := memmap.New(memmap.Spec{RAM: 16 * memmap.MiB, RAMAlign: memmap.PageSize, WindowSize: size})
@@ -316,11 +315,16 @@ func TestKVMWindowDoorbells(t *testing.T) {
 	}
 }
 
-// lastCPUs is n host CPUs this process may run on, from the top.
-func lastCPUs(n int) []int {
+// lastCPUs is n host cores for vCPUs (testenv.GuestCPUs), from the top,
+// reused when there are fewer.
+func lastCPUs(t testing.TB, n int) []int {
+	cpus, err := testenv.GuestCPUs()
+	if err != nil {
+		t.Fatal(err)
+	}
 	var out []int
 	for i := range n {
-		out = append(out, (runtime.NumCPU()-1-i)%runtime.NumCPU())
+		out = append(out, cpus[len(cpus)-1-i%len(cpus)])
 	}
 	return out
 }

@@ -25,15 +25,16 @@ if [ "${1:-}" = --run ]; then
   trap 'rm -rf "$exe"' EXIT
   cp "$out"/popvmm "$out"/*.test "$exe"/
   export POPVMM_REQUIRE_KVM=1 POPVMM_BIN="$exe/popvmm"
-  if [ "${POPVMM_IN_LAB:-}" = 1 ] && [ "${KVM_HOUSEKEEPING:-1}" = 1 ] && [ "$(nproc)" -gt 2 ]; then
-    # Housekeeping on the lab's last CPU: its device interrupts and every
-    # process of the tier (tests, popvmm's supervisors and their device
-    # threads, ssh; children inherit the mask) run there, so the guests'
-    # vCPU threads, pinned to cores 0 and 1, have theirs alone, as on an
-    # HPC node with isolated cores. On the CPU that took the lab's
-    # interrupts and its other work, nested kernels triple-faulted and
-    # the lab host itself died in the vCPU thread (docs/kvm-backends.md).
-    hk=$(( $(nproc) - 1 ))
+  if [ "${POPVMM_IN_LAB:-}" = 1 ] && [ "${KVM_HOUSEKEEPING:-1}" = 1 ] && [ "$(nproc --all)" -gt 2 ]; then
+    # Housekeeping on lab CPU 0: its device interrupts and every process
+    # of the tier (tests, popvmm's supervisors and their device threads,
+    # ssh; children inherit the mask) run there, and the tests pin their
+    # kernels' vCPUs to the other CPUs (testenv.GuestCPUs), which they
+    # have alone, as on an HPC node with isolated cores. With nested
+    # paging on, every triple fault of a nested kernel and every lab-host
+    # death of a KVM-tier run was on lab CPU 0, in the vCPU thread of the
+    # kernel pinned there (docs/kvm-backends.md, issue 20).
+    hk=0
     for f in /proc/irq/*/smp_affinity_list; do echo "$hk" >"$f" 2>/dev/null || true; done
     taskset -p -c "$hk" $$ >/dev/null
     echo "==> KVM tier: housekeeping (interrupts, tests, supervisors) on lab CPU $hk"
@@ -146,12 +147,12 @@ else
     # the lab run is stopped and counts as a death.
     set +e
     console="bin/kvm-lab-console.$runs.log"
-    # Three lab CPUs (on this machine's two cores: QEMU's emulated CPUs
-    # are threads, idle ones cost nothing): TestKVMWinnetThree's kernels
-    # need a core each.
+    # Four lab CPUs (on this machine's two cores: QEMU's emulated CPUs
+    # are threads, idle ones cost nothing): one for housekeeping, and a
+    # core each for TestKVMWinnetThree's kernels.
     # Nested paging on, as on every real KVM host (issue 20; KVM_NPT=0
     # turns it off; a value in POPVMM_LAB_APPEND wins).
-    KVM_ATTEMPT=$runs POPVMM_LAB_APPEND="lab.kvm_amd=npt=${KVM_NPT:-1} ${POPVMM_LAB_APPEND:-}" "$popvmm" lab run --cpus "${LAB_CPUS:-3}" --memory "${LAB_MEMORY:-4G}" --console-log "$console" -- scripts/test-kvm.sh --run &
+    KVM_ATTEMPT=$runs POPVMM_LAB_APPEND="lab.kvm_amd=npt=${KVM_NPT:-1} ${POPVMM_LAB_APPEND:-}" "$popvmm" lab run --cpus "${LAB_CPUS:-4}" --memory "${LAB_MEMORY:-4G}" --console-log "$console" -- scripts/test-kvm.sh --run &
     lpid=$! lstart=$SECONDS wedged=
     while kill -0 "$lpid" 2>/dev/null; do
       sleep 15

@@ -17,12 +17,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/popvmm/popvmm/cluster"
 	"github.com/popvmm/popvmm/internal/testenv"
 	"github.com/popvmm/popvmm/memmap"
 	"github.com/popvmm/popvmm/vmm"
 	"github.com/popvmm/popvmm/vtty"
-	"golang.org/x/sys/unix"
 )
 
 // guestTimeout bounds every wait on a guest: generous, because the lab
@@ -159,28 +157,13 @@ func (p *ports) wait(t testing.TB, off uint64, c *console) byte {
 	}
 }
 
-// hostCPUs lists the cores for the tests' vCPUs, the preferred last: this
-// process's own, then the online cores it does not run on (the KVM tier in
-// the lab keeps its work on a housekeeping CPU, scripts/test-kvm.sh, and
-// leaves the others to the vCPUs alone).
+// hostCPUs lists the cores for the tests' vCPUs (testenv.GuestCPUs).
 func hostCPUs(t testing.TB) []int {
-	var set unix.CPUSet
-	if err := unix.SchedGetaffinity(0, &set); err != nil {
-		t.Fatal(err)
-	}
-	var own, isolated []int
-	all, err := cluster.SysHost{}.OnlineCPUs()
+	cpus, err := testenv.GuestCPUs()
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range all {
-		if set.IsSet(c) {
-			own = append(own, c)
-		} else {
-			isolated = append(isolated, c)
-		}
-	}
-	return append(own, isolated...)
+	return cpus
 }
 
 // cpusFor picks n host cores, reusing them when there are fewer.

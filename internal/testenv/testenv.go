@@ -12,6 +12,9 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/popvmm/popvmm/cluster"
 	"github.com/popvmm/popvmm/internal/kvmhost"
 )
 
@@ -131,4 +134,32 @@ func PopvmmBin(root string) string {
 		return b
 	}
 	return filepath.Join(root, "bin", "popvmm")
+}
+
+// GuestCPUs is the host cores for KVM tests' vCPUs: the online cores this
+// process may not run on, when there are any (the KVM tier in the lab
+// keeps its housekeeping, tests and supervisors included, on CPU 0, and
+// leaves the others to the vCPUs alone: scripts/test-kvm.sh), else the
+// cores it may run on. Ascending.
+func GuestCPUs() ([]int, error) {
+	all, err := cluster.SysHost{}.OnlineCPUs()
+	if err != nil {
+		return nil, fmt.Errorf("online CPUs: %w", err)
+	}
+	var set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &set); err != nil {
+		return nil, fmt.Errorf("sched_getaffinity: %w", err)
+	}
+	var own, others []int
+	for _, c := range all {
+		if set.IsSet(c) {
+			own = append(own, c)
+		} else {
+			others = append(others, c)
+		}
+	}
+	if len(others) > 0 {
+		return others, nil
+	}
+	return own, nil
 }

@@ -49,7 +49,7 @@ func TestKVMDisks(tt *testing.T) {
 	// A second cluster may not attach the disk the first holds writable.
 	other := filepath.Join(dir, "other.toml")
 	cfg, _ := os.ReadFile(c.config)
-	text := strings.NewReplacer(`name = "kvmdisk"`, `name = "kvmdisk2"`, c.runDir, c.runDir+"2", `cpus = "0"`, `cpus = "1"`, "10.197.", "10.196.").Replace(string(cfg))
+	text := strings.NewReplacer(`name = "kvmdisk"`, `name = "kvmdisk2"`, c.runDir, c.runDir+"2", `cpus = "`+guestCore(t, "0")+`"`, `cpus = "`+guestCore(t, "1")+`"`, "10.197.", "10.196.").Replace(string(cfg))
 	if err := os.WriteFile(other, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}
