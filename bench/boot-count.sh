@@ -176,16 +176,17 @@ EOT
     else
       local pin=(taskset -c "$cpu")
       [ -n "$hk" ] && pin=() # its vCPU thread alone goes to $cpu, below
-      "${pin[@]}" qemu-system-x86_64 -M microvm,acpi=off -enable-kvm -cpu host -m 512 -smp 1 \
+      "${pin[@]}" qemu-system-x86_64 -name "bootcount$i,debug-threads=on" -M microvm,acpi=off -enable-kvm -cpu host -m 512 -smp 1 \
         -nodefaults -nographic -no-reboot -serial "file:$log" \
         -kernel "$kernel" -initrd "$(dirname "$kernel")/initramfs.cpio" \
         -append "console=ttyS0 panic=-1 ${APPEND:-}" </dev/null >"$log.qemu" 2>&1 &
       local q=$!
       if [ -n "$hk" ]; then
         # As popvmm pins its vCPU thread and leaves the rest on the
-        # housekeeping CPU: QEMU's vCPU thread ("CPU 0/KVM") to $cpu.
+        # housekeeping CPU: QEMU's vCPU thread ("CPU 0/KVM", named with
+        # debug-threads=on) to $cpu.
         local vt=
-        while [ -z "$vt" ] && kill -0 "$q" 2>/dev/null; do
+        while [ -z "$vt" ] && kill -0 "$q" 2>/dev/null && [ "$(date +%s)" -lt "$deadline" ]; do
           vt=$(grep -l '^CPU 0/KVM' /proc/"$q"/task/*/comm 2>/dev/null | head -1 || true)
           [ -n "$vt" ] || sleep 0.05 # the thread appears within QEMU's start
         done
