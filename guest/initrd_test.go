@@ -1,11 +1,8 @@
 package guest_test
 
 import (
-	"fmt"
 	"net/netip"
-	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"testing"
 
@@ -21,30 +18,11 @@ func (roomyHost) MemAvailable() (uint64, error)        { return 8 << 30, nil }
 func (roomyHost) OnlineNUMANodes() ([]int, error)      { return []int{0}, nil }
 func (roomyHost) FreeHugePages(uint64) (uint64, error) { return 0, nil }
 
-// checkedCluster checks a one-kernel cluster (a PVH kernel at 16 MiB in
-// 64 MiB) whose initrd is a sparse file of size bytes.
+// checkedCluster checks a one-kernel cluster (testkernel.InitrdCluster)
+// whose initrd is a sparse file of size bytes.
 func checkedCluster(t *testing.T, dir string, size int64) (*cluster.Cluster, error) {
 	t.Helper()
-	testkernel.Write(t, dir, "pvh", testkernel.ELFLoadable(0x1000000, 0x1000000, []byte("text"), 0x1000))
-	initrd := testkernel.Write(t, dir, "initrd.img", nil)
-	if err := os.Truncate(initrd, size); err != nil {
-		t.Fatal(err)
-	}
-	cfg := testkernel.Write(t, dir, "cluster.toml", []byte(fmt.Sprintf(`
-[cluster]
-name = "fit"
-run_dir = %q
-[cluster.network]
-subnet = "10.199.0.0/24"
-
-[[kernel]]
-name = "primary"
-cpus = "0"
-memory = "64M"
-kernel = "pvh"
-initrd = "initrd.img"
-`, filepath.Join(dir, "run"))))
-	f, err := cluster.Load(cfg)
+	f, err := cluster.Load(testkernel.InitrdCluster(t, dir, nil, size))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,8 +39,7 @@ func TestCheckInitramfs(t *testing.T) {
 		t.Fatal(err)
 	}
 	k := cl.Kernels[0]
-	// The most the loader places: every size up to it fits, none above.
-	room := uint64(sort.Search(int(k.Memory), func(n int) bool { return k.InitrdFits(uint64(n)+1) != nil }))
+	room := testkernel.InitrdRoom(k)
 	if room == 0 || room%4 != 0 {
 		t.Fatalf("room for an initrd %d bytes, want some and a multiple of 4", room)
 	}

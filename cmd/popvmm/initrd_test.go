@@ -1,10 +1,8 @@
 package main
 
 import (
-	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"testing"
 
@@ -17,22 +15,8 @@ import (
 // supervisor appends to it; it took one, which then failed at `up`.
 func TestValidateInitrdWithOverlay(t *testing.T) {
 	dir := t.TempDir()
-	testkernel.Write(t, dir, "pvh", testkernel.ELFLoadable(0x1000000, 0x1000000, []byte("text"), 0x1000))
-	initrd := testkernel.Write(t, dir, "initrd.img", []byte("0707"))
-	cfg := testkernel.Write(t, dir, "cluster.toml", []byte(fmt.Sprintf(`
-[cluster]
-name = "fit"
-run_dir = %q
-[cluster.network]
-subnet = "10.199.0.0/24"
-
-[[kernel]]
-name = "primary"
-cpus = "0"
-memory = "64M"
-kernel = "pvh"
-initrd = "initrd.img"
-`, filepath.Join(dir, "run"))))
+	cfg := testkernel.InitrdCluster(t, dir, []byte("0707"), 4)
+	initrd := filepath.Join(dir, "initrd.img")
 	f, err := cluster.Load(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -42,7 +26,7 @@ initrd = "initrd.img"
 		t.Skipf("this host cannot take the config: %v", err)
 	}
 	k := cl.Kernels[0]
-	room := sort.Search(int(k.Memory), func(n int) bool { return k.InitrdFits(uint64(n)+1) != nil })
+	room := testkernel.InitrdRoom(k)
 	if err := os.Truncate(initrd, int64(room)); err != nil {
 		t.Fatal(err)
 	}

@@ -5,9 +5,13 @@ package testkernel
 
 import (
 	"encoding/binary"
+	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"testing"
+
+	"github.com/popvmm/popvmm/cluster"
 )
 
 // BzImage returns a bzImage header with boot protocol version proto and the
@@ -56,6 +60,38 @@ func Write(t testing.TB, dir, name string, data []byte) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// InitrdCluster writes, under dir, a one-kernel cluster for tests of where
+// an initrd fits: a PVH kernel loaded at 16 MiB in 64 MiB of memory, its
+// initrd initrd.img (data, then zeros up to size bytes: sparse), and
+// cluster.toml, whose path it returns.
+func InitrdCluster(t testing.TB, dir string, data []byte, size int64) string {
+	t.Helper()
+	Write(t, dir, "pvh", ELFLoadable(0x1000000, 0x1000000, []byte("text"), 0x1000))
+	if err := os.Truncate(Write(t, dir, "initrd.img", data), size); err != nil {
+		t.Fatal(err)
+	}
+	return Write(t, dir, "cluster.toml", []byte(fmt.Sprintf(`
+[cluster]
+name = "fit"
+run_dir = %q
+[cluster.network]
+subnet = "10.199.0.0/24"
+
+[[kernel]]
+name = "primary"
+cpus = "0"
+memory = "64M"
+kernel = "pvh"
+initrd = "initrd.img"
+`, filepath.Join(dir, "run"))))
+}
+
+// InitrdRoom is the most bytes of initrd k's loader places: every size up
+// to it fits (cluster.Kernel.InitrdFits), none above.
+func InitrdRoom(k *cluster.Kernel) uint64 {
+	return uint64(sort.Search(int(k.Memory), func(n int) bool { return k.InitrdFits(uint64(n)+1) != nil }))
 }
 
 // Images lays out dir as `make images` does, with fake kernels and
