@@ -371,8 +371,8 @@ func TestKVMClusterConsoles(tt *testing.T) {
 	if p.State != supervisor.StateRunning || p.Machine == nil || len(p.Machine.VCPUs) != 1 {
 		t.Fatalf("primary status = %+v", p)
 	}
-	if v := p.Machine.VCPUs[0]; fmt.Sprint(v.Affinity) != "["+guestCore(t, "0")+"]" || v.TID == 0 {
-		t.Errorf("primary vCPU thread %+v: want affinity [0]", v)
+	if v, core := p.Machine.VCPUs[0], guestCore(t, "0"); fmt.Sprint(v.Affinity) != "["+core+"]" || v.TID == 0 {
+		t.Errorf("primary vCPU thread %+v: want affinity [%s]", v, core)
 	}
 	if s := st.Kernel("secondary"); s.State != supervisor.StateDefined {
 		t.Errorf("secondary is %s before boot, want defined", s.State)
