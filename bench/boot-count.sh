@@ -80,19 +80,19 @@ if [ "${1:-}" = --in-lab ]; then
     echo "lab: /proc/interrupts $1:"
     grep -E '^ *([0-9]+|LOC|RES|CAL):' /proc/interrupts | awk '{t=0; for (i=2; i<=NF && $i ~ /^[0-9]+$/; i++) t+=$i; if (t > 100) print "  " $0}'
   }
-  if [ -n "${IRQS:-}" ]; then
-    # Every device interrupt of the lab host to the CPUs IRQS lists.
-    for f in /proc/irq/*/smp_affinity_list; do echo "$IRQS" >"$f" 2>/dev/null || true; done
-  fi
   hk=
   if [ "${HOUSEKEEPING:-0}" = 1 ]; then
     # This script, popvmm's and QEMU's other threads and the lab's device
     # interrupts on CPU 0 (where the KVM tier's faults were, issue 20); the
     # vCPU threads alone on the others, in turn.
     hk=0
-    for f in /proc/irq/*/smp_affinity_list; do echo "$hk" >"$f" 2>/dev/null || true; done
+    IRQS=$hk
     taskset -p -c "$hk" $$ >/dev/null
     echo "lab: housekeeping on CPU $hk"
+  fi
+  if [ -n "${IRQS:-}" ]; then
+    # Every device interrupt of the lab host to the CPUs IRQS lists.
+    for f in /proc/irq/*/smp_affinity_list; do echo "$IRQS" >"$f" 2>/dev/null || true; done
   fi
   irqs before
   loadpid=
@@ -122,7 +122,7 @@ if [ "${1:-}" = --in-lab ]; then
     log=$out/$vmm-$f-$(basename "$kernel")-$i.log
     cpu=${CPU:-$(( par > 1 ? i % ncpu : 0 ))}
     # With housekeeping on CPU 0, the boots take the other CPUs in turn.
-    [ -z "$hk" ] || [ -n "${CPU:-}" ] || cpu=$(( 1 + i % (ncpu - 1) ))
+    [ -z "$hk" ] || [ -n "${CPU:-}" ] || cpu=$(( 1 + i % guestcpus ))
     t0=$(date +%s.%N)
     kind=hung
     local deadline=$(( $(date +%s) + ${TIMEOUT:-240} ))
