@@ -611,6 +611,15 @@ func passthroughErrors(err error) []*memmap.PassthroughError {
 // them equal).
 func rotatedLog(path string) string { return path + ".1" }
 
+// fileID is the device and inode of the file at p, when there is one.
+func fileID(p string) ([2]uint64, bool) {
+	var st unix.Stat_t
+	if unix.Stat(p, &st) != nil {
+		return [2]uint64{}, false
+	}
+	return [2]uint64{st.Dev, st.Ino}, true
+}
+
 // checkConsoleLogs refuses a console log whose name, or rotated name
 // (LOG.1), is another file of the cluster (the same path, or the same
 // device and inode): another kernel's console log or rotated log, or a
@@ -631,11 +640,8 @@ func (c *checker) checkConsoleLogs(cl *Cluster) {
 		if _, ok := byPath[p]; !ok {
 			byPath[p] = what
 		}
-		var st unix.Stat_t
-		if unix.Stat(p, &st) == nil {
-			if id := [2]uint64{st.Dev, st.Ino}; byID[id] == "" {
-				byID[id] = what
-			}
+		if id, ok := fileID(p); ok && byID[id] == "" {
+			byID[id] = what
 		}
 	}
 	// find returns what p already is, by path or by device and inode.
@@ -643,9 +649,8 @@ func (c *checker) checkConsoleLogs(cl *Cluster) {
 		if other := byPath[p]; other != "" {
 			return other
 		}
-		var st unix.Stat_t
-		if unix.Stat(p, &st) == nil {
-			return byID[[2]uint64{st.Dev, st.Ino}]
+		if id, ok := fileID(p); ok {
+			return byID[id]
 		}
 		return ""
 	}
