@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/popvmm/popvmm/vblk"
+	"github.com/popvmm/popvmm/vmm/guestmem"
 	"github.com/popvmm/popvmm/vmm/virtio"
 	"github.com/popvmm/popvmm/vmm/virtio/virtiotest"
 )
@@ -98,6 +99,13 @@ const bufLen = 64 << 10
 func newGuest(t testing.TB, cfg vblk.Config, queueSize uint16) *guest {
 	t.Helper()
 	ram, mem := virtiotest.NewMemory(t)
+	return newGuestOn(t, cfg, queueSize, ram, mem)
+}
+
+// newGuestOn is newGuest over guest memory mem, whose RAM (where the
+// driver allocates) is ram.
+func newGuestOn(t testing.TB, cfg vblk.Config, queueSize uint16, ram []byte, mem *guestmem.Memory) *guest {
+	t.Helper()
 	b, err := vblk.New(cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -8,7 +8,6 @@ import (
 
 	"github.com/popvmm/popvmm/vblk"
 	"github.com/popvmm/popvmm/vmm/guestmem"
-	"github.com/popvmm/popvmm/vmm/virtio"
 	"github.com/popvmm/popvmm/vmm/virtio/virtiotest"
 )
 
@@ -39,20 +38,8 @@ func TestTruncatedPassthroughBuffer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	be := &memBackend{data: make([]byte, 1<<20)} // ReadAt and WriteAt copy in Go
-	b, err := vblk.New(vblk.Config{Backend: be})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := virtiotest.NewRouter(2)
-	p, err := virtio.NewPCI(b, virtio.PCIConfig{Mem: mem, BARAddr: 0xc000_0000, Router: r})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
-	g := &guest{t: t, b: b, d: virtiotest.New(t, p, ram, mem), r: r}
-	g.hdr, g.buf, g.st = g.d.Alloc(vblk.HeaderLen), g.d.Alloc(bufLen), g.d.Alloc(1)
-	g.up(0)
+	g := newGuestOn(t, vblk.Config{Backend: &memBackend{data: make([]byte, 1<<20)}}, 0, ram, mem) // ReadAt and WriteAt copy in Go
+	b := g.b
 	if err := f.Truncate(0); err != nil {
 		t.Fatal(err)
 	}
